@@ -1,0 +1,226 @@
+//! Processes the bench runs, and what it measures of them from outside (/proc).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Where the sibling binaries are.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub server: PathBuf,
+    pub client: PathBuf,
+}
+
+impl Bins {
+    /// `ringlab-server` and `ringlab-client` next to this executable (or in `dir`).
+    pub fn find(dir: Option<&Path>) -> Result<Bins> {
+        let dir = match dir {
+            Some(d) => d.to_path_buf(),
+            None => std::env::current_exe()
+                .context("locating ringlab-bench")?
+                .parent()
+                .map(Path::to_path_buf)
+                .context("ringlab-bench has no parent directory")?,
+        };
+        let server = dir.join("ringlab-server");
+        let client = dir.join("ringlab-client");
+        for b in [&server, &client] {
+            if !b.is_file() {
+                bail!(
+                    "{} not found next to ringlab-bench (in {}); build all three with `cargo build --release` at the workspace root (or pass --bin-dir)",
+                    b.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+                    dir.display()
+                );
+            }
+        }
+        Ok(Bins { server, client })
+    }
+}
+
+/// CPU time (user, system) and context switches of a process, summed over its threads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSample {
+    pub user_s: f64,
+    pub sys_s: f64,
+    pub ctx_switches: u64,
+}
+
+impl ProcSample {
+    /// Read `/proc/PID/stat` and `/proc/PID/task/*/status`.
+    pub fn read(pid: u32) -> Result<ProcSample> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("malformed /proc/PID/stat")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest[0] is field 3 (state); utime is field 14, stime field 15.
+        let tick = rustix::param::clock_ticks_per_second() as f64;
+        let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).context("utime")?;
+        let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).context("stime")?;
+        let mut ctx = 0;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(s) = std::fs::read_to_string(t.path().join("status")) {
+                    for line in s.lines() {
+                        if let Some(v) = line
+                            .strip_prefix("voluntary_ctxt_switches:")
+                            .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                        {
+                            ctx += v.trim().parse::<u64>().unwrap_or(0);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ProcSample {
+            user_s: utime / tick,
+            sys_s: stime / tick,
+            ctx_switches: ctx,
+        })
+    }
+
+    /// `self - earlier`.
+    pub fn since(&self, earlier: &ProcSample) -> ProcSample {
+        ProcSample {
+            user_s: (self.user_s - earlier.user_s).max(0.0),
+            sys_s: (self.sys_s - earlier.sys_s).max(0.0),
+            ctx_switches: self.ctx_switches.saturating_sub(earlier.ctx_switches),
+        }
+    }
+}
+
+/// A running ringlab-server.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub pid: u32,
+    pub stats_path: PathBuf,
+}
+
+impl Server {
+    /// Start `ringlab-server ARGS --listen 127.0.0.1:0 --stats-json TMP` and wait for its ready
+    /// line.
+    pub fn start(bins: &Bins, args: &[String], tmp: &Path) -> Result<Server> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stats_path = tmp.join(format!("server-stats-{}-{seq}.json", std::process::id()));
+        let mut child = Command::new(&bins.server)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--stats-json"])
+            .arg(&stats_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bins.server.display()))?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("ready ") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().ok();
+                let err = out
+                    .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+                    .unwrap_or_default();
+                bail!(
+                    "ringlab-server {} did not become ready: {err}",
+                    args.join(" ")
+                );
+            }
+        };
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(str::to_string)
+        };
+        let addr = field("listen=").context("ready line without listen=")?;
+        let pid = child.id();
+        Ok(Server {
+            child,
+            addr,
+            pid,
+            stats_path,
+        })
+    }
+
+    /// SIGTERM, wait (bounded), and read the server's statistics.
+    pub fn stop(mut self) -> Result<serde_json::Value> {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                if !st.success() {
+                    let mut err = String::new();
+                    if let Some(mut e) = self.child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    bail!("ringlab-server exited with {st}: {}", err.trim());
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("ringlab-server did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let s = std::fs::read_to_string(&self.stats_path)
+            .with_context(|| format!("reading {}", self.stats_path.display()))?;
+        let _ = std::fs::remove_file(&self.stats_path);
+        Ok(serde_json::from_str(&s)?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.stats_path);
+    }
+}
+
+/// Whether `cmd` is on PATH.
+pub fn have(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// Count `raw_syscalls:sys_enter` of `pid` for `secs` with perf, if perf can.
+pub fn perf_syscalls(pid: u32, secs: f64) -> Option<std::thread::JoinHandle<Option<u64>>> {
+    if !have("perf") {
+        return None;
+    }
+    Some(std::thread::spawn(move || {
+        let out = Command::new("perf")
+            .args(["stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p"])
+            .arg(pid.to_string())
+            .args(["--", "sleep", &format!("{secs:.3}")])
+            .stdout(Stdio::null())
+            .output()
+            .ok()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        err.lines()
+            .find(|l| l.contains("raw_syscalls:sys_enter"))
+            .and_then(|l| l.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    }))
+}

@@ -1,0 +1,342 @@
+//! One measured run: a fresh server, one client run against it, measurements from both sides.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::procs::{perf_syscalls, Bins, ProcSample, Server};
+
+/// What to run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSpec {
+    /// Row label (backend, or backend and variant).
+    pub label: String,
+    /// The swept parameter (connections, payload size, rate, clients).
+    pub x: f64,
+    pub server_args: Vec<String>,
+    /// Client arguments besides the target, cores, duration, warm-up and JSON output.
+    pub client_args: Vec<String>,
+    pub client_cores: String,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunResult {
+    pub label: String,
+    pub x: f64,
+    pub requests: f64,
+    pub rps: f64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub errors: f64,
+    /// Server CPU (user + system) over the measured window.
+    pub server_cpu_s: f64,
+    pub server_user_s: f64,
+    pub server_sys_s: f64,
+    pub cpu_per_req_us: f64,
+    /// Server's own syscall counters over its whole life, per request it served.
+    pub syscalls_per_req: Option<f64>,
+    /// `raw_syscalls:sys_enter` counted by perf over the window, per request.
+    pub perf_syscalls_per_req: Option<f64>,
+    pub ctx_switches_per_req: f64,
+    /// Client CPU use (1.0 = one core busy) as the client reports it.
+    pub client_cpu: f64,
+    /// The client, not the server, was the bottleneck (or fell behind its schedule).
+    pub client_saturated: bool,
+    /// (percentile, microseconds), for percentile curves.
+    pub percentiles: Vec<(f64, f64)>,
+    /// The commands, to rerun by hand.
+    pub server_cmd: String,
+    pub client_cmd: String,
+}
+
+/// Options that apply to every run.
+#[derive(Clone, Debug)]
+pub struct RunOpts {
+    pub perf: bool,
+    pub tmp: std::path::PathBuf,
+}
+
+fn num(v: &serde_json::Value, paths: &[&str]) -> Option<f64> {
+    paths.iter().find_map(|p| {
+        let mut cur = v;
+        for k in p.split('.') {
+            cur = cur.get(k)?;
+        }
+        cur.as_f64()
+    })
+}
+
+/// Run `spec` once on a fresh server.
+pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
+    let server = Server::start(bins, &spec.server_args, &opts.tmp)?;
+    let server_cmd = format!("{} {}", bins.server.display(), spec.server_args.join(" "));
+    let (addr, pid) = (server.addr.clone(), server.pid);
+    let mut r = match drive(bins, &addr, pid, spec, opts) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = server.stop();
+            return Err(e);
+        }
+    };
+    r.server_cmd = server_cmd;
+    let server_stats = server.stop()?;
+    let served = num(&server_stats, &["total.requests"]).unwrap_or(0.0);
+    let counted = server_stats
+        .get("total")
+        .and_then(|t| t.get("syscalls"))
+        .and_then(|s| s.as_object())
+        .map(|o| o.values().filter_map(|v| v.as_f64()).sum::<f64>());
+    let io = server_stats
+        .get("io")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    // The async runtimes' syscalls are not counted by ringlab (perf sees them).
+    if served > 0.0 && !matches!(io, "tokio" | "tokio-uring") {
+        r.syscalls_per_req = counted.map(|c| c / served);
+    }
+    Ok(r)
+}
+
+/// Run the client of `spec` against a server already listening at `addr` (process `pid`),
+/// measuring that process from outside over the client's measured window.
+pub fn drive(
+    bins: &Bins,
+    addr: &str,
+    pid: u32,
+    spec: &RunSpec,
+    opts: &RunOpts,
+) -> Result<RunResult> {
+    let json_path = opts.tmp.join(format!("client-{pid}-{}.json", spec.x));
+    let dur = format!("{}ms", (spec.duration_s * 1e3) as u64);
+    let warm = format!("{}ms", (spec.warmup_s * 1e3) as u64);
+    let mut cmd = Command::new(&bins.client);
+    cmd.arg(addr)
+        .args([
+            "--cores",
+            &spec.client_cores,
+            "--duration",
+            &dur,
+            "--warmup",
+            &warm,
+        ])
+        .arg("--json")
+        .arg(&json_path)
+        .args(&spec.client_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let client_cmd = format!(
+        "{} {addr} --cores {} --duration {dur} --warmup {warm} --json FILE {}",
+        bins.client.display(),
+        spec.client_cores,
+        spec.client_args.join(" ")
+    );
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bins.client.display()))?;
+    std::thread::sleep(Duration::from_secs_f64(spec.warmup_s));
+    let before = ProcSample::read(pid)?;
+    let perf = if opts.perf {
+        perf_syscalls(pid, spec.duration_s * 0.9)
+    } else {
+        None
+    };
+    let out = child.wait_with_output()?;
+    let after = ProcSample::read(pid)?;
+    let perf_count = perf.and_then(|h| h.join().ok().flatten());
+    let cj = std::fs::read_to_string(&json_path);
+    let _ = std::fs::remove_file(&json_path);
+    let cj: serde_json::Value = match cj {
+        Ok(s) => serde_json::from_str(&s).context("parsing the client's JSON")?,
+        Err(_) => bail!(
+            "ringlab-client wrote no results ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    };
+    let d = after.since(&before);
+    let requests = num(&cj, &["requests"]).unwrap_or(0.0);
+    let per_req = |v: f64| if requests > 0.0 { v / requests } else { 0.0 };
+    let lat = |k: &str| num(&cj, &[&format!("latency_us.{k}")]).unwrap_or(0.0);
+    let pct = |k: &str| {
+        cj.get("latency_us")
+            .and_then(|l| l.get("percentiles"))
+            .and_then(|p| p.get(k))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
+    };
+    let client_cpu = cj
+        .get("cpu")
+        .and_then(|c| c.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.get("busy").and_then(|b| b.as_f64()))
+                .sum()
+        })
+        .unwrap_or(0.0);
+    let r = RunResult {
+        label: spec.label.clone(),
+        x: spec.x,
+        requests,
+        rps: num(&cj, &["requests_per_sec"]).unwrap_or(0.0),
+        mean_us: lat("mean"),
+        p50_us: pct("50"),
+        p90_us: pct("90"),
+        p99_us: pct("99"),
+        p999_us: pct("99.9"),
+        max_us: lat("max"),
+        errors: num(&cj, &["errors_total"]).unwrap_or(0.0),
+        server_cpu_s: d.user_s + d.sys_s,
+        server_user_s: d.user_s,
+        server_sys_s: d.sys_s,
+        cpu_per_req_us: per_req((d.user_s + d.sys_s) * 1e6),
+        syscalls_per_req: None,
+        perf_syscalls_per_req: perf_count
+            .filter(|_| requests > 0.0)
+            // perf counted over 90% of the window; scale the requests to match.
+            .map(|c| c as f64 / (requests * 0.9)),
+        ctx_switches_per_req: per_req(d.ctx_switches as f64),
+        client_cpu,
+        client_saturated: cj
+            .get("saturation")
+            .and_then(|s| s.get("saturated"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        percentiles: cj
+            .get("latency_us")
+            .and_then(|l| l.get("spectrum"))
+            .and_then(|p| p.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| Some((num(e, &["percentile"])?, num(e, &["value"])?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        server_cmd: String::new(),
+        client_cmd,
+    };
+    if r.requests == 0.0 {
+        bail!(
+            "no request completed (client {}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(r)
+}
+
+/// Median of a slice (NaN-free input).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The median run of several: every field the median of the runs' values.
+pub fn combine(runs: &[RunResult]) -> RunResult {
+    let m = |f: fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
+    let mo = |f: fn(&RunResult) -> Option<f64>| {
+        let v: Vec<f64> = runs.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    let first = &runs[0];
+    // Percentile curve: of the run whose p99 is the median's nearest.
+    let p99 = m(|r| r.p99_us);
+    let curve = runs
+        .iter()
+        .min_by(|a, b| {
+            (a.p99_us - p99)
+                .abs()
+                .partial_cmp(&(b.p99_us - p99).abs())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .map(|r| r.percentiles.clone())
+        .unwrap_or_default();
+    RunResult {
+        label: first.label.clone(),
+        x: first.x,
+        requests: m(|r| r.requests),
+        rps: m(|r| r.rps),
+        mean_us: m(|r| r.mean_us),
+        p50_us: m(|r| r.p50_us),
+        p90_us: m(|r| r.p90_us),
+        p99_us: p99,
+        p999_us: m(|r| r.p999_us),
+        max_us: m(|r| r.max_us),
+        errors: m(|r| r.errors),
+        server_cpu_s: m(|r| r.server_cpu_s),
+        server_user_s: m(|r| r.server_user_s),
+        server_sys_s: m(|r| r.server_sys_s),
+        cpu_per_req_us: m(|r| r.cpu_per_req_us),
+        syscalls_per_req: mo(|r| r.syscalls_per_req),
+        perf_syscalls_per_req: mo(|r| r.perf_syscalls_per_req),
+        ctx_switches_per_req: m(|r| r.ctx_switches_per_req),
+        client_cpu: m(|r| r.client_cpu),
+        client_saturated: runs.iter().filter(|r| r.client_saturated).count() * 2 > runs.len(),
+        percentiles: curve,
+        server_cmd: first.server_cmd.clone(),
+        client_cmd: first.client_cmd.clone(),
+    }
+}
+
+/// Run every spec `reps` times, interleaved (A B A B ...), and return the medians in spec
+/// order together with every raw run.
+pub fn run_interleaved(
+    bins: &Bins,
+    specs: &[RunSpec],
+    reps: usize,
+    opts: &RunOpts,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
+    let mut all: Vec<Vec<RunResult>> = vec![Vec::new(); specs.len()];
+    let total = specs.len() * reps;
+    let mut done = 0;
+    for rep in 0..reps {
+        for (i, s) in specs.iter().enumerate() {
+            done += 1;
+            progress(&format!(
+                "[{done}/{total}] rep {} {} x={}",
+                rep + 1,
+                s.label,
+                s.x
+            ));
+            match run(bins, s, opts) {
+                Ok(r) => all[i].push(r),
+                Err(e) => eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x),
+            }
+        }
+    }
+    let mut medians = Vec::new();
+    let mut raw = Vec::new();
+    for runs in all {
+        if !runs.is_empty() {
+            medians.push(combine(&runs));
+            raw.extend(runs);
+        }
+    }
+    Ok((medians, raw))
+}
+
+/// A scratch directory for a bench run.
+pub fn tmpdir(out: &Path) -> Result<std::path::PathBuf> {
+    let t = out.join("tmp");
+    std::fs::create_dir_all(&t).with_context(|| format!("creating {}", t.display()))?;
+    Ok(t)
+}

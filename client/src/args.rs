@@ -1,0 +1,513 @@
+//! The command line, and its resolution into a [`RunConfig`] (addresses resolved, CPUs checked,
+//! the request built once).
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use clap::{Parser, ValueEnum};
+use ringlab_runtime::cpus::{available_cpus, CpuList, CpuSpec};
+
+/// The client's own IO model (the same techniques as the server's backends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Io {
+    /// io_uring: connect, multishot recv into a provided-buffer ring, owned-buffer sends, one
+    /// io_uring_enter per loop turn, SINGLE_ISSUER + DEFER_TASKRUN.
+    Uring,
+    /// epoll: edge-triggered, read until EAGAIN into one buffer per loop, write at once.
+    Epoll,
+}
+
+impl Io {
+    /// The name used on the command line and in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Io::Uring => "uring",
+            Io::Epoll => "epoll",
+        }
+    }
+}
+
+/// The protocol spoken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    /// Fixed-size messages (--size) that must come back byte for byte.
+    Echo,
+    /// HTTP/1.1 requests (--method, --path, --header, --body) with keep-alive.
+    Http,
+}
+
+impl ProtoArg {
+    /// The name used on the command line and in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProtoArg::Echo => "echo",
+            ProtoArg::Http => "http",
+        }
+    }
+}
+
+/// ringlab-client: a load generator for ringlab-server (and any echo or HTTP/1.1 server).
+///
+/// Closed loop by default: every connection keeps --pipeline requests in flight. With --rate,
+/// open loop: requests are sent on a fixed schedule, and latency is measured from the time each
+/// request was meant to be sent (coordinated omission corrected, as wrk2 does), next to the raw
+/// latency measured from the actual send.
+///
+/// Exit codes: 0 ok; 1 data errors (echo mismatch, malformed response) or no successful
+/// request; 2 usage or setup error.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ringlab-client", version, about, long_about)]
+pub struct Args {
+    /// Server address: `HOST:PORT`, or `http://HOST:PORT/PATH` (sets --path).
+    #[arg(value_name = "ADDR")]
+    pub target: String,
+    /// Protocol.
+    #[arg(long, value_enum, default_value_t = ProtoArg::Echo)]
+    pub proto: ProtoArg,
+    /// Connections in all (spread evenly over the --cores loops).
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub conns: usize,
+    /// CPUs to run one pinned loop on each: `0`, `0-3`, `0,2,4` or `all` [default: the last
+    /// available CPU, since the server defaults to CPU 0].
+    #[arg(long)]
+    pub cores: Option<CpuSpec>,
+    /// Keep one thread per listed CPU but do not pin them.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// The client's own IO model.
+    #[arg(long, value_enum, default_value_t = Io::Uring)]
+    pub io: Io,
+    /// How long to measure (after --warmup), e.g. 10s, 500ms, 1m.
+    #[arg(short = 'd', long, value_parser = parse_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+    /// Stop after this many requests (after --warmup) instead of after a duration.
+    #[arg(short = 'n', long)]
+    pub requests: Option<u64>,
+    /// Run this long before measuring; nothing from it enters the results (errors still count).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub warmup: Duration,
+    /// Open new connections at most this many per second in all (a ramp); 0 = at once.
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
+    /// A request (or connect) not answered within this time counts as a timeout and its
+    /// connection is closed and reopened.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub timeout: Duration,
+    /// Requests each connection keeps in flight (closed loop), or may have in flight (open loop).
+    #[arg(short = 'k', long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Open loop: send this many requests per second in all, on a fixed schedule.
+    #[arg(short = 'R', long)]
+    pub rate: Option<f64>,
+
+    /// Echo: message size in bytes.
+    #[arg(long, default_value_t = 64, help_heading = "echo")]
+    pub size: usize,
+    /// Echo: seed of the message contents.
+    #[arg(long, default_value_t = 0x5eed, help_heading = "echo")]
+    pub seed: u64,
+
+    /// HTTP: request method.
+    #[arg(long, default_value = "GET", help_heading = "http")]
+    pub method: String,
+    /// HTTP: request target (path and query).
+    #[arg(long, help_heading = "http")]
+    pub path: Option<String>,
+    /// HTTP: extra header `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header", help_heading = "http")]
+    pub headers: Vec<String>,
+    /// HTTP: request body.
+    #[arg(long, help_heading = "http")]
+    pub body: Option<String>,
+    /// HTTP: Host header value [default: ADDR's host and port].
+    #[arg(long, help_heading = "http")]
+    pub host: Option<String>,
+
+    /// Source address, or an inclusive IPv4 range `A-B`, to bind connections to (round robin):
+    /// each address has its own ephemeral ports, so a range lets one host open more
+    /// connections than one address allows.
+    #[arg(long, value_name = "ADDR[-ADDR]")]
+    pub bind: Option<String>,
+
+    /// Write the full results (every percentile, every counter) as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write an HdrHistogram interval log (V2 compressed, one interval a second, values in
+    /// microseconds; untagged = corrected latency, `Tag=raw` = uncorrected in open loop).
+    #[arg(long, value_name = "FILE")]
+    pub hist_log: Option<PathBuf>,
+    /// No live progress line (there is none anyway when stdout is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// uring: submission queue entries per loop.
+    #[arg(long, default_value_t = 1024, help_heading = "io_uring")]
+    pub sq_entries: u32,
+    /// uring: completion queue entries per loop.
+    #[arg(long, default_value_t = 8192, help_heading = "io_uring")]
+    pub cq_entries: u32,
+    /// uring: provided buffers per loop (a power of two).
+    #[arg(long, default_value_t = 1024, help_heading = "io_uring")]
+    pub buf_count: u16,
+    /// uring: size of each provided buffer in bytes.
+    #[arg(long, default_value_t = 16 * 1024, help_heading = "io_uring")]
+    pub buf_size: u32,
+
+    /// epoll: bytes of the one read buffer per loop.
+    #[arg(long, default_value_t = 64 * 1024, help_heading = "epoll")]
+    pub read_buf: usize,
+    /// epoll: events fetched per epoll_wait.
+    #[arg(long, default_value_t = 1024, help_heading = "epoll")]
+    pub max_events: usize,
+}
+
+pub use ringlab_runtime::duration::parse_duration;
+
+/// A usage or setup error: exit code 2, one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
+fn setup(msg: impl Into<String>) -> SetupError {
+    SetupError(msg.into())
+}
+
+/// The request each connection sends, built once.
+#[derive(Clone, Debug)]
+pub enum RequestKind {
+    /// Echo messages of this size.
+    Echo { size: usize, seed: u64 },
+    /// This HTTP request, already encoded.
+    Http { bytes: Bytes, head: bool },
+}
+
+/// What a run does, resolved and checked.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub target: SocketAddr,
+    /// The target as given (for output).
+    pub target_name: String,
+    pub proto: ProtoArg,
+    pub request: RequestKind,
+    pub conns: usize,
+    pub cpus: CpuList,
+    pub pin: bool,
+    pub io: Io,
+    /// Measured time; `None` with `requests`.
+    pub duration: Option<Duration>,
+    pub requests: Option<u64>,
+    pub warmup: Duration,
+    pub connect_rate: Option<f64>,
+    pub timeout: Duration,
+    pub pipeline: usize,
+    pub rate: Option<f64>,
+    /// Source addresses, used round robin; empty = the kernel picks.
+    pub bind: Vec<IpAddr>,
+    pub json: Option<PathBuf>,
+    pub hist_log: Option<PathBuf>,
+    pub progress: bool,
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    pub buf_count: u16,
+    pub buf_size: u32,
+    pub read_buf: usize,
+    pub max_events: usize,
+}
+
+impl RunConfig {
+    /// Whether this is an open-loop (scheduled) run.
+    pub fn open_loop(&self) -> bool {
+        self.rate.is_some()
+    }
+}
+
+/// Parse `ADDR` or `A-B` (inclusive, same family; IPv4 ranges only).
+pub fn parse_bind(s: &str) -> Result<Vec<IpAddr>, String> {
+    let bad =
+        |why: &str| format!("--bind {s:?}: {why} (expected e.g. 127.0.0.1 or 127.0.0.1-127.0.0.8)");
+    let parse_ip = |x: &str| {
+        x.trim()
+            .parse::<IpAddr>()
+            .map_err(|_| bad("not an IP address"))
+    };
+    match s.split_once('-') {
+        None => Ok(vec![parse_ip(s)?]),
+        Some((a, b)) => match (parse_ip(a)?, parse_ip(b)?) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let (a, b) = (u32::from(a), u32::from(b));
+                if a > b {
+                    return Err(bad("range runs backwards"));
+                }
+                if b - a >= 65_536 {
+                    return Err(bad("range larger than 65536 addresses"));
+                }
+                Ok((a..=b)
+                    .map(|v| IpAddr::V4(std::net::Ipv4Addr::from(v)))
+                    .collect())
+            }
+            _ => Err(bad("ranges are IPv4 only")),
+        },
+    }
+}
+
+impl Args {
+    /// Check the arguments and resolve them into what a run needs.
+    pub fn resolve(&self) -> Result<RunConfig, SetupError> {
+        let (hostport, url_path) = split_target(&self.target)?;
+        let target = hostport
+            .to_socket_addrs()
+            .map_err(|e| setup(format!("cannot resolve {hostport:?}: {e}")))?
+            .next()
+            .ok_or_else(|| setup(format!("{hostport:?} resolves to no address")))?;
+        if self.conns == 0 {
+            return Err(setup("--conns must be at least 1"));
+        }
+        if self.pipeline == 0 {
+            return Err(setup("--pipeline must be at least 1"));
+        }
+        if self.size == 0 && self.proto == ProtoArg::Echo {
+            return Err(setup("--size must be at least 1"));
+        }
+        if let Some(r) = self.rate {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(setup(
+                    "--rate must be a positive number of requests per second",
+                ));
+            }
+        }
+        if !(self.connect_rate.is_finite() && self.connect_rate >= 0.0) {
+            return Err(setup("--connect-rate must be a non-negative number"));
+        }
+        if self.requests == Some(0) {
+            return Err(setup("--requests must be at least 1"));
+        }
+        if self.timeout.is_zero() {
+            return Err(setup("--timeout must be positive"));
+        }
+        if !self.buf_count.is_power_of_two() {
+            return Err(setup(format!(
+                "--buf-count must be a power of two (got {})",
+                self.buf_count
+            )));
+        }
+        let cpus = match &self.cores {
+            Some(spec) => spec.resolve().map_err(|e| setup(format!("--cores: {e}")))?,
+            None => {
+                let all = available_cpus();
+                CpuList::from_ids(all.ids().last().copied())
+            }
+        };
+        if cpus.is_empty() {
+            return Err(setup("--cores: no CPU to run on"));
+        }
+        if self.conns < cpus.len() {
+            return Err(setup(format!(
+                "--conns {} is fewer than the {} loops of --cores {cpus}; give each loop a connection",
+                self.conns,
+                cpus.len()
+            )));
+        }
+        let bind = match &self.bind {
+            Some(b) => parse_bind(b).map_err(setup)?,
+            None => Vec::new(),
+        };
+        if bind.iter().any(|b| b.is_ipv4() != target.is_ipv4()) {
+            return Err(setup(
+                "--bind addresses must be of the target's address family",
+            ));
+        }
+        let request = match self.proto {
+            ProtoArg::Echo => RequestKind::Echo {
+                size: self.size,
+                seed: self.seed,
+            },
+            ProtoArg::Http => {
+                let path = self
+                    .path
+                    .clone()
+                    .or(url_path)
+                    .unwrap_or_else(|| "/".to_string());
+                if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                    return Err(setup(format!(
+                        "--path {path:?} must start with '/' and contain no spaces"
+                    )));
+                }
+                if self.method.is_empty()
+                    || !self
+                        .method
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                {
+                    return Err(setup(format!(
+                        "--method {:?} is not an HTTP method token",
+                        self.method
+                    )));
+                }
+                let mut headers = Vec::new();
+                for h in &self.headers {
+                    let Some((k, v)) = h.split_once(':') else {
+                        return Err(setup(format!("--header {h:?}: expected `Name: value`")));
+                    };
+                    let (k, v) = (k.trim(), v.trim());
+                    if k.is_empty()
+                        || k.contains(|c: char| c.is_whitespace() || c.is_control())
+                        || v.contains(['\r', '\n'])
+                    {
+                        return Err(setup(format!("--header {h:?}: bad header name or value")));
+                    }
+                    if k.eq_ignore_ascii_case("content-length")
+                        || k.eq_ignore_ascii_case("transfer-encoding")
+                    {
+                        return Err(setup(format!(
+                            "--header {k}: set by the client from --body; leave it out"
+                        )));
+                    }
+                    headers.push((k.to_string(), v.to_string()));
+                }
+                let host = self.host.clone().unwrap_or_else(|| hostport.clone());
+                let body = self.body.clone().unwrap_or_default();
+                let mut buf = BytesMut::new();
+                ringlab_proto::http::encode_request(
+                    &mut buf,
+                    &self.method,
+                    &path,
+                    &host,
+                    &headers,
+                    body.as_bytes(),
+                );
+                RequestKind::Http {
+                    bytes: buf.freeze(),
+                    head: self.method.eq_ignore_ascii_case("HEAD"),
+                }
+            }
+        };
+        let duration = match (self.duration, self.requests) {
+            (Some(d), _) if d.is_zero() => return Err(setup("--duration must be positive")),
+            (Some(d), _) => Some(d),
+            (None, Some(_)) => None,
+            (None, None) => Some(Duration::from_secs(10)),
+        };
+        Ok(RunConfig {
+            target,
+            target_name: self.target.clone(),
+            proto: self.proto,
+            request,
+            conns: self.conns,
+            cpus,
+            pin: !self.no_pin,
+            io: self.io,
+            duration,
+            requests: self.requests,
+            warmup: self.warmup,
+            connect_rate: (self.connect_rate > 0.0).then_some(self.connect_rate),
+            timeout: self.timeout,
+            pipeline: self.pipeline,
+            rate: self.rate,
+            bind,
+            json: self.json.clone(),
+            hist_log: self.hist_log.clone(),
+            progress: !self.no_progress,
+            sq_entries: self.sq_entries,
+            cq_entries: self.cq_entries,
+            buf_count: self.buf_count,
+            buf_size: self.buf_size,
+            read_buf: self.read_buf.max(512),
+            max_events: self.max_events.max(1),
+        })
+    }
+}
+
+/// `HOST:PORT` or `http://HOST:PORT/PATH` → (`HOST:PORT`, path).
+fn split_target(t: &str) -> Result<(String, Option<String>), SetupError> {
+    let t = t.trim();
+    if let Some(rest) = t.strip_prefix("http://") {
+        let (hp, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(rest[i..].to_string())),
+            None => (rest, None),
+        };
+        let hp = if hp
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            hp.to_string()
+        } else {
+            format!("{hp}:80")
+        };
+        return Ok((hp, path));
+    }
+    if t.starts_with("https://") {
+        return Err(setup("https is not supported; use http:// or HOST:PORT"));
+    }
+    if t.rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
+        return Err(setup(format!(
+            "{t:?}: expected HOST:PORT (e.g. 127.0.0.1:9527) or http://HOST:PORT/PATH"
+        )));
+    }
+    Ok((t.to_string(), None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("7").is_err(), "a bare number needs a unit");
+        assert_eq!(parse_duration("50us").unwrap(), Duration::from_micros(50));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("1e9s").is_err());
+    }
+
+    #[test]
+    fn bind_ranges() {
+        assert_eq!(parse_bind("127.0.0.1").unwrap().len(), 1);
+        let r = parse_bind("127.0.0.1-127.0.0.8").unwrap();
+        assert_eq!(r.len(), 8);
+        assert_eq!(r[7], "127.0.0.8".parse::<IpAddr>().unwrap());
+        assert!(parse_bind("127.0.0.9-127.0.0.1").is_err());
+        assert!(parse_bind("::1-::2").is_err());
+        assert!(parse_bind("nope").is_err());
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            split_target("http://127.0.0.1:8080/x?y").unwrap(),
+            ("127.0.0.1:8080".to_string(), Some("/x?y".to_string()))
+        );
+        assert_eq!(
+            split_target("http://localhost").unwrap(),
+            ("localhost:80".to_string(), None)
+        );
+        assert!(split_target("127.0.0.1").is_err());
+        assert!(split_target("https://x:1").is_err());
+    }
+
+    #[test]
+    fn resolves_defaults() {
+        let a = Args::parse_from(["ringlab-client", "127.0.0.1:1"]);
+        let c = a.resolve().unwrap();
+        assert_eq!(c.duration, Some(Duration::from_secs(10)));
+        assert_eq!(c.cpus.len(), 1);
+        assert!(!c.open_loop());
+        let a = Args::parse_from(["ringlab-client", "127.0.0.1:1", "--conns", "0"]);
+        assert!(a.resolve().is_err());
+        let a = Args::parse_from([
+            "ringlab-client",
+            "127.0.0.1:1",
+            "--proto",
+            "http",
+            "-H",
+            "bad",
+        ]);
+        assert!(a.resolve().is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! IO drivers. Each is one file with one loop that moves bytes between sockets and the shared
+//! [`crate::engine::Engine`]; a driver must:
+//!
+//! * open a socket for every slot in [`Work::connect`](crate::engine::Work) (bound to
+//!   [`Engine::connect_target`]'s source address, if any), call `connect_started`, and report
+//!   the outcome with `connected` (or `connect_setup_failed` when no connect was started);
+//! * feed every received byte, in order, to `Engine::recv`, report EOF (`eof`), errors
+//!   (`io_error`) and bytes written (`sent`), and write whatever `take_output` returns, in
+//!   order, without loss;
+//! * read while `wants_read`; when `wants_close`, stop everything on the socket, close it, and
+//!   call `closed` (only then is the slot reused);
+//! * call `tick` at the top of each turn (and often enough while handling a large batch that
+//!   latencies stay exact to the microsecond), `poll` + `take_work` once a turn, block at most
+//!   `wait_timeout`, and return when `finished`, with nothing left in flight.
+
+pub mod epoll;
+pub mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::args::RunConfig;
+use crate::engine::{Engine, Interval, ThreadPlan, Timeline};
+
+/// Everything a loop thread is started with.
+pub struct ThreadCtx {
+    pub cfg: Arc<RunConfig>,
+    pub plan: ThreadPlan,
+    /// The loop reports here once it is set up (or why it could not be).
+    pub ready: SyncSender<Result<(), String>>,
+    /// Then it waits here for the run's time line (`None`: another loop failed, stop).
+    pub go: Receiver<Option<Timeline>>,
+    /// Interval histograms go here.
+    pub tx: Sender<Interval>,
+    /// Set when the run must stop early.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl ThreadCtx {
+    /// Report the setup's outcome; on success wait for the start and build the engine.
+    pub fn start(self, setup: Result<(), String>) -> Option<Engine> {
+        let ok = setup.is_ok();
+        let _ = self.ready.send(setup);
+        if !ok {
+            return None;
+        }
+        let tl = self.go.recv().ok().flatten()?;
+        Some(Engine::new(self.cfg, self.plan, tl, self.tx, self.stop))
+    }
+}
+
+/// A TCP socket for `target`, bound to `bind` if given, with TCP_NODELAY; close-on-exec.
+/// io_uring wants it blocking (io_uring honours O_NONBLOCK by failing with EAGAIN instead of
+/// waiting); epoll wants it non-blocking.
+pub fn new_socket(
+    target: SocketAddr,
+    bind: Option<SocketAddr>,
+    nonblocking: bool,
+) -> io::Result<Socket> {
+    let ty = if nonblocking {
+        Type::STREAM.nonblocking()
+    } else {
+        Type::STREAM
+    };
+    let s = Socket::new(Domain::for_address(target), ty, Some(Protocol::TCP))?;
+    s.set_tcp_nodelay(true)?;
+    if let Some(b) = bind {
+        if let Err(e) = s.bind(&SockAddr::from(b)) {
+            if e.raw_os_error() == Some(rustix::io::Errno::ADDRNOTAVAIL.raw_os_error()) {
+                // At bind, EADDRNOTAVAIL means a foreign address, not a lack of ports.
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    format!("--bind {} is not an address of this host", b.ip()),
+                ));
+            }
+            return Err(e);
+        }
+    }
+    Ok(s)
+}

@@ -1,0 +1,1035 @@
+//! What every IO driver's loop shares: connection slots and their life cycle, the connect ramp,
+//! request issue (closed loop) and dispatch from the schedule (open loop), timeouts, the run's
+//! phases, and recording into histograms and counters.
+//!
+//! A driver is a loop that moves bytes between sockets and these calls. It owns the sockets;
+//! the engine owns everything else, and tells the driver through [`Work`] which slots to
+//! connect and which to pump (send output, close). Slots are numbered `0..n` per thread; a
+//! driver tags its in-flight operations with its own generation per socket so that a late
+//! completion never reaches the next socket of the same slot.
+//!
+//! Phases: `Run` (requests issued; before `measure_start` they are warmup and not recorded),
+//! `Drain` (no new requests; connections close once their answers are in, or at the drain
+//! deadline, when what is left counts as timeouts), `Done`.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+
+use crate::args::RunConfig;
+use crate::conn::{Completion, Conn, DataError, Eof, Stamp};
+use crate::schedule::Schedule;
+use crate::stats::{new_hist, record, Counters, Errors};
+
+/// Consecutive failed connects on one slot before it waits at the longest back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What one thread is asked to do.
+#[derive(Clone, Debug)]
+pub struct ThreadPlan {
+    /// Thread number.
+    pub index: usize,
+    /// The CPU it runs on.
+    pub cpu: usize,
+    /// Global numbers of this thread's connections.
+    pub conn_ids: Vec<usize>,
+    /// Open loop: this thread's share of the rate (requests/s).
+    pub rate: Option<f64>,
+    /// This thread's share of --requests.
+    pub requests: Option<u64>,
+    /// This thread's share of --connect-rate (connections/s).
+    pub connect_rate: Option<f64>,
+    /// Offset of this thread's schedule, so threads interleave.
+    pub phase: Duration,
+}
+
+/// The run's time line, common to all threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeline {
+    /// When loops start connecting.
+    pub start: Instant,
+    /// End of the warmup: requests meant to be sent from here on are measured.
+    pub measure_start: Instant,
+    /// End of the measured time (duration mode).
+    pub end: Option<Instant>,
+}
+
+/// The samples of one interval of one thread: one second of measurement (`index` counts from
+/// `measure_start`), or the last part of one. Loops send these to the main thread.
+pub struct Interval {
+    pub thread: usize,
+    pub index: u64,
+    /// Length of the interval (1 s, or less for the last one).
+    pub length: Duration,
+    pub corrected: Histogram<u64>,
+    pub raw: Histogram<u64>,
+    pub bytes: u64,
+}
+
+/// Connections and requests the driver must act on.
+#[derive(Default, Debug)]
+pub struct Work {
+    /// Slots to open a connection for (call [`Engine::connect_started`] per slot).
+    pub connect: Vec<u32>,
+    /// Slots whose output or state changed (send what is queued, close if asked).
+    pub pump: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// No socket. Waiting in the connect queue, or for a back-off, or for nothing (done).
+    Idle,
+    Connecting {
+        since: Instant,
+    },
+    Open,
+    /// The driver must close the socket and then call [`Engine::closed`].
+    Closing,
+}
+
+struct Slot {
+    id: usize,
+    state: State,
+    conn: Option<Conn>,
+    bind: Option<SocketAddr>,
+    /// Consecutive failed connects.
+    fails: u32,
+    /// The current connection ended in an error.
+    failed: bool,
+    /// The current connection completed at least one request.
+    answered: bool,
+    retry_at: Option<Instant>,
+    in_spare: bool,
+    connected_before: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Run,
+    Drain { deadline: Instant },
+    Done,
+}
+
+/// Why a thread stopped before its plan was done.
+#[derive(Clone, Debug)]
+pub struct GaveUp(pub String);
+
+/// What a thread hands back when it is done.
+pub struct ThreadResult {
+    pub thread: usize,
+    pub cpu: usize,
+    pub corrected: Histogram<u64>,
+    pub raw: Histogram<u64>,
+    pub connect: Histogram<u64>,
+    pub lag: Histogram<u64>,
+    pub counters: Counters,
+    pub errors: Errors,
+    /// CPU time this thread used while measuring, and the wall time it measured for.
+    pub cpu_time: Duration,
+    pub cpu_wall: Duration,
+    /// Last measured response (for the run's elapsed time).
+    pub last_completion: Option<Instant>,
+    /// When the thread stopped issuing requests (end of run, budget spent, gave up).
+    pub ended_at: Instant,
+    pub gave_up: Option<GaveUp>,
+    /// First data error seen, for the report.
+    pub first_data_error: Option<String>,
+    /// First connect error seen, for the report.
+    pub first_connect_error: Option<String>,
+}
+
+/// The shared per-thread state.
+pub struct Engine {
+    pub cfg: Arc<RunConfig>,
+    plan: ThreadPlan,
+    tl: Timeline,
+    now: Instant,
+    phase: Phase,
+    slots: Vec<Slot>,
+    /// Slots with a live socket (Connecting, Open or Closing).
+    live: usize,
+    connect_queue: VecDeque<u32>,
+    next_connect_at: Instant,
+    connect_interval: Option<Duration>,
+    schedule: Option<Schedule>,
+    /// Open loop: intended times due but not yet sent.
+    backlog: VecDeque<Instant>,
+    /// Open loop: slots that may take another request (may hold stale entries).
+    spare: VecDeque<u32>,
+    /// Closed loop: measured requests left to issue (--requests).
+    budget: Option<u64>,
+    consecutive_connect_failures: u32,
+    last_connect_success: Instant,
+    next_sweep: Instant,
+    sweep_every: Duration,
+    measuring: bool,
+    next_interval_at: Instant,
+    interval_index: u64,
+    interval_bytes: u64,
+    cpu_at_measure: Option<(Instant, Duration)>,
+    cpu_result: (Duration, Duration),
+    ended_at: Option<Instant>,
+    tx: Sender<Interval>,
+    stop: Arc<AtomicBool>,
+    work: Work,
+    // Results.
+    icorrected: Histogram<u64>,
+    iraw: Histogram<u64>,
+    corrected: Histogram<u64>,
+    raw: Histogram<u64>,
+    connect_hist: Histogram<u64>,
+    lag: Histogram<u64>,
+    pub counters: Counters,
+    pub errors: Errors,
+    last_completion: Option<Instant>,
+    gave_up: Option<GaveUp>,
+    first_data_error: Option<String>,
+    first_connect_error: Option<String>,
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+/// CPU time used by the calling thread.
+pub fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+impl Engine {
+    /// The engine of thread `plan` on the run's `timeline`.
+    pub fn new(
+        cfg: Arc<RunConfig>,
+        plan: ThreadPlan,
+        tl: Timeline,
+        tx: Sender<Interval>,
+        stop: Arc<AtomicBool>,
+    ) -> Engine {
+        let now = Instant::now();
+        let slots: Vec<Slot> = plan
+            .conn_ids
+            .iter()
+            .map(|&id| Slot {
+                id,
+                state: State::Idle,
+                conn: None,
+                bind: if cfg.bind.is_empty() {
+                    None
+                } else {
+                    Some(SocketAddr::new(cfg.bind[id % cfg.bind.len()], 0))
+                },
+                fails: 0,
+                failed: false,
+                answered: false,
+                retry_at: None,
+                in_spare: false,
+                connected_before: false,
+            })
+            .collect();
+        let connect_queue = (0..slots.len() as u32).collect();
+        let schedule = plan.rate.map(|r| {
+            let mut s = Schedule::new(tl.start, r, plan.phase);
+            if let Some(end) = tl.end {
+                s.stop_at(end);
+            }
+            if let Some(n) = plan.requests {
+                s.limit(s.count_before(tl.measure_start) + n);
+            }
+            s
+        });
+        let sweep_every =
+            (cfg.timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(100));
+        Engine {
+            connect_interval: plan
+                .connect_rate
+                .map(|r| Duration::from_secs_f64(1.0 / r.max(1e-6))),
+            budget: if plan.rate.is_none() {
+                plan.requests
+            } else {
+                None
+            },
+            plan,
+            now,
+            phase: Phase::Run,
+            slots,
+            live: 0,
+            connect_queue,
+            next_connect_at: tl.start,
+            schedule,
+            backlog: VecDeque::new(),
+            spare: VecDeque::new(),
+            consecutive_connect_failures: 0,
+            last_connect_success: tl.start,
+            next_sweep: tl.start,
+            sweep_every,
+            measuring: false,
+            next_interval_at: tl.measure_start,
+            interval_index: 0,
+            interval_bytes: 0,
+            cpu_at_measure: None,
+            cpu_result: (Duration::ZERO, Duration::ZERO),
+            ended_at: None,
+            tx,
+            stop,
+            work: Work::default(),
+            icorrected: new_hist(),
+            iraw: new_hist(),
+            corrected: new_hist(),
+            raw: new_hist(),
+            connect_hist: new_hist(),
+            lag: new_hist(),
+            counters: Counters::default(),
+            errors: Errors::default(),
+            last_completion: None,
+            gave_up: None,
+            first_data_error: None,
+            first_connect_error: None,
+            tl,
+            cfg,
+        }
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The time read at the last [`Engine::tick`].
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Read the clock. Call once at the top of every loop turn (and whenever precision needs a
+    /// fresh reading, e.g. before handling a batch of completions).
+    pub fn tick(&mut self) -> Instant {
+        self.now = Instant::now();
+        if self.now >= self.next_interval_at && self.phase != Phase::Done {
+            self.roll_interval();
+        }
+        self.now
+    }
+
+    fn roll_interval(&mut self) {
+        if !self.measuring {
+            self.measuring = true;
+            self.cpu_at_measure = Some((self.now, thread_cpu_time()));
+            self.next_interval_at = self.tl.measure_start + Duration::from_secs(1);
+            return;
+        }
+        while self.now >= self.next_interval_at {
+            self.flush_interval(Duration::from_secs(1));
+            self.next_interval_at += Duration::from_secs(1);
+        }
+    }
+
+    fn flush_interval(&mut self, length: Duration) {
+        let msg = Interval {
+            thread: self.plan.index,
+            index: self.interval_index,
+            length,
+            corrected: self.icorrected.clone(),
+            raw: self.iraw.clone(),
+            bytes: self.interval_bytes,
+        };
+        // Totals are the sum of the intervals.
+        let _ = self.corrected.add(&self.icorrected);
+        let _ = self.raw.add(&self.iraw);
+        self.icorrected.reset();
+        self.iraw.reset();
+        self.interval_bytes = 0;
+        self.interval_index += 1;
+        let _ = self.tx.send(msg);
+    }
+
+    /// How long the loop may block: until the next connect, scheduled send, sweep, interval
+    /// boundary or drain deadline.
+    pub fn wait_timeout(&self) -> Option<Duration> {
+        if self.phase == Phase::Done {
+            return Some(Duration::from_millis(10));
+        }
+        let mut next = self.next_sweep.min(self.next_interval_at);
+        if !self.connect_queue.is_empty() {
+            next = next.min(self.next_connect_at);
+        }
+        if let Some(s) = &self.schedule {
+            if self.phase == Phase::Run {
+                if let Some(t) = s.next() {
+                    next = next.min(t);
+                }
+            }
+        }
+        if let Phase::Drain { deadline } = self.phase {
+            next = next.min(deadline);
+        }
+        if let Some(end) = self.tl.end {
+            if self.phase == Phase::Run {
+                next = next.min(end);
+            }
+        }
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the loop may exit: the run is over and every socket is closed.
+    pub fn finished(&self) -> bool {
+        self.phase == Phase::Done && self.live == 0
+    }
+
+    /// Move the work gathered so far (by [`Engine::poll`] and by the calls that handled
+    /// completions) into `out`, whose vectors the driver empties after acting on them.
+    pub fn take_work(&mut self, out: &mut Work) {
+        std::mem::swap(&mut self.work, out);
+    }
+
+    /// Decide the turn's work: phase changes, timeouts, connects, scheduled requests. Call once
+    /// a turn, after handling completions; then [`Engine::take_work`].
+    pub fn poll(&mut self) {
+        let now = self.now;
+        // Phase changes.
+        if self.phase == Phase::Run {
+            let over = self.stop.load(Ordering::Relaxed)
+                || self.tl.end.is_some_and(|e| now >= e)
+                || self.budget == Some(0)
+                // (--requests in open loop: every scheduled request sent, none left waiting)
+                || (self.schedule.as_ref().is_some_and(|s| s.ended()) && self.backlog.is_empty());
+            if over {
+                self.begin_drain();
+            }
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + self.sweep_every;
+            self.sweep();
+        }
+        if let Phase::Drain { deadline } = self.phase {
+            if now >= deadline {
+                self.end_drain();
+            }
+        }
+        // Connects, paced by --connect-rate.
+        if self.phase == Phase::Run {
+            while let Some(&slot) = self.connect_queue.front() {
+                if self.next_connect_at > now {
+                    break;
+                }
+                self.connect_queue.pop_front();
+                if self.slots[slot as usize].state != State::Idle {
+                    continue;
+                }
+                if let Some(iv) = self.connect_interval {
+                    self.next_connect_at += iv;
+                    // Far behind (a stalled loop): restart the ramp from now, never a flood.
+                    if self.next_connect_at + Duration::from_millis(100) < now {
+                        self.next_connect_at = now;
+                    }
+                }
+                self.work.connect.push(slot);
+            }
+        }
+        // Open loop: take what is due, hand it to connections with room.
+        if self.phase == Phase::Run {
+            if let Some(s) = &mut self.schedule {
+                let backlog = &mut self.backlog;
+                s.take_due(now, |t| backlog.push_back(t));
+            }
+            self.dispatch();
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        self.ended_at.get_or_insert(self.now);
+        if let Some((t0, c0)) = self.cpu_at_measure.take() {
+            self.cpu_result = (
+                thread_cpu_time().saturating_sub(c0),
+                self.now.saturating_duration_since(t0),
+            );
+        }
+        let deadline = self.now + self.cfg.timeout;
+        self.phase = Phase::Drain { deadline };
+        // Due but never sent: behind schedule.
+        let ms = self.tl.measure_start;
+        self.counters.unsent += self.backlog.iter().filter(|t| **t >= ms).count() as u64;
+        self.backlog.clear();
+        self.connect_queue.clear();
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i];
+            match s.state {
+                State::Connecting { .. } => {
+                    s.state = State::Closing;
+                    self.work.pump.push(i as u32);
+                }
+                State::Open if s.conn.as_ref().is_none_or(|c| c.inflight() == 0) => {
+                    s.state = State::Closing;
+                    self.work.pump.push(i as u32);
+                }
+                _ => {}
+            }
+        }
+        self.check_done();
+    }
+
+    fn end_drain(&mut self) {
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i];
+            if let (State::Open | State::Closing, Some(c)) = (s.state, s.conn.as_mut()) {
+                self.errors.timeouts += c.abandon() as u64;
+            }
+            if matches!(s.state, State::Open | State::Connecting { .. }) {
+                s.state = State::Closing;
+                self.work.pump.push(i as u32);
+            }
+        }
+        self.phase = Phase::Done;
+    }
+
+    fn check_done(&mut self) {
+        if matches!(self.phase, Phase::Drain { .. })
+            && self
+                .slots
+                .iter()
+                .all(|s| matches!(s.state, State::Idle | State::Closing))
+        {
+            self.phase = Phase::Done;
+        }
+    }
+
+    fn finish_measuring(&mut self) {
+        self.measuring = false;
+        let length = self
+            .now
+            .saturating_duration_since(self.next_interval_at - Duration::from_secs(1));
+        self.flush_interval(length.min(Duration::from_secs(1)));
+        self.next_interval_at = self.now + Duration::from_secs(3600);
+    }
+
+    /// Timeouts, back-offs, giving up. Runs every `sweep_every` (timeouts are that coarse).
+    fn sweep(&mut self) {
+        let now = self.now;
+        let timeout = self.cfg.timeout;
+        let running = self.phase == Phase::Run;
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i];
+            match s.state {
+                State::Connecting { since } if now.saturating_duration_since(since) >= timeout => {
+                    self.errors.connect_timeout += 1;
+                    self.first_connect_error.get_or_insert_with(|| {
+                        format!("connect to {} timed out after {timeout:?}", self.cfg.target)
+                    });
+                    s.failed = true;
+                    self.consecutive_connect_failures += 1;
+                    s.state = State::Closing;
+                    self.work.pump.push(i as u32);
+                }
+                State::Open => {
+                    let Some(c) = s.conn.as_mut() else { continue };
+                    if c.oldest_sent()
+                        .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
+                    {
+                        self.errors.timeouts += c.abandon() as u64;
+                        s.failed = true;
+                        s.state = State::Closing;
+                        self.work.pump.push(i as u32);
+                    }
+                }
+                State::Idle if running && s.retry_at.is_some_and(|t| t <= now) => {
+                    s.retry_at = None;
+                    self.connect_queue.push_back(i as u32);
+                }
+                _ => {}
+            }
+        }
+        // Nothing connects: stop trying rather than spin until the end of the run.
+        if running
+            && self.slots.iter().all(|s| !matches!(s.state, State::Open))
+            && self.consecutive_connect_failures >= 3 * (self.slots.len().min(4) as u32)
+            && now.saturating_duration_since(self.last_connect_success) >= Duration::from_secs(1)
+        {
+            let why = self
+                .first_connect_error
+                .clone()
+                .unwrap_or_else(|| "connections keep failing".to_string());
+            self.gave_up = Some(GaveUp(format!(
+                "gave up after {} failed connects in a row: {why}",
+                self.consecutive_connect_failures
+            )));
+            self.begin_drain();
+        }
+    }
+
+    fn dispatch(&mut self) {
+        while let Some(&intended) = self.backlog.front() {
+            let Some(slot) = self.spare.pop_front() else {
+                return;
+            };
+            let s = &mut self.slots[slot as usize];
+            s.in_spare = false;
+            let Some(c) = s.conn.as_mut() else { continue };
+            if s.state != State::Open || c.peer_closing() || c.inflight() >= self.cfg.pipeline {
+                continue;
+            }
+            self.backlog.pop_front();
+            // The raw (uncorrected) latency starts at the real send: a fresh reading, as in
+            // `fill`.
+            let sent = Instant::now();
+            c.push_request(Stamp { intended, sent });
+            let room = c.inflight() < self.cfg.pipeline;
+            self.counters.requests_sent += 1;
+            if intended >= self.tl.measure_start {
+                record(&mut self.lag, us(sent.saturating_duration_since(intended)));
+            }
+            if room {
+                s.in_spare = true;
+                self.spare.push_back(slot);
+            }
+            self.work.pump.push(slot);
+        }
+    }
+
+    fn mark_spare(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        if !s.in_spare {
+            s.in_spare = true;
+            self.spare.push_back(slot);
+        }
+    }
+
+    /// Closed loop: issue requests on `slot` until its pipeline is full.
+    fn fill(&mut self, slot: u32) {
+        // A fresh reading, not the turn's: requests filled late in a batch of events would
+        // otherwise look older than they are (measured: +45 µs on the median at 64
+        // connections against wrk, which reads the clock per request).
+        let now = Instant::now();
+        let ms = self.tl.measure_start;
+        let s = &mut self.slots[slot as usize];
+        let Some(c) = s.conn.as_mut() else { return };
+        while self.phase == Phase::Run
+            && s.state == State::Open
+            && !c.peer_closing()
+            && c.inflight() < self.cfg.pipeline
+        {
+            if now >= ms {
+                match &mut self.budget {
+                    Some(0) => break,
+                    Some(b) => *b -= 1,
+                    None => {}
+                }
+            }
+            c.push_request(Stamp {
+                intended: now,
+                sent: now,
+            });
+            self.counters.requests_sent += 1;
+        }
+    }
+
+    /// Where slot `slot` connects to, and the local address to bind first, if any.
+    pub fn connect_target(&self, slot: u32) -> (SocketAddr, Option<SocketAddr>) {
+        (self.cfg.target, self.slots[slot as usize].bind)
+    }
+
+    /// The driver started connecting `slot`.
+    pub fn connect_started(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        s.state = State::Connecting { since: self.now };
+        self.live += 1;
+    }
+
+    /// The socket for `slot` could not even be created or bound (no syscall in flight).
+    pub fn connect_setup_failed(&mut self, slot: u32, e: &io::Error) {
+        self.note_connect_error(e);
+        let s = &mut self.slots[slot as usize];
+        s.fails += 1;
+        s.state = State::Idle;
+        self.consecutive_connect_failures += 1;
+        let backoff = backoff(s.fails);
+        s.retry_at = Some(self.now + backoff);
+        s.failed = false;
+    }
+
+    fn note_connect_error(&mut self, e: &io::Error) {
+        self.errors.count_connect(e);
+        if self.first_connect_error.is_none() {
+            self.first_connect_error = Some(describe_connect_error(e, &self.cfg));
+        }
+    }
+
+    /// The connect of `slot` finished with `res`.
+    pub fn connected(&mut self, slot: u32, res: io::Result<()>) {
+        let now = self.now;
+        let s = &mut self.slots[slot as usize];
+        let State::Connecting { since } = s.state else {
+            return; // closing already (timeout, end of run)
+        };
+        if let Err(e) = res {
+            s.failed = true;
+            s.state = State::Closing;
+            self.consecutive_connect_failures += 1;
+            self.note_connect_error(&e);
+            self.work.pump.push(slot);
+            return;
+        }
+        record(
+            &mut self.connect_hist,
+            us(now.saturating_duration_since(since)),
+        );
+        self.counters.connects += 1;
+        if s.connected_before {
+            self.counters.reconnects += 1;
+        }
+        s.connected_before = true;
+        s.failed = false;
+        s.answered = false;
+        self.consecutive_connect_failures = 0;
+        self.last_connect_success = now;
+        s.conn = Some(Conn::new(&self.cfg.request, s.id as u64));
+        if self.phase == Phase::Run {
+            s.state = State::Open;
+            if self.schedule.is_some() {
+                self.mark_spare(slot);
+                self.dispatch();
+            } else {
+                self.fill(slot);
+            }
+        } else {
+            s.state = State::Closing;
+        }
+        self.work.pump.push(slot);
+    }
+
+    /// Bytes arrived on `slot`.
+    pub fn recv(&mut self, slot: u32, data: &[u8]) {
+        self.counters.bytes_received += data.len() as u64;
+        let now = self.now;
+        let ms = self.tl.measure_start;
+        let measuring = self.measuring;
+        let Engine {
+            slots,
+            icorrected,
+            iraw,
+            counters,
+            last_completion,
+            interval_bytes,
+            ..
+        } = self;
+        let s = &mut slots[slot as usize];
+        if s.state != State::Open {
+            return; // closing: input is dropped
+        }
+        let Some(c) = s.conn.as_mut() else { return };
+        let mut completed = 0u32;
+        let r = c.on_recv(data, |d: Completion| {
+            completed += 1;
+            counters.responses += 1;
+            if d.stamp.intended >= ms && measuring {
+                record(
+                    icorrected,
+                    us(now.saturating_duration_since(d.stamp.intended)),
+                );
+                record(iraw, us(now.saturating_duration_since(d.stamp.sent)));
+                counters.measured += 1;
+                counters.measured_bytes += d.wire_bytes;
+                *interval_bytes += d.wire_bytes;
+                *last_completion = Some(now);
+                if let Some(st) = d.status {
+                    *counters.status.entry(st).or_default() += 1;
+                }
+            }
+        });
+        if let Err(e) = r {
+            self.data_error(slot, e);
+            return;
+        }
+        if completed > 0 {
+            s.answered = true;
+            self.after_responses(slot);
+        }
+    }
+
+    fn after_responses(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        let Some(c) = s.conn.as_ref() else { return };
+        if c.peer_closing() {
+            // The server closes after this response; anything still outstanding is lost.
+            let lost = c.inflight();
+            if lost > 0 {
+                self.errors.requests_lost += lost as u64;
+                self.errors.closed_mid_response += 1;
+            }
+            s.state = State::Closing;
+        } else if self.phase != Phase::Run {
+            if c.inflight() == 0 {
+                s.state = State::Closing;
+                self.check_done();
+            }
+        } else if self.schedule.is_some() {
+            self.mark_spare(slot);
+            self.dispatch();
+        } else {
+            self.fill(slot);
+        }
+    }
+
+    fn data_error(&mut self, slot: u32, e: DataError) {
+        match &e {
+            DataError::EchoMismatch(_) => self.errors.echo_mismatch += 1,
+            DataError::Malformed(_) => self.errors.malformed_response += 1,
+            DataError::Unexpected => self.errors.unexpected_data += 1,
+        }
+        if self.first_data_error.is_none() {
+            self.first_data_error = Some(e.to_string());
+        }
+        let s = &mut self.slots[slot as usize];
+        if let Some(c) = s.conn.as_mut() {
+            self.errors.requests_lost += c.abandon() as u64;
+        }
+        s.failed = true;
+        s.state = State::Closing;
+    }
+
+    /// The server closed its side of `slot` (a read returned 0).
+    pub fn eof(&mut self, slot: u32) {
+        let now = self.now;
+        let ms = self.tl.measure_start;
+        let measuring = self.measuring;
+        let s = &mut self.slots[slot as usize];
+        if s.state != State::Open {
+            return;
+        }
+        let Some(c) = s.conn.as_mut() else { return };
+        let Engine {
+            icorrected,
+            iraw,
+            counters,
+            last_completion,
+            ..
+        } = self;
+        let r = c.on_eof(|d| {
+            counters.responses += 1;
+            if d.stamp.intended >= ms && measuring {
+                record(
+                    icorrected,
+                    us(now.saturating_duration_since(d.stamp.intended)),
+                );
+                record(iraw, us(now.saturating_duration_since(d.stamp.sent)));
+                counters.measured += 1;
+                counters.measured_bytes += d.wire_bytes;
+                *last_completion = Some(now);
+                if let Some(st) = d.status {
+                    *counters.status.entry(st).or_default() += 1;
+                }
+            }
+        });
+        match r {
+            Ok(Eof::Clean) => {
+                // Closed while idle (a server's keep-alive limit): reconnect without back-off.
+                s.state = State::Closing;
+            }
+            Ok(Eof::MidResponse(n)) => {
+                self.errors.closed_mid_response += 1;
+                self.errors.requests_lost += n as u64;
+                if let Some(c) = s.conn.as_mut() {
+                    c.abandon();
+                }
+                s.failed = true;
+                s.state = State::Closing;
+            }
+            Err(e) => self.data_error(slot, e),
+        }
+    }
+
+    /// A read or write on `slot` failed.
+    pub fn io_error(&mut self, slot: u32, e: &io::Error, write: bool) {
+        use rustix::io::Errno;
+        let s = &mut self.slots[slot as usize];
+        if s.state != State::Open {
+            return;
+        }
+        match Errno::from_io_error(e) {
+            Some(Errno::CONNRESET | Errno::PIPE | Errno::CONNABORTED) => self.errors.reset += 1,
+            _ if write => self.errors.write_other += 1,
+            _ => self.errors.read_other += 1,
+        }
+        if let Some(c) = s.conn.as_mut() {
+            self.errors.requests_lost += c.abandon() as u64;
+        }
+        s.failed = true;
+        s.state = State::Closing;
+    }
+
+    /// `n` bytes of `slot`'s output reached the kernel.
+    pub fn sent(&mut self, n: usize) {
+        self.counters.bytes_sent += n as u64;
+    }
+
+    /// Output queued for `slot`, to be written.
+    pub fn take_output(&mut self, slot: u32) -> Option<Bytes> {
+        let s = &mut self.slots[slot as usize];
+        if s.state != State::Open {
+            return None;
+        }
+        s.conn.as_mut()?.take_output()
+    }
+
+    /// Whether the driver should read from `slot`.
+    pub fn wants_read(&self, slot: u32) -> bool {
+        self.slots[slot as usize].state == State::Open
+    }
+
+    /// Whether the driver must close `slot`'s socket (and then call [`Engine::closed`]).
+    pub fn wants_close(&self, slot: u32) -> bool {
+        self.slots[slot as usize].state == State::Closing
+    }
+
+    /// Whether `slot` is connecting.
+    pub fn is_connecting(&self, slot: u32) -> bool {
+        matches!(self.slots[slot as usize].state, State::Connecting { .. })
+    }
+
+    /// The driver closed `slot`'s socket: reconnect it (after a back-off if it failed) while
+    /// the run goes on.
+    pub fn closed(&mut self, slot: u32) {
+        let now = self.now;
+        let s = &mut self.slots[slot as usize];
+        if s.state == State::Idle {
+            return;
+        }
+        self.live -= 1;
+        self.counters.closes += 1;
+        s.conn = None;
+        s.state = State::Idle;
+        s.in_spare = false;
+        // A connection that failed before answering anything counts as a failed attempt, and
+        // attempts back off; one that did useful work is reopened at once.
+        if s.failed && !s.answered {
+            s.fails += 1;
+        } else {
+            s.fails = 0;
+        }
+        if self.phase == Phase::Run {
+            if s.fails > 0 {
+                s.retry_at = Some(now + backoff(s.fails));
+            } else {
+                self.connect_queue.push_back(slot);
+            }
+        }
+        s.failed = false;
+        s.answered = false;
+        self.check_done();
+    }
+
+    /// Stop now (the loop failed): close everything.
+    pub fn abort(&mut self) {
+        self.begin_drain();
+        self.end_drain();
+    }
+
+    /// The thread's results. Call once the loop has exited.
+    pub fn into_result(mut self) -> ThreadResult {
+        if self.measuring {
+            self.now = Instant::now();
+            self.finish_measuring();
+        }
+        if let Some((t0, c0)) = self.cpu_at_measure.take() {
+            self.cpu_result = (
+                thread_cpu_time().saturating_sub(c0),
+                Instant::now().saturating_duration_since(t0),
+            );
+        }
+        ThreadResult {
+            thread: self.plan.index,
+            cpu: self.plan.cpu,
+            corrected: self.corrected,
+            raw: self.raw,
+            connect: self.connect_hist,
+            lag: self.lag,
+            counters: self.counters,
+            errors: self.errors,
+            cpu_time: self.cpu_result.0,
+            cpu_wall: self.cpu_result.1,
+            last_completion: self.last_completion,
+            ended_at: self.ended_at.unwrap_or(self.now),
+            gave_up: self.gave_up,
+            first_data_error: self.first_data_error,
+            first_connect_error: self.first_connect_error,
+        }
+    }
+}
+
+fn backoff(fails: u32) -> Duration {
+    let f = fails.clamp(1, 8) - 1;
+    (FIRST_BACKOFF * (1u32 << f)).min(MAX_BACKOFF)
+}
+
+/// A one-line description of a connect error with what to do about it.
+pub fn describe_connect_error(e: &io::Error, cfg: &RunConfig) -> String {
+    use rustix::io::Errno;
+    let t = cfg.target;
+    match Errno::from_io_error(e) {
+        Some(Errno::CONNREFUSED) => format!("connection refused by {t}: is the server running?"),
+        Some(Errno::NETUNREACH | Errno::HOSTUNREACH | Errno::NETDOWN | Errno::HOSTDOWN) => {
+            format!("{t} is unreachable: {e}")
+        }
+        Some(Errno::ADDRNOTAVAIL | Errno::ADDRINUSE) => format!(
+            "out of local ports for connections to {t} ({e}): add source addresses with --bind (e.g. --bind 127.0.0.1-127.0.0.8) or widen net.ipv4.ip_local_port_range"
+        ),
+        Some(Errno::MFILE | Errno::NFILE) => format!(
+            "too many open files ({e}): raise the descriptor limit (`ulimit -n`) or use fewer --conns"
+        ),
+        _ => format!("connect to {t}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cfg() -> RunConfig {
+        crate::args::Args::parse_from(["ringlab-client", "127.0.0.1:9"])
+            .resolve()
+            .expect("resolves")
+    }
+
+    #[test]
+    fn connect_errors_are_classified_and_explained() {
+        use rustix::io::Errno;
+        let cfg = cfg();
+        let mut e = Errors::default();
+        for (errno, words) in [
+            (Errno::CONNREFUSED, "refused"),
+            (Errno::NETUNREACH, "unreachable"),
+            (Errno::HOSTUNREACH, "unreachable"),
+            (Errno::ADDRNOTAVAIL, "--bind"),
+            (Errno::ADDRINUSE, "--bind"),
+            (Errno::MFILE, "ulimit -n"),
+        ] {
+            let err = io::Error::from_raw_os_error(errno.raw_os_error());
+            e.count_connect(&err);
+            let msg = describe_connect_error(&err, &cfg);
+            assert!(msg.contains(words), "{errno:?}: {msg}");
+        }
+        assert_eq!(e.connect_refused, 1);
+        assert_eq!(e.connect_unreachable, 2);
+        assert_eq!(e.connect_no_ports, 2);
+        assert_eq!(e.connect_no_fds, 1);
+        assert_eq!(e.connect(), 6);
+        assert_eq!(e.data(), 0);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert_eq!(backoff(1), FIRST_BACKOFF);
+        assert_eq!(backoff(2), FIRST_BACKOFF * 2);
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+}

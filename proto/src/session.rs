@@ -1,0 +1,430 @@
+//! The server side of one connection, as a sans-IO state machine.
+//!
+//! Life of a connection:
+//!
+//! ```text
+//!  Open ──(error response or Connection: close)──▶ Closing   (input after it is dropped)
+//!  Open, after peer EOF or server shutdown: answer what was received, then as Closing
+//!  Closing ──(all output sent: Action::ShutdownWrite)──▶ Lingering ──(peer EOF or linger over)──▶ Done
+//! ```
+//!
+//! Output is released strictly in request order: a response (or echoed chunk) that must wait for
+//! its delay holds back everything behind it, so pipelining never reorders bytes.
+//!
+//! Backpressure: while the bytes the session holds for the peer (ready, scheduled and taken by the
+//! backend but not yet confirmed sent) exceed `out_high_water`, the session stops parsing and
+//! [`Session::wants_read`] turns false; backends then stop reading from the socket. Input that was
+//! already in flight is buffered, and parsed once the peer has read enough.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::http::{self, RequestError, RequestParser};
+
+/// The current time, as the backend's loop read it once per turn.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic time, for every deadline.
+    pub at: Instant,
+    /// The value of the HTTP `Date` header (IMF-fixdate, always 29 bytes).
+    pub date: [u8; 29],
+}
+
+impl Now {
+    /// A `Now` with a fixed date, for tests and tools that do not care about `Date`.
+    pub fn with_fixed_date(at: Instant) -> Self {
+        Now {
+            at,
+            date: *b"Sun, 06 Nov 1994 08:49:37 GMT",
+        }
+    }
+}
+
+/// Which protocol a server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// Every byte comes back unchanged.
+    Echo,
+    /// HTTP/1.1 (and 1.0) with keep-alive and pipelining.
+    Http,
+}
+
+/// Settings shared by every session of a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The protocol spoken.
+    pub proto: Proto,
+    /// Echo: hold every received chunk this long before it goes back.
+    pub delay: Duration,
+    /// HTTP limits (header size and count, body size).
+    pub limits: http::Limits,
+    /// Stop parsing input while this many bytes wait to be sent to the peer.
+    pub out_high_water: usize,
+    /// After our side of a closing connection is shut down, keep draining input this long so
+    /// that the peer reads our last response instead of a reset.
+    pub linger: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            proto: Proto::Echo,
+            delay: Duration::ZERO,
+            limits: http::Limits::default(),
+            out_high_water: 256 * 1024,
+            linger: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the backend must do next with the socket, besides sending output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Keep going: send output if there is any, read if [`Session::wants_read`].
+    Continue,
+    /// Everything has been sent: shut down the write side, then call
+    /// [`Session::on_write_shutdown`].
+    ShutdownWrite,
+    /// Close the socket; the session is finished.
+    Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Open,
+    Closing,
+    Lingering { until: Instant },
+    Done,
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: Instant,
+    bytes: Bytes,
+}
+
+/// The server side of one connection.
+#[derive(Debug)]
+pub struct Session {
+    mode: Mode,
+    peer_eof: bool,
+    /// The server is shutting down: no more reading, finish what was received.
+    stop_reading: bool,
+    inbuf: BytesMut,
+    /// HTTP only: the request parser (echo sessions carry none).
+    parser: Option<Box<RequestParser>>,
+    scheduled: VecDeque<Scheduled>,
+    scheduled_bytes: usize,
+    out: BytesMut,
+    in_flight: usize,
+}
+
+impl Session {
+    /// A new connection's session.
+    pub fn new(cfg: &ServerConfig) -> Self {
+        Session {
+            mode: Mode::Open,
+            peer_eof: false,
+            stop_reading: false,
+            inbuf: BytesMut::new(),
+            parser: match cfg.proto {
+                Proto::Http => Some(Box::new(RequestParser::new())),
+                Proto::Echo => None,
+            },
+            scheduled: VecDeque::new(),
+            scheduled_bytes: 0,
+            out: BytesMut::new(),
+            in_flight: 0,
+        }
+    }
+
+    /// Bytes held for the peer: ready, scheduled, and handed to the backend but not yet sent.
+    pub fn pending_output(&self) -> usize {
+        self.out.len() + self.scheduled_bytes + self.in_flight
+    }
+
+    /// Bytes received but not yet parsed (held back by backpressure or an incomplete request).
+    pub fn buffered_input(&self) -> usize {
+        self.inbuf.len()
+    }
+
+    /// Feed bytes received from the peer. Returns how many requests (HTTP requests, or echo
+    /// chunks) were completed by them, for statistics and `--work`.
+    pub fn on_recv(&mut self, cfg: &ServerConfig, data: &[u8], now: &Now) -> u32 {
+        match self.mode {
+            Mode::Open => {}
+            // Our side is done talking: what the peer still sends is read and dropped.
+            Mode::Closing | Mode::Lingering { .. } | Mode::Done => return 0,
+        }
+        if data.is_empty() {
+            return 0;
+        }
+        // Echo fast path: nothing buffered and room to send, so echo straight from `data`
+        // (one copy, the same one the buffered path would make).
+        if cfg.proto == Proto::Echo && self.inbuf.is_empty() && self.has_room(cfg) {
+            self.echo_chunk(cfg, data, now);
+            return 1;
+        }
+        self.inbuf.extend_from_slice(data);
+        self.process(cfg, now)
+    }
+
+    /// The peer shut down its write side (a read returned 0). Input already received is still
+    /// answered; the write side is shut down once everything is sent.
+    pub fn on_peer_eof(&mut self, _cfg: &ServerConfig, _now: &Now) {
+        self.peer_eof = true;
+        if let Mode::Lingering { .. } = self.mode {
+            self.mode = Mode::Done;
+        }
+    }
+
+    /// The backend's timer for [`Session::deadline`] fired (or any later time arrived).
+    pub fn on_timeout(&mut self, cfg: &ServerConfig, now: &Now) {
+        self.release_due(now.at);
+        if let Mode::Lingering { until } = self.mode {
+            if now.at >= until {
+                self.mode = Mode::Done;
+            }
+        }
+        // Released output may have made room for buffered input.
+        self.process(cfg, now);
+    }
+
+    /// The next time at which [`Session::on_timeout`] must be called, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        let release = self.scheduled.front().map(|s| s.at);
+        let linger = match self.mode {
+            Mode::Lingering { until } => Some(until),
+            _ => None,
+        };
+        match (release, linger) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Take every byte that is ready to be sent. The backend owns the returned buffer until it
+    /// has written it, and reports progress with [`Session::on_sent`].
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        if self.out.is_empty() {
+            return None;
+        }
+        let b = self.out.split().freeze();
+        self.in_flight += b.len();
+        Some(b)
+    }
+
+    /// Whether output is ready to be taken.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// `n` bytes of taken output reached the kernel. Returns requests completed by input that
+    /// this unblocked (backpressure released).
+    pub fn on_sent(&mut self, cfg: &ServerConfig, n: usize, now: &Now) -> u32 {
+        debug_assert!(n <= self.in_flight, "sent more than was taken");
+        self.in_flight = self.in_flight.saturating_sub(n);
+        self.process(cfg, now)
+    }
+
+    /// The backend gave up on output it had taken (the connection failed): forget it.
+    pub fn on_send_failed(&mut self) {
+        self.in_flight = 0;
+        self.out.clear();
+        self.mode = Mode::Done;
+    }
+
+    /// Whether the backend should be reading from the socket now.
+    pub fn wants_read(&self, cfg: &ServerConfig) -> bool {
+        match self.mode {
+            Mode::Open => !self.peer_eof && !self.stop_reading && self.has_room(cfg),
+            // Input after our last response is read and dropped, so that the peer sees that
+            // response rather than a reset caused by unread data.
+            Mode::Closing | Mode::Lingering { .. } => !self.peer_eof,
+            Mode::Done => false,
+        }
+    }
+
+    /// The server is shutting down: read nothing more, answer what has been received (however
+    /// long its delays), then close.
+    pub fn begin_shutdown(&mut self) {
+        self.stop_reading = true;
+    }
+
+    /// The connection failed (reset, error): nothing more will be sent or received.
+    pub fn abort(&mut self) {
+        self.mode = Mode::Done;
+    }
+
+    /// What the backend must do next.
+    pub fn action(&self) -> Action {
+        match self.mode {
+            Mode::Done => Action::Close,
+            Mode::Closing if self.pending_output() == 0 => Action::ShutdownWrite,
+            // No more input will come: once everything answerable is answered and sent (what
+            // is left in `inbuf` then is a request that can never complete), close our side.
+            Mode::Open if (self.peer_eof || self.stop_reading) && self.pending_output() == 0 => {
+                Action::ShutdownWrite
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    /// The backend shut down the write side after [`Action::ShutdownWrite`].
+    pub fn on_write_shutdown(&mut self, cfg: &ServerConfig, now: &Now) {
+        self.mode = if self.peer_eof || cfg.linger.is_zero() {
+            Mode::Done
+        } else {
+            Mode::Lingering {
+                until: now.at + cfg.linger,
+            }
+        };
+    }
+
+    /// Whether the session is idle: nothing buffered, nothing pending, no partial request.
+    pub fn is_idle(&self) -> bool {
+        self.inbuf.is_empty() && self.pending_output() == 0
+    }
+
+    fn has_room(&self, cfg: &ServerConfig) -> bool {
+        self.pending_output() < cfg.out_high_water
+    }
+
+    fn process(&mut self, cfg: &ServerConfig, now: &Now) -> u32 {
+        let mut requests = 0;
+        while self.mode == Mode::Open && !self.inbuf.is_empty() && self.has_room(cfg) {
+            match cfg.proto {
+                Proto::Echo => {
+                    let chunk = self.inbuf.split();
+                    self.echo_chunk(cfg, &chunk, now);
+                    requests += 1;
+                }
+                Proto::Http => match self
+                    .parser
+                    .get_or_insert_with(|| Box::new(RequestParser::new()))
+                    .parse(&mut self.inbuf, &cfg.limits)
+                {
+                    Ok(Some(req)) => {
+                        requests += 1;
+                        self.respond(req, now);
+                    }
+                    Ok(None) => {
+                        // A client that sent `Expect: 100-continue` waits for this before it
+                        // sends the body (curl does, for large POSTs).
+                        if self
+                            .parser
+                            .as_mut()
+                            .is_some_and(|p| p.take_expect_continue())
+                        {
+                            let mut buf = BytesMut::new();
+                            http::write_continue(&mut buf);
+                            self.emit(now.at, now, buf.freeze());
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        self.respond_error(&e, now);
+                        break;
+                    }
+                },
+            }
+        }
+        requests
+    }
+
+    fn echo_chunk(&mut self, cfg: &ServerConfig, data: &[u8], now: &Now) {
+        if cfg.delay.is_zero() && self.scheduled.is_empty() {
+            self.out.extend_from_slice(data);
+        } else {
+            self.schedule(now.at + cfg.delay, Bytes::copy_from_slice(data));
+        }
+    }
+
+    fn respond(&mut self, req: http::Request, now: &Now) {
+        let keep_alive = req.keep_alive;
+        let get = matches!(req.method, http::Method::Get | http::Method::Head);
+        let path = req.path();
+        // (status, body, delay, extra headers)
+        let (status, body, delay, extra): (u16, &[u8], u64, &[&[u8]]) = match path {
+            "/" if get => (200, HELLO, 0, &[]),
+            "/" => (405, b"", 0, &[b"Allow: GET, HEAD"]),
+            "/echo" if req.method == http::Method::Post => (200, &req.body, 0, &[]),
+            "/echo" => (405, b"", 0, &[b"Allow: POST"]),
+            p if p.starts_with("/delay/") && get => match parse_delay_ms(&p["/delay/".len()..]) {
+                Some(ms) => (200, HELLO, ms, &[]),
+                None => (400, BAD_DELAY, 0, &[]),
+            },
+            _ => (404, NOT_FOUND, 0, &[]),
+        };
+        let at = now.at + Duration::from_millis(delay);
+        if at <= now.at && self.scheduled.is_empty() {
+            // Due now with nothing ahead of it: straight into the send buffer, no copy.
+            http::write_response_with(
+                &mut self.out,
+                &req,
+                status,
+                keep_alive,
+                &now.date,
+                extra,
+                body,
+            );
+        } else {
+            let mut buf = BytesMut::new();
+            http::write_response_with(&mut buf, &req, status, keep_alive, &now.date, extra, body);
+            self.schedule(at, buf.freeze());
+        }
+        if !keep_alive {
+            self.mode = Mode::Closing;
+            self.inbuf.clear();
+        }
+    }
+
+    fn respond_error(&mut self, e: &RequestError, now: &Now) {
+        let mut buf = BytesMut::new();
+        http::write_error_response(&mut buf, e.status(), &now.date, e.to_string().as_bytes());
+        self.emit(now.at, now, buf.freeze());
+        self.mode = Mode::Closing;
+        self.inbuf.clear();
+    }
+
+    /// Queue `bytes` for release at `at`, behind everything queued before it. Output due now
+    /// with nothing queued ahead of it goes straight to the send buffer.
+    fn emit(&mut self, at: Instant, now: &Now, bytes: Bytes) {
+        if at <= now.at && self.scheduled.is_empty() {
+            self.out.extend_from_slice(&bytes);
+        } else {
+            self.schedule(at, bytes);
+        }
+    }
+
+    fn schedule(&mut self, at: Instant, bytes: Bytes) {
+        self.scheduled_bytes += bytes.len();
+        self.scheduled.push_back(Scheduled { at, bytes });
+    }
+
+    fn release_due(&mut self, now: Instant) {
+        while let Some(front) = self.scheduled.front() {
+            if front.at > now {
+                break;
+            }
+            let s = self.scheduled.pop_front().expect("front exists");
+            self.scheduled_bytes -= s.bytes.len();
+            self.out.extend_from_slice(&s.bytes);
+        }
+    }
+}
+
+const HELLO: &[u8] = b"Hello, World!";
+const NOT_FOUND: &[u8] = b"Not Found";
+const BAD_DELAY: &[u8] = b"delay must be a whole number of milliseconds, at most 60000";
+const MAX_DELAY_MS: u64 = 60_000;
+
+/// `/delay/{ms}`: digits only (no sign, no spaces), at most [`MAX_DELAY_MS`].
+fn parse_delay_ms(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<u64>().ok().filter(|&ms| ms <= MAX_DELAY_MS)
+}

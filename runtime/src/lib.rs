@@ -1,0 +1,19 @@
+//! ringlab-runtime: per-core plumbing shared by ringlab's server and client.
+//!
+//! * [`cpus`]: CPU lists and pinning, checked after the fact.
+//! * [`duration`]: the command-line duration parser every program uses.
+//! * [`timer`]: a hashed timer wheel with lazy cancellation.
+//! * [`stats`]: syscall counters and the per-loop clock.
+//! * [`uring`]: io_uring availability, ring setup, provided-buffer ring, user data, backlog.
+//! * [`epoll`]: a counted epoll instance.
+//! * [`slab`]: connection slots with generations.
+//! * [`wake`]: an eventfd that other threads use to wake a loop.
+
+pub mod cpus;
+pub mod duration;
+pub mod epoll;
+pub mod slab;
+pub mod stats;
+pub mod timer;
+pub mod uring;
+pub mod wake;

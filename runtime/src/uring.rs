@@ -1,0 +1,466 @@
+//! io_uring driver pieces: availability check, ring setup, provided-buffer ring, user-data
+//! encoding, and a submission path that never loses an entry when the SQ is full.
+//!
+//! Minimum kernels (checked by [`check_available`]):
+//! * multishot accept, provided-buffer rings, registered ring fd: 5.19 (5.18 for the ring fd)
+//! * multishot recv: 6.0
+//! * `IORING_SETUP_SINGLE_ISSUER`: 6.0; `IORING_SETUP_DEFER_TASKRUN`: 6.1
+
+use std::collections::VecDeque;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::stats::SyscallCounters;
+
+/// Why io_uring cannot be used here, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum UringUnavailable {
+    /// `kernel.io_uring_disabled` forbids it.
+    #[error("io_uring is disabled: kernel.io_uring_disabled={0} (set it to 0 with `sysctl -w kernel.io_uring_disabled=0`, or run with --io epoll)")]
+    Disabled(u8),
+    /// The kernel has no io_uring.
+    #[error("io_uring is not supported by this kernel (ENOSYS); run with --io epoll")]
+    NoSys,
+    /// Denied though the sysctl allows it: a seccomp profile or an LSM.
+    #[error("io_uring_setup was denied (EPERM) although kernel.io_uring_disabled={0}: a seccomp profile (Docker's default blocks io_uring) or an LSM forbids it; allow io_uring_setup/io_uring_enter/io_uring_register, or run with --io epoll")]
+    Denied(u8),
+    /// The kernel is too old for a technique ringlab uses.
+    #[error(
+        "kernel {kernel} is too old: {what} needs Linux {needs} or newer; run with --io epoll"
+    )]
+    TooOld {
+        kernel: String,
+        what: &'static str,
+        needs: &'static str,
+    },
+    /// An opcode the probe says is missing.
+    #[error("this kernel's io_uring lacks {0}; run with --io epoll")]
+    MissingOp(&'static str),
+    /// Setup failed for another reason.
+    #[error("io_uring setup failed: {0}; run with --io epoll")]
+    Other(io::Error),
+}
+
+/// The running kernel's version as (major, minor), from `uname`.
+pub fn kernel_version() -> (u32, u32, String) {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy().into_owned();
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().unwrap_or(0));
+    let major = it.next().unwrap_or(0);
+    let minor = it.next().unwrap_or(0);
+    (major, minor, release)
+}
+
+fn io_uring_disabled_sysctl() -> u8 {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Check that io_uring can be used with every technique ringlab's uring backend needs.
+pub fn check_available() -> Result<(), UringUnavailable> {
+    let (major, minor, release) = kernel_version();
+    if (major, minor) < (6, 1) {
+        return Err(UringUnavailable::TooOld {
+            kernel: release,
+            what: "IORING_SETUP_DEFER_TASKRUN",
+            needs: "6.1",
+        });
+    }
+    let disabled = io_uring_disabled_sysctl();
+    let ring = match IoUring::new(8) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(match e.raw_os_error() {
+                Some(libc_enosys) if libc_enosys == rustix::io::Errno::NOSYS.raw_os_error() => {
+                    UringUnavailable::NoSys
+                }
+                Some(eperm) if eperm == rustix::io::Errno::PERM.raw_os_error() => {
+                    if disabled > 0 {
+                        UringUnavailable::Disabled(disabled)
+                    } else {
+                        UringUnavailable::Denied(disabled)
+                    }
+                }
+                _ => UringUnavailable::Other(e),
+            })
+        }
+    };
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(UringUnavailable::Other)?;
+    for (code, name) in [
+        (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT"),
+        (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
+        (opcode::Send::CODE, "IORING_OP_SEND"),
+        (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN"),
+        (opcode::Close::CODE, "IORING_OP_CLOSE"),
+        (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+        (opcode::Read::CODE, "IORING_OP_READ"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(UringUnavailable::MissingOp(name));
+        }
+    }
+    Ok(())
+}
+
+/// How to build a ring.
+#[derive(Clone, Debug)]
+pub struct RingConfig {
+    /// Submission queue entries.
+    pub sq_entries: u32,
+    /// Completion queue entries (≥ 2 × `sq_entries` is sensible: multishot ops post many CQEs).
+    pub cq_entries: u32,
+    /// `IORING_SETUP_SINGLE_ISSUER` + `IORING_SETUP_DEFER_TASKRUN` (the default), or, when false,
+    /// `IORING_SETUP_COOP_TASKRUN`.
+    pub defer_taskrun: bool,
+    /// Register the ring fd so `io_uring_enter` skips the fd lookup.
+    pub register_ring_fd: bool,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            sq_entries: 1024,
+            cq_entries: 8192,
+            defer_taskrun: true,
+            register_ring_fd: true,
+        }
+    }
+}
+
+/// Build a ring in the calling thread (with `SINGLE_ISSUER`, the only thread that may submit).
+pub fn build_ring(cfg: &RingConfig) -> io::Result<IoUring> {
+    let mut b = IoUring::builder();
+    b.setup_cqsize(cfg.cq_entries).setup_submit_all();
+    if cfg.defer_taskrun {
+        b.setup_single_issuer().setup_defer_taskrun();
+    } else {
+        b.setup_coop_taskrun().setup_taskrun_flag();
+    }
+    let ring = b.build(cfg.sq_entries)?;
+    if !ring.params().is_feature_nodrop() {
+        return Err(io::Error::other(
+            "this kernel's io_uring lacks IORING_FEAT_NODROP (5.5); completions could be lost",
+        ));
+    }
+    Ok(ring)
+}
+
+/// A ring split into its parts (the submitter keeps the registered ring fd), plus the backlog
+/// of entries that did not fit in the SQ.
+pub struct Ring<'a> {
+    submitter: io_uring::Submitter<'a>,
+    sq: io_uring::SubmissionQueue<'a>,
+    cq: io_uring::CompletionQueue<'a>,
+    backlog: VecDeque<squeue::Entry>,
+    /// Times the kernel flagged CQ overflow (entries kept by `IORING_FEAT_NODROP`, not lost).
+    pub cq_overflow_events: u64,
+}
+
+impl<'a> Ring<'a> {
+    /// Split `ring` for use by one loop, registering its fd if asked.
+    pub fn new(ring: &'a mut IoUring, cfg: &RingConfig) -> io::Result<Ring<'a>> {
+        let (mut submitter, sq, cq) = ring.split();
+        if cfg.register_ring_fd {
+            submitter.register_ring_fd()?;
+        }
+        Ok(Ring {
+            submitter,
+            sq,
+            cq,
+            backlog: VecDeque::new(),
+            cq_overflow_events: 0,
+        })
+    }
+
+    /// The submitter, for registration calls.
+    pub fn submitter(&self) -> &io_uring::Submitter<'a> {
+        &self.submitter
+    }
+
+    /// Queue an entry. When the SQ is full, the entries queued so far are submitted at once and
+    /// the entry is retried; if the kernel still has no room, it waits in a backlog that
+    /// [`Ring::submit_and_wait`] drains first, so order is kept and nothing is dropped.
+    ///
+    /// # Safety
+    /// Every buffer and descriptor `entry` refers to must stay valid until its completion (the
+    /// last one, for a multishot operation) has been reaped.
+    pub unsafe fn push(&mut self, entry: squeue::Entry, counters: &mut SyscallCounters) {
+        if self.backlog.is_empty() {
+            // SAFETY: the caller guarantees the entry's resources outlive the operation.
+            if unsafe { self.sq.push(&entry) }.is_ok() {
+                return;
+            }
+            self.sq.sync();
+            counters.io_uring_enter += 1;
+            let _ = self.submitter.submit();
+            self.sq.sync();
+            // SAFETY: as above.
+            if unsafe { self.sq.push(&entry) }.is_ok() {
+                return;
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    fn drain_backlog(&mut self) {
+        while let Some(e) = self.backlog.front() {
+            // SAFETY: entries in the backlog were pushed through `Ring::push`, whose caller
+            // guaranteed their resources outlive the operation.
+            if unsafe { self.sq.push(e) }.is_err() {
+                break;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// One `io_uring_enter` that submits everything queued and waits for at least `want`
+    /// completions or `timeout`. Interruptions, timeouts and a busy CQ are not errors.
+    pub fn submit_and_wait(
+        &mut self,
+        want: usize,
+        timeout: Option<Duration>,
+        counters: &mut SyscallCounters,
+    ) -> io::Result<()> {
+        self.drain_backlog();
+        self.sq.sync();
+        if self.sq.cq_overflow() {
+            self.cq_overflow_events += 1;
+        }
+        counters.io_uring_enter += 1;
+        let r = match timeout {
+            Some(t) => {
+                let ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.submitter.submit_with_args(want, &args)
+            }
+            None => self.submitter.submit_and_wait(want),
+        };
+        self.sq.sync();
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => match rustix::io::Errno::from_io_error(&e) {
+                Some(rustix::io::Errno::TIME)
+                | Some(rustix::io::Errno::INTR)
+                | Some(rustix::io::Errno::BUSY)
+                | Some(rustix::io::Errno::AGAIN) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Move the available completions into `out` (freeing the CQ for the kernel).
+    pub fn reap(&mut self, out: &mut Vec<cqueue::Entry>) {
+        self.cq.sync();
+        out.extend(&mut self.cq);
+        self.cq.sync();
+    }
+
+    /// Entries waiting in the backlog.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Entries queued in the SQ or the backlog, not yet submitted.
+    pub fn unsubmitted(&self) -> usize {
+        self.sq.len() + self.backlog.len()
+    }
+}
+
+/// User data: which operation, on which slot, in which generation of that slot.
+///
+/// Layout: `op` in bits 56..64, `gen` in bits 32..56, `slot` in bits 0..32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserData {
+    pub op: u8,
+    pub gen: u32,
+    pub slot: u32,
+}
+
+impl UserData {
+    /// Mask for the 24-bit generation.
+    pub const GEN_MASK: u32 = (1 << 24) - 1;
+
+    /// Encode; `gen` is truncated to 24 bits.
+    pub const fn encode(self) -> u64 {
+        ((self.op as u64) << 56) | (((self.gen & Self::GEN_MASK) as u64) << 32) | self.slot as u64
+    }
+
+    /// Decode what [`UserData::encode`] made.
+    pub const fn decode(v: u64) -> UserData {
+        UserData {
+            op: (v >> 56) as u8,
+            gen: ((v >> 32) as u32) & Self::GEN_MASK,
+            slot: v as u32,
+        }
+    }
+}
+
+/// A provided-buffer ring (`IORING_REGISTER_PBUF_RING`, Linux 5.19): `count` buffers of `size`
+/// bytes that the kernel picks from for buffer-select receives, so an idle connection owns no
+/// read buffer at all.
+///
+/// Invariants this type keeps:
+/// * the ring entries live in a page-aligned anonymous mapping and the buffers in one heap
+///   allocation; both stay at the same address until `Drop`, which unregisters the group first;
+/// * a buffer id the kernel handed out (in a CQE) is not given back to the kernel until the
+///   owner calls [`BufRing::recycle`], so its bytes stay put while being read.
+pub struct BufRing {
+    entries: NonNull<types::BufRingEntry>,
+    map_len: usize,
+    count: u16,
+    mask: u16,
+    size: u32,
+    bufs: Box<[u8]>,
+    bgid: u16,
+    tail: u16,
+}
+
+impl BufRing {
+    /// Allocate `count` (a power of two, ≤ 32768) buffers of `size` bytes and register them as
+    /// buffer group `bgid` with `ring`.
+    pub fn new(
+        submitter: &io_uring::Submitter<'_>,
+        bgid: u16,
+        count: u16,
+        size: u32,
+    ) -> io::Result<BufRing> {
+        if !count.is_power_of_two() || count > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer count must be a power of two no larger than 32768",
+            ));
+        }
+        let map_len = usize::from(count) * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: an anonymous private mapping with no address hint aliases nothing; it is
+        // unmapped only in `Drop`.
+        let addr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                map_len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }?;
+        let entries = NonNull::new(addr.cast::<types::BufRingEntry>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let bufs = vec![0u8; usize::from(count) * size as usize].into_boxed_slice();
+        let mut br = BufRing {
+            entries,
+            map_len,
+            count,
+            mask: count - 1,
+            size,
+            bufs,
+            bgid,
+            tail: 0,
+        };
+        // SAFETY: the mapping holds `count` entries and lives until `Drop` unregisters the group
+        // (or the ring is destroyed first, which also drops the kernel's reference).
+        unsafe {
+            submitter.register_buf_ring_with_flags(addr as u64, count, bgid, 0)?;
+        }
+        for bid in 0..count {
+            br.add(bid);
+        }
+        br.publish();
+        Ok(br)
+    }
+
+    /// The buffer group id.
+    pub fn bgid(&self) -> u16 {
+        self.bgid
+    }
+
+    /// Buffer size in bytes.
+    pub fn buf_size(&self) -> u32 {
+        self.size
+    }
+
+    /// Number of buffers.
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// The first `len` bytes of buffer `bid`, as the kernel filled them.
+    pub fn get(&self, bid: u16, len: usize) -> &[u8] {
+        let start = usize::from(bid & self.mask) * self.size as usize;
+        let len = len.min(self.size as usize);
+        &self.bufs[start..start + len]
+    }
+
+    fn add(&mut self, bid: u16) {
+        let idx = usize::from(self.tail & self.mask);
+        let addr = self.bufs.as_ptr() as u64 + u64::from(bid) * u64::from(self.size);
+        // SAFETY: `idx < count`, so the entry lies inside the mapping; the kernel reads entries
+        // only between the old and the new published tail, and this slot is past the published
+        // tail until `publish`.
+        let e = unsafe { &mut *self.entries.as_ptr().add(idx) };
+        e.set_addr(addr);
+        e.set_len(self.size);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&mut self) {
+        // SAFETY: the tail field overlays the first entry's reserved bytes inside the mapping,
+        // is 2-byte aligned, and is shared with the kernel only through atomic accesses.
+        let tail = unsafe {
+            &*(types::BufRingEntry::tail(self.entries.as_ptr().cast_const()) as *const AtomicU16)
+        };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Give buffer `bid` back to the kernel once its bytes have been consumed.
+    pub fn recycle(&mut self, bid: u16) {
+        self.add(bid);
+        self.publish();
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `new` with this length and is not used after this.
+        // The kernel pins the ring's pages while the group is registered, so unmapping our view
+        // cannot pull memory from under it; the owner unregisters or destroys the ring first.
+        unsafe {
+            let _ = rustix::mm::munmap(self.entries.as_ptr().cast(), self.map_len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for (op, gen, slot) in [
+            (0u8, 0u32, 0u32),
+            (7, 123, 99),
+            (255, UserData::GEN_MASK, u32::MAX),
+        ] {
+            let u = UserData { op, gen, slot };
+            assert_eq!(UserData::decode(u.encode()), u);
+        }
+        let u = UserData {
+            op: 1,
+            gen: UserData::GEN_MASK + 5,
+            slot: 3,
+        };
+        assert_eq!(UserData::decode(u.encode()).gen, 4);
+    }
+}

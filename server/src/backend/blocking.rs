@@ -1,0 +1,181 @@
+//! The blocking backend: the baseline the seed notes argue against. A fixed pool of
+//! `--workers` OS threads, each serving one connection at a time with blocking reads and
+//! writes; one accept thread feeds a bounded queue, where waiting connections queue up as in the
+//! seed's pool. `--workers 1` is the seed's synchronous server. A delay blocks its worker, as a
+//! synchronous server's would.
+//!
+//! Each worker owns a [`LoopCore`] (its statistics are one row of the per-core table).
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringlab_proto::Action;
+use ringlab_runtime::cpus::pin_current_thread;
+use rustix::event::{poll, PollFd, PollFlags};
+
+use crate::core::{accept_error_needs_backoff, ConnCore, LoopCore, PoolCtx, ACCEPT_BACKOFF};
+use crate::stats::LoopStats;
+
+/// How often a blocked worker looks up to see whether the server is shutting down.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+
+/// Run the pool until shutdown; returns one [`LoopStats`] per worker.
+pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
+    let ctx = Arc::new(ctx);
+    let workers = ctx.args.workers.max(1);
+    let (tx, rx) = sync_channel::<TcpStream>(ctx.args.backlog.max(1) as usize);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let cpu = ctx.cores[w % ctx.cores.len()];
+        let (ctx, rx) = (ctx.clone(), rx.clone());
+        let h = thread::Builder::new()
+            .name(format!("ringlab-blk-{w}"))
+            .spawn(move || worker(&ctx, cpu, &rx))?;
+        handles.push(h);
+    }
+    let _ = ctx.ready.send(Ok(()));
+    let accept_stats = accept_loop(&ctx, tx);
+    let mut stats = vec![accept_stats];
+    for h in handles {
+        match h.join() {
+            Ok(Ok(s)) => stats.push(s),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other("a blocking worker panicked")),
+        }
+    }
+    Ok(stats)
+}
+
+/// Accept until shutdown, handing connections to the workers (blocking when the queue is full).
+fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<TcpStream>) -> LoopStats {
+    let mut core = LoopCore::with(ctx.cfg.clone(), &ctx.args, ctx.cores[0]);
+    let listener = &ctx.listeners[0];
+    while !ctx.shutdown_requested() {
+        let mut fds = [
+            PollFd::new(&**listener, PollFlags::IN),
+            PollFd::new(&ctx.waker, PollFlags::IN),
+        ];
+        let _ = poll(&mut fds, None);
+        ctx.waker.drain();
+        loop {
+            core.stats.syscalls.accept += 1;
+            match rustix::net::accept_with(&**listener, rustix::net::SocketFlags::CLOEXEC) {
+                Ok(fd) => {
+                    core.stats.accepted += 1;
+                    if tx.send(TcpStream::from(fd)).is_err() {
+                        return core.stats;
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(e) => {
+                    let e = io::Error::from(e);
+                    if accept_error_needs_backoff(&e) {
+                        core.tick();
+                        core.stats.accept_errors += 1;
+                        let (cpu, now) = (core.stats.cpu, core.clock.now());
+                        core.accept.on_error(&e, cpu, now);
+                        thread::sleep(ACCEPT_BACKOFF);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    // Dropping `tx` lets idle workers see the end of the queue.
+    core.stats
+}
+
+fn worker(ctx: &PoolCtx, cpu: usize, rx: &Mutex<Receiver<TcpStream>>) -> io::Result<LoopStats> {
+    if !ctx.args.no_pin {
+        pin_current_thread(cpu).map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    let mut core = LoopCore::with(ctx.cfg.clone(), &ctx.args, cpu);
+    loop {
+        let next = rx.lock().expect("queue lock").recv_timeout(SHUTDOWN_POLL);
+        match next {
+            Ok(s) => serve(ctx, &mut core, s),
+            Err(RecvTimeoutError::Timeout) => {
+                if ctx.shutdown_requested() {
+                    // Serve what is queued already, then stop.
+                    while let Ok(s) = rx.lock().expect("queue lock").try_recv() {
+                        serve(ctx, &mut core, s);
+                    }
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Ok(core.stats)
+}
+
+fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream) {
+    let cfg = core.cfg.clone();
+    let mut conn = ConnCore::new(&cfg);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut stopping = false;
+    loop {
+        core.tick();
+        if !stopping && ctx.shutdown_requested() {
+            stopping = true;
+            conn.session.begin_shutdown();
+        }
+        while let Some(out) = conn.session.take_output() {
+            core.stats.syscalls.send += 1;
+            match s.write_all(&out) {
+                Ok(()) => core.sent(&mut conn, out.len()),
+                Err(_) => {
+                    conn.session.on_send_failed();
+                    core.stats.conn_errors += 1;
+                }
+            }
+        }
+        match conn.session.action() {
+            Action::Close => break,
+            Action::ShutdownWrite => {
+                core.stats.syscalls.shutdown += 1;
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                core.write_shutdown(&mut conn);
+                continue;
+            }
+            Action::Continue => {}
+        }
+        let deadline = conn.session.deadline();
+        let now = Instant::now();
+        if deadline.is_some_and(|d| d <= now) {
+            core.timeout(&mut conn);
+            continue;
+        }
+        let wait = deadline.map_or(SHUTDOWN_POLL, |d| (d - now).min(SHUTDOWN_POLL));
+        if !conn.session.wants_read(&cfg) {
+            // Nothing to read (or not allowed to): the worker just waits for the deadline.
+            thread::sleep(wait);
+            continue;
+        }
+        let _ = s.set_read_timeout(Some(wait.max(Duration::from_micros(1))));
+        core.stats.syscalls.recv += 1;
+        let got = s.read(&mut buf);
+        // The read blocked: the time the bytes arrived is now, not the loop's top, or a
+        // `--delay` measured from a stale clock would answer early.
+        core.tick();
+        match got {
+            Ok(0) => core.peer_eof(&mut conn),
+            Ok(n) => core.recv(&mut conn, &buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => core.conn_error(&mut conn),
+        }
+    }
+    core.stats.syscalls.close += 1;
+    core.stats.closed += 1;
+}

@@ -1,0 +1,382 @@
+//! The epoll backend: the readiness model at its best.
+//!
+//! * Every socket is registered once, edge-triggered, for `EPOLLIN | EPOLLOUT | EPOLLRDHUP`:
+//!   no `epoll_ctl` is ever needed to arm or disarm writes (one per connection in all).
+//! * Listeners: accept until `EAGAIN` (`accept4` with `SOCK_NONBLOCK | SOCK_CLOEXEC`); a shared
+//!   listener is registered with `EPOLLEXCLUSIVE` so one loop is woken per connection.
+//! * Reads go into one buffer per loop (`--read-buf`), until `EAGAIN` or a short read (with ET a
+//!   short read means the socket was drained; later data raises a new edge; a pending FIN is
+//!   known from `EPOLLRDHUP` and read to the end), at most 16 reads per connection per turn so
+//!   one flood cannot starve the others (the rest continue next turn without blocking).
+//! * Writes happen at once, from the session's output; several pending buffers go out in one
+//!   `writev`; only on `EAGAIN` does the connection wait for the edge-triggered `EPOLLOUT`.
+//! * Large event arrays (`--max-events`).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringlab_proto::Action;
+use ringlab_runtime::epoll::{Epoll, Event, EventFlags};
+use ringlab_runtime::slab::Slab;
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags, SocketFlags};
+
+use crate::config::AcceptMode;
+use crate::core::{
+    accept_error_needs_backoff, timer_key, timer_key_parts, ConnCore, LoopCore, LoopCtx,
+};
+use crate::stats::LoopStats;
+
+const LISTENER: u64 = u64::MAX - 1;
+const WAKER: u64 = u64::MAX;
+const READS_PER_TURN: u32 = 16;
+const MAX_IOV: usize = 64;
+
+struct Conn {
+    fd: OwnedFd,
+    core: ConnCore,
+    readable: bool,
+    writable: bool,
+    rdhup: bool,
+    /// Output taken from the session and not yet written, oldest first; `pending_off` bytes of
+    /// the first buffer are already written.
+    pending: VecDeque<Bytes>,
+    pending_off: usize,
+    shut: bool,
+}
+
+struct Loop {
+    ctx: LoopCtx,
+    core: LoopCore,
+    epoll: Epoll,
+    conns: Slab<Conn>,
+    buf: Vec<u8>,
+    events: Vec<Event>,
+    /// Connections that still had input when their read budget ran out.
+    again: Vec<(u32, u32)>,
+    listening: bool,
+    shutting_down: bool,
+}
+
+/// Run one epoll loop until shutdown; returns its statistics.
+pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
+    let setup = (|| -> io::Result<Epoll> {
+        let epoll = Epoll::new()?;
+        let mut dummy = Default::default();
+        epoll.add(
+            &ctx.waker,
+            WAKER,
+            EventFlags::IN | EventFlags::ET,
+            &mut dummy,
+        )?;
+        let mut lflags = EventFlags::IN | EventFlags::ET;
+        if ctx.args.accept == AcceptMode::Shared {
+            lflags |= EventFlags::EXCLUSIVE;
+        }
+        epoll.add(&*ctx.listener, LISTENER, lflags, &mut dummy)?;
+        Ok(epoll)
+    })();
+    let epoll = match setup {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = ctx.ready.send(Err(format!("epoll setup: {e}")));
+            return Err(e);
+        }
+    };
+    let mut lp = Loop {
+        core: LoopCore::new(&ctx),
+        buf: vec![0; ctx.args.read_buf.max(512)],
+        events: Vec::with_capacity(ctx.args.max_events.max(1)),
+        ctx,
+        epoll,
+        conns: Slab::default(),
+        again: Vec::new(),
+        listening: true,
+        shutting_down: false,
+    };
+    lp.core.stats.syscalls.epoll_ctl += 2;
+    let _ = lp.ctx.ready.send(Ok(()));
+    lp.run()?;
+    Ok(lp.core.stats.clone())
+}
+
+impl Loop {
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            if !self.shutting_down && self.ctx.shutdown_requested() {
+                self.start_shutdown();
+            }
+            if self.shutting_down {
+                if self.conns.is_empty() {
+                    return Ok(());
+                }
+                if self.core.grace_over() {
+                    self.abort_all();
+                    return Ok(());
+                }
+            }
+            let timeout = if self.again.is_empty() {
+                self.core.wait_timeout()
+            } else {
+                Some(Duration::ZERO)
+            };
+            let mut events = std::mem::take(&mut self.events);
+            self.epoll
+                .wait(&mut events, timeout, &mut self.core.stats.syscalls)?;
+            self.core.tick();
+            for (slot, gen) in std::mem::take(&mut self.again) {
+                if self.conns.get(slot, gen).is_some() {
+                    self.pump(slot);
+                }
+            }
+            for ev in events.iter() {
+                let key = ev.data.u64();
+                match key {
+                    WAKER => self.ctx.waker.drain(),
+                    LISTENER => self.accept_all(),
+                    _ => {
+                        let (slot, gen) = timer_key_parts(key);
+                        let f = ev.flags;
+                        if let Some(c) = self.conns.get(slot, gen) {
+                            if f.intersects(
+                                EventFlags::IN
+                                    | EventFlags::RDHUP
+                                    | EventFlags::HUP
+                                    | EventFlags::ERR,
+                            ) {
+                                c.readable = true;
+                            }
+                            if f.intersects(EventFlags::RDHUP | EventFlags::HUP) {
+                                c.rdhup = true;
+                            }
+                            if f.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR) {
+                                c.writable = true;
+                            }
+                            self.pump(slot);
+                        }
+                    }
+                }
+            }
+            self.events = events;
+            let expired = self.core.take_expired();
+            for &(deadline, key) in &expired {
+                let (slot, gen) = timer_key_parts(key);
+                if let Some(c) = self.conns.get(slot, gen) {
+                    if self.core.fire(&mut c.core, deadline) {
+                        self.pump(slot);
+                    }
+                }
+            }
+            self.core.put_expired(expired);
+            if self.listening && self.core.accept.retry_at.is_some() {
+                let now = self.core.clock.now();
+                if self.core.accept.ready(now) {
+                    self.accept_all();
+                }
+            }
+        }
+    }
+
+    fn start_shutdown(&mut self) {
+        self.shutting_down = true;
+        self.core.begin_shutdown();
+        if self.listening {
+            self.listening = false;
+            let _ = self
+                .epoll
+                .delete(&*self.ctx.listener, &mut self.core.stats.syscalls);
+        }
+        for slot in 0..self.conns.capacity_slots() {
+            if let Some((_, c)) = self.conns.get_slot(slot) {
+                c.core.session.begin_shutdown();
+                self.pump(slot);
+            }
+        }
+    }
+
+    fn abort_all(&mut self) {
+        for slot in 0..self.conns.capacity_slots() {
+            if let Some((_, c)) = self.conns.get_slot(slot) {
+                c.core.session.abort();
+                self.pump(slot);
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        if !self.listening || self.core.accept.retry_at.is_some() {
+            return;
+        }
+        loop {
+            self.core.stats.syscalls.accept += 1;
+            match rustix::net::accept_with(
+                &*self.ctx.listener,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            ) {
+                Ok(fd) => {
+                    self.core.stats.accepted += 1;
+                    let conn = Conn {
+                        fd,
+                        core: ConnCore::new(&self.core.cfg),
+                        readable: false,
+                        writable: true, // a new socket has an empty send buffer
+                        rdhup: false,
+                        pending: VecDeque::new(),
+                        pending_off: 0,
+                        shut: false,
+                    };
+                    let (slot, gen) = self.conns.insert(conn);
+                    let c = self.conns.get(slot, gen).expect("just inserted");
+                    let flags =
+                        EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
+                    if let Err(e) = self.epoll.add(
+                        &c.fd,
+                        timer_key(slot, gen),
+                        flags,
+                        &mut self.core.stats.syscalls,
+                    ) {
+                        eprintln!("ringlab-server: epoll_ctl(ADD) for a new connection: {e}");
+                        self.core.stats.conn_errors += 1;
+                        self.close(slot);
+                    }
+                }
+                Err(Errno::AGAIN) => return,
+                Err(e) => {
+                    let err = io::Error::from(e);
+                    if accept_error_needs_backoff(&err) {
+                        self.core.stats.accept_errors += 1;
+                        let now = self.core.clock.now();
+                        self.core.accept.on_error(&err, self.ctx.cpu, now);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, slot: u32) {
+        if let Some(c) = self.conns.remove(slot) {
+            // Closing the last reference removes it from the epoll set as well.
+            self.core.stats.syscalls.close += 1;
+            self.core.stats.closed += 1;
+            drop(c.fd);
+        }
+    }
+
+    /// Move bytes until the connection would block, then do what its session asks.
+    fn pump(&mut self, slot: u32) {
+        let mut reads = 0;
+        loop {
+            let Loop {
+                conns, core, buf, ..
+            } = self;
+            let Some((gen, c)) = conns.get_slot(slot) else {
+                return;
+            };
+            if let Err(_e) = flush(c, core) {
+                core.conn_error(&mut c.core);
+            }
+            match c.core.session.action() {
+                Action::Close => {
+                    self.close(slot);
+                    return;
+                }
+                Action::ShutdownWrite if !c.shut => {
+                    c.shut = true;
+                    core.stats.syscalls.shutdown += 1;
+                    let _ = rustix::net::shutdown(&c.fd, rustix::net::Shutdown::Write);
+                    core.write_shutdown(&mut c.core);
+                    continue;
+                }
+                _ => {}
+            }
+            if c.readable && c.core.session.wants_read(&core.cfg) {
+                if reads == READS_PER_TURN {
+                    self.again.push((slot, gen));
+                    break;
+                }
+                reads += 1;
+                core.stats.syscalls.recv += 1;
+                match rustix::net::recv(&c.fd, &mut buf[..], RecvFlags::empty()) {
+                    Ok((0, _)) => {
+                        c.readable = false;
+                        core.peer_eof(&mut c.core);
+                    }
+                    Ok((n, _)) => {
+                        if n < buf.len() && !c.rdhup {
+                            c.readable = false; // drained; new data raises a new edge
+                        }
+                        core.recv(&mut c.core, &buf[..n]);
+                    }
+                    Err(Errno::AGAIN) => c.readable = false,
+                    Err(Errno::INTR) => {}
+                    Err(_) => {
+                        c.readable = false;
+                        core.conn_error(&mut c.core);
+                    }
+                }
+                continue;
+            }
+            break;
+        }
+        let Loop { conns, core, .. } = self;
+        if let Some((gen, c)) = conns.get_slot(slot) {
+            core.sync_timer(&mut c.core, timer_key(slot, gen));
+        }
+    }
+}
+
+/// Write the session's output until done or `EAGAIN`. Errors mean the connection failed.
+fn flush(c: &mut Conn, core: &mut LoopCore) -> Result<(), Errno> {
+    loop {
+        while let Some(b) = c.core.session.take_output() {
+            c.pending.push_back(b);
+        }
+        if c.pending.is_empty() || !c.writable {
+            return Ok(());
+        }
+        let r = if c.pending.len() == 1 {
+            core.stats.syscalls.send += 1;
+            rustix::net::send(&c.fd, &c.pending[0][c.pending_off..], SendFlags::NOSIGNAL)
+        } else {
+            core.stats.syscalls.writev += 1;
+            let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (i, b) in c.pending.iter().take(MAX_IOV).enumerate() {
+                iov[i] = IoSlice::new(if i == 0 { &b[c.pending_off..] } else { b });
+                n += 1;
+            }
+            rustix::io::writev(c.fd.as_fd(), &iov[..n])
+        };
+        match r {
+            Ok(mut n) => {
+                core.sent(&mut c.core, n);
+                while n > 0 {
+                    let first = c.pending[0].len() - c.pending_off;
+                    if n >= first {
+                        n -= first;
+                        c.pending.pop_front();
+                        c.pending_off = 0;
+                    } else {
+                        c.pending_off += n;
+                        n = 0;
+                    }
+                }
+            }
+            Err(Errno::AGAIN) => {
+                c.writable = false;
+                return Ok(());
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => {
+                c.pending.clear();
+                c.pending_off = 0;
+                c.core.session.on_send_failed();
+                return Err(e);
+            }
+        }
+    }
+}

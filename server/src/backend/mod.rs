@@ -1,0 +1,18 @@
+//! IO backends. Each is one file with one loop that moves bytes between sockets and the shared
+//! [`crate::core`]; a backend must:
+//!
+//! * accept on `ctx.listener` and keep accepting (backing off on EMFILE/ENFILE through
+//!   [`crate::core::AcceptBackoff`], never spinning);
+//! * feed every received byte, in order, to [`crate::core::LoopCore::recv`], report EOF, errors
+//!   and written bytes, and send whatever the session has ready, in order, without loss;
+//! * read only while the session `wants_read` (backpressure), and do what its `action()` says
+//!   (shut down the write side, close);
+//! * arm the session's deadline in the shared timer wheel after every session call;
+//! * on shutdown: stop accepting, `begin_shutdown` every session, exit when no connection is
+//!   left or the grace period is over, and report its statistics.
+
+pub mod blocking;
+pub mod epoll;
+pub mod tokio;
+pub mod tokio_uring;
+pub mod uring;

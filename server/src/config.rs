@@ -1,0 +1,210 @@
+//! Server configuration: the command line (clap) and what the loops share.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ringlab_proto::{Proto, ServerConfig};
+use ringlab_runtime::cpus::CpuSpec;
+
+/// IO backends. Every one runs the same protocol code; they differ only in how they do IO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Io {
+    /// io_uring completion model (raw io-uring crate): multishot accept, multishot recv into a
+    /// provided-buffer ring, owned-buffer sends, one io_uring_enter per loop turn,
+    /// SINGLE_ISSUER + DEFER_TASKRUN.
+    Uring,
+    /// epoll readiness model: edge-triggered, accept/read until EAGAIN, write at once.
+    Epoll,
+    /// One tokio-uring runtime per CPU: io_uring through an ergonomic async runtime.
+    TokioUring,
+    /// tokio's multi-thread work-stealing runtime (epoll via mio), one worker per CPU.
+    Tokio,
+    /// A pool of --workers OS threads doing blocking IO, one connection per worker at a time.
+    Blocking,
+}
+
+impl Io {
+    /// The name used on the command line and in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Io::Uring => "uring",
+            Io::Epoll => "epoll",
+            Io::TokioUring => "tokio-uring",
+            Io::Tokio => "tokio",
+            Io::Blocking => "blocking",
+        }
+    }
+
+    /// The short tag in thread names (`ringlab-<tag>-<cpu>`, within Linux's 15 bytes).
+    pub fn thread_tag(self) -> &'static str {
+        match self {
+            Io::TokioUring => "tu",
+            Io::Blocking => "blk",
+            other => other.name(),
+        }
+    }
+
+    /// Every backend, in the order reports list them.
+    pub const ALL: [Io; 5] = [
+        Io::Uring,
+        Io::Epoll,
+        Io::TokioUring,
+        Io::Tokio,
+        Io::Blocking,
+    ];
+
+    /// Whether the backend needs io_uring.
+    pub fn needs_uring(self) -> bool {
+        matches!(self, Io::Uring | Io::TokioUring)
+    }
+}
+
+/// How listening sockets are spread over the loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AcceptMode {
+    /// One SO_REUSEPORT listener per loop; the kernel spreads connections.
+    Reuseport,
+    /// One listener polled by every loop (EPOLLEXCLUSIVE for epoll).
+    Shared,
+}
+
+/// Protocol, as given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    /// Every byte comes back unchanged.
+    Echo,
+    /// HTTP/1.1: GET / → Hello, World!; GET /delay/{ms}; POST /echo; 404 otherwise.
+    Http,
+}
+
+/// ringlab-server: a thread-per-core TCP server with interchangeable IO backends.
+///
+/// One event loop per listed CPU, each pinned there and owning its ring or epoll instance,
+/// connections, buffers and timers. Prints `ready listen=ADDR io=IO cores=LIST pid=N` once it
+/// accepts connections. SIGINT/SIGTERM: stop accepting, finish responses in flight (up to
+/// --grace), print statistics, exit 0; a second signal exits at once.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ringlab-server", version, about, long_about)]
+pub struct Args {
+    /// IO backend.
+    #[arg(long, value_enum, default_value_t = Io::Uring)]
+    pub io: Io,
+    /// Protocol.
+    #[arg(long, value_enum, default_value_t = ProtoArg::Echo)]
+    pub proto: ProtoArg,
+    /// Address to listen on (port 0 picks a free port; the ready line tells which).
+    #[arg(long, default_value = "127.0.0.1:9527")]
+    pub listen: SocketAddr,
+    /// CPUs to run one loop on each: `0`, `0-3`, `0,2,4` or `all`.
+    #[arg(long, default_value = "0")]
+    pub cores: CpuSpec,
+    /// Keep one thread per listed CPU but do not pin them.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Listener per loop (reuseport) or one shared listener.
+    #[arg(long, value_enum, default_value_t = AcceptMode::Reuseport)]
+    pub accept: AcceptMode,
+    /// Echo: hold every received chunk this long before sending it back (e.g. 100ms).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub delay: Duration,
+    /// Burn this much CPU on the loop per request (e.g. 50us), as a blocking handler would.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub work: Duration,
+    /// On SIGINT/SIGTERM, wait at most this long for responses in flight.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub grace: Duration,
+    /// Write statistics as JSON to this file on exit.
+    #[arg(long)]
+    pub stats_json: Option<std::path::PathBuf>,
+    /// Stop reading from a connection while this many bytes wait to be sent to it.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub out_high_water: usize,
+    /// HTTP: largest request head (request line + headers) in bytes; larger → 431.
+    #[arg(long, default_value_t = 8 * 1024)]
+    pub max_head: usize,
+    /// HTTP: largest request body in bytes; larger → 413.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+    /// blocking: number of worker threads (1 = the seed notes' synchronous server), spread
+    /// round-robin over --cores.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Listen backlog (also the blocking backend's queue of accepted connections).
+    #[arg(long, default_value_t = 4096)]
+    pub backlog: i32,
+
+    /// uring: submission queue entries.
+    #[arg(long, default_value_t = 1024, help_heading = "io_uring")]
+    pub sq_entries: u32,
+    /// uring: completion queue entries.
+    #[arg(long, default_value_t = 8192, help_heading = "io_uring")]
+    pub cq_entries: u32,
+    /// uring: provided buffers per loop (a power of two).
+    #[arg(long, default_value_t = 1024, help_heading = "io_uring")]
+    pub buf_count: u16,
+    /// uring: size of each provided buffer in bytes.
+    #[arg(long, default_value_t = 16 * 1024, help_heading = "io_uring")]
+    pub buf_size: u32,
+    /// uring: arm a single-shot accept per connection instead of one multishot accept.
+    #[arg(long, help_heading = "io_uring")]
+    pub no_multishot_accept: bool,
+    /// uring: single-shot recv into a per-connection buffer instead of multishot recv into the
+    /// provided-buffer ring (each connection then owns a --buf-size buffer while it is open).
+    #[arg(long, help_heading = "io_uring")]
+    pub no_multishot_recv: bool,
+    /// uring: do not give multishot recvs a total byte limit (sqe->optlen, the room left below
+    /// --out-high-water); under backpressure use single-shot receives instead, as on kernels
+    /// without the limit.
+    #[arg(long, help_heading = "io_uring")]
+    pub no_recv_limit: bool,
+    /// uring: COOP_TASKRUN instead of SINGLE_ISSUER + DEFER_TASKRUN.
+    #[arg(long, help_heading = "io_uring")]
+    pub no_defer_taskrun: bool,
+    /// uring: do not register the ring fd.
+    #[arg(long, help_heading = "io_uring")]
+    pub no_register_ring_fd: bool,
+
+    /// epoll: bytes of the one read buffer per loop.
+    #[arg(long, default_value_t = 64 * 1024, help_heading = "epoll")]
+    pub read_buf: usize,
+    /// epoll: events fetched per epoll_wait.
+    #[arg(long, default_value_t = 1024, help_heading = "epoll")]
+    pub max_events: usize,
+}
+
+pub use ringlab_runtime::duration::parse_duration;
+
+impl Args {
+    /// The protocol settings every session shares.
+    pub fn server_config(&self) -> ServerConfig {
+        let mut c = ServerConfig {
+            proto: match self.proto {
+                ProtoArg::Echo => Proto::Echo,
+                ProtoArg::Http => Proto::Http,
+            },
+            delay: self.delay,
+            out_high_water: self.out_high_water.max(1),
+            ..ServerConfig::default()
+        };
+        c.limits.max_head = self.max_head;
+        c.limits.max_body = self.max_body;
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("50us").unwrap(), Duration::from_micros(50));
+        assert!(parse_duration("7").is_err(), "a bare number needs a unit");
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("200h").is_err(), "over 7 days");
+        assert!(parse_duration("1e9s").is_err());
+    }
+}

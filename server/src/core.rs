@@ -1,0 +1,375 @@
+//! What every backend's loop shares: the clock, the timer wheel, statistics, `--work`, accept
+//! back-off, and the per-connection wrapper around the protocol [`Session`].
+//!
+//! A backend is a loop that moves bytes between sockets and these calls; everything a request
+//! costs besides IO happens here, once, for all backends.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringlab_proto::{Now, ServerConfig, Session};
+use ringlab_runtime::stats::LoopClock;
+use ringlab_runtime::timer::TimerWheel;
+use ringlab_runtime::wake::Waker;
+
+use crate::config::Args;
+use crate::stats::LoopStats;
+
+/// Everything a loop thread is started with.
+pub struct LoopCtx {
+    /// Loop index (0..number of loops).
+    pub index: usize,
+    /// The CPU this loop is for.
+    pub cpu: usize,
+    /// The listener this loop accepts on (its own with SO_REUSEPORT, or the shared one).
+    pub listener: Arc<OwnedFd>,
+    /// Command-line settings.
+    pub args: Arc<Args>,
+    /// Protocol settings.
+    pub cfg: Arc<ServerConfig>,
+    /// Set when the server must shut down; the waker tells the loop to look.
+    pub shutdown: Arc<AtomicBool>,
+    /// Wakes this loop.
+    pub waker: Waker,
+    /// The loop reports here once it is set up (or why it could not be).
+    pub ready: SyncSender<Result<(), String>>,
+}
+
+impl LoopCtx {
+    /// The waker's descriptor, for a backend that reads it through its own IO.
+    pub fn waker_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.waker.as_fd().as_raw_fd()
+    }
+
+    /// Whether shutdown was requested.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// Everything a pool backend (one runtime or worker pool over several CPUs) is started with.
+pub struct PoolCtx {
+    /// The CPUs the pool's threads run on (round-robin when there are more threads).
+    pub cores: Vec<usize>,
+    /// The listeners to accept on.
+    pub listeners: Vec<Arc<OwnedFd>>,
+    /// Command-line settings.
+    pub args: Arc<Args>,
+    /// Protocol settings.
+    pub cfg: Arc<ServerConfig>,
+    /// Set when the server must shut down; the waker tells the pool to look.
+    pub shutdown: Arc<AtomicBool>,
+    /// Wakes the pool's shutdown watcher.
+    pub waker: Waker,
+    /// The pool reports here once it accepts (or why it could not start).
+    pub ready: SyncSender<Result<(), String>>,
+}
+
+impl PoolCtx {
+    /// Whether shutdown was requested.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// For async backends: a thread that blocks on `waker` until shutdown is requested, then flips
+/// the returned watch channel to `true` (so no runtime has to poll the flag).
+pub fn shutdown_watch(
+    waker: Waker,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<tokio::sync::watch::Receiver<bool>> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    // A new thread carries its parent's name until it has started: return only once it has,
+    // so that no two threads share a loop's name.
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(0);
+    std::thread::Builder::new()
+        .name("ringlab-stop".into())
+        .spawn(move || {
+            let _ = started_tx.send(());
+            while !shutdown.load(Ordering::Acquire) {
+                let mut fds = [rustix::event::PollFd::new(
+                    &waker,
+                    rustix::event::PollFlags::IN,
+                )];
+                let _ = rustix::event::poll(&mut fds, None);
+                waker.drain();
+            }
+            let _ = tx.send(true);
+        })?;
+    let _ = started_rx.recv();
+    Ok(rx)
+}
+
+/// Resolves once the watch from [`shutdown_watch`] says `true`.
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// The protocol session of one connection and the deadline its timer is armed for.
+pub struct ConnCore {
+    pub session: Session,
+    timer_at: Option<Instant>,
+}
+
+impl ConnCore {
+    /// A new connection's state.
+    pub fn new(cfg: &ServerConfig) -> Self {
+        ConnCore {
+            session: Session::new(cfg),
+            timer_at: None,
+        }
+    }
+}
+
+/// Timer-wheel key of a connection slot in a generation.
+pub fn timer_key(slot: u32, gen: u32) -> u64 {
+    (u64::from(gen) << 32) | u64::from(slot)
+}
+
+/// Slot and generation from a timer-wheel key.
+pub fn timer_key_parts(key: u64) -> (u32, u32) {
+    (key as u32, (key >> 32) as u32)
+}
+
+/// The loop-wide state every backend shares.
+pub struct LoopCore {
+    pub cfg: Arc<ServerConfig>,
+    pub clock: LoopClock,
+    pub wheel: TimerWheel,
+    pub stats: LoopStats,
+    work: Duration,
+    expired: Vec<(Instant, u64)>,
+    /// When shutdown began, the time after which remaining connections are dropped.
+    pub grace_deadline: Option<Instant>,
+    grace: Duration,
+    pub accept: AcceptBackoff,
+}
+
+impl LoopCore {
+    /// State for the loop described by `ctx`.
+    pub fn new(ctx: &LoopCtx) -> Self {
+        Self::with(ctx.cfg.clone(), &ctx.args, ctx.cpu)
+    }
+
+    /// State for a loop (or worker thread) on `cpu` with these settings.
+    pub fn with(cfg: Arc<ServerConfig>, args: &Args, cpu: usize) -> Self {
+        let clock = LoopClock::new();
+        let now = clock.now();
+        LoopCore {
+            cfg,
+            clock,
+            wheel: TimerWheel::new(now),
+            stats: LoopStats {
+                cpu,
+                ..LoopStats::default()
+            },
+            work: args.work,
+            expired: Vec::new(),
+            grace_deadline: None,
+            grace: args.grace,
+            accept: AcceptBackoff::default(),
+        }
+    }
+
+    /// Read the clock; once per loop turn.
+    pub fn tick(&mut self) {
+        self.clock.update();
+    }
+
+    /// The time as the sessions see it.
+    pub fn now(&self) -> Now {
+        Now {
+            at: self.clock.now(),
+            date: self.clock.date(),
+        }
+    }
+
+    /// Start shutting down: from now on the loop has `--grace` to finish.
+    pub fn begin_shutdown(&mut self) {
+        if self.grace_deadline.is_none() {
+            self.grace_deadline = Some(self.clock.now() + self.grace);
+        }
+    }
+
+    /// Whether the grace period is over.
+    pub fn grace_over(&self) -> bool {
+        self.grace_deadline.is_some_and(|d| self.clock.now() >= d)
+    }
+
+    /// How long the loop may block: until the next timer, accept retry or grace deadline.
+    pub fn wait_timeout(&self) -> Option<Duration> {
+        let now = self.clock.now();
+        [
+            self.wheel.next_deadline(),
+            self.accept.retry_at,
+            self.grace_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.saturating_duration_since(now))
+    }
+
+    /// Timers due now, as `(deadline, key)`; call [`LoopCore::fire`] for each.
+    pub fn take_expired(&mut self) -> Vec<(Instant, u64)> {
+        let mut v = std::mem::take(&mut self.expired);
+        v.clear();
+        self.wheel.poll(self.clock.now(), &mut v);
+        v
+    }
+
+    /// Give back the vector from [`LoopCore::take_expired`] for reuse.
+    pub fn put_expired(&mut self, v: Vec<(Instant, u64)>) {
+        self.expired = v;
+    }
+
+    /// A timer for `conn` fired at `deadline`: if it is still the one the session wants, run
+    /// the session's timeout handling. Returns whether it was current.
+    pub fn fire(&mut self, conn: &mut ConnCore, deadline: Instant) -> bool {
+        if conn.timer_at != Some(deadline) {
+            return false; // superseded: lazily cancelled
+        }
+        conn.timer_at = None;
+        let now = self.now();
+        conn.session.on_timeout(&self.cfg, &now);
+        true
+    }
+
+    /// For backends whose runtime keeps the timers (async runtimes, blocking workers): the
+    /// session's deadline has passed.
+    pub fn timeout(&mut self, conn: &mut ConnCore) {
+        self.tick();
+        conn.timer_at = None;
+        let now = self.now();
+        conn.session.on_timeout(&self.cfg, &now);
+    }
+
+    /// Bytes arrived on `conn`.
+    pub fn recv(&mut self, conn: &mut ConnCore, data: &[u8]) {
+        self.stats.bytes_in += data.len() as u64;
+        let now = self.now();
+        let n = conn.session.on_recv(&self.cfg, data, &now);
+        self.completed(n);
+    }
+
+    /// The peer closed its write side.
+    pub fn peer_eof(&mut self, conn: &mut ConnCore) {
+        let now = self.now();
+        conn.session.on_peer_eof(&self.cfg, &now);
+    }
+
+    /// `n` bytes of `conn`'s output were written.
+    pub fn sent(&mut self, conn: &mut ConnCore, n: usize) {
+        self.stats.bytes_out += n as u64;
+        let now = self.now();
+        let r = conn.session.on_sent(&self.cfg, n, &now);
+        self.completed(r);
+    }
+
+    /// The write side of `conn` was shut down.
+    pub fn write_shutdown(&mut self, conn: &mut ConnCore) {
+        let now = self.now();
+        conn.session.on_write_shutdown(&self.cfg, &now);
+    }
+
+    /// `conn` failed (reset, broken pipe, other error).
+    pub fn conn_error(&mut self, conn: &mut ConnCore) {
+        self.stats.conn_errors += 1;
+        conn.session.abort();
+    }
+
+    /// Arm the wheel for the session's deadline if it changed. Call after every session call.
+    pub fn sync_timer(&mut self, conn: &mut ConnCore, key: u64) {
+        let want = conn.session.deadline();
+        if want != conn.timer_at {
+            conn.timer_at = want;
+            if let Some(d) = want {
+                self.wheel.insert(d, key);
+            }
+        }
+    }
+
+    fn completed(&mut self, requests: u32) {
+        if requests == 0 {
+            return;
+        }
+        self.stats.requests += u64::from(requests);
+        if !self.work.is_zero() {
+            // The handler's CPU time, on the loop, as a blocking handler would spend it.
+            let until = Instant::now() + self.work * requests;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Back-off after accept errors (EMFILE, ENFILE, ENOMEM...): stop accepting for a while instead
+/// of spinning, keep serving the connections already open, and say so at most once a second.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    /// When to try accepting again.
+    pub retry_at: Option<Instant>,
+    refused: u64,
+    last_report: Option<Instant>,
+}
+
+/// How long to wait before accepting again after an accept error.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl AcceptBackoff {
+    /// An accept failed with `err` at `now`; returns the retry time.
+    pub fn on_error(&mut self, err: &std::io::Error, cpu: usize, now: Instant) -> Instant {
+        self.refused += 1;
+        if self
+            .last_report
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            let hint = match rustix::io::Errno::from_io_error(err) {
+                Some(rustix::io::Errno::MFILE) => {
+                    " (the process is at its descriptor limit: raise `ulimit -n`, or run more processes)"
+                }
+                Some(rustix::io::Errno::NFILE) => {
+                    " (the system is out of descriptors: raise fs.file-max)"
+                }
+                _ => "",
+            };
+            eprintln!(
+                "ringlab-server: loop on CPU {cpu}: accept failed: {err}{hint}; {} refused since last report, backing off {} ms",
+                self.refused,
+                ACCEPT_BACKOFF.as_millis()
+            );
+            self.refused = 0;
+            self.last_report = Some(now);
+        }
+        let at = now + ACCEPT_BACKOFF;
+        self.retry_at = Some(at);
+        at
+    }
+
+    /// Whether the back-off is over at `now` (clears it if so).
+    pub fn ready(&mut self, now: Instant) -> bool {
+        match self.retry_at {
+            Some(t) if now < t => false,
+            _ => {
+                self.retry_at = None;
+                true
+            }
+        }
+    }
+}
+
+/// Whether an accept error is one to back off from (rather than a transient one to ignore).
+pub fn accept_error_needs_backoff(err: &std::io::Error) -> bool {
+    !matches!(
+        rustix::io::Errno::from_io_error(err),
+        Some(rustix::io::Errno::AGAIN)
+            | Some(rustix::io::Errno::INTR)
+            | Some(rustix::io::Errno::CONNABORTED)
+            | Some(rustix::io::Errno::PROTO)
+    )
+}

@@ -1,0 +1,244 @@
+//! ringlab-server: a thread-per-core TCP server whose IO backends share every line of protocol
+//! logic ([`ringlab_proto`]) and loop plumbing ([`core`]); they differ only in how they do IO
+//! ([`backend`]).
+
+pub mod backend;
+pub mod config;
+pub mod core;
+pub mod listener;
+pub mod stats;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+
+use anyhow::Context;
+use ringlab_runtime::cpus::pin_current_thread;
+use ringlab_runtime::uring::UringUnavailable;
+use ringlab_runtime::wake::Waker;
+
+pub use config::{Args, Io};
+pub use stats::{LoopStats, ServerStats};
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// io_uring cannot be used here (exit code 2).
+    #[error(transparent)]
+    Uring(#[from] UringUnavailable),
+    /// Anything else (exit code 1).
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// A running server's loops, signals and address.
+pub struct Running {
+    /// The address listened on.
+    pub listen: std::net::SocketAddr,
+    /// The CPUs with a loop each.
+    pub cores: ringlab_runtime::cpus::CpuList,
+    shutdown: Arc<AtomicBool>,
+    wakers: Vec<Waker>,
+    threads: Vec<thread::JoinHandle<std::io::Result<Vec<LoopStats>>>>,
+    args: Arc<Args>,
+}
+
+impl Running {
+    /// The line scripts wait for.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "ready listen={} io={} cores={} pid={}",
+            self.listen,
+            self.args.io.name(),
+            self.cores,
+            std::process::id()
+        )
+    }
+
+    /// A handle that asks the loops to shut down gracefully.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            shutdown: self.shutdown.clone(),
+            wakers: self.wakers.clone(),
+        }
+    }
+
+    /// Wait for every loop to finish and sum their statistics.
+    pub fn join(self) -> Result<ServerStats, ServerError> {
+        let mut per_core = Vec::new();
+        let mut first_err = None;
+        for (i, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(s)) => per_core.extend(s),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert_with(|| anyhow::anyhow!("loop {i} failed: {e}"));
+                }
+                Err(_) => {
+                    first_err.get_or_insert_with(|| anyhow::anyhow!("loop {i} panicked"));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e.into());
+        }
+        let proto = match self.args.proto {
+            config::ProtoArg::Echo => "echo",
+            config::ProtoArg::Http => "http",
+        };
+        // One row per CPU: pool backends report a row per thread.
+        per_core.sort_by_key(|s| s.cpu);
+        let mut merged: Vec<LoopStats> = Vec::new();
+        for s in per_core {
+            match merged.last_mut() {
+                Some(m) if m.cpu == s.cpu => m.add(&s),
+                _ => merged.push(s),
+            }
+        }
+        let per_core = merged;
+        Ok(ServerStats::new(
+            self.args.io.name(),
+            proto,
+            self.listen.to_string(),
+            per_core,
+        ))
+    }
+}
+
+/// Asks a server's loops to shut down gracefully.
+#[derive(Clone)]
+pub struct Stopper {
+    shutdown: Arc<AtomicBool>,
+    wakers: Vec<Waker>,
+}
+
+impl Stopper {
+    /// Stop accepting, finish what is in flight (up to `--grace`), then let the loops exit.
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        for w in &self.wakers {
+            w.wake();
+        }
+    }
+}
+
+/// Start the server's loops; returns once every loop accepts connections.
+pub fn start(args: Args) -> Result<Running, ServerError> {
+    let cores = args.cores.resolve().context("--cores")?;
+    if args.io.needs_uring() {
+        ringlab_runtime::uring::check_available()?;
+    }
+    if args.io == Io::Uring && !args.buf_count.is_power_of_two() {
+        return Err(anyhow::anyhow!(
+            "--buf-count must be a power of two no larger than 32768 (got {})",
+            args.buf_count
+        )
+        .into());
+    }
+    if args.workers == 0 || args.workers > 10_000 {
+        return Err(anyhow::anyhow!("--workers must be between 1 and 10000").into());
+    }
+    let pool = matches!(args.io, Io::Tokio | Io::Blocking);
+    let args = Arc::new(args);
+    let cfg = Arc::new(args.server_config());
+    // The blocking pool has one accept thread, so one listener.
+    let shared = args.accept == config::AcceptMode::Shared || args.io == Io::Blocking;
+    let nlisteners = if args.io == Io::Blocking {
+        1
+    } else {
+        cores.len()
+    };
+    let (listeners, listen) = listener::listeners(args.listen, nlisteners, shared, args.backlog)
+        .map_err(anyhow::Error::from)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::sync_channel(cores.len() + 1);
+    let mut wakers = Vec::new();
+    let mut threads = Vec::new();
+    if pool {
+        let waker = Waker::new().context("eventfd")?;
+        wakers.push(waker.clone());
+        let ctx = core::PoolCtx {
+            cores: cores.ids().to_vec(),
+            listeners,
+            args: args.clone(),
+            cfg: cfg.clone(),
+            shutdown: shutdown.clone(),
+            waker,
+            ready: ready_tx.clone(),
+        };
+        let io = args.io;
+        let t = thread::Builder::new()
+            .name(format!(
+                "ringlab-{}",
+                if io == Io::Tokio { "tokio" } else { "pool" }
+            ))
+            .spawn(move || match io {
+                Io::Tokio => backend::tokio::run(ctx),
+                _ => backend::blocking::run(ctx),
+            })
+            .context("spawning the pool thread")?;
+        threads.push(t);
+    } else {
+        for (index, (&cpu, listener)) in cores.ids().iter().zip(listeners).enumerate() {
+            let waker = Waker::new().context("eventfd")?;
+            wakers.push(waker.clone());
+            let ctx = core::LoopCtx {
+                index,
+                cpu,
+                listener,
+                args: args.clone(),
+                cfg: cfg.clone(),
+                shutdown: shutdown.clone(),
+                waker,
+                ready: ready_tx.clone(),
+            };
+            let pin = !args.no_pin;
+            let io = args.io;
+            let t = thread::Builder::new()
+                // Linux keeps 15 bytes of a thread name: keep `ringlab-<io>-<cpu>` short.
+                .name(format!("ringlab-{}-{cpu}", io.thread_tag()))
+                .spawn(move || {
+                    if pin {
+                        if let Err(e) = pin_current_thread(cpu) {
+                            let _ = ctx.ready.send(Err(e.to_string()));
+                            return Err(std::io::Error::other(e.to_string()));
+                        }
+                    }
+                    let one = match io {
+                        Io::Uring => backend::uring::run(ctx),
+                        Io::Epoll => backend::epoll::run(ctx),
+                        _ => backend::tokio_uring::run(ctx),
+                    };
+                    one.map(|s| vec![s])
+                })
+                .context("spawning a loop thread")?;
+            threads.push(t);
+        }
+    }
+    drop(ready_tx);
+    let running = Running {
+        listen,
+        cores,
+        shutdown,
+        wakers,
+        threads,
+        args,
+    };
+    let mut failure = None;
+    for _ in 0..running.threads.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| "a loop exited during setup".to_string());
+            }
+        }
+    }
+    if let Some(e) = failure {
+        running.stopper().stop();
+        let _ = running.join();
+        return Err(anyhow::anyhow!(e).into());
+    }
+    Ok(running)
+}

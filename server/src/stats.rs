@@ -1,0 +1,127 @@
+//! Per-loop statistics, summed at exit.
+
+use serde::Serialize;
+
+use ringlab_runtime::stats::SyscallCounters;
+
+/// What one loop did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoopStats {
+    /// The CPU the loop ran on (pinned or not).
+    pub cpu: usize,
+    /// Completed requests (HTTP requests, or received chunks for echo).
+    pub requests: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub accepted: u64,
+    pub closed: u64,
+    /// Accepts that failed (EMFILE, ENFILE, ...); the loop backed off.
+    pub accept_errors: u64,
+    /// Connections that ended in an error (reset, broken pipe).
+    pub conn_errors: u64,
+    pub syscalls: SyscallCounters,
+    /// uring: multishot recvs that ended because the buffer ring was empty (re-armed).
+    pub enobufs: u64,
+    /// uring: multishot operations re-armed after they ended without IORING_CQE_F_MORE.
+    pub multishot_rearms: u64,
+    /// uring: short sends whose remainder was resubmitted.
+    pub short_sends: u64,
+    /// uring: turns at which the CQ had overflowed into the kernel's backlog (nothing lost).
+    pub cq_overflows: u64,
+    /// Times a connection's reading was paused because its output passed the high-water mark.
+    pub backpressure_pauses: u64,
+}
+
+impl LoopStats {
+    /// Add `o` into `self`.
+    pub fn add(&mut self, o: &LoopStats) {
+        self.requests += o.requests;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.accepted += o.accepted;
+        self.closed += o.closed;
+        self.accept_errors += o.accept_errors;
+        self.conn_errors += o.conn_errors;
+        self.syscalls.add(&o.syscalls);
+        self.enobufs += o.enobufs;
+        self.multishot_rearms += o.multishot_rearms;
+        self.short_sends += o.short_sends;
+        self.cq_overflows += o.cq_overflows;
+        self.backpressure_pauses += o.backpressure_pauses;
+    }
+}
+
+/// Statistics of a whole server run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerStats {
+    pub io: &'static str,
+    pub proto: &'static str,
+    pub listen: String,
+    pub pid: u32,
+    pub total: LoopStats,
+    pub per_core: Vec<LoopStats>,
+}
+
+impl ServerStats {
+    /// Sum the loops.
+    pub fn new(
+        io: &'static str,
+        proto: &'static str,
+        listen: String,
+        per_core: Vec<LoopStats>,
+    ) -> Self {
+        let mut total = LoopStats::default();
+        for l in &per_core {
+            total.add(l);
+        }
+        total.cpu = usize::MAX;
+        ServerStats {
+            io,
+            proto,
+            listen,
+            pid: std::process::id(),
+            total,
+            per_core,
+        }
+    }
+
+    /// A human summary, several lines.
+    pub fn summary(&self) -> String {
+        let t = &self.total;
+        let per_req = |n: u64| {
+            if t.requests == 0 {
+                0.0
+            } else {
+                n as f64 / t.requests as f64
+            }
+        };
+        let s = &t.syscalls;
+        let mut out = format!(
+            "stats io={} proto={} requests={} bytes_in={} bytes_out={} accepted={} closed={} accept_errors={} conn_errors={}\n",
+            self.io, self.proto, t.requests, t.bytes_in, t.bytes_out, t.accepted, t.closed,
+            t.accept_errors, t.conn_errors
+        );
+        out += &format!(
+            "syscalls total={} per_request={:.3} io_uring_enter={} epoll_wait={} epoll_ctl={} accept={} recv={} send={} writev={} shutdown={} close={}\n",
+            s.total(), per_req(s.total()), s.io_uring_enter, s.epoll_wait, s.epoll_ctl, s.accept,
+            s.recv, s.send, s.writev, s.shutdown, s.close
+        );
+        if self.io == "uring" {
+            out += &format!(
+                "uring enobufs={} multishot_rearms={} short_sends={} cq_overflows={} backpressure_pauses={}\n",
+                t.enobufs, t.multishot_rearms, t.short_sends, t.cq_overflows, t.backpressure_pauses
+            );
+        }
+        for l in &self.per_core {
+            out += &format!(
+                "core cpu={} requests={} accepted={} closed={} syscalls={}\n",
+                l.cpu,
+                l.requests,
+                l.accepted,
+                l.closed,
+                l.syscalls.total()
+            );
+        }
+        out
+    }
+}

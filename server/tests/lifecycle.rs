@@ -1,0 +1,321 @@
+//! Lifecycle conformance: graceful shutdown, the second signal, thread pinning, start-up
+//! errors and exit statistics, for every backend.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{
+    json_u64, pattern, poll_until, read_to_eof, server_consumed, start_failure, Server,
+    EXIT_TIMEOUT,
+};
+
+/// The name a backend gives the loop thread of `cpu`, as /proc shows it (15 bytes at most).
+fn loop_thread_name(io: &str, cpu: usize) -> String {
+    // The server keeps names within Linux's 15 bytes: `ringlab-<tag>-<cpu>`. The blocking
+    // backend names workers by index (worker i runs on the i-th listed CPU); here the listed
+    // CPUs are 0 and 1, so index and CPU agree.
+    let tag = match io {
+        "tokio-uring" => "tu",
+        "blocking" => "blk",
+        other => other,
+    };
+    format!("ringlab-{tag}-{cpu}")
+}
+
+/// Up to two CPUs this process may use (`0,1` here).
+fn two_cpus() -> Vec<usize> {
+    common::allowed_cpus().into_iter().take(2).collect()
+}
+
+fn cpu_arg(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+backend_tests! {
+    /// SIGTERM while delayed echoes are in flight: every connection still receives its whole
+    /// echo and then EOF, the server exits 0 within the grace period, and a connection made
+    /// after the signal is not served.
+    fn graceful_shutdown_delivers_in_flight(io: &str) {
+        const N: usize = 50;
+        let mut srv = Server::start_with_stats(io, &["--delay", "300ms", "--grace", "5s"]);
+        let mut conns: Vec<TcpStream> = (0..N).map(|_| srv.connect()).collect();
+        let msgs: Vec<Vec<u8>> = (0..N).map(|i| pattern(i as u64, 1000 + 37 * i)).collect();
+        let sent = Instant::now();
+        for (c, m) in conns.iter_mut().zip(&msgs) {
+            c.write_all(m).unwrap();
+        }
+        // The server must have read the messages before it is told to stop (it stops reading
+        // then): wait until the kernel shows every byte acknowledged and read by the server.
+        let ports: Vec<u16> = conns.iter().map(|c| c.local_addr().unwrap().port()).collect();
+        assert!(
+            poll_until(Duration::from_secs(5), || server_consumed(srv.addr.port(), &ports)),
+            "the server did not read the messages within 5 s"
+        );
+        let since = sent.elapsed();
+        if since < Duration::from_millis(50) {
+            std::thread::sleep(Duration::from_millis(50) - since);
+        }
+        srv.stop();
+        let signalled = Instant::now();
+        if signalled - sent >= Duration::from_millis(300) {
+            eprintln!(
+                "note: SIGTERM went out {:?} after the messages; the echoes may not have been \
+                 in flight",
+                signalled - sent
+            );
+        }
+
+        // A connection made after the signal: refused, or closed/reset without an echo.
+        assert!(srv.wait_stderr("draining", Duration::from_secs(5)), "no draining message");
+        // The loops notice the shutdown flag within a turn of the wake-up; there is no outside
+        // signal for that moment, so give them a moment before connecting.
+        std::thread::sleep(Duration::from_millis(50));
+        let late = TcpStream::connect_timeout(&srv.addr, Duration::from_secs(5));
+        let late_outcome = match late {
+            Err(e) => format!("refused: {e}"),
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                let _ = s.write_all(b"late");
+                let mut buf = [0u8; 16];
+                match s.read(&mut buf) {
+                    Ok(0) => "closed".to_string(),
+                    Ok(n) => panic!("a connection made after SIGTERM was served: {:?}", &buf[..n]),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+                        ) =>
+                    {
+                        format!("reset: {e}")
+                    }
+                    Err(e) => panic!(
+                        "a connection made after SIGTERM was neither refused nor closed: {e}"
+                    ),
+                }
+            }
+        };
+        eprintln!("late connection: {late_outcome}");
+
+        for (i, (c, m)) in conns.iter_mut().zip(&msgs).enumerate() {
+            let got = read_to_eof(c, m.len())
+                .unwrap_or_else(|e| panic!("connection {i}: {e} before its echo and EOF"));
+            common::assert_bytes_eq(&got, m, &format!("connection {i}'s echo during shutdown"));
+        }
+        drop(conns);
+        let (status, stdout, stderr) = srv.wait_exit(Duration::from_secs(5 + 5));
+        assert!(status.success(), "exit {status}\nstderr:\n{stderr}\nstdout:\n{stdout}");
+        // Within the 5 s grace period: the drain needed only the 300 ms delay, so taking the
+        // whole grace period would mean connections were aborted rather than finished.
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "exit {:?} after SIGTERM, beyond the grace period",
+            signalled.elapsed()
+        );
+        assert!(stdout.contains("stats "), "the summary is printed at exit: {stdout:?}");
+        let st = srv.stats();
+        assert_eq!(json_u64(&st, "total.bytes_out"), json_u64(&st, "total.bytes_in"), "{st:#}");
+        assert_eq!(
+            json_u64(&st, "total.bytes_out"),
+            msgs.iter().map(|m| m.len() as u64).sum::<u64>(),
+            "{st:#}"
+        );
+    }
+
+    /// A second SIGTERM while draining exits at once, with a failure status.
+    fn second_signal_exits_at_once(io: &str) {
+        let mut srv = Server::start(io, &["--delay", "20s", "--grace", "60s"]);
+        let mut c = srv.connect();
+        c.write_all(b"held for 20 s").unwrap();
+        let port = c.local_addr().unwrap().port();
+        assert!(
+            poll_until(Duration::from_secs(5), || server_consumed(srv.addr.port(), &[port])),
+            "the server did not read the message"
+        );
+        srv.stop();
+        assert!(srv.wait_stderr("draining", Duration::from_secs(5)), "no draining message");
+        let t = Instant::now();
+        srv.stop();
+        // Far less than the 20 s the drain would take: a no-hang bound, not a timing claim.
+        let (status, _, stderr) = srv.wait_exit(Duration::from_secs(10));
+        assert!(!status.success(), "second signal: exit {status} should be a failure");
+        assert!(t.elapsed() < Duration::from_secs(10));
+        assert!(stderr.contains("second signal"), "{stderr}");
+    }
+
+    /// `--cores 0,1`: the loop threads are pinned to their CPU; `--no-pin`: they keep the
+    /// process's whole mask.
+    fn threads_pinned(io: &str) {
+        let cpus = two_cpus();
+        let mut srv = Server::start(io, &["--cores", &cpu_arg(&cpus)]);
+        assert_eq!(srv.cores, cpu_arg(&cpus), "ready line cores=");
+        let threads = common::threads_of(srv.pid);
+        for &cpu in &cpus {
+            let name = loop_thread_name(io, cpu);
+            let found: Vec<_> = threads.iter().filter(|(_, comm, _)| *comm == name).collect();
+            assert_eq!(found.len(), 1, "one thread named {name:?} in {threads:?}");
+            assert_eq!(
+                common::parse_cpu_list(&found[0].2),
+                vec![cpu],
+                "thread {name:?} Cpus_allowed_list"
+            );
+        }
+        srv.stop_and_wait(EXIT_TIMEOUT);
+
+        let mut srv = Server::start(io, &["--cores", &cpu_arg(&cpus), "--no-pin"]);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", srv.pid)).unwrap();
+        let process_mask = common::parse_cpu_list(
+            common::proc_status_field(&status, "Cpus_allowed_list").unwrap(),
+        );
+        assert_eq!(process_mask, common::allowed_cpus(), "the server inherits our mask");
+        let threads = common::threads_of(srv.pid);
+        for &cpu in &cpus {
+            let name = loop_thread_name(io, cpu);
+            let found: Vec<_> = threads.iter().filter(|(_, comm, _)| *comm == name).collect();
+            assert_eq!(found.len(), 1, "one thread named {name:?} in {threads:?}");
+            assert_eq!(
+                common::parse_cpu_list(&found[0].2),
+                process_mask,
+                "--no-pin thread {name:?} keeps the full mask"
+            );
+        }
+        srv.stop_and_wait(EXIT_TIMEOUT);
+    }
+
+    /// `--cores 999`: exit non-zero with one line naming the CPU.
+    fn error_missing_cpu(io: &str) {
+        let f = start_failure(io, &["--cores", "999"]);
+        assert!(!f.status.success(), "{f:?}");
+        let lines: Vec<&str> = f.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line: {:?}", f.stderr);
+        assert!(lines[0].contains("999"), "names the CPU: {:?}", lines[0]);
+        assert!(f.stdout.is_empty(), "no ready line: {:?}", f.stdout);
+    }
+
+    /// A port already in use: exit 1 with "address already in use".
+    fn error_address_in_use(io: &str) {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let f = start_failure(io, &["--listen", &addr]);
+        assert_eq!(f.status.code(), Some(1), "{f:?}");
+        assert!(
+            f.stderr.to_lowercase().contains("address already in use"),
+            "{:?}",
+            f.stderr
+        );
+        assert!(f.stderr.contains(&addr), "names the address: {:?}", f.stderr);
+        drop(taken);
+    }
+
+    /// A port already served by another ringlab-server is a port in use too: the second server
+    /// must fail the same way instead of silently sharing the port through SO_REUSEPORT (the
+    /// kernel would then split new connections between two unrelated servers).
+    fn error_address_in_use_by_another_server(io: &str) {
+        let mut first = Server::start(io, &[]);
+        let addr = first.addr.to_string();
+        match Server::try_start(io, &["--listen", &addr]) {
+            Err(f) => {
+                assert_eq!(f.status.code(), Some(1), "{f:?}");
+                assert!(
+                    f.stderr.to_lowercase().contains("address already in use"),
+                    "{:?}",
+                    f.stderr
+                );
+            }
+            Ok(mut second) => {
+                second.stop_and_wait(EXIT_TIMEOUT);
+                first.stop_and_wait(EXIT_TIMEOUT);
+                panic!(
+                    "a second server started on {addr}, already served by pid {}: both now \
+                     accept on it (SO_REUSEPORT)",
+                    first.pid
+                );
+            }
+        }
+        first.stop_and_wait(EXIT_TIMEOUT);
+    }
+
+    /// Echo statistics: connections, bytes, and the syscalls of each IO model.
+    fn stats_echo(io: &str) {
+        let mut srv = Server::start_with_stats(io, &[]);
+        let mut total = 0u64;
+        for i in 0..3 {
+            let mut c = srv.connect();
+            let m = pattern(i, 50_000);
+            c.write_all(&m).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(read_to_eof(&mut c, m.len()).unwrap(), m);
+            total += m.len() as u64;
+        }
+        srv.stop_and_wait(EXIT_TIMEOUT);
+        let st = srv.stats();
+        assert_eq!(st["io"], io, "{st:#}");
+        assert_eq!(st["proto"], "echo", "{st:#}");
+        assert_eq!(json_u64(&st, "pid"), u64::from(srv.pid), "{st:#}");
+        assert_eq!(json_u64(&st, "total.accepted"), 3, "{st:#}");
+        assert_eq!(json_u64(&st, "total.closed"), 3, "{st:#}");
+        assert_eq!(json_u64(&st, "total.bytes_in"), total, "{st:#}");
+        assert_eq!(json_u64(&st, "total.bytes_out"), total, "{st:#}");
+        assert!(json_u64(&st, "total.requests") >= 3, "{st:#}");
+        assert_eq!(st["per_core"].as_array().map(Vec::len), Some(1), "{st:#}");
+        match io {
+            "uring" => {
+                assert!(json_u64(&st, "total.syscalls.io_uring_enter") > 0, "{st:#}");
+                assert_eq!(json_u64(&st, "total.syscalls.recv"), 0, "{st:#}");
+                assert_eq!(json_u64(&st, "total.syscalls.send"), 0, "{st:#}");
+            }
+            "epoll" => {
+                assert!(json_u64(&st, "total.syscalls.recv") > 0, "{st:#}");
+                assert!(json_u64(&st, "total.syscalls.epoll_wait") > 0, "{st:#}");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `--buf-count` must be a power of two (uring): a clear error, exit non-zero.
+#[test]
+fn error_buf_count_not_power_of_two_uring() {
+    if common::skip_backend("uring") {
+        return;
+    }
+    for bad in ["3", "0"] {
+        let f = start_failure("uring", &["--buf-count", bad]);
+        assert!(!f.status.success(), "{f:?}");
+        assert!(
+            f.stderr.contains("--buf-count") && f.stderr.contains("power of two"),
+            "{:?}",
+            f.stderr
+        );
+        assert!(f.stderr.contains(bad), "names the value: {:?}", f.stderr);
+    }
+}
+
+/// The skip rule: only exit code 2 with an io_uring message means "io_uring unavailable".
+#[test]
+fn uring_unavailable_is_recognised() {
+    use std::os::unix::process::ExitStatusExt;
+    let failure = |code: i32, stderr: &str| common::StartFailure {
+        status: std::process::ExitStatus::from_raw(code << 8),
+        stdout: String::new(),
+        stderr: stderr.to_string(),
+    };
+    let disabled = "ringlab-server: io_uring is disabled: kernel.io_uring_disabled=2 (...)\n";
+    assert_eq!(
+        common::uring_unavailable_reason(&failure(2, disabled)).as_deref(),
+        Some(disabled.trim())
+    );
+    assert_eq!(
+        common::uring_unavailable_reason(&failure(1, disabled)),
+        None
+    );
+    assert_eq!(
+        common::uring_unavailable_reason(&failure(2, "error: unexpected argument '--x'")),
+        None
+    );
+}
