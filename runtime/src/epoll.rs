@@ -61,6 +61,36 @@ impl Epoll {
         Ok(())
     }
 
+    /// Busy poll for up to `usecs` in `epoll_wait` (`EPIOCSPARAMS`, Linux 6.9), with at most
+    /// `budget` packets per poll (the kernel allows up to 64 without CAP_NET_ADMIN).
+    pub fn set_busy_poll(&self, usecs: u32, budget: u16, prefer: bool) -> io::Result<()> {
+        /// `struct epoll_params` from `<linux/eventpoll.h>`.
+        #[repr(C)]
+        struct EpollParams {
+            busy_poll_usecs: u32,
+            busy_poll_budget: u16,
+            prefer_busy_poll: u8,
+            pad: u8,
+        }
+        const EPIOCSPARAMS: rustix::ioctl::Opcode =
+            rustix::ioctl::opcode::write::<EpollParams>(0x8A, 0x01);
+        let p = EpollParams {
+            busy_poll_usecs: usecs,
+            busy_poll_budget: budget,
+            prefer_busy_poll: u8::from(prefer),
+            pad: 0,
+        };
+        // SAFETY: EPIOCSPARAMS takes a pointer to a `struct epoll_params`, which `EpollParams`
+        // mirrors field for field (8 bytes, `repr(C)`); the kernel only reads it.
+        unsafe {
+            rustix::ioctl::ioctl(
+                &self.fd,
+                rustix::ioctl::Setter::<EPIOCSPARAMS, EpollParams>::new(p),
+            )
+        }?;
+        Ok(())
+    }
+
     /// Wait for events (at most `events.capacity()`), up to `timeout`. `EINTR` returns no events.
     pub fn wait(
         &self,

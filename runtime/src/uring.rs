@@ -126,6 +126,18 @@ pub struct RingConfig {
     pub defer_taskrun: bool,
     /// Register the ring fd so `io_uring_enter` skips the fd lookup.
     pub register_ring_fd: bool,
+    /// `IORING_SETUP_SQPOLL`: a kernel thread polls the SQ; it sleeps after `idle` without
+    /// work and runs on `cpu` when given. Replaces `defer_taskrun` (the kernel refuses both).
+    pub sqpoll: Option<SqPoll>,
+}
+
+/// Settings of an SQPOLL thread.
+#[derive(Clone, Copy, Debug)]
+pub struct SqPoll {
+    /// Spin this long without work before sleeping.
+    pub idle: Duration,
+    /// Pin the thread to this CPU.
+    pub cpu: Option<u32>,
 }
 
 impl Default for RingConfig {
@@ -135,6 +147,7 @@ impl Default for RingConfig {
             cq_entries: 8192,
             defer_taskrun: true,
             register_ring_fd: true,
+            sqpoll: None,
         }
     }
 }
@@ -143,7 +156,13 @@ impl Default for RingConfig {
 pub fn build_ring(cfg: &RingConfig) -> io::Result<IoUring> {
     let mut b = IoUring::builder();
     b.setup_cqsize(cfg.cq_entries).setup_submit_all();
-    if cfg.defer_taskrun {
+    if let Some(sq) = cfg.sqpoll {
+        b.setup_sqpoll(sq.idle.as_millis().clamp(1, u128::from(u32::MAX)) as u32)
+            .setup_single_issuer();
+        if let Some(cpu) = sq.cpu {
+            b.setup_sqpoll_cpu(cpu);
+        }
+    } else if cfg.defer_taskrun {
         b.setup_single_issuer().setup_defer_taskrun();
     } else {
         b.setup_coop_taskrun().setup_taskrun_flag();
@@ -327,7 +346,19 @@ pub struct BufRing {
     bufs: Box<[u8]>,
     bgid: u16,
     tail: u16,
+    /// For bundles: the ring position each buffer id was last published at, and the buffer id
+    /// published at each ring slot. The kernel takes buffers strictly in ring order, so a bundle
+    /// that starts with buffer `b` continues with the ids published after `b`'s position.
+    pos_of: Box<[u16]>,
+    bid_at: Box<[u16]>,
+    /// Incremental consumption (`IOU_PBUF_RING_INC`): how far into each buffer the kernel has
+    /// filled it so far.
+    incremental: bool,
+    filled: Box<[u32]>,
 }
+
+/// `IOU_PBUF_RING_INC` (Linux 6.12): buffers are consumed incrementally.
+pub const PBUF_RING_INC: u16 = 2;
 
 impl BufRing {
     /// Allocate `count` (a power of two, ≤ 32768) buffers of `size` bytes and register them as
@@ -337,6 +368,17 @@ impl BufRing {
         bgid: u16,
         count: u16,
         size: u32,
+    ) -> io::Result<BufRing> {
+        Self::with_flags(submitter, bgid, count, size, 0)
+    }
+
+    /// As [`BufRing::new`], with registration flags (`0` or [`PBUF_RING_INC`]).
+    pub fn with_flags(
+        submitter: &io_uring::Submitter<'_>,
+        bgid: u16,
+        count: u16,
+        size: u32,
+        flags: u16,
     ) -> io::Result<BufRing> {
         if !count.is_power_of_two() || count > 32768 {
             return Err(io::Error::new(
@@ -367,11 +409,15 @@ impl BufRing {
             bufs,
             bgid,
             tail: 0,
+            pos_of: vec![0; usize::from(count)].into_boxed_slice(),
+            bid_at: vec![0; usize::from(count)].into_boxed_slice(),
+            incremental: flags & PBUF_RING_INC != 0,
+            filled: vec![0; usize::from(count)].into_boxed_slice(),
         };
         // SAFETY: the mapping holds `count` entries and lives until `Drop` unregisters the group
         // (or the ring is destroyed first, which also drops the kernel's reference).
         unsafe {
-            submitter.register_buf_ring_with_flags(addr as u64, count, bgid, 0)?;
+            submitter.register_buf_ring_with_flags(addr as u64, count, bgid, flags)?;
         }
         for bid in 0..count {
             br.add(bid);
@@ -402,8 +448,72 @@ impl BufRing {
         &self.bufs[start..start + len]
     }
 
+    /// The bytes of one completion that selected buffer `bid` (from its flags) with result
+    /// `len`, as `(buffer id, bytes)` pieces in order, appended to `out`:
+    /// * plain: the first `len` bytes of `bid`;
+    /// * bundle (`bundle`): `len` bytes spread over `bid` and the buffers published after it,
+    ///   each full but the last;
+    /// * incremental: the next `len` bytes of `bid` after what earlier completions filled.
+    ///
+    /// `done` is false only for an incremental buffer the kernel goes on filling
+    /// (`IORING_CQE_F_BUF_MORE`); every id appended with `done` true must be given back with
+    /// [`BufRing::recycle`] once its bytes are consumed, and only then.
+    pub fn pieces(&mut self, bid: u16, len: usize, bundle: bool, more: bool, out: &mut Vec<Piece>) {
+        let size = self.size as usize;
+        let bid = bid & self.mask;
+        if self.incremental {
+            let start = self.filled[usize::from(bid)] as usize;
+            let n = len.min(size.saturating_sub(start));
+            out.push(Piece {
+                bid,
+                start,
+                len: n,
+                done: !more,
+            });
+            self.filled[usize::from(bid)] = if more { (start + n) as u32 } else { 0 };
+            return;
+        }
+        if !bundle {
+            out.push(Piece {
+                bid,
+                start: 0,
+                len: len.min(size),
+                done: true,
+            });
+            return;
+        }
+        let mut pos = self.pos_of[usize::from(bid)];
+        let mut left = len;
+        let mut first = true;
+        // At most `count` buffers can be in one completion.
+        for _ in 0..self.count {
+            if left == 0 && !first {
+                break;
+            }
+            first = false;
+            let id = self.bid_at[usize::from(pos & self.mask)];
+            let n = left.min(size);
+            out.push(Piece {
+                bid: id,
+                start: 0,
+                len: n,
+                done: true,
+            });
+            left -= n;
+            pos = pos.wrapping_add(1);
+        }
+    }
+
+    /// The bytes of a piece made by [`BufRing::pieces`].
+    pub fn piece(&self, p: &Piece) -> &[u8] {
+        let start = usize::from(p.bid & self.mask) * self.size as usize + p.start;
+        &self.bufs[start..start + p.len]
+    }
+
     fn add(&mut self, bid: u16) {
         let idx = usize::from(self.tail & self.mask);
+        self.pos_of[usize::from(bid & self.mask)] = self.tail;
+        self.bid_at[idx] = bid;
         let addr = self.bufs.as_ptr() as u64 + u64::from(bid) * u64::from(self.size);
         // SAFETY: `idx < count`, so the entry lies inside the mapping; the kernel reads entries
         // only between the old and the new published tail, and this slot is past the published
@@ -429,6 +539,19 @@ impl BufRing {
         self.add(bid);
         self.publish();
     }
+}
+
+/// Part of one receive completion's bytes, in one provided buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// Buffer id.
+    pub bid: u16,
+    /// Offset of the bytes in the buffer.
+    pub start: usize,
+    /// Number of bytes.
+    pub len: usize,
+    /// The kernel is done with the buffer: recycle it after reading.
+    pub done: bool,
 }
 
 impl Drop for BufRing {

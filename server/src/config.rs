@@ -164,6 +164,45 @@ pub struct Args {
     /// uring: do not register the ring fd.
     #[arg(long, help_heading = "io_uring")]
     pub no_register_ring_fd: bool,
+    /// uring: hold accepted connections as direct (fixed) descriptors: multishot accept
+    /// allocates them in each ring's sparse file table and recv/send/close use the table, so
+    /// no per-operation fd lookup and no slot in the process descriptor table (Linux 5.19).
+    /// Graceful shutdown then goes through IORING_OP_SHUTDOWN (an io-wq hop).
+    #[arg(long, help_heading = "io_uring")]
+    pub fixed_files: bool,
+    /// uring: entries of each ring's fixed-file table with --fixed-files (0: the soft
+    /// RLIMIT_NOFILE, the most the kernel allows); beyond it accepts fail with ENFILE and back off.
+    #[arg(long, default_value_t = 0, help_heading = "io_uring")]
+    pub fixed_table: u32,
+    /// uring: IORING_SETUP_SQPOLL: a kernel thread per ring polls the SQ, so submissions need no
+    /// syscall (io_uring_enter is still used to wait). Uses COOP_TASKRUN, as DEFER_TASKRUN cannot
+    /// be combined with SQPOLL. The thread runs on --sqpoll-cpu.
+    #[arg(long, help_heading = "io_uring")]
+    pub sqpoll: bool,
+    /// uring: how long the SQPOLL thread spins without work before it sleeps (e.g. 10ms).
+    #[arg(long, value_parser = parse_duration, default_value = "10ms", help_heading = "io_uring")]
+    pub sqpoll_idle: Duration,
+    /// uring: CPU for the SQPOLL threads (default: each ring's own loop CPU, so the server
+    /// uses no more CPUs than --cores lists).
+    #[arg(long, help_heading = "io_uring")]
+    pub sqpoll_cpu: Option<u32>,
+    /// uring: send payloads of at least this many bytes with IORING_OP_SEND_ZC (zero copy,
+    /// Linux 6.0; the buffer is held until the kernel's notification). 0: never.
+    #[arg(long, default_value_t = 0, help_heading = "io_uring")]
+    pub send_zc: usize,
+    /// uring: multishot recv bundles (IORING_RECVSEND_BUNDLE, Linux 6.10): one completion
+    /// carries several provided buffers.
+    #[arg(long, help_heading = "io_uring")]
+    pub recv_bundle: bool,
+    /// uring: incremental provided-buffer consumption (IOU_PBUF_RING_INC, Linux 6.12): a
+    /// receive takes only the part of a buffer it fills, so large buffers are shared by many
+    /// small reads. Use with a larger --buf-size (e.g. 65536).
+    #[arg(long, help_heading = "io_uring")]
+    pub buf_incremental: bool,
+    /// uring: NAPI busy poll for this long per wait (IORING_REGISTER_NAPI, Linux 6.9), e.g.
+    /// 50us; it needs a device with NAPI (not loopback). 0: off.
+    #[arg(long, value_parser = parse_duration, default_value = "0s", help_heading = "io_uring")]
+    pub napi_busy_poll: Duration,
 
     /// epoll: bytes of the one read buffer per loop.
     #[arg(long, default_value_t = 64 * 1024, help_heading = "epoll")]
@@ -171,11 +210,83 @@ pub struct Args {
     /// epoll: events fetched per epoll_wait.
     #[arg(long, default_value_t = 1024, help_heading = "epoll")]
     pub max_events: usize,
+    /// epoll: busy poll for this long in epoll_wait (EPIOCSPARAMS, Linux 6.9), e.g. 50us; it
+    /// needs a device with NAPI (not loopback). 0: off.
+    #[arg(long, value_parser = parse_duration, default_value = "0s", help_heading = "epoll")]
+    pub busy_poll: Duration,
+    /// epoll: level-triggered instead of edge-triggered: read once per readiness event and
+    /// switch EPOLLIN/EPOLLOUT interest with EPOLL_CTL_MOD as the session needs them.
+    #[arg(long, help_heading = "epoll")]
+    pub level_triggered: bool,
 }
 
 pub use ringlab_runtime::duration::parse_duration;
 
 impl Args {
+    /// Reject switches that do not apply to the chosen backend or cannot be combined, and
+    /// switches the running kernel is too old for. One line each, naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let uring_only: [(&str, bool); 7] = [
+            ("--fixed-files", self.fixed_files),
+            ("--sqpoll", self.sqpoll),
+            ("--send-zc", self.send_zc > 0),
+            ("--recv-bundle", self.recv_bundle),
+            ("--buf-incremental", self.buf_incremental),
+            ("--napi-busy-poll", !self.napi_busy_poll.is_zero()),
+            ("--fixed-table", self.fixed_table > 0),
+        ];
+        for (flag, set) in uring_only {
+            if set && self.io != Io::Uring {
+                return Err(format!("{flag} applies to --io uring only"));
+            }
+        }
+        for (flag, set) in [
+            ("--busy-poll", !self.busy_poll.is_zero()),
+            ("--level-triggered", self.level_triggered),
+        ] {
+            if set && self.io != Io::Epoll {
+                return Err(format!("{flag} applies to --io epoll only"));
+            }
+        }
+        if self.fixed_table > 0 && !self.fixed_files {
+            return Err("--fixed-table needs --fixed-files".into());
+        }
+        if self.no_multishot_recv && (self.recv_bundle || self.buf_incremental) {
+            return Err(
+                "--recv-bundle and --buf-incremental need the provided-buffer ring; drop --no-multishot-recv"
+                    .into(),
+            );
+        }
+        if self.recv_bundle && self.buf_incremental {
+            return Err("--recv-bundle and --buf-incremental cannot be combined".into());
+        }
+        if self.sqpoll_cpu.is_some() && !self.sqpoll {
+            return Err("--sqpoll-cpu needs --sqpoll".into());
+        }
+        if self.napi_busy_poll.as_micros() > u128::from(u32::MAX)
+            || self.busy_poll.as_micros() > u128::from(u32::MAX)
+        {
+            return Err("busy-poll times must be below 4294 s".into());
+        }
+        let kernel = ringlab_runtime::uring::kernel_version();
+        for (flag, set, needs) in [
+            ("--fixed-files", self.fixed_files, (5, 19)),
+            ("--send-zc", self.send_zc > 0, (6, 0)),
+            ("--recv-bundle", self.recv_bundle, (6, 10)),
+            ("--buf-incremental", self.buf_incremental, (6, 12)),
+            ("--napi-busy-poll", !self.napi_busy_poll.is_zero(), (6, 9)),
+            ("--busy-poll", !self.busy_poll.is_zero(), (6, 9)),
+        ] {
+            if set && (kernel.0, kernel.1) < needs {
+                return Err(format!(
+                    "{flag} needs Linux {}.{} or newer; this kernel is {}",
+                    needs.0, needs.1, kernel.2
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The protocol settings every session shares.
     pub fn server_config(&self) -> ServerConfig {
         let mut c = ServerConfig {

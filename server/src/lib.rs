@@ -124,6 +124,7 @@ impl Stopper {
 /// Start the server's loops; returns once every loop accepts connections.
 pub fn start(args: Args) -> Result<Running, ServerError> {
     let cores = args.cores.resolve().context("--cores")?;
+    args.validate().map_err(anyhow::Error::msg)?;
     if args.io.needs_uring() {
         ringlab_runtime::uring::check_available()?;
     }

@@ -30,6 +30,15 @@ pub struct LoopStats {
     pub cq_overflows: u64,
     /// Times a connection's reading was paused because its output passed the high-water mark.
     pub backpressure_pauses: u64,
+    /// uring --send-zc: zero-copy sends, and how many of them the kernel copied after all
+    /// (`IORING_NOTIF_USAGE_ZC_COPIED`: on loopback every one is copied).
+    pub zc_sends: u64,
+    pub zc_copied: u64,
+    /// uring --recv-bundle: receive completions that carried more than one buffer.
+    pub recv_bundles: u64,
+    /// uring --buf-incremental: receive completions that left their buffer with the kernel
+    /// for more (`IORING_CQE_F_BUF_MORE`).
+    pub buf_partial: u64,
 }
 
 impl LoopStats {
@@ -48,6 +57,10 @@ impl LoopStats {
         self.short_sends += o.short_sends;
         self.cq_overflows += o.cq_overflows;
         self.backpressure_pauses += o.backpressure_pauses;
+        self.zc_sends += o.zc_sends;
+        self.zc_copied += o.zc_copied;
+        self.recv_bundles += o.recv_bundles;
+        self.buf_partial += o.buf_partial;
     }
 }
 
@@ -108,8 +121,9 @@ impl ServerStats {
         );
         if self.io == "uring" {
             out += &format!(
-                "uring enobufs={} multishot_rearms={} short_sends={} cq_overflows={} backpressure_pauses={}\n",
-                t.enobufs, t.multishot_rearms, t.short_sends, t.cq_overflows, t.backpressure_pauses
+                "uring enobufs={} multishot_rearms={} short_sends={} cq_overflows={} backpressure_pauses={} zc_sends={} zc_copied={} recv_bundles={} buf_partial={}\n",
+                t.enobufs, t.multishot_rearms, t.short_sends, t.cq_overflows, t.backpressure_pauses,
+                t.zc_sends, t.zc_copied, t.recv_bundles, t.buf_partial
             );
         }
         for l in &self.per_core {

@@ -86,6 +86,7 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
         cq_entries: cfg.cq_entries,
         defer_taskrun: true,
         register_ring_fd: true,
+        sqpoll: None,
     };
     let what = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{what}: {e}"));
     let mut uring = match build_ring(&rcfg) {

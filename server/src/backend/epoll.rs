@@ -11,6 +11,12 @@
 //! * Writes happen at once, from the session's output; several pending buffers go out in one
 //!   `writev`; only on `EAGAIN` does the connection wait for the edge-triggered `EPOLLOUT`.
 //! * Large event arrays (`--max-events`).
+//!
+//! `--level-triggered` measures the other discipline: sockets are registered without
+//! `EPOLLET` for only the events the session needs (`EPOLLIN` while it wants input, `EPOLLOUT`
+//! only after a write hit `EAGAIN`), one read per readiness report, and interest changes are
+//! `EPOLL_CTL_MOD` calls. `--busy-poll` sets the epoll instance's busy-poll time
+//! (`EPIOCSPARAMS`, 6.9).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -46,6 +52,10 @@ struct Conn {
     pending: VecDeque<Bytes>,
     pending_off: usize,
     shut: bool,
+    /// The peer's EOF was read.
+    eof: bool,
+    /// Level-triggered mode: the events the socket is registered for.
+    interest: EventFlags,
 }
 
 struct Loop {
@@ -59,6 +69,8 @@ struct Loop {
     again: Vec<(u32, u32)>,
     listening: bool,
     shutting_down: bool,
+    /// `--level-triggered`.
+    lt: bool,
 }
 
 /// Run one epoll loop until shutdown; returns its statistics.
@@ -72,11 +84,20 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
             EventFlags::IN | EventFlags::ET,
             &mut dummy,
         )?;
-        let mut lflags = EventFlags::IN | EventFlags::ET;
+        let mut lflags = EventFlags::IN;
+        if !ctx.args.level_triggered {
+            lflags |= EventFlags::ET;
+        }
         if ctx.args.accept == AcceptMode::Shared {
             lflags |= EventFlags::EXCLUSIVE;
         }
         epoll.add(&*ctx.listener, LISTENER, lflags, &mut dummy)?;
+        if !ctx.args.busy_poll.is_zero() {
+            let us = ctx.args.busy_poll.as_micros().min(u128::from(u32::MAX)) as u32;
+            epoll
+                .set_busy_poll(us, 64, false)
+                .map_err(|e| io::Error::new(e.kind(), format!("ioctl(EPIOCSPARAMS): {e}")))?;
+        }
         Ok(epoll)
     })();
     let epoll = match setup {
@@ -86,6 +107,7 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
             return Err(e);
         }
     };
+    let ctx_lt = ctx.args.level_triggered;
     let mut lp = Loop {
         core: LoopCore::new(&ctx),
         buf: vec![0; ctx.args.read_buf.max(512)],
@@ -96,6 +118,7 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         again: Vec::new(),
         listening: true,
         shutting_down: false,
+        lt: ctx_lt,
     };
     lp.core.stats.syscalls.epoll_ctl += 2;
     let _ = lp.ctx.ready.send(Ok(()));
@@ -227,11 +250,16 @@ impl Loop {
                         pending: VecDeque::new(),
                         pending_off: 0,
                         shut: false,
+                        eof: false,
+                        interest: EventFlags::IN | EventFlags::RDHUP,
                     };
                     let (slot, gen) = self.conns.insert(conn);
                     let c = self.conns.get(slot, gen).expect("just inserted");
-                    let flags =
-                        EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
+                    let flags = if self.lt {
+                        c.interest
+                    } else {
+                        EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET
+                    };
                     if let Err(e) = self.epoll.add(
                         &c.fd,
                         timer_key(slot, gen),
@@ -300,9 +328,15 @@ impl Loop {
                 }
                 reads += 1;
                 core.stats.syscalls.recv += 1;
-                match rustix::net::recv(&c.fd, &mut buf[..], RecvFlags::empty()) {
+                let got = rustix::net::recv(&c.fd, &mut buf[..], RecvFlags::empty());
+                if self.lt {
+                    // One read per readiness report: the next epoll_wait reports the rest.
+                    c.readable = false;
+                }
+                match got {
                     Ok((0, _)) => {
                         c.readable = false;
+                        c.eof = true;
                         core.peer_eof(&mut c.core);
                     }
                     Ok((n, _)) => {
@@ -322,8 +356,30 @@ impl Loop {
             }
             break;
         }
-        let Loop { conns, core, .. } = self;
+        let Loop {
+            conns, core, epoll, ..
+        } = self;
         if let Some((gen, c)) = conns.get_slot(slot) {
+            if self.lt {
+                // Register for exactly what the connection waits for now.
+                let mut want = EventFlags::empty();
+                if !c.eof && c.core.session.wants_read(&core.cfg) {
+                    want |= EventFlags::IN | EventFlags::RDHUP;
+                }
+                if !c.writable && !c.pending.is_empty() {
+                    want |= EventFlags::OUT;
+                }
+                if want != c.interest {
+                    c.interest = want;
+                    let key = timer_key(slot, gen);
+                    if epoll
+                        .modify(&c.fd, key, want, &mut core.stats.syscalls)
+                        .is_err()
+                    {
+                        core.conn_error(&mut c.core);
+                    }
+                }
+            }
             core.sync_timer(&mut c.core, timer_key(slot, gen));
         }
     }

@@ -28,7 +28,9 @@ use io_uring::{cqueue, opcode, squeue, types};
 use ringlab_proto::Action;
 use ringlab_runtime::slab::Slab;
 use ringlab_runtime::stats::SyscallCounters;
-use ringlab_runtime::uring::{build_ring, BufRing, Ring, RingConfig, UserData};
+use ringlab_runtime::uring::{
+    build_ring, BufRing, Piece, Ring, RingConfig, SqPoll, UserData, PBUF_RING_INC,
+};
 
 use crate::core::{
     accept_error_needs_backoff, timer_key, timer_key_parts, ConnCore, LoopCore, LoopCtx,
@@ -44,13 +46,43 @@ const OP_CANCEL_FD: u8 = 7;
 const OP_WAKE: u8 = 8;
 const OP_CANCEL_ACCEPT: u8 = 9;
 const OP_CANCEL_ANY: u8 = 10;
+const OP_SHUTDOWN: u8 = 11;
+const OP_SEND_ZC: u8 = 12;
 
 const NO_SLOT: u32 = u32::MAX;
+/// `IORING_NOTIF_USAGE_ZC_COPIED`: set in a zero-copy notification's result when the kernel
+/// copied the data after all.
+const ZC_COPIED: u32 = 1 << 31;
 const POLLIN: u32 = rustix::event::PollFlags::IN.bits() as u32;
 const BGID: u16 = 0;
 
 fn ud(op: u8, slot: u32, gen: u32) -> u64 {
     UserData { op, gen, slot }.encode()
+}
+
+/// How operations name a connection's socket: a descriptor, or an index in the ring's
+/// fixed-file table (`--fixed-files`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sock {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// Build an entry for `$sock`, with `$t` bound to `types::Fd` or `types::Fixed` (the io-uring
+/// crate takes either, but its target type is private, so the choice is made here).
+macro_rules! on_sock {
+    ($sock:expr, |$t:ident| $build:expr) => {
+        match $sock {
+            Sock::Fd(fd) => {
+                let $t = types::Fd(fd);
+                $build
+            }
+            Sock::Fixed(i) => {
+                let $t = types::Fixed(i);
+                $build
+            }
+        }
+    };
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -60,9 +92,11 @@ enum Recv {
 }
 
 struct Conn {
-    /// The socket; `None` once its close has been submitted.
+    /// The socket, when it is a descriptor; `None` for a fixed file.
     fd: Option<OwnedFd>,
-    raw: RawFd,
+    sock: Sock,
+    /// The close has been submitted.
+    closing: bool,
     core: ConnCore,
     recv: Recv,
     /// The armed recv is multishot (else single-shot, one buffer).
@@ -75,16 +109,19 @@ struct Conn {
     recv_buf: Option<Box<[u8]>>,
     /// The send in flight: the buffer and how much of it was already sent.
     send: Option<(Bytes, usize)>,
+    /// Zero-copy sends whose bytes the kernel may still read: held until their notification.
+    zc_held: std::collections::VecDeque<Bytes>,
     shutdown_sent: bool,
     /// Operations in flight on this connection (multishot recv counts once).
     inflight: u32,
 }
 
 impl Conn {
-    fn new(fd: OwnedFd, core: ConnCore) -> Conn {
+    fn new(fd: Option<OwnedFd>, sock: Sock, core: ConnCore) -> Conn {
         Conn {
-            raw: fd.as_raw_fd(),
-            fd: Some(fd),
+            fd,
+            sock,
+            closing: false,
             core,
             recv: Recv::Idle,
             multishot: false,
@@ -93,6 +130,7 @@ impl Conn {
             cancel_all_sent: false,
             recv_buf: None,
             send: None,
+            zc_held: Default::default(),
             shutdown_sent: false,
             inflight: 0,
         }
@@ -115,6 +153,19 @@ struct Loop<'r> {
     /// The kernel takes a total byte limit for multishot recv (`sqe->optlen`); cleared on the
     /// first -EINVAL.
     mshot_limit: bool,
+    /// Accepted connections are fixed files (`--fixed-files`), in a table of `fixed_cap`.
+    fixed: bool,
+    fixed_cap: usize,
+    /// The armed accept is multishot.
+    accept_multi: bool,
+    /// Accepting waits for a fixed-file slot to free.
+    accept_full: bool,
+    /// Sends of at least this many bytes are zero-copy (0: none).
+    send_zc: usize,
+    /// Multishot recvs are bundles.
+    bundle: bool,
+    /// Scratch list of the buffer pieces of one completion.
+    pieces: Vec<Piece>,
 }
 
 /// Run one io_uring loop until shutdown; returns its statistics.
@@ -125,6 +176,12 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         cq_entries: a.cq_entries,
         defer_taskrun: !a.no_defer_taskrun,
         register_ring_fd: !a.no_register_ring_fd,
+        sqpoll: a.sqpoll.then_some(SqPoll {
+            idle: a.sqpoll_idle,
+            cpu: a
+                .sqpoll_cpu
+                .or(if a.no_pin { None } else { Some(ctx.cpu as u32) }),
+        }),
     };
     let setup = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{what}: {e}"));
     let mut uring = match build_ring(&rcfg) {
@@ -143,10 +200,37 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
             return Err(e);
         }
     };
+    let mut fixed_cap = 0;
+    if a.fixed_files {
+        let n = if a.fixed_table > 0 {
+            a.fixed_table
+        } else {
+            rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(1 << 20)
+                .min(1 << 20) as u32
+        };
+        if let Err(e) = ring.submitter().register_files_sparse(n) {
+            let e = setup(e, &format!("io_uring_register(FILES_SPARSE, {n})"));
+            let _ = ctx.ready.send(Err(e.to_string()));
+            return Err(e);
+        }
+        fixed_cap = n as usize;
+    }
+    if !a.napi_busy_poll.is_zero() {
+        let mut napi = types::Napi::new()
+            .set_busy_poll_timeout(a.napi_busy_poll.as_micros().min(u128::from(u32::MAX)) as u32);
+        if let Err(e) = ring.submitter().register_napi(&mut napi) {
+            let e = setup(e, "io_uring_register(NAPI)");
+            let _ = ctx.ready.send(Err(e.to_string()));
+            return Err(e);
+        }
+    }
     let bufs = if a.no_multishot_recv {
         None
     } else {
-        match BufRing::new(ring.submitter(), BGID, a.buf_count, a.buf_size) {
+        let flags = if a.buf_incremental { PBUF_RING_INC } else { 0 };
+        match BufRing::with_flags(ring.submitter(), BGID, a.buf_count, a.buf_size, flags) {
             Ok(b) => Some(b),
             Err(e) => {
                 let e = setup(e, "io_uring_register(PBUF_RING)");
@@ -168,8 +252,18 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         multishot_accept: !a.no_multishot_accept,
         buf_size: a.buf_size as usize,
         mshot_limit: !a.no_recv_limit,
+        fixed: a.fixed_files,
+        fixed_cap,
+        accept_multi: false,
+        accept_full: false,
+        send_zc: a.send_zc,
+        bundle: a.recv_bundle,
+        pieces: Vec::new(),
     };
-    lp.core.stats.syscalls.io_uring_register += 1 + u64::from(!a.no_register_ring_fd);
+    lp.core.stats.syscalls.io_uring_register += 1
+        + u64::from(!a.no_register_ring_fd)
+        + u64::from(a.fixed_files)
+        + u64::from(!a.napi_busy_poll.is_zero());
     lp.arm_wake();
     lp.arm_accept();
     let _ = lp.ctx.ready.send(Ok(()));
@@ -203,22 +297,54 @@ impl Loop<'_> {
         self.push(e);
     }
 
+    /// With `--fixed-files`: free slots in the table, and how many a multishot accept may take
+    /// before the loop can stop it. An accept that finds the table full has already taken the
+    /// connection off the listen queue, and the kernel then drops (resets) it; so near a full
+    /// table only single-shot accepts run, one per free slot. A multishot accept takes at most
+    /// the listen queue (`--backlog`) per turn, and its cancel is submitted before the next
+    /// turn's accepts run, so it is kept only while more slots than that are free.
+    fn fixed_room(&self) -> (usize, usize) {
+        let free = self.fixed_cap.saturating_sub(self.conns.len());
+        (free, self.ctx.args.backlog.max(0) as usize + 1)
+    }
+
     fn arm_accept(&mut self) {
         if self.accept_armed || self.shutting_down {
             return;
         }
+        let mut multishot = self.multishot_accept;
+        if self.fixed {
+            let (free, burst) = self.fixed_room();
+            if free == 0 {
+                self.accept_full = true;
+                return;
+            }
+            multishot &= free > burst;
+        }
+        self.accept_full = false;
         let fd = types::Fd(self.ctx.listener.as_raw_fd());
-        let e = if self.multishot_accept {
+        // A fixed file is no descriptor, so it has no close-on-exec flag (the kernel refuses it).
+        let flags = if self.fixed {
+            0
+        } else {
+            libc_flags::SOCK_CLOEXEC
+        };
+        let e = if multishot {
             opcode::AcceptMulti::new(fd)
-                .flags(libc_flags::SOCK_CLOEXEC)
+                .allocate_file_index(self.fixed)
+                .flags(flags)
                 .build()
         } else {
-            opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
-                .flags(libc_flags::SOCK_CLOEXEC)
-                .build()
+            let mut a =
+                opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).flags(flags);
+            if self.fixed {
+                a = a.file_index(Some(types::DestinationSlot::auto_target()));
+            }
+            a.build()
         };
         self.push(e.user_data(ud(OP_ACCEPT, NO_SLOT, 0)));
         self.accept_armed = true;
+        self.accept_multi = multishot;
     }
 
     fn run(&mut self) -> io::Result<()> {
@@ -270,12 +396,8 @@ impl Loop<'_> {
     fn start_shutdown(&mut self) {
         self.shutting_down = true;
         self.core.begin_shutdown();
-        if self.accept_armed && !self.accept_cancel_sent {
-            let e = opcode::AsyncCancel::new(ud(OP_ACCEPT, NO_SLOT, 0))
-                .build()
-                .user_data(ud(OP_CANCEL_ACCEPT, NO_SLOT, 0));
-            self.push(e);
-            self.accept_cancel_sent = true;
+        if self.accept_armed {
+            self.cancel_accept();
         }
         for slot in 0..self.conns.capacity_slots() {
             if let Some((_, c)) = self.conns.get_slot(slot) {
@@ -323,8 +445,9 @@ impl Loop<'_> {
                 }
                 // A connection accepted in the last moment: close it.
                 let u = UserData::decode(cqe.user_data());
-                if u.op == OP_ACCEPT && cqe.result() >= 0 {
-                    // SAFETY: a non-negative accept result is a new descriptor we own.
+                if u.op == OP_ACCEPT && cqe.result() >= 0 && !self.fixed {
+                    // SAFETY: a non-negative accept result (without --fixed-files) is a new
+                    // descriptor we own. Fixed files go with the ring.
                     drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
                 }
                 if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
@@ -359,10 +482,46 @@ impl Loop<'_> {
             OP_ACCEPT => self.on_accept(res, more),
             OP_RECV => self.on_recv(u, res, flags, more),
             OP_SEND => self.on_send(u, res),
+            OP_SEND_ZC => {
+                if cqueue::notif(flags) {
+                    // The kernel no longer reads the oldest zero-copy buffer.
+                    if res as u32 & ZC_COPIED != 0 {
+                        self.core.stats.zc_copied += 1;
+                    }
+                    if let Some(c) = self.conns.get(u.slot, u.gen) {
+                        c.zc_held.pop_front();
+                        c.inflight -= 1;
+                        self.pump(u.slot);
+                    }
+                } else {
+                    // The result; with F_MORE a notification follows and the buffer is held.
+                    self.core.stats.zc_sends += 1;
+                    if more {
+                        if let Some(c) = self.conns.get(u.slot, u.gen) {
+                            if let Some((b, _)) = &c.send {
+                                c.zc_held.push_back(b.clone());
+                                c.inflight += 1;
+                            }
+                        }
+                    }
+                    self.on_send(u, res);
+                }
+            }
+            OP_SHUTDOWN => {
+                if let Some(c) = self.conns.get(u.slot, u.gen) {
+                    c.inflight -= 1;
+                    self.core.write_shutdown(&mut c.core);
+                    self.pump(u.slot);
+                }
+            }
             OP_CLOSE => {
                 if self.conns.get(u.slot, u.gen).is_some() {
                     self.core.stats.closed += 1;
                     self.conns.remove(u.slot);
+                    // A fixed-file slot is free again.
+                    if self.accept_full && self.core.accept.retry_at.is_none() {
+                        self.arm_accept();
+                    }
                 }
             }
             OP_CANCEL_RECV | OP_CANCEL_FD => {
@@ -388,11 +547,35 @@ impl Loop<'_> {
         }
     }
 
+    fn cancel_accept(&mut self) {
+        if self.accept_cancel_sent {
+            return;
+        }
+        self.accept_cancel_sent = true;
+        let e = opcode::AsyncCancel::new(ud(OP_ACCEPT, NO_SLOT, 0))
+            .build()
+            .user_data(ud(OP_CANCEL_ACCEPT, NO_SLOT, 0));
+        self.push(e);
+    }
+
     fn on_accept(&mut self, res: i32, more: bool) {
         if !more {
             self.accept_armed = false;
+            self.accept_cancel_sent = false;
         }
-        if res >= 0 {
+        if res >= 0 && self.fixed {
+            // A fixed-file index the kernel allocated: the connection lives in the ring's table.
+            self.core.stats.accepted += 1;
+            let conn = Conn::new(None, Sock::Fixed(res as u32), ConnCore::new(&self.core.cfg));
+            let (slot, _) = self.conns.insert(conn);
+            if self.shutting_down {
+                // Accepted in the last moment: answer nothing, just close it.
+                if let Some(c) = self.conns.get_slot(slot).map(|(_, c)| c) {
+                    c.core.session.abort();
+                }
+            }
+            self.pump(slot);
+        } else if res >= 0 {
             // SAFETY: a non-negative accept result is a new descriptor that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(res) };
             if self.shutting_down {
@@ -400,31 +583,41 @@ impl Loop<'_> {
                 drop(fd);
             } else {
                 self.core.stats.accepted += 1;
-                let conn = Conn::new(fd, ConnCore::new(&self.core.cfg));
+                let sock = Sock::Fd(fd.as_raw_fd());
+                let conn = Conn::new(Some(fd), sock, ConnCore::new(&self.core.cfg));
                 let (slot, _) = self.conns.insert(conn);
                 self.pump(slot);
             }
         } else {
             let err = io::Error::from_raw_os_error(-res);
             if res == -rustix::io::Errno::CANCELED.raw_os_error() {
+                // Stopped for a back-off (it re-arms when that is over), for shutdown, or to
+                // go single-shot near a full fixed-file table (re-arm at once).
+                if !self.accept_armed && self.core.accept.retry_at.is_none() {
+                    self.arm_accept();
+                }
                 return;
             }
             if accept_error_needs_backoff(&err) {
                 self.core.stats.accept_errors += 1;
                 let now = self.core.clock.now();
                 self.core.accept.on_error(&err, self.ctx.cpu, now);
-                if more && !self.accept_cancel_sent {
+                if more {
                     // Stop the multishot accept until the back-off is over.
-                    let e = opcode::AsyncCancel::new(ud(OP_ACCEPT, NO_SLOT, 0))
-                        .build()
-                        .user_data(ud(OP_CANCEL_ACCEPT, NO_SLOT, 0));
-                    self.push(e);
+                    self.cancel_accept();
                 }
                 return;
             }
         }
+        if self.fixed && self.accept_armed && self.accept_multi {
+            let (free, burst) = self.fixed_room();
+            if free <= burst {
+                // Near a full table: single-shot accepts from here (re-armed on the cancel).
+                self.cancel_accept();
+            }
+        }
         if !self.accept_armed && self.core.accept.retry_at.is_none() {
-            if self.multishot_accept {
+            if self.accept_multi {
                 self.core.stats.multishot_rearms += u64::from(!self.shutting_down);
             }
             self.arm_accept();
@@ -453,8 +646,28 @@ impl Loop<'_> {
                 c.recv_buf.as_ref(),
             ) {
                 (Some(bid), Some(b), _) => {
-                    core.recv(&mut c.core, b.get(bid, n));
-                    b.recycle(bid);
+                    let pieces = &mut self.pieces;
+                    pieces.clear();
+                    b.pieces(
+                        bid,
+                        n,
+                        self.bundle && c.multishot,
+                        cqueue::buffer_more(flags),
+                        pieces,
+                    );
+                    if pieces.len() > 1 {
+                        core.stats.recv_bundles += 1;
+                    }
+                    if pieces.iter().any(|p| !p.done) {
+                        core.stats.buf_partial += 1;
+                    }
+                    // Every id is read before any is recycled: recycling republishes ring slots.
+                    for p in pieces.iter() {
+                        core.recv(&mut c.core, b.piece(p));
+                    }
+                    for p in pieces.iter().filter(|p| p.done) {
+                        b.recycle(p.bid);
+                    }
                 }
                 (None, _, Some(own)) => core.recv(&mut c.core, &own[..n.min(own.len())]),
                 _ => {
@@ -510,10 +723,18 @@ impl Loop<'_> {
         let len = (buf.len() - off).min(u32::MAX as usize) as u32;
         // SAFETY (pointer arithmetic): `off < buf.len()`, so the pointer stays in the buffer.
         let ptr = buf[off..].as_ptr();
-        let e = opcode::Send::new(types::Fd(c.raw), ptr, len)
-            .flags(libc_flags::MSG_NOSIGNAL)
-            .build()
-            .user_data(ud(OP_SEND, slot, gen));
+        let zc = self.send_zc > 0 && len as usize >= self.send_zc;
+        let e = if zc {
+            on_sock!(c.sock, |t| opcode::SendZc::new(t, ptr, len)
+                .flags(libc_flags::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud(OP_SEND_ZC, slot, gen)))
+        } else {
+            on_sock!(c.sock, |t| opcode::Send::new(t, ptr, len)
+                .flags(libc_flags::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud(OP_SEND, slot, gen)))
+        };
         c.send = Some((buf, off));
         c.inflight += 1;
         self.push(e);
@@ -524,21 +745,21 @@ impl Loop<'_> {
         let Some((gen, c)) = self.conns.get_slot(slot) else {
             return;
         };
-        if c.fd.is_none() {
-            return; // closing
+        if c.closing {
+            return;
         }
-        let raw = c.raw;
+        let sock = c.sock;
         match c.core.session.action() {
             Action::Close => {
                 if c.inflight > 0 {
                     if !c.cancel_all_sent {
                         c.cancel_all_sent = true;
                         c.inflight += 1;
-                        let e = opcode::AsyncCancel2::new(
-                            types::CancelBuilder::fd(types::Fd(raw)).all(),
+                        let e = on_sock!(sock, |t| opcode::AsyncCancel2::new(
+                            types::CancelBuilder::fd(t).all()
                         )
                         .build()
-                        .user_data(ud(OP_CANCEL_FD, slot, gen));
+                        .user_data(ud(OP_CANCEL_FD, slot, gen)));
                         push_to(
                             &mut self.ring,
                             &mut self.ops,
@@ -548,12 +769,17 @@ impl Loop<'_> {
                     }
                     return;
                 }
-                // Nothing in flight: the fd can go. The slot is freed when the close completes.
-                let fd = c.fd.take().map(IntoRawFd::into_raw_fd).unwrap_or(raw);
+                // Nothing in flight: the socket can go. The slot is freed when the close
+                // completes; the descriptor is the ring's to close from here.
+                c.closing = true;
+                let sock = match c.fd.take().map(IntoRawFd::into_raw_fd) {
+                    Some(fd) => Sock::Fd(fd),
+                    None => sock,
+                };
                 c.inflight += 1;
-                let e = opcode::Close::new(types::Fd(fd))
+                let e = on_sock!(sock, |t| opcode::Close::new(t)
                     .build()
-                    .user_data(ud(OP_CLOSE, slot, gen));
+                    .user_data(ud(OP_CLOSE, slot, gen)));
                 push_to(
                     &mut self.ring,
                     &mut self.ops,
@@ -563,7 +789,20 @@ impl Loop<'_> {
                 return;
             }
             Action::ShutdownWrite => {
-                if !c.shutdown_sent && c.send.is_none() {
+                if !c.shutdown_sent && c.send.is_none() && c.fd.is_none() {
+                    // A fixed file has no descriptor for shutdown(2): the ring does it.
+                    c.shutdown_sent = true;
+                    c.inflight += 1;
+                    let e = on_sock!(sock, |t| opcode::Shutdown::new(t, libc_flags::SHUT_WR)
+                        .build()
+                        .user_data(ud(OP_SHUTDOWN, slot, gen)));
+                    push_to(
+                        &mut self.ring,
+                        &mut self.ops,
+                        &mut self.core.stats.syscalls,
+                        e,
+                    );
+                } else if !c.shutdown_sent && c.send.is_none() {
                     // A direct shutdown(2), not IORING_OP_SHUTDOWN: the kernel always runs that
                     // opcode in an io-wq worker thread (its prep forces async), a thread hop
                     // per graceful close for what is a cheap, non-blocking call.
@@ -602,36 +841,32 @@ impl Loop<'_> {
                     // it has delivered `room` bytes, and is re-armed with the room left then.
                     _ if self.bufs.is_some() && self.mshot_limit => {
                         c.multishot = true;
-                        let e = opcode::RecvMulti::new(types::Fd(raw), BGID).build();
+                        let e = recv_multi(sock, self.bundle);
                         with_optlen(e, room.min(u32::MAX as usize) as u32)
                     }
                     // No limit and nothing owed to the peer: an unlimited multishot.
                     _ if self.bufs.is_some() && pending == 0 => {
                         c.multishot = true;
-                        opcode::RecvMulti::new(types::Fd(raw), BGID).build()
+                        recv_multi(sock, self.bundle)
                     }
                     // No limit and output waiting on the peer: one buffer at a time, so that at
                     // most one buffer arrives after the session decides to stop reading.
                     _ if self.bufs.is_some() => {
                         c.multishot = false;
-                        opcode::Recv::new(
-                            types::Fd(raw),
-                            std::ptr::null_mut(),
-                            self.buf_size as u32,
-                        )
-                        .buf_group(BGID)
-                        .build()
-                        .flags(squeue::Flags::BUFFER_SELECT)
+                        let len = self.buf_size as u32;
+                        on_sock!(sock, |t| opcode::Recv::new(t, std::ptr::null_mut(), len)
+                            .buf_group(BGID)
+                            .build()
+                            .flags(squeue::Flags::BUFFER_SELECT))
                     }
                     Some(own) => {
-                        opcode::Recv::new(types::Fd(raw), own.as_mut_ptr(), own.len() as u32)
-                            .build()
+                        let (p, n) = (own.as_mut_ptr(), own.len() as u32);
+                        on_sock!(sock, |t| opcode::Recv::new(t, p, n).build())
                     }
                     None => {
                         let mut own = vec![0u8; self.buf_size].into_boxed_slice();
-                        let e =
-                            opcode::Recv::new(types::Fd(raw), own.as_mut_ptr(), own.len() as u32)
-                                .build();
+                        let (p, n) = (own.as_mut_ptr(), own.len() as u32);
+                        let e = on_sock!(sock, |t| opcode::Recv::new(t, p, n).build());
                         c.recv_buf = Some(own);
                         e
                     }
@@ -682,6 +917,15 @@ impl Loop<'_> {
     }
 }
 
+/// A multishot recv into the provided-buffer ring, as a bundle or not.
+fn recv_multi(sock: Sock, bundle: bool) -> squeue::Entry {
+    if bundle {
+        on_sock!(sock, |t| opcode::RecvMultiBundle::new(t, BGID).build())
+    } else {
+        on_sock!(sock, |t| opcode::RecvMulti::new(t, BGID).build())
+    }
+}
+
 /// Queue an entry on `ring`, counting it in `ops` until its final completion.
 fn push_to(ring: &mut Ring<'_>, ops: &mut u64, sc: &mut SyscallCounters, e: squeue::Entry) {
     *ops += 1;
@@ -712,4 +956,5 @@ fn with_optlen(e: squeue::Entry, optlen: u32) -> squeue::Entry {
 mod libc_flags {
     pub const SOCK_CLOEXEC: i32 = rustix::net::SocketFlags::CLOEXEC.bits() as i32;
     pub const MSG_NOSIGNAL: i32 = rustix::net::SendFlags::NOSIGNAL.bits() as i32;
+    pub const SHUT_WR: i32 = rustix::net::Shutdown::Write as i32;
 }

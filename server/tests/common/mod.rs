@@ -10,6 +10,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod load;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

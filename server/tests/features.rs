@@ -1,0 +1,466 @@
+//! Every kernel technique behind a switch (issue: kernel features measured) keeps every byte,
+//! and is really in use when switched on: each test checks the evidence the technique leaves
+//! (a counter, a kernel thread, the descriptor table), so a switch that silently does nothing
+//! fails.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::process::Command;
+use std::time::Duration;
+
+use common::load::{echo_many, log_uniform_sizes};
+use common::{
+    assert_bytes_eq, json_u64, pattern, read_to_eof, threads_of, HttpConn, Server, BIN,
+    EXIT_TIMEOUT,
+};
+
+/// Skip (or, with RINGLAB_REQUIRE_URING=1, fail) when io_uring is unavailable.
+fn uring_ok() -> bool {
+    !common::skip_backend("uring")
+}
+
+/// 150 concurrent connections with log-uniform sizes up to 1 MiB, every byte verified, then the
+/// server's exit statistics.
+fn integrity(io: &str, args: &[&str]) -> serde_json::Value {
+    let seed = 0x5eed_u64 ^ args.len() as u64;
+    let sizes = log_uniform_sizes(150, seed);
+    let total: usize = sizes.iter().sum();
+    let msgs: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| pattern(seed ^ i as u64, n))
+        .collect();
+    let mut srv = Server::start_with_stats(io, args);
+    echo_many(srv.addr, msgs);
+    srv.stop_and_wait(EXIT_TIMEOUT);
+    let st = srv.stats();
+    assert_eq!(json_u64(&st, "total.accepted"), 150, "{args:?}: {st:#}");
+    assert_eq!(json_u64(&st, "total.closed"), 150, "{args:?}: {st:#}");
+    assert_eq!(
+        json_u64(&st, "total.bytes_in"),
+        total as u64,
+        "{args:?}: {st:#}"
+    );
+    assert_eq!(
+        json_u64(&st, "total.bytes_out"),
+        total as u64,
+        "{args:?}: {st:#}"
+    );
+    assert_eq!(json_u64(&st, "total.conn_errors"), 0, "{args:?}: {st:#}");
+    st
+}
+
+/// 8 MiB echoed through one connection while the client half-closes: backpressure, short
+/// sends and the graceful shutdown path of the switch.
+fn half_close_large(io: &str, args: &[&str]) {
+    let mut srv = Server::start(io, args);
+    let mut s = srv.connect();
+    let msg = pattern(8, 8 << 20);
+    let mut w = s.try_clone().unwrap();
+    let to_send = msg.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&to_send)?;
+        w.shutdown(Shutdown::Write)
+    });
+    let got = read_to_eof(&mut s, msg.len());
+    writer.join().unwrap().expect("writing then half-closing");
+    assert_bytes_eq(&got.expect("echo then EOF"), &msg, "echo after half-close");
+    srv.stop_and_wait(EXIT_TIMEOUT);
+}
+
+/// HTTP keep-alive with pipelining: 3 × 40 requests on one connection, in order.
+fn http_pipelined(io: &str, args: &[&str]) {
+    let mut all = vec!["--proto", "http"];
+    all.extend_from_slice(args);
+    let mut srv = Server::start(io, &all);
+    let mut c = HttpConn::new(srv.connect());
+    for round in 0..3 {
+        let mut batch = Vec::new();
+        for i in 0..40 {
+            let body = format!("r{round}-{i}");
+            batch.extend_from_slice(
+                format!(
+                    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+        c.send(&batch);
+        for i in 0..40 {
+            let r = c.response();
+            assert_eq!(r.status, 200, "{args:?}");
+            assert_eq!(r.body, format!("r{round}-{i}").as_bytes(), "{args:?}");
+        }
+    }
+    drop(c);
+    srv.stop_and_wait(EXIT_TIMEOUT);
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn fixed_files_hold_no_process_descriptors() {
+    if !uring_ok() {
+        return;
+    }
+    let mut srv = Server::start_with_stats("uring", &["--fixed-files"]);
+    let before = open_fds(srv.pid);
+    let mut conns: Vec<_> = (0..300).map(|_| srv.connect()).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        let msg = pattern(i as u64, 100);
+        s.write_all(&msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    }
+    let during = open_fds(srv.pid);
+    assert!(
+        during < before + 10,
+        "300 connections held as fixed files took process descriptors: {before} → {during}"
+    );
+    drop(conns);
+    srv.stop_and_wait(EXIT_TIMEOUT);
+    let st = srv.stats();
+    assert_eq!(json_u64(&st, "total.accepted"), 300, "{st:#}");
+    assert_eq!(json_u64(&st, "total.closed"), 300, "{st:#}");
+}
+
+#[test]
+fn without_fixed_files_each_connection_is_a_descriptor() {
+    // The control for the test above: it can tell the difference.
+    if !uring_ok() {
+        return;
+    }
+    let mut srv = Server::start("uring", &[]);
+    let before = open_fds(srv.pid);
+    let mut conns: Vec<_> = (0..300).map(|_| srv.connect()).collect();
+    for s in conns.iter_mut() {
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+    }
+    assert!(open_fds(srv.pid) >= before + 300);
+    drop(conns);
+    srv.stop_and_wait(EXIT_TIMEOUT);
+}
+
+#[test]
+fn fixed_files_keep_every_byte() {
+    if !uring_ok() {
+        return;
+    }
+    integrity("uring", &["--fixed-files", "--cores", "0"]);
+    integrity("uring", &["--fixed-files", "--no-multishot-accept"]);
+    half_close_large("uring", &["--fixed-files"]);
+    http_pipelined("uring", &["--fixed-files"]);
+}
+
+#[test]
+fn fixed_table_full_waits_for_a_free_slot_and_loses_nothing() {
+    // An accept into a full fixed-file table would take the connection off the listen queue
+    // and have the kernel reset it; the server instead stops accepting while the table is
+    // full and accepts the waiting connection once a slot frees.
+    if !uring_ok() {
+        return;
+    }
+    let mut srv = Server::start_with_stats("uring", &["--fixed-files", "--fixed-table", "8"]);
+    let mut held: Vec<_> = (0..8).map(|_| srv.connect()).collect();
+    for s in held.iter_mut() {
+        s.write_all(b"hi").unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+    }
+    // The ninth waits in the listen queue while the table is full...
+    let mut ninth = srv.connect();
+    ninth.write_all(b"ninth").unwrap();
+    ninth
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut got = [0u8; 5];
+    assert!(
+        ninth.read_exact(&mut got).is_err(),
+        "served beyond the table"
+    );
+    // ...and is served once a slot frees.
+    drop(held.pop());
+    ninth
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    ninth.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ninth");
+    drop(held);
+    drop(ninth);
+    srv.stop_and_wait(EXIT_TIMEOUT);
+    let st = srv.stats();
+    assert_eq!(json_u64(&st, "total.accept_errors"), 0, "{st:#}");
+    assert_eq!(json_u64(&st, "total.accepted"), 9, "{st:#}");
+    assert_eq!(json_u64(&st, "total.conn_errors"), 0, "{st:#}");
+}
+
+#[test]
+fn fixed_table_smaller_than_the_load_serves_every_connection() {
+    // 200 connections through a 16-slot table: they queue, none is reset, every byte returns.
+    if !uring_ok() {
+        return;
+    }
+    let mut srv = Server::start_with_stats("uring", &["--fixed-files", "--fixed-table", "16"]);
+    let msgs: Vec<Vec<u8>> = (0..200).map(|i| pattern(i, 20_000)).collect();
+    echo_many(srv.addr, msgs);
+    srv.stop_and_wait(EXIT_TIMEOUT);
+    let st = srv.stats();
+    assert_eq!(json_u64(&st, "total.accepted"), 200, "{st:#}");
+    assert_eq!(json_u64(&st, "total.bytes_out"), 200 * 20_000, "{st:#}");
+}
+
+#[test]
+fn sqpoll_runs_a_kernel_thread_and_keeps_every_byte() {
+    if !uring_ok() {
+        return;
+    }
+    let mut srv = Server::start("uring", &["--sqpoll", "--sqpoll-idle", "50ms"]);
+    let threads = threads_of(srv.pid);
+    assert!(
+        threads
+            .iter()
+            .any(|(_, comm, _)| comm.starts_with("iou-sqp-")),
+        "no SQPOLL thread: {threads:?}"
+    );
+    let mut s = srv.connect();
+    s.write_all(b"sqpoll").unwrap();
+    let mut got = [0u8; 6];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"sqpoll");
+    drop(s);
+    srv.stop_and_wait(EXIT_TIMEOUT);
+    integrity("uring", &["--sqpoll"]);
+    half_close_large("uring", &["--sqpoll"]);
+}
+
+#[test]
+fn send_zc_is_used_and_keeps_every_byte() {
+    if !uring_ok() {
+        return;
+    }
+    let st = integrity("uring", &["--send-zc", "1"]);
+    assert!(json_u64(&st, "total.zc_sends") > 0, "{st:#}");
+    // Over a threshold only: 1 MiB never reaches it, so no zero-copy send is made.
+    let st = integrity("uring", &["--send-zc", "2000000"]);
+    assert_eq!(json_u64(&st, "total.zc_sends"), 0, "{st:#}");
+    half_close_large("uring", &["--send-zc", "4096"]);
+    http_pipelined("uring", &["--send-zc", "1"]);
+}
+
+#[test]
+fn recv_bundles_are_used_and_keep_every_byte() {
+    if !uring_ok() {
+        return;
+    }
+    // Small buffers, so one receive spans many and the ring wraps and runs dry often.
+    let st = integrity(
+        "uring",
+        &["--recv-bundle", "--buf-size", "1024", "--buf-count", "64"],
+    );
+    assert!(json_u64(&st, "total.recv_bundles") > 0, "{st:#}");
+    half_close_large("uring", &["--recv-bundle", "--buf-size", "2048"]);
+    http_pipelined("uring", &["--recv-bundle", "--buf-size", "512"]);
+}
+
+#[test]
+fn incremental_buffers_are_used_and_keep_every_byte() {
+    if !uring_ok() {
+        return;
+    }
+    let st = integrity(
+        "uring",
+        &[
+            "--buf-incremental",
+            "--buf-size",
+            "65536",
+            "--buf-count",
+            "8",
+        ],
+    );
+    assert!(json_u64(&st, "total.buf_partial") > 0, "{st:#}");
+    half_close_large("uring", &["--buf-incremental", "--buf-size", "65536"]);
+    http_pipelined("uring", &["--buf-incremental", "--buf-size", "65536"]);
+}
+
+#[test]
+fn napi_busy_poll_keeps_every_byte() {
+    if !uring_ok() {
+        return;
+    }
+    integrity("uring", &["--napi-busy-poll", "20us"]);
+}
+
+#[test]
+fn every_uring_switch_at_once() {
+    if !uring_ok() {
+        return;
+    }
+    let all = [
+        "--fixed-files",
+        "--sqpoll",
+        "--send-zc",
+        "512",
+        "--recv-bundle",
+        "--buf-size",
+        "4096",
+        "--napi-busy-poll",
+        "10us",
+        "--cores",
+        "0,1",
+    ];
+    integrity("uring", &all);
+    half_close_large("uring", &all);
+    http_pipelined("uring", &all);
+}
+
+#[test]
+fn epoll_level_triggered_keeps_every_byte() {
+    let args = ["--level-triggered", "--read-buf", "4096"];
+    let st = integrity("epoll", &args);
+    assert!(json_u64(&st, "total.syscalls.epoll_ctl") >= 150, "{st:#}");
+    half_close_large("epoll", &args);
+    http_pipelined("epoll", &args);
+    integrity(
+        "epoll",
+        &["--level-triggered", "--accept", "shared", "--cores", "0,1"],
+    );
+}
+
+#[test]
+fn epoll_level_triggered_modifies_interest_under_backpressure() {
+    // A reader that stops reading forces EAGAIN on the write side: the level-triggered twin
+    // must ask for EPOLLOUT (and drop EPOLLIN) with EPOLL_CTL_MOD, where edge-triggered needs
+    // no epoll_ctl beyond the one ADD per connection.
+    let mut ctls = Vec::new();
+    for args in [&["--level-triggered"][..], &[][..]] {
+        let mut srv = Server::start_with_stats("epoll", args);
+        half_close_large_on(&srv);
+        srv.stop_and_wait(EXIT_TIMEOUT);
+        let st = srv.stats();
+        let ctl = json_u64(&st, "total.syscalls.epoll_ctl");
+        ctls.push(ctl);
+    }
+    assert!(
+        ctls[0] > ctls[1],
+        "level-triggered made no EPOLL_CTL_MOD beyond edge-triggered's: {ctls:?}"
+    );
+}
+
+/// 16 MiB echoed to a client that reads nothing for half a second (with a small receive
+/// buffer): the server's writes hit EAGAIN and its reads stop for backpressure.
+fn half_close_large_on(srv: &Server) {
+    let mut s = srv.connect();
+    socket2::SockRef::from(&s)
+        .set_recv_buffer_size(64 * 1024)
+        .unwrap();
+    let msg = pattern(8, 16 << 20);
+    let mut w = s.try_clone().unwrap();
+    let to_send = msg.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&to_send)?;
+        w.shutdown(Shutdown::Write)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let got = read_to_eof(&mut s, msg.len());
+    writer.join().unwrap().expect("writing then half-closing");
+    assert_bytes_eq(&got.expect("echo then EOF"), &msg, "echo after half-close");
+}
+
+#[test]
+fn epoll_busy_poll_keeps_every_byte() {
+    integrity("epoll", &["--busy-poll", "20us"]);
+}
+
+#[test]
+fn switches_for_another_backend_are_refused_with_one_line() {
+    for (args, says) in [
+        (
+            &["--io", "epoll", "--sqpoll"][..],
+            "--sqpoll applies to --io uring only",
+        ),
+        (
+            &["--io", "tokio", "--fixed-files"][..],
+            "--fixed-files applies to --io uring only",
+        ),
+        (
+            &["--io", "uring", "--level-triggered"][..],
+            "--level-triggered applies to --io epoll only",
+        ),
+        (
+            &["--io", "uring", "--busy-poll", "10us"][..],
+            "--busy-poll applies to --io epoll only",
+        ),
+        (
+            &["--io", "uring", "--recv-bundle", "--buf-incremental"][..],
+            "cannot be combined",
+        ),
+        (
+            &["--io", "uring", "--recv-bundle", "--no-multishot-recv"][..],
+            "provided-buffer ring",
+        ),
+        (
+            &["--io", "uring", "--fixed-table", "8"][..],
+            "--fixed-table needs --fixed-files",
+        ),
+        (
+            &["--io", "uring", "--sqpoll-cpu", "0"][..],
+            "--sqpoll-cpu needs --sqpoll",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .expect("run ringlab-server");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(says), "{args:?}: stderr {err:?}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one line, got {err:?}"
+        );
+    }
+}
+
+#[test]
+fn sqpoll_thread_sleeps_when_idle() {
+    // With a short idle time the SQPOLL thread stops spinning: its CPU time stops growing.
+    if !uring_ok() {
+        return;
+    }
+    let mut srv = Server::start("uring", &["--sqpoll", "--sqpoll-idle", "5ms"]);
+    let sqp = || {
+        threads_of(srv.pid)
+            .into_iter()
+            .find(|(_, comm, _)| comm.starts_with("iou-sqp-"))
+            .map(|(tid, _, _)| tid)
+    };
+    let tid = sqp().expect("an SQPOLL thread");
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", srv.pid))
+            .unwrap_or_default();
+        // utime and stime: fields 14 and 15, counted after the ")" that ends the name.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    // Let it go idle, then watch one second: a spinning thread would use ~100 ticks.
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = ticks() - t0;
+    assert!(used < 50, "the idle SQPOLL thread used {used} ticks in 1 s");
+    srv.stop_and_wait(EXIT_TIMEOUT);
+}
