@@ -103,6 +103,7 @@ pub fn doctor() -> String {
             .collect();
         let _ = writeln!(out, "setup flags           {}", names.join(", "));
     }
+    switches(&mut out, &mut advice);
     if (major, minor) < (6, 1) {
         advice.push("kernel                older than 6.1: the uring backend needs DEFER_TASKRUN (6.1); use --io epoll or upgrade".into());
     }
@@ -214,4 +215,68 @@ pub fn doctor() -> String {
         let _ = writeln!(out, "  - {a}");
     }
     out
+}
+
+/// Try each ringlab-server switch that needs a kernel feature, on a scratch ring or epoll
+/// instance, and say whether it works here (and why not).
+fn switches(out: &mut String, advice: &mut Vec<String>) {
+    use ringlab_runtime::uring::{BufRing, PBUF_RING_INC};
+    type Try = fn() -> std::io::Result<()>;
+    let tries: [(&str, &str, Try); 7] = [
+        ("--fixed-files", "5.19", || {
+            let ring = IoUring::new(8)?;
+            ring.submitter().register_files_sparse(16)
+        }),
+        ("--sqpoll", "5.11 unprivileged", || {
+            IoUring::<io_uring::squeue::Entry>::builder()
+                .setup_sqpoll(10)
+                .build(8)
+                .map(drop)
+        }),
+        ("--send-zc", "6.0", || {
+            let ring = IoUring::new(8)?;
+            let mut probe = io_uring::Probe::new();
+            ring.submitter().register_probe(&mut probe)?;
+            if probe.is_supported(opcode::SendZc::CODE) {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("IORING_OP_SEND_ZC not in the probe"))
+            }
+        }),
+        ("--recv-bundle", "6.10", || {
+            if IoUring::new(8)?.params().is_feature_recvsend_bundle() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("no IORING_FEAT_RECVSEND_BUNDLE"))
+            }
+        }),
+        ("--buf-incremental", "6.12", || {
+            let ring = IoUring::new(8)?;
+            BufRing::with_flags(&ring.submitter(), 0, 4, 4096, PBUF_RING_INC).map(drop)
+        }),
+        ("--napi-busy-poll", "6.9", || {
+            let ring = IoUring::new(8)?;
+            let mut napi = io_uring::types::Napi::new().set_busy_poll_timeout(10);
+            ring.submitter().register_napi(&mut napi)
+        }),
+        ("--busy-poll (epoll)", "6.9", || {
+            ringlab_runtime::epoll::Epoll::new()?.set_busy_poll(10, 8, false)
+        }),
+    ];
+    for (flag, needs, f) in tries {
+        match f() {
+            Ok(()) => {
+                let _ = writeln!(out, "switch {flag:<20} works (Linux {needs})");
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "switch {flag:<20} NOT available: {e} (needs Linux {needs})"
+                );
+                advice.push(format!(
+                    "{flag}: not available here ({e}); its row in `ringlab-bench features` will fail"
+                ));
+            }
+        }
+    }
 }
