@@ -110,8 +110,9 @@ NFT
     fi
     trap - ERR
     # Reachability: a TCP connect to a closed port is answered (refused) across the link.
-    if ! ip netns exec "$cli" timeout 3 bash -c "exec 3<>/dev/tcp/$srv_ip/9" 2>&1 | grep -q "refused"; then
-      if [ -z "$loss" ]; then die "the veth link does not pass traffic"; fi
+    probe="$(ip netns exec "$cli" timeout 3 bash -c "exec 3<>/dev/tcp/$srv_ip/9" 2>&1 || true)"
+    if [[ "$probe" != *refused* ]] && [ -z "$loss" ]; then
+      die "the veth link does not pass traffic ($probe)"
     fi
     echo "up: $srv ($srv_ip on $vs) <-> $cli ($cli_ip, 10.77.0.10-17 on $vc)${delay:+ delay $delay}${loss:+ loss $loss}${rate:+ rate $rate}"
     ;;

@@ -101,6 +101,12 @@ struct Opts {
     /// Where ringlab-server and ringlab-client are (default: next to this executable).
     #[arg(long, global = true)]
     bin_dir: Option<PathBuf>,
+    /// Run the server in network namespace ringlab-srv (10.77.0.1) and the client in
+    /// ringlab-cli, joined by a veth pair: traffic crosses a link (with its own queues, GRO and
+    /// any loss or rate set there) instead of loopback. Make them with `sudo scripts/netns.sh up`
+    /// first (root needed); the wrk and nginx rows are skipped.
+    #[arg(long, global = true)]
+    netns: bool,
 }
 
 fn main() -> ExitCode {
@@ -144,12 +150,24 @@ fn real_main(cli: Cli) -> Result<()> {
             default_target_dir().join(format!("{name}-{t}"))
         }
     };
-    let machine = Machine::read(&cli.opts.server_cores, &cli.opts.client_cores);
+    let mut machine = Machine::read(&cli.opts.server_cores, &cli.opts.client_cores);
     let argv: Vec<String> = std::env::args().collect();
     let mut rep = Report::new(&out, &machine, &argv.join(" "))?;
+    let netns = if cli.opts.netns {
+        Some(run::Netns::check()?)
+    } else {
+        None
+    };
+    if let Some(n) = &netns {
+        machine.link = format!(
+            "a veth pair between network namespaces {} and {}",
+            n.server_ns, n.client_ns
+        );
+    }
     let opts = RunOpts {
         perf: cli.opts.perf,
         tmp: run::tmpdir(&out)?,
+        netns,
     };
     let b = Bench {
         bins,

@@ -91,7 +91,10 @@ pub fn wrk_rows(
                 let mut args = vec!["--cores".to_string(), server_cores.to_string()];
                 args.extend(crate::backend_args(b)?);
                 args.extend(["--proto".to_string(), "http".to_string()]);
-                let server = Server::start(bins, &args, &opts.tmp)?;
+                if opts.netns.is_some() {
+                    bail!("not run under --netns (wrk runs on the host)");
+                }
+                let server = Server::start(bins, &args, &opts.tmp, None)?;
                 let before = ProcSample::read(server.pid)?;
                 let cmd = format!(
                     "taskset -c {client_cores} wrk -t1 -c{c} -d{}s --latency http://{}/",
@@ -263,6 +266,9 @@ pub fn nginx_rows(
         .next()
         .and_then(|c| c.parse().ok())
         .context("--server-cores must start with a CPU number for the nginx row")?;
+    if opts.netns.is_some() {
+        bail!("not run under --netns (nginx runs on the host)");
+    }
     let dir = opts.tmp.join("nginx");
     std::fs::create_dir_all(dir.join("logs"))?;
     // nginx resolves relative paths in its config against its prefix: use absolute ones.

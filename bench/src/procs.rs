@@ -107,13 +107,25 @@ pub struct Server {
 impl Server {
     /// Start `ringlab-server ARGS --listen 127.0.0.1:0 --stats-json TMP` and wait for its ready
     /// line.
-    pub fn start(bins: &Bins, args: &[String], tmp: &Path) -> Result<Server> {
+    pub fn start(
+        bins: &Bins,
+        args: &[String],
+        tmp: &Path,
+        netns: Option<&crate::run::Netns>,
+    ) -> Result<Server> {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stats_path = tmp.join(format!("server-stats-{}-{seq}.json", std::process::id()));
-        let mut child = Command::new(&bins.server)
+        let (mut cmd, listen) = match netns {
+            Some(n) => (
+                crate::run::Netns::command(&n.server_ns, &bins.server),
+                format!("{}:0", n.server_ip),
+            ),
+            None => (Command::new(&bins.server), "127.0.0.1:0".to_string()),
+        };
+        let mut child = cmd
             .args(args)
-            .args(["--listen", "127.0.0.1:0", "--stats-json"])
+            .args(["--listen", &listen, "--stats-json"])
             .arg(&stats_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

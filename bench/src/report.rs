@@ -17,6 +17,8 @@ pub struct Machine {
     pub date_unix: u64,
     pub server_cores: String,
     pub client_cores: String,
+    /// What the traffic crosses.
+    pub link: String,
 }
 
 impl Machine {
@@ -41,14 +43,15 @@ impl Machine {
                 .map_or(0, |d| d.as_secs()),
             server_cores: server_cores.into(),
             client_cores: client_cores.into(),
+            link: "loopback".into(),
         }
     }
 
     /// One line.
     pub fn line(&self) -> String {
         format!(
-            "{} ({} CPUs), Linux {}, server on CPU {}, client on CPU {}",
-            self.cpu_model, self.cpus, self.kernel, self.server_cores, self.client_cores
+            "{} ({} CPUs), Linux {}, server on CPU {}, client on CPU {}, over {}",
+            self.cpu_model, self.cpus, self.kernel, self.server_cores, self.client_cores, self.link
         )
     }
 }

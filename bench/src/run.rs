@@ -64,6 +64,50 @@ pub struct RunResult {
 pub struct RunOpts {
     pub perf: bool,
     pub tmp: std::path::PathBuf,
+    /// Run server and client in these network namespaces (`--netns`).
+    pub netns: Option<Netns>,
+}
+
+/// The two "hosts" made by `scripts/netns.sh up`.
+#[derive(Clone, Debug)]
+pub struct Netns {
+    pub server_ns: String,
+    pub client_ns: String,
+    /// The server's address on the veth link.
+    pub server_ip: String,
+}
+
+impl Netns {
+    /// The namespaces `scripts/netns.sh up` makes; an error naming the script if they are absent.
+    pub fn check() -> Result<Netns> {
+        let prefix = std::env::var("RINGLAB_NETNS_PREFIX").unwrap_or_else(|_| "ringlab".into());
+        let n = Netns {
+            server_ns: format!("{prefix}-srv"),
+            client_ns: format!("{prefix}-cli"),
+            server_ip: "10.77.0.1".into(),
+        };
+        let out = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .context("running `ip netns list` (install iproute2)")?;
+        let list = String::from_utf8_lossy(&out.stdout);
+        for ns in [&n.server_ns, &n.client_ns] {
+            if !list
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
+            {
+                bail!("--netns: namespace {ns} does not exist; create the pair with `sudo scripts/netns.sh up` (and remove it afterwards with `scripts/netns.sh down`)");
+            }
+        }
+        Ok(n)
+    }
+
+    /// `program` run inside namespace `ns`.
+    pub fn command(ns: &str, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(program);
+        c
+    }
 }
 
 fn num(v: &serde_json::Value, paths: &[&str]) -> Option<f64> {
@@ -78,7 +122,7 @@ fn num(v: &serde_json::Value, paths: &[&str]) -> Option<f64> {
 
 /// Run `spec` once on a fresh server.
 pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
-    let server = Server::start(bins, &spec.server_args, &opts.tmp)?;
+    let server = Server::start(bins, &spec.server_args, &opts.tmp, opts.netns.as_ref())?;
     let server_cmd = format!("{} {}", bins.server.display(), spec.server_args.join(" "));
     let (addr, pid) = (server.addr.clone(), server.pid);
     let mut r = match drive(bins, &addr, pid, spec, opts) {
@@ -119,7 +163,10 @@ pub fn drive(
     let json_path = opts.tmp.join(format!("client-{pid}-{}.json", spec.x));
     let dur = format!("{}ms", (spec.duration_s * 1e3) as u64);
     let warm = format!("{}ms", (spec.warmup_s * 1e3) as u64);
-    let mut cmd = Command::new(&bins.client);
+    let mut cmd = match &opts.netns {
+        Some(n) => Netns::command(&n.client_ns, &bins.client),
+        None => Command::new(&bins.client),
+    };
     cmd.arg(addr)
         .args([
             "--cores",
@@ -136,7 +183,10 @@ pub fn drive(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let client_cmd = format!(
-        "{} {addr} --cores {} --duration {dur} --warmup {warm} --json FILE {}",
+        "{}{} {addr} --cores {} --duration {dur} --warmup {warm} --json FILE {}",
+        opts.netns
+            .as_ref()
+            .map_or(String::new(), |n| format!("ip netns exec {} ", n.client_ns)),
         bins.client.display(),
         spec.client_cores,
         spec.client_args.join(" ")
