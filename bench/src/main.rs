@@ -1,6 +1,8 @@
 //! `ringlab-bench`: the io_uring vs epoll comparison as one command. See `--help`.
 
+mod c10k;
 mod doctor;
+mod hold;
 mod merge;
 mod peers;
 mod plot;
@@ -52,8 +54,24 @@ enum Cmd {
     /// Ablation: every io_uring technique (and the epoll twin's options) switched off or on
     /// alone, as a ratio against its backend's default, at 64 B and 32 KiB echo.
     Features,
-    /// Every scenario above.
+    /// Hold N idle connections (default 1k, 10k, 50k, 100k; --conns sets them) while 64 active
+    /// connections run echo; per backend: active throughput and p99, server RSS and kernel
+    /// memory per connection, connect time. Checks the descriptor and port limits first and
+    /// runs as many server and holder processes as they require.
+    C10k,
+    /// Every scenario above (c10k excluded: run it on its own).
     All,
+    /// Internal (used by c10k): open --count idle connections to ADDR and hold them.
+    #[command(hide = true)]
+    Hold {
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
     /// What this machine allows (kernel, io_uring, limits, CPUs) and what will hold a
     /// benchmark back.
     Doctor,
@@ -125,6 +143,20 @@ fn real_main(cli: Cli) -> Result<()> {
     if let Cmd::Merge { files } = &cmd {
         return merge::merge(files);
     }
+    if let Cmd::Hold {
+        addr,
+        count,
+        bind,
+        cpu,
+    } = &cmd
+    {
+        return hold::hold(&hold::HoldArgs {
+            addr: *addr,
+            conns: *count,
+            bind: hold::parse_bind(bind)?,
+            cpu: *cpu,
+        });
+    }
     if let Cmd::Doctor = &cmd {
         print!("{}", doctor::doctor());
         return Ok(());
@@ -138,8 +170,9 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Pinning => "pinning",
         Cmd::Http => "http",
         Cmd::Features => "features",
+        Cmd::C10k => "c10k",
         Cmd::All => "all",
-        Cmd::Merge { .. } | Cmd::Doctor => unreachable!("handled above"),
+        Cmd::Merge { .. } | Cmd::Doctor | Cmd::Hold { .. } => unreachable!("handled above"),
     };
     let out = match &cli.opts.out {
         Some(o) => o.clone(),
@@ -190,6 +223,7 @@ fn real_main(cli: Cli) -> Result<()> {
             "sizes" => b.sizes(&mut rep),
             "pinning" => b.pinning(&mut rep),
             "features" => b.features(&mut rep),
+            "c10k" => b.c10k(&mut rep),
             _ => b.http(&mut rep),
         };
         rep.write()?;
@@ -292,14 +326,14 @@ fn feature_table(rows: &[RunResult]) -> String {
     t
 }
 
-struct Bench {
+pub(crate) struct Bench {
     bins: Bins,
     o: Opts,
     run: RunOpts,
 }
 
 /// A backend row: label, the server arguments that make it.
-fn backend_args(label: &str) -> Result<Vec<String>> {
+pub(crate) fn backend_args(label: &str) -> Result<Vec<String>> {
     let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     Ok(match label {
         "uring" | "epoll" | "tokio-uring" | "tokio" => v(&["--io", label]),

@@ -293,7 +293,7 @@ pub fn nginx_rows(
                 duration_s: dur,
                 warmup_s: 0.5,
             };
-            let mut r = drive(bins, &addr, worker, &spec, opts)?;
+            let mut r = drive(bins, &addr, &[worker], &spec, opts)?;
             r.server_cmd = "nginx (1 worker, pinned, return 200 \"Hello, World!\")".into();
             groups[i].push(r);
         }

@@ -96,11 +96,39 @@ impl ProcSample {
     }
 }
 
+/// Resident memory of a process in KiB (`VmRSS`), 0 if it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+impl ProcSample {
+    /// The sum over several processes.
+    pub fn read_all(pids: &[u32]) -> Result<ProcSample> {
+        let mut t = ProcSample::default();
+        for &p in pids {
+            let s = ProcSample::read(p)?;
+            t.user_s += s.user_s;
+            t.sys_s += s.sys_s;
+            t.ctx_switches += s.ctx_switches;
+        }
+        Ok(t)
+    }
+}
+
 /// A running ringlab-server.
 pub struct Server {
     child: Child,
     pub addr: String,
     pub pid: u32,
+    /// Every server process (`--processes`): the first, then its children.
+    pub pids: Vec<u32>,
     pub stats_path: PathBuf,
 }
 
@@ -162,10 +190,19 @@ impl Server {
         };
         let addr = field("listen=").context("ready line without listen=")?;
         let pid = child.id();
+        let mut pids = vec![pid];
+        if let Some(list) = field("pids=") {
+            for p in list.split(',').filter_map(|p| p.parse::<u32>().ok()) {
+                if !pids.contains(&p) {
+                    pids.push(p);
+                }
+            }
+        }
         Ok(Server {
             child,
             addr,
             pid,
+            pids,
             stats_path,
         })
     }

@@ -124,8 +124,8 @@ fn num(v: &serde_json::Value, paths: &[&str]) -> Option<f64> {
 pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
     let server = Server::start(bins, &spec.server_args, &opts.tmp, opts.netns.as_ref())?;
     let server_cmd = format!("{} {}", bins.server.display(), spec.server_args.join(" "));
-    let (addr, pid) = (server.addr.clone(), server.pid);
-    let mut r = match drive(bins, &addr, pid, spec, opts) {
+    let addr = server.addr.clone();
+    let mut r = match drive(bins, &addr, &server.pids, spec, opts) {
         Ok(r) => r,
         Err(e) => {
             let _ = server.stop();
@@ -151,15 +151,16 @@ pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
     Ok(r)
 }
 
-/// Run the client of `spec` against a server already listening at `addr` (process `pid`),
-/// measuring that process from outside over the client's measured window.
+/// Run the client of `spec` against a server already listening at `addr` (processes `pids`),
+/// measuring those processes from outside over the client's measured window.
 pub fn drive(
     bins: &Bins,
     addr: &str,
-    pid: u32,
+    pids: &[u32],
     spec: &RunSpec,
     opts: &RunOpts,
 ) -> Result<RunResult> {
+    let pid = pids.first().copied().context("no server process")?;
     let json_path = opts.tmp.join(format!("client-{pid}-{}.json", spec.x));
     let dur = format!("{}ms", (spec.duration_s * 1e3) as u64);
     let warm = format!("{}ms", (spec.warmup_s * 1e3) as u64);
@@ -195,14 +196,14 @@ pub fn drive(
         .spawn()
         .with_context(|| format!("starting {}", bins.client.display()))?;
     std::thread::sleep(Duration::from_secs_f64(spec.warmup_s));
-    let before = ProcSample::read(pid)?;
+    let before = ProcSample::read_all(pids)?;
     let perf = if opts.perf {
         perf_syscalls(pid, spec.duration_s * 0.9)
     } else {
         None
     };
     let out = child.wait_with_output()?;
-    let after = ProcSample::read(pid)?;
+    let after = ProcSample::read_all(pids)?;
     let perf_count = perf.and_then(|h| h.join().ok().flatten());
     let cj = std::fs::read_to_string(&json_path);
     let _ = std::fs::remove_file(&json_path);

@@ -1,0 +1,127 @@
+//! `ringlab-bench hold`: a process that opens many idle connections to an echo server, checks
+//! each is served (one byte echoed), and holds them until it is told to stop. `c10k` runs
+//! several, since a process may hold only as many sockets as `ulimit -n` allows.
+//!
+//! Output, one line on stdout once every connection is up:
+//! `held N connect_s=T connect_p50_us=A connect_p99_us=B connect_max_us=C echo_ok=N`;
+//! then it waits for SIGTERM or for stdin to close, and exits 0. Any connection that fails is
+//! an error (exit 1, one line on stderr saying which and why).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// What to hold.
+pub struct HoldArgs {
+    pub addr: SocketAddr,
+    pub conns: usize,
+    /// Source addresses, used round-robin (each gives ~28k ephemeral ports).
+    pub bind: Vec<Ipv4Addr>,
+    pub cpu: Option<usize>,
+}
+
+/// Parse `A` or `A-B` (IPv4, same /24 or a range in the last octet... any range by value).
+pub fn parse_bind(s: &str) -> Result<Vec<Ipv4Addr>> {
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (a, b),
+        None => (s, s),
+    };
+    let a: Ipv4Addr = a.trim().parse().with_context(|| format!("--bind {s}"))?;
+    let b: Ipv4Addr = b.trim().parse().with_context(|| format!("--bind {s}"))?;
+    let (x, y) = (u32::from(a), u32::from(b));
+    if y < x || y - x > 4096 {
+        bail!("--bind {s}: the range must go up and hold at most 4097 addresses");
+    }
+    Ok((x..=y).map(Ipv4Addr::from).collect())
+}
+
+fn connect_one(addr: SocketAddr, src: Ipv4Addr) -> Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())
+        .with_context(|| {
+            format!("bind {src}:0 (out of ephemeral ports? give more --bind addresses)")
+        })?;
+    s.connect_timeout(&addr.into(), Duration::from_secs(10))
+        .with_context(|| format!("connect {addr} from {src}"))?;
+    s.set_tcp_nodelay(true)?;
+    let t: TcpStream = s.into();
+    t.set_read_timeout(Some(Duration::from_secs(10)))?;
+    t.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(t)
+}
+
+/// Open, verify and hold the connections; returns when told to stop.
+pub fn hold(a: &HoldArgs) -> Result<()> {
+    if let Some(cpu) = a.cpu {
+        ringlab_runtime::cpus::pin_current_thread(cpu).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if a.bind.is_empty() {
+        bail!("no source address");
+    }
+    let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut conns = Vec::with_capacity(a.conns);
+    let start = Instant::now();
+    for i in 0..a.conns {
+        if term.load(std::sync::atomic::Ordering::Relaxed) {
+            bail!("stopped after {i} of {} connections", a.conns);
+        }
+        let t0 = Instant::now();
+        let s = connect_one(a.addr, a.bind[i % a.bind.len()])
+            .with_context(|| format!("connection {i} of {}", a.conns))?;
+        let _ = hist.record((t0.elapsed().as_micros() as u64).max(1));
+        conns.push(s);
+    }
+    let connect_s = start.elapsed().as_secs_f64();
+    // Served: one byte echoed on every connection.
+    let mut ok = 0usize;
+    for (i, s) in conns.iter_mut().enumerate() {
+        let b = [(i % 251) as u8];
+        s.write_all(&b)
+            .with_context(|| format!("echo write on connection {i}"))?;
+        let mut got = [0u8; 1];
+        s.read_exact(&mut got)
+            .with_context(|| format!("echo read on connection {i}"))?;
+        if got != b {
+            bail!("connection {i}: echo returned {} for {}", got[0], b[0]);
+        }
+        ok += 1;
+    }
+    println!(
+        "held {} connect_s={connect_s:.3} connect_p50_us={} connect_p99_us={} connect_max_us={} echo_ok={ok}",
+        conns.len(),
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.max()
+    );
+    std::io::stdout().flush()?;
+    // Hold until SIGTERM or until the parent closes our stdin (it died or is done).
+    let stdin_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let flag = stdin_closed.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    // Bounded: a holder never outlives one hour.
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while !term.load(std::sync::atomic::Ordering::Relaxed)
+        && !stdin_closed.load(std::sync::atomic::Ordering::Relaxed)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(conns);
+    Ok(())
+}
