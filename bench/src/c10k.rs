@@ -121,20 +121,28 @@ fn start_holders(
     n: u64,
     per: u64,
     cpu: Option<usize>,
+    best_effort: bool,
 ) -> Result<(Vec<Holder>, Vec<Child>)> {
     let exe = std::env::current_exe().context("locating ringlab-bench")?;
     let count = processes_for(n, per);
+    // Fresh source addresses for every group of holders, so that the TIME_WAIT sockets a
+    // previous group left on its ports do not collide with this one's.
+    static GROUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let group = 10 + GROUP.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 200;
     let mut started = Vec::new();
     let mut left = n;
     for i in 0..count {
         let take = left.min(per);
         left -= take;
-        // One source address per holder: 127.0.1.1, 127.0.1.2, ...
-        let src = format!("127.0.1.{}", i + 1);
+        // One source address per holder: 127.G.0.1, 127.G.0.2, ...
+        let src = format!("127.{group}.0.{}", i + 1);
         let mut c = Command::new(&exe);
         c.args(["hold", addr, "--count", &take.to_string(), "--bind", &src]);
         if let Some(cpu) = cpu {
             c.args(["--cpu", &cpu.to_string()]);
+        }
+        if best_effort {
+            c.arg("--best-effort");
         }
         let child = c
             .stdin(Stdio::piped())
@@ -313,9 +321,15 @@ impl Bench {
         }
         println!("\nc10k: {ACTIVE} active echo connections (64 B) beside N idle ones\n\n{t}");
         let medians: Vec<RunResult> = rows.iter().filter_map(|r| r.run.clone()).collect();
+        let ceiling = if self.o.quick {
+            String::new()
+        } else {
+            self.ceiling(&lim, client_cpu)
+        };
+        println!("{ceiling}");
         rep.section(
             "c10k",
-            &format!("N idle connections held open (each checked by one echoed byte) while {ACTIVE} active connections run closed-loop echo of 64 B for {dur} s. `uring-fixed` is the uring backend with `--fixed-files`. Memory per connection is the growth from before the idle connections were opened to after, divided by N: server RSS (all server processes), kernel slab (socket, inode and file structures of both ends, since both are on this machine) and TCP buffer memory (/proc/net/sockstat). Holders are separate processes (at most {per_holder} connections each, one source address each); server processes share the server CPU list.\n\n```\n{pre}```\n\n{t}"),
+            &format!("{ceiling}\nN idle connections held open (each checked by one echoed byte) while {ACTIVE} active connections run closed-loop echo of 64 B for {dur} s. `uring-fixed` is the uring backend with `--fixed-files`. Memory per connection is the growth from before the idle connections were opened to after, divided by N: server RSS (all server processes), kernel slab (socket, inode and file structures of both ends, since both are on this machine) and TCP buffer memory (/proc/net/sockstat). Holders are separate processes (at most {per_holder} connections each, one source address each); server processes share the server CPU list.\n\n```\n{pre}```\n\n{t}"),
             &medians,
             &medians,
         );
@@ -323,6 +337,86 @@ impl Bench {
             bail!("every c10k row failed (see above)");
         }
         Ok(())
+    }
+
+    /// How many connections ONE server process serves before its descriptor ceiling: epoll
+    /// and uring with descriptors share the process table; uring with `--fixed-files` has a
+    /// table per ring (each at most RLIMIT_NOFILE entries) and none in the process table.
+    fn ceiling(&self, lim: &Limits, client_cpu: Option<usize>) -> String {
+        let s = self.o.server_cores.clone();
+        let two = if s.contains(',') || s.contains('-') {
+            s.clone()
+        } else {
+            format!("{s},{}", client_cpu.unwrap_or(1))
+        };
+        let variants: Vec<(&str, Vec<String>, u64)> = vec![
+            ("epoll, 1 loop", vec!["--io".into(), "epoll".into()], 2),
+            (
+                "epoll, 2 loops",
+                vec!["--io".into(), "epoll".into(), "--cores".into(), two.clone()],
+                2,
+            ),
+            (
+                "uring --fixed-files, 1 ring",
+                vec!["--io".into(), "uring".into(), "--fixed-files".into()],
+                2,
+            ),
+            (
+                "uring --fixed-files, 2 rings",
+                vec![
+                    "--io".into(),
+                    "uring".into(),
+                    "--fixed-files".into(),
+                    "--cores".into(),
+                    two.clone(),
+                ],
+                3,
+            ),
+        ];
+        let mut t = format!("\n### One process against the descriptor ceiling (ulimit -n {})\n\nHolders open connections until connects fail (the server stopped accepting and its listen queue is full); the count is the connections the one server process answered.\n\n| server | connections served | server fds | note |\n|---|---:|---:|---|\n", lim.nofile_soft);
+        for (label, extra, mult) in variants {
+            let mut args = vec!["--cores".to_string(), s.clone()];
+            args.extend(extra);
+            // A later --cores wins: drop the first pair if the variant has its own.
+            if args.iter().filter(|a| *a == "--cores").count() > 1 {
+                args.drain(0..2);
+            }
+            args.extend(["--proto", "echo", "--backlog", "4096"].map(String::from));
+            let target = mult * lim.per_process() + 8192;
+            let r = (|| -> Result<(u64, u64)> {
+                let server =
+                    Server::start(&self.bins, &args, &self.run.tmp, self.run.netns.as_ref())?;
+                let (holders, failed) =
+                    start_holders(&server.addr, target, lim.per_holder(), client_cpu, true)?;
+                let served: u64 = holders
+                    .iter()
+                    .map(|h| field(&h.line, "echo_ok=") as u64)
+                    .sum();
+                let fds: u64 = server
+                    .pids
+                    .iter()
+                    .map(|p| {
+                        std::fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count() as u64)
+                    })
+                    .sum();
+                let errs = stop_holders(holders, failed);
+                let _ = server.stop();
+                if !errs.is_empty() {
+                    bail!("holder errors: {}", errs.join("; "));
+                }
+                Ok((served, fds))
+            })();
+            match r {
+                Ok((served, fds)) => {
+                    eprintln!("  ceiling {label}: {served} served");
+                    let _ = writeln!(t, "| {label} | {served} | {fds} | |");
+                }
+                Err(e) => {
+                    let _ = writeln!(t, "| {label} | – | – | failed: {e:#} |");
+                }
+            }
+        }
+        t
     }
 
     fn c10k_row(
@@ -375,7 +469,8 @@ impl Bench {
             .context("warming the server up")?;
         std::thread::sleep(Duration::from_millis(300));
         let (rss0, (slab0, tcp0)) = (rss(), kernel_mem());
-        let (holders, failed) = start_holders(&server.addr, n, lim.per_holder(), client_cpu)?;
+        let (holders, failed) =
+            start_holders(&server.addr, n, lim.per_holder(), client_cpu, false)?;
         let nholders = (holders.len() + failed.len()) as u64;
         if !failed.is_empty() {
             let errs = stop_holders(holders, failed);

@@ -71,6 +71,8 @@ enum Cmd {
         bind: String,
         #[arg(long)]
         cpu: Option<usize>,
+        #[arg(long)]
+        best_effort: bool,
     },
     /// What this machine allows (kernel, io_uring, limits, CPUs) and what will hold a
     /// benchmark back.
@@ -148,6 +150,7 @@ fn real_main(cli: Cli) -> Result<()> {
         count,
         bind,
         cpu,
+        best_effort,
     } = &cmd
     {
         return hold::hold(&hold::HoldArgs {
@@ -155,6 +158,7 @@ fn real_main(cli: Cli) -> Result<()> {
             conns: *count,
             bind: hold::parse_bind(bind)?,
             cpu: *cpu,
+            best_effort: *best_effort,
         });
     }
     if let Cmd::Doctor = &cmd {
