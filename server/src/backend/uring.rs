@@ -107,6 +107,8 @@ struct Loop<'r> {
     conns: Slab<Conn>,
     accept_armed: bool,
     accept_cancel_sent: bool,
+    /// A cancel of the multishot accept is in flight (back-off or --max-conns).
+    accept_pausing: bool,
     shutting_down: bool,
     /// Operations in flight on the whole ring.
     ops: u64,
@@ -163,6 +165,7 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         conns: Slab::default(),
         accept_armed: false,
         accept_cancel_sent: false,
+        accept_pausing: false,
         shutting_down: false,
         ops: 0,
         multishot_accept: !a.no_multishot_accept,
@@ -206,6 +209,14 @@ impl Loop<'_> {
     fn arm_accept(&mut self) {
         if self.accept_armed || self.shutting_down {
             return;
+        }
+        // Connections accepted while at --max-conns go first, once there is room.
+        while let Some((fd, core)) = self.core.unhold() {
+            let (slot, _) = self.conns.insert(Conn::new(fd, core));
+            self.pump(slot);
+        }
+        if !self.core.may_accept() {
+            return; // at --max-conns (echo): retried at `accept.retry_at`
         }
         let fd = types::Fd(self.ctx.listener.as_raw_fd());
         let e = if self.multishot_accept {
@@ -388,9 +399,21 @@ impl Loop<'_> {
         }
     }
 
+    /// Stop the multishot accept (once) until the retry time.
+    fn pause_accept(&mut self) {
+        if self.accept_armed && !self.accept_pausing && !self.accept_cancel_sent {
+            self.accept_pausing = true;
+            let e = opcode::AsyncCancel::new(ud(OP_ACCEPT, NO_SLOT, 0))
+                .build()
+                .user_data(ud(OP_CANCEL_ACCEPT, NO_SLOT, 0));
+            self.push(e);
+        }
+    }
+
     fn on_accept(&mut self, res: i32, more: bool) {
         if !more {
             self.accept_armed = false;
+            self.accept_pausing = false;
         }
         if res >= 0 {
             // SAFETY: a non-negative accept result is a new descriptor that nothing else owns.
@@ -399,10 +422,17 @@ impl Loop<'_> {
                 self.core.stats.syscalls.close += 1;
                 drop(fd);
             } else {
-                self.core.stats.accepted += 1;
-                let conn = Conn::new(fd, ConnCore::new(&self.core.cfg));
-                let (slot, _) = self.conns.insert(conn);
-                self.pump(slot);
+                match self.core.admit() {
+                    Some(core) => {
+                        let (slot, _) = self.conns.insert(Conn::new(fd, core));
+                        self.pump(slot);
+                    }
+                    // At --max-conns (echo): completions of the multishot already under way.
+                    None => self.core.hold(fd),
+                }
+                if !self.core.may_accept() {
+                    self.pause_accept();
+                }
             }
         } else {
             let err = io::Error::from_raw_os_error(-res);
@@ -413,12 +443,9 @@ impl Loop<'_> {
                 self.core.stats.accept_errors += 1;
                 let now = self.core.clock.now();
                 self.core.accept.on_error(&err, self.ctx.cpu, now);
-                if more && !self.accept_cancel_sent {
+                if more {
                     // Stop the multishot accept until the back-off is over.
-                    let e = opcode::AsyncCancel::new(ud(OP_ACCEPT, NO_SLOT, 0))
-                        .build()
-                        .user_data(ud(OP_CANCEL_ACCEPT, NO_SLOT, 0));
-                    self.push(e);
+                    self.pause_accept();
                 }
                 return;
             }
