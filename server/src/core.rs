@@ -402,13 +402,20 @@ impl LoopCore {
     }
 
     /// Arm the wheel for the session's deadline if it changed. Call after every session call.
+    ///
+    /// A deadline that moved later (the idle timeout moves with every byte) keeps the entry
+    /// already armed: it fires early, the session finds nothing due, and the entry is re-armed
+    /// for the new deadline then. So a busy connection inserts about one entry per idle period
+    /// rather than one per request, and the wheel holds O(connections) entries.
     pub fn sync_timer(&mut self, conn: &mut ConnCore, key: u64) {
         let want = conn.session.deadline(&self.cfg);
-        if want != conn.timer_at {
-            conn.timer_at = want;
-            if let Some(d) = want {
-                self.wheel.insert(d, key);
+        match (want, conn.timer_at) {
+            (Some(w), Some(armed)) if w >= armed => {}
+            (Some(w), _) => {
+                conn.timer_at = Some(w);
+                self.wheel.insert(w, key);
             }
+            (None, _) => conn.timer_at = None, // the armed entry is ignored when it fires
         }
     }
 
@@ -491,4 +498,71 @@ pub fn accept_error_needs_backoff(err: &std::io::Error) -> bool {
             | Some(rustix::io::Errno::CONNABORTED)
             | Some(rustix::io::Errno::PROTO)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn core(extra: &[&str]) -> LoopCore {
+        let mut argv = vec!["ringlab-server"];
+        argv.extend_from_slice(extra);
+        let args = Args::parse_from(argv);
+        let limit = ConnLimit::new(args.max_conns as usize);
+        LoopCore::with(Arc::new(args.server_config()), &args, 0, limit)
+    }
+
+    /// The idle deadline moves with every byte; the wheel must not gain an entry each time.
+    #[test]
+    fn busy_connection_keeps_one_timer_entry() {
+        let mut lc = core(&["--proto", "http", "--idle-timeout", "60s"]);
+        let mut conn = lc.admit().expect("under the limit");
+        for _ in 0..1000 {
+            std::thread::sleep(Duration::from_micros(20));
+            lc.tick();
+            lc.recv(&mut conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            lc.sync_timer(&mut conn, timer_key(1, 1));
+            let out = conn.session.take_output().expect("a response");
+            lc.tick();
+            lc.sent(&mut conn, out.len());
+            lc.sync_timer(&mut conn, timer_key(1, 1));
+        }
+        assert!(
+            lc.wheel.len() <= 2,
+            "{} wheel entries for one connection",
+            lc.wheel.len()
+        );
+    }
+
+    #[test]
+    fn connection_limit_is_server_wide() {
+        let limit = ConnLimit::new(2);
+        let a = limit.take().expect("first");
+        let b = limit.take().expect("second");
+        assert!(limit.take().is_none());
+        drop(a);
+        let _c = limit.take().expect("a freed slot");
+        drop(b);
+    }
+
+    #[test]
+    fn echo_at_the_limit_pauses_and_http_refuses() {
+        let mut echo = core(&["--max-conns", "1"]);
+        let first = echo.admit().expect("under the limit");
+        assert!(!echo.may_accept());
+        assert!(echo.admit().is_none());
+        assert_eq!(echo.stats.limit_pauses, 1);
+        assert!(echo.accept.retry_at.is_some());
+        drop(first);
+        assert!(echo.may_accept());
+
+        let mut http = core(&["--proto", "http", "--max-conns", "1"]);
+        let _first = http.admit().expect("under the limit");
+        assert!(http.may_accept(), "HTTP accepts, to refuse with 503");
+        let mut refused = http.admit().expect("a refusing session");
+        assert_eq!(http.stats.refused, 1);
+        let out = refused.session.take_output().expect("the 503");
+        assert!(out.starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
+    }
 }
