@@ -205,6 +205,12 @@ impl RequestParser {
         }
     }
 
+    /// Whether the parser is still waiting for the end of a request head (rather than for a
+    /// body whose head it has parsed).
+    pub fn awaiting_head(&self) -> bool {
+        matches!(self.state, ReqState::Head(_))
+    }
+
     /// Parse one request from the front of `buf`, removing its bytes. `Ok(None)`: need more.
     ///
     /// Between calls the caller may only append to `buf`. After an error the connection must be

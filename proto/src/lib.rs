@@ -15,4 +15,4 @@ pub mod echo;
 pub mod http;
 mod session;
 
-pub use session::{Action, Now, Proto, ServerConfig, Session};
+pub use session::{Action, Expired, Now, Proto, ServerConfig, Session};

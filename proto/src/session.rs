@@ -11,6 +11,21 @@
 //! Output is released strictly in request order: a response (or echoed chunk) that must wait for
 //! its delay holds back everything behind it, so pipelining never reorders bytes.
 //!
+//! Timeouts (all measured on the `Now` values the backend passes in, and reported through
+//! [`Session::deadline`] / [`Session::on_timeout`], so no backend keeps timers of its own):
+//!
+//! * header timeout (HTTP): a request head must be complete within `header_timeout` of the
+//!   moment the session started waiting for it (the connection opened, or the first byte of a
+//!   later request arrived, or the previous request was parsed with bytes of the next one
+//!   behind it). When it expires with part of a head received, the answer is
+//!   `408 Request Timeout` and the connection closes; with nothing received, it just closes.
+//!   Not armed while the session itself holds input back (backpressure).
+//! * idle timeout (echo and HTTP): no byte received, no byte sent and no output released for
+//!   `idle_timeout`, and no output held by a delay. With nothing owed to the peer the
+//!   connection closes gracefully (FIN); with output the peer never reads, it is aborted.
+//! * request limit (HTTP): the `max_requests`-th response on a connection carries
+//!   `Connection: close`, and the connection closes after it.
+//!
 //! Backpressure: while the bytes the session holds for the peer (ready, scheduled and taken by the
 //! backend but not yet confirmed sent) exceed `out_high_water`, the session stops parsing and
 //! [`Session::wants_read`] turns false; backends then stop reading from the socket. Input that was
@@ -65,6 +80,13 @@ pub struct ServerConfig {
     /// After our side of a closing connection is shut down, keep draining input this long so
     /// that the peer reads our last response instead of a reset.
     pub linger: Duration,
+    /// HTTP: how long a request head may take to arrive (see the module docs). Zero: no limit.
+    pub header_timeout: Duration,
+    /// How long a connection may make no progress in either direction. Zero: no limit.
+    pub idle_timeout: Duration,
+    /// HTTP: requests served per connection; the last response carries `Connection: close`.
+    /// Zero: no limit.
+    pub max_requests: u64,
 }
 
 impl Default for ServerConfig {
@@ -75,8 +97,20 @@ impl Default for ServerConfig {
             limits: http::Limits::default(),
             out_high_water: 256 * 1024,
             linger: Duration::from_secs(2),
+            header_timeout: Duration::ZERO,
+            idle_timeout: Duration::ZERO,
+            max_requests: 0,
         }
     }
+}
+
+/// Which timeout [`Session::on_timeout`] acted on, for statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// The request head did not arrive within `header_timeout`.
+    Header,
+    /// No progress for `idle_timeout`.
+    Idle,
 }
 
 /// What the backend must do next with the socket, besides sending output.
@@ -119,11 +153,18 @@ pub struct Session {
     scheduled_bytes: usize,
     out: BytesMut,
     in_flight: usize,
+    /// The last time a byte came in, went out, or output was released.
+    last_activity: Instant,
+    /// HTTP: since when the session has been waiting for the rest of a request head.
+    head_since: Option<Instant>,
+    /// HTTP: requests answered on this connection.
+    served: u64,
 }
 
 impl Session {
-    /// A new connection's session.
-    pub fn new(cfg: &ServerConfig) -> Self {
+    /// A new connection's session; `now` is when the connection was accepted (the clock of
+    /// its timeouts starts there).
+    pub fn new(cfg: &ServerConfig, now: &Now) -> Self {
         Session {
             mode: Mode::Open,
             peer_eof: false,
@@ -137,7 +178,29 @@ impl Session {
             scheduled_bytes: 0,
             out: BytesMut::new(),
             in_flight: 0,
+            last_activity: now.at,
+            head_since: match cfg.proto {
+                Proto::Http => Some(now.at),
+                Proto::Echo => None,
+            },
+            served: 0,
         }
+    }
+
+    /// The server is at its connection limit (HTTP): answer `503 Service Unavailable` with
+    /// `Connection: close` at once, read nothing, and close.
+    pub fn refuse(&mut self, now: &Now) {
+        let mut buf = BytesMut::new();
+        http::write_error_response(
+            &mut buf,
+            503,
+            &now.date,
+            b"the server is at its connection limit",
+        );
+        self.emit(now.at, now, buf.freeze());
+        self.mode = Mode::Closing;
+        self.head_since = None;
+        self.inbuf.clear();
     }
 
     /// Bytes held for the peer: ready, scheduled, and handed to the backend but not yet sent.
@@ -153,6 +216,9 @@ impl Session {
     /// Feed bytes received from the peer. Returns how many requests (HTTP requests, or echo
     /// chunks) were completed by them, for statistics and `--work`.
     pub fn on_recv(&mut self, cfg: &ServerConfig, data: &[u8], now: &Now) -> u32 {
+        if !data.is_empty() {
+            self.last_activity = now.at;
+        }
         match self.mode {
             Mode::Open => {}
             // Our side is done talking: what the peer still sends is read and dropped.
@@ -181,28 +247,93 @@ impl Session {
     }
 
     /// The backend's timer for [`Session::deadline`] fired (or any later time arrived).
-    pub fn on_timeout(&mut self, cfg: &ServerConfig, now: &Now) {
-        self.release_due(now.at);
+    /// Returns the timeout that closed the connection, if one did.
+    pub fn on_timeout(&mut self, cfg: &ServerConfig, now: &Now) -> Option<Expired> {
+        if self.release_due(now.at) {
+            self.last_activity = now.at;
+        }
         if let Mode::Lingering { until } = self.mode {
             if now.at >= until {
                 self.mode = Mode::Done;
             }
         }
+        let mut expired = None;
+        if self.idle_deadline(cfg).is_some_and(|d| now.at >= d) {
+            expired = Some(Expired::Idle);
+            self.head_since = None;
+            self.inbuf.clear();
+            // Nothing owed: a graceful close. Output the peer has not taken for so long: it is
+            // not reading (or gone), so give up on it.
+            self.mode = if self.pending_output() == 0 {
+                Mode::Closing
+            } else {
+                Mode::Done
+            };
+        } else if self.header_deadline(cfg).is_some_and(|d| now.at >= d) {
+            expired = Some(Expired::Header);
+            self.head_since = None;
+            if !self.inbuf.is_empty() {
+                let mut buf = BytesMut::new();
+                http::write_error_response(
+                    &mut buf,
+                    408,
+                    &now.date,
+                    b"the request head did not arrive in time",
+                );
+                self.emit(now.at, now, buf.freeze());
+                // The peer gets a whole idle period to read it.
+                self.last_activity = now.at;
+            }
+            self.mode = Mode::Closing;
+            self.inbuf.clear();
+        }
         // Released output may have made room for buffered input.
         self.process(cfg, now);
+        expired
     }
 
     /// The next time at which [`Session::on_timeout`] must be called, if any.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub fn deadline(&self, cfg: &ServerConfig) -> Option<Instant> {
         let release = self.scheduled.front().map(|s| s.at);
         let linger = match self.mode {
             Mode::Lingering { until } => Some(until),
             _ => None,
         };
-        match (release, linger) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [
+            release,
+            linger,
+            self.idle_deadline(cfg),
+            self.header_deadline(cfg),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When the idle timeout closes the connection, if it is armed: in `Open` or `Closing`,
+    /// with no output held back by a delay (the server, not the peer, is waiting then).
+    fn idle_deadline(&self, cfg: &ServerConfig) -> Option<Instant> {
+        if cfg.idle_timeout.is_zero()
+            || !matches!(self.mode, Mode::Open | Mode::Closing)
+            || !self.scheduled.is_empty()
+        {
+            return None;
         }
+        Some(self.last_activity + cfg.idle_timeout)
+    }
+
+    /// When the header timeout expires, if it is armed: HTTP, open, waiting for the peer to
+    /// finish a request head, not held back by backpressure or shutdown.
+    fn header_deadline(&self, cfg: &ServerConfig) -> Option<Instant> {
+        if cfg.header_timeout.is_zero()
+            || self.mode != Mode::Open
+            || self.peer_eof
+            || self.stop_reading
+            || !self.has_room(cfg)
+        {
+            return None;
+        }
+        self.head_since.map(|t| t + cfg.header_timeout)
     }
 
     /// Take every byte that is ready to be sent. The backend owns the returned buffer until it
@@ -225,6 +356,9 @@ impl Session {
     /// this unblocked (backpressure released).
     pub fn on_sent(&mut self, cfg: &ServerConfig, n: usize, now: &Now) -> u32 {
         debug_assert!(n <= self.in_flight, "sent more than was taken");
+        if n > 0 {
+            self.last_activity = now.at;
+        }
         self.in_flight = self.in_flight.saturating_sub(n);
         self.process(cfg, now)
     }
@@ -308,7 +442,9 @@ impl Session {
                 {
                     Ok(Some(req)) => {
                         requests += 1;
-                        self.respond(req, now);
+                        self.respond(cfg, req, now);
+                        // Bytes of the next request already here: its head is due from now.
+                        self.head_since = (!self.inbuf.is_empty()).then_some(now.at);
                     }
                     Ok(None) => {
                         // A client that sent `Expect: 100-continue` waits for this before it
@@ -331,7 +467,23 @@ impl Session {
                 },
             }
         }
+        self.track_head(cfg, now);
         requests
+    }
+
+    /// HTTP: start the header clock when the first byte of a head arrives; stop it while the
+    /// head is complete (a body is awaited) or the session is no longer open.
+    fn track_head(&mut self, cfg: &ServerConfig, now: &Now) {
+        let Some(parser) = self.parser.as_ref() else {
+            return;
+        };
+        if self.mode != Mode::Open || !parser.awaiting_head() || !self.has_room(cfg) {
+            // No head awaited, or the session itself holds input back (backpressure): the
+            // clock starts again once the peer is the one the session waits for.
+            self.head_since = None;
+        } else if self.head_since.is_none() && !self.inbuf.is_empty() {
+            self.head_since = Some(now.at);
+        }
     }
 
     fn echo_chunk(&mut self, cfg: &ServerConfig, data: &[u8], now: &Now) {
@@ -342,8 +494,11 @@ impl Session {
         }
     }
 
-    fn respond(&mut self, req: http::Request, now: &Now) {
-        let keep_alive = req.keep_alive;
+    fn respond(&mut self, cfg: &ServerConfig, req: http::Request, now: &Now) {
+        self.served += 1;
+        // The last request this connection may make is answered with `Connection: close`.
+        let last = cfg.max_requests != 0 && self.served >= cfg.max_requests;
+        let keep_alive = req.keep_alive && !last;
         let get = matches!(req.method, http::Method::Get | http::Method::Head);
         let path = req.path();
         // (status, body, delay, extra headers)
@@ -404,7 +559,9 @@ impl Session {
         self.scheduled.push_back(Scheduled { at, bytes });
     }
 
-    fn release_due(&mut self, now: Instant) {
+    /// Move output that is due to the send buffer; returns whether any was.
+    fn release_due(&mut self, now: Instant) -> bool {
+        let mut released = false;
         while let Some(front) = self.scheduled.front() {
             if front.at > now {
                 break;
@@ -412,7 +569,9 @@ impl Session {
             let s = self.scheduled.pop_front().expect("front exists");
             self.scheduled_bytes -= s.bytes.len();
             self.out.extend_from_slice(&s.bytes);
+            released = true;
         }
+        released
     }
 }
 

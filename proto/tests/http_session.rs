@@ -580,14 +580,14 @@ fn delay_holds_the_response_until_its_deadline() {
     assert_eq!(c.requests, 1);
     assert!(!c.s.has_output());
     assert_eq!(
-        c.s.deadline(),
+        c.s.deadline(&c.cfg),
         Some(c.start + std::time::Duration::from_millis(50))
     );
     c.advance_to_ms(49);
     assert!(!c.s.has_output());
     c.advance_to_ms(50);
     assert_eq!(show(&c.drain()), HELLO_11);
-    assert_eq!(c.s.deadline(), None);
+    assert_eq!(c.s.deadline(&c.cfg), None);
 }
 
 #[test]
@@ -699,7 +699,7 @@ fn echo_with_delay_holds_output_until_the_deadline() {
     c.recv(b"second");
     assert!(!c.s.has_output());
     assert_eq!(
-        c.s.deadline(),
+        c.s.deadline(&c.cfg),
         Some(c.start + std::time::Duration::from_millis(100))
     );
     c.advance_to_ms(99);
@@ -707,12 +707,12 @@ fn echo_with_delay_holds_output_until_the_deadline() {
     c.advance_to_ms(100);
     assert_eq!(c.drain(), b"first");
     assert_eq!(
-        c.s.deadline(),
+        c.s.deadline(&c.cfg),
         Some(c.start + std::time::Duration::from_millis(130))
     );
     c.advance_to_ms(130);
     assert_eq!(c.drain(), b"second");
-    assert_eq!(c.s.deadline(), None);
+    assert_eq!(c.s.deadline(&c.cfg), None);
 }
 
 #[test]

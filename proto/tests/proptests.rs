@@ -12,7 +12,7 @@ use ringlab_proto::http::{
     write_response, Limits, Method, Request, RequestParser, Response, ResponseError,
     ResponseParser, Version,
 };
-use ringlab_proto::ServerConfig;
+use ringlab_proto::{Action, Now, Proto, ServerConfig, Session};
 
 /// `n` cases, unless `PROPTEST_CASES` asks for another number (for long local runs).
 fn cases(n: u32) -> ProptestConfig {
@@ -637,5 +637,101 @@ proptest! {
         fill_stream(seed, 8 * messages as u64, &mut a);
         fill_stream(seed ^ 1, 8 * messages as u64, &mut b);
         prop_assert_ne!(a, b);
+    }
+}
+
+/// The echo session under a schedule of receives (also while it asks not to read), partial
+/// sends, clock steps and a peer EOF, as `fuzz/fuzz_targets/echo_session.rs` drives it: output
+/// is always a prefix of input, and in the end exactly the input.
+fn run_echo_schedule(hw: u8, delay: u8, ops: &[u8]) -> Result<(), TestCaseError> {
+    use std::time::{Duration, Instant};
+    let cfg = ServerConfig {
+        proto: Proto::Echo,
+        out_high_water: usize::from(hw) * 8 + 1,
+        delay: Duration::from_millis(u64::from(delay % 4) * 10),
+        ..ServerConfig::default()
+    };
+    let start = Instant::now();
+    let mut t = 0u64;
+    let mut now = Now::with_fixed_date(start);
+    let mut s = Session::new(&cfg, &now);
+    let (mut input, mut output, mut taken) = (Vec::new(), Vec::new(), Vec::new());
+    let mut eof = false;
+    let mut i = 0;
+    while i < ops.len() {
+        let op = ops[i];
+        i += 1;
+        let arg = usize::from(op / 8);
+        match op % 8 {
+            0..=2 | 7 if !eof => {
+                let n = (arg + 1).min(ops.len() - i);
+                let chunk = &ops[i..i + n];
+                i += n;
+                if op % 8 == 7 || s.wants_read(&cfg) {
+                    s.on_recv(&cfg, chunk, &now);
+                    input.extend_from_slice(chunk);
+                }
+            }
+            3 => {
+                while let Some(b) = s.take_output() {
+                    taken.extend_from_slice(&b);
+                }
+            }
+            4 => {
+                let n = (arg * 4).min(taken.len());
+                output.extend(taken.drain(..n));
+                s.on_sent(&cfg, n, &now);
+            }
+            5 => {
+                t += arg as u64;
+                now = Now::with_fixed_date(start + Duration::from_millis(t));
+                s.on_timeout(&cfg, &now);
+            }
+            6 if !eof => {
+                eof = true;
+                s.on_peer_eof(&cfg, &now);
+            }
+            _ => {}
+        }
+        let so_far = output.len() + taken.len();
+        prop_assert!(so_far <= input.len(), "more out than in");
+        prop_assert_eq!(&input[..output.len()], &output[..]);
+        prop_assert_eq!(&input[output.len()..so_far], &taken[..]);
+        prop_assert!(s.pending_output() >= taken.len());
+    }
+    for _ in 0..1000 {
+        t += 50;
+        now = Now::with_fixed_date(start + Duration::from_millis(t));
+        s.on_timeout(&cfg, &now);
+        while let Some(b) = s.take_output() {
+            taken.extend_from_slice(&b);
+        }
+        let n = taken.len();
+        output.append(&mut taken);
+        s.on_sent(&cfg, n, &now);
+        if s.pending_output() == 0 && s.buffered_input() == 0 {
+            break;
+        }
+    }
+    prop_assert_eq!(&output, &input, "echo lost, added or reordered bytes");
+    let want = if eof {
+        Action::ShutdownWrite
+    } else {
+        Action::Continue
+    };
+    prop_assert_eq!(s.action(), want);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(cases(300))]
+
+    #[test]
+    fn echo_session_any_schedule(
+        hw in any::<u8>(),
+        delay in any::<u8>(),
+        ops in proptest::collection::vec(any::<u8>(), 0..600),
+    ) {
+        run_echo_schedule(hw, delay, &ops)?;
     }
 }

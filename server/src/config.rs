@@ -123,9 +123,35 @@ pub struct Args {
     /// HTTP: largest request head (request line + headers) in bytes; larger → 431.
     #[arg(long, default_value_t = 8 * 1024)]
     pub max_head: usize,
+    /// HTTP: most header fields in a request; more → 431.
+    #[arg(long, default_value_t = 64)]
+    pub max_headers: usize,
     /// HTTP: largest request body in bytes; larger → 413.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_body: usize,
+    /// Most connections open at once (the whole server, all loops). Beyond it, echo stops
+    /// accepting until a connection closes (new clients wait in the listen backlog); HTTP
+    /// accepts, answers `503 Service Unavailable` with `Connection: close`, and closes.
+    /// Counted as `limit_pauses` (echo) and `refused` (HTTP) in the statistics.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conns: u64,
+    /// HTTP: a request head must arrive within this long of the connection opening (or of its
+    /// first byte, for later requests on the connection). Then: with part of a head received,
+    /// `408 Request Timeout` and close; with nothing received, close without a response.
+    /// 0s: no limit.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub header_timeout: Duration,
+    /// Close a connection on which no byte went either way for this long (HTTP: a keep-alive
+    /// connection with nothing in flight; echo: no bytes in either direction). Output held by
+    /// --delay or /delay/{ms} does not count as idle. With nothing owed to the peer the close
+    /// is graceful (FIN); output the peer has not read for this long is dropped (reset).
+    /// 0s: no limit.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+    /// HTTP: requests per connection; the last response carries `Connection: close` and the
+    /// connection closes after it. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_requests: u64,
     /// blocking: number of worker threads (1 = the seed notes' synchronous server), spread
     /// round-robin over --cores.
     #[arg(long, default_value_t = 1)]
@@ -296,9 +322,13 @@ impl Args {
             },
             delay: self.delay,
             out_high_water: self.out_high_water.max(1),
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_requests: self.max_requests,
             ..ServerConfig::default()
         };
         c.limits.max_head = self.max_head;
+        c.limits.max_headers = self.max_headers;
         c.limits.max_body = self.max_body;
         c
     }

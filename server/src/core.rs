@@ -1,16 +1,18 @@
 //! What every backend's loop shares: the clock, the timer wheel, statistics, `--work`, accept
-//! back-off, and the per-connection wrapper around the protocol [`Session`].
+//! back-off, the connection limit (`--max-conns`), and the per-connection wrapper around the
+//! protocol [`Session`].
 //!
 //! A backend is a loop that moves bytes between sockets and these calls; everything a request
 //! costs besides IO happens here, once, for all backends.
 
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringlab_proto::{Now, ServerConfig, Session};
+use ringlab_proto::{Expired, Now, Proto, ServerConfig, Session};
 use ringlab_runtime::stats::LoopClock;
 use ringlab_runtime::timer::TimerWheel;
 use ringlab_runtime::wake::Waker;
@@ -36,6 +38,8 @@ pub struct LoopCtx {
     pub waker: Waker,
     /// The loop reports here once it is set up (or why it could not be).
     pub ready: SyncSender<Result<(), String>>,
+    /// The server-wide connection limit.
+    pub limit: Arc<ConnLimit>,
 }
 
 impl LoopCtx {
@@ -67,6 +71,8 @@ pub struct PoolCtx {
     pub waker: Waker,
     /// The pool reports here once it accepts (or why it could not start).
     pub ready: SyncSender<Result<(), String>>,
+    /// The server-wide connection limit.
+    pub limit: Arc<ConnLimit>,
 }
 
 impl PoolCtx {
@@ -109,20 +115,59 @@ pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// The server-wide limit on open connections (`--max-conns`), shared by every loop. Only
+/// accepting and closing touch it, never the request path.
+#[derive(Debug)]
+pub struct ConnLimit {
+    max: usize,
+    open: AtomicUsize,
+}
+
+impl ConnLimit {
+    /// A limit of `max` connections (at least 1).
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnLimit {
+            max: max.max(1),
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    /// Whether a slot is free now (another loop may take it first).
+    fn has_room(&self) -> bool {
+        self.open.load(Ordering::Acquire) < self.max
+    }
+
+    /// Take a slot, if one is free.
+    fn take(self: &Arc<Self>) -> Option<ConnSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnSlot(self.clone()))
+    }
+}
+
+/// One connection's place under the limit; given back when the connection's state is dropped.
+#[derive(Debug)]
+struct ConnSlot(Arc<ConnLimit>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How often a loop at the connection limit looks whether a slot has freed (slots free up on
+/// any loop; there is no cross-loop wake-up for it).
+pub const LIMIT_POLL: Duration = Duration::from_millis(10);
+
 /// The protocol session of one connection and the deadline its timer is armed for.
 pub struct ConnCore {
     pub session: Session,
     timer_at: Option<Instant>,
-}
-
-impl ConnCore {
-    /// A new connection's state.
-    pub fn new(cfg: &ServerConfig) -> Self {
-        ConnCore {
-            session: Session::new(cfg),
-            timer_at: None,
-        }
-    }
+    /// The connection's slot under `--max-conns` (none for a refused connection).
+    _slot: Option<ConnSlot>,
 }
 
 /// Timer-wheel key of a connection slot in a generation.
@@ -147,16 +192,21 @@ pub struct LoopCore {
     pub grace_deadline: Option<Instant>,
     grace: Duration,
     pub accept: AcceptBackoff,
+    limit: Arc<ConnLimit>,
+    /// Echo: connections accepted after the limit was reached (by another loop, or by an
+    /// accept already in flight), held unserved until a slot frees.
+    held: VecDeque<OwnedFd>,
+    limit_paused: bool,
 }
 
 impl LoopCore {
     /// State for the loop described by `ctx`.
     pub fn new(ctx: &LoopCtx) -> Self {
-        Self::with(ctx.cfg.clone(), &ctx.args, ctx.cpu)
+        Self::with(ctx.cfg.clone(), &ctx.args, ctx.cpu, ctx.limit.clone())
     }
 
     /// State for a loop (or worker thread) on `cpu` with these settings.
-    pub fn with(cfg: Arc<ServerConfig>, args: &Args, cpu: usize) -> Self {
+    pub fn with(cfg: Arc<ServerConfig>, args: &Args, cpu: usize, limit: Arc<ConnLimit>) -> Self {
         let clock = LoopClock::new();
         let now = clock.now();
         LoopCore {
@@ -172,7 +222,69 @@ impl LoopCore {
             grace_deadline: None,
             grace: args.grace,
             accept: AcceptBackoff::default(),
+            limit,
+            held: VecDeque::new(),
+            limit_paused: false,
         }
+    }
+
+    /// Whether the loop should accept now. HTTP always accepts (over `--max-conns` the
+    /// connection is answered 503 and closed, see [`LoopCore::admit`]). Echo at the limit, or
+    /// with connections still held: no; the loop stops accepting and looks again at
+    /// `accept.retry_at`, which this sets.
+    pub fn may_accept(&mut self) -> bool {
+        if self.cfg.proto == Proto::Http || (self.held.is_empty() && self.limit.has_room()) {
+            self.limit_paused = false;
+            return true;
+        }
+        if !self.limit_paused {
+            self.limit_paused = true;
+            self.stats.limit_pauses += 1;
+        }
+        let at = self.clock.now() + LIMIT_POLL;
+        self.accept.retry_at = Some(self.accept.retry_at.map_or(at, |t| t.max(at)));
+        false
+    }
+
+    /// A connection was just accepted: its state. Under the limit it is served; HTTP over the
+    /// limit gets a session that answers `503 Service Unavailable` and closes (counted in
+    /// `refused`). Echo over the limit: `None`, the caller keeps the socket unserved (see
+    /// [`LoopCore::hold`]) and stops accepting.
+    pub fn admit(&mut self) -> Option<ConnCore> {
+        let now = self.now();
+        let mut conn = ConnCore {
+            session: Session::new(&self.cfg, &now),
+            timer_at: None,
+            _slot: None,
+        };
+        match self.limit.take() {
+            Some(slot) => conn._slot = Some(slot),
+            None if self.cfg.proto == Proto::Http => {
+                self.stats.refused += 1;
+                conn.session.refuse(&now);
+            }
+            None => {
+                self.may_accept(); // schedules the retry
+                return None;
+            }
+        }
+        self.stats.accepted += 1;
+        Some(conn)
+    }
+
+    /// Keep an accepted socket that [`LoopCore::admit`] could not serve yet.
+    pub fn hold(&mut self, fd: OwnedFd) {
+        self.held.push_back(fd);
+    }
+
+    /// A held socket and its state, once a slot is free.
+    pub fn unhold(&mut self) -> Option<(OwnedFd, ConnCore)> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let conn = self.admit()?;
+        let fd = self.held.pop_front()?;
+        Some((fd, conn))
     }
 
     /// Read the clock; once per loop turn.
@@ -234,8 +346,7 @@ impl LoopCore {
             return false; // superseded: lazily cancelled
         }
         conn.timer_at = None;
-        let now = self.now();
-        conn.session.on_timeout(&self.cfg, &now);
+        self.on_timeout(conn);
         true
     }
 
@@ -244,8 +355,16 @@ impl LoopCore {
     pub fn timeout(&mut self, conn: &mut ConnCore) {
         self.tick();
         conn.timer_at = None;
+        self.on_timeout(conn);
+    }
+
+    fn on_timeout(&mut self, conn: &mut ConnCore) {
         let now = self.now();
-        conn.session.on_timeout(&self.cfg, &now);
+        match conn.session.on_timeout(&self.cfg, &now) {
+            Some(Expired::Header) => self.stats.header_timeouts += 1,
+            Some(Expired::Idle) => self.stats.idle_timeouts += 1,
+            None => {}
+        }
     }
 
     /// Bytes arrived on `conn`.
@@ -283,13 +402,20 @@ impl LoopCore {
     }
 
     /// Arm the wheel for the session's deadline if it changed. Call after every session call.
+    ///
+    /// A deadline that moved later (the idle timeout moves with every byte) keeps the entry
+    /// already armed: it fires early, the session finds nothing due, and the entry is re-armed
+    /// for the new deadline then. So a busy connection inserts about one entry per idle period
+    /// rather than one per request, and the wheel holds O(connections) entries.
     pub fn sync_timer(&mut self, conn: &mut ConnCore, key: u64) {
-        let want = conn.session.deadline();
-        if want != conn.timer_at {
-            conn.timer_at = want;
-            if let Some(d) = want {
-                self.wheel.insert(d, key);
+        let want = conn.session.deadline(&self.cfg);
+        match (want, conn.timer_at) {
+            (Some(w), Some(armed)) if w >= armed => {}
+            (Some(w), _) => {
+                conn.timer_at = Some(w);
+                self.wheel.insert(w, key);
             }
+            (None, _) => conn.timer_at = None, // the armed entry is ignored when it fires
         }
     }
 
@@ -372,4 +498,71 @@ pub fn accept_error_needs_backoff(err: &std::io::Error) -> bool {
             | Some(rustix::io::Errno::CONNABORTED)
             | Some(rustix::io::Errno::PROTO)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn core(extra: &[&str]) -> LoopCore {
+        let mut argv = vec!["ringlab-server"];
+        argv.extend_from_slice(extra);
+        let args = Args::parse_from(argv);
+        let limit = ConnLimit::new(args.max_conns as usize);
+        LoopCore::with(Arc::new(args.server_config()), &args, 0, limit)
+    }
+
+    /// The idle deadline moves with every byte; the wheel must not gain an entry each time.
+    #[test]
+    fn busy_connection_keeps_one_timer_entry() {
+        let mut lc = core(&["--proto", "http", "--idle-timeout", "60s"]);
+        let mut conn = lc.admit().expect("under the limit");
+        for _ in 0..1000 {
+            std::thread::sleep(Duration::from_micros(20));
+            lc.tick();
+            lc.recv(&mut conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            lc.sync_timer(&mut conn, timer_key(1, 1));
+            let out = conn.session.take_output().expect("a response");
+            lc.tick();
+            lc.sent(&mut conn, out.len());
+            lc.sync_timer(&mut conn, timer_key(1, 1));
+        }
+        assert!(
+            lc.wheel.len() <= 2,
+            "{} wheel entries for one connection",
+            lc.wheel.len()
+        );
+    }
+
+    #[test]
+    fn connection_limit_is_server_wide() {
+        let limit = ConnLimit::new(2);
+        let a = limit.take().expect("first");
+        let b = limit.take().expect("second");
+        assert!(limit.take().is_none());
+        drop(a);
+        let _c = limit.take().expect("a freed slot");
+        drop(b);
+    }
+
+    #[test]
+    fn echo_at_the_limit_pauses_and_http_refuses() {
+        let mut echo = core(&["--max-conns", "1"]);
+        let first = echo.admit().expect("under the limit");
+        assert!(!echo.may_accept());
+        assert!(echo.admit().is_none());
+        assert_eq!(echo.stats.limit_pauses, 1);
+        assert!(echo.accept.retry_at.is_some());
+        drop(first);
+        assert!(echo.may_accept());
+
+        let mut http = core(&["--proto", "http", "--max-conns", "1"]);
+        let _first = http.admit().expect("under the limit");
+        assert!(http.may_accept(), "HTTP accepts, to refuse with 503");
+        let mut refused = http.admit().expect("a refusing session");
+        assert_eq!(http.stats.refused, 1);
+        let out = refused.session.take_output().expect("the 503");
+        assert!(out.starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
+    }
 }

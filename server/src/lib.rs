@@ -151,6 +151,7 @@ pub fn start(args: Args) -> Result<Running, ServerError> {
     let (listeners, listen) = listener::listeners(args.listen, nlisteners, shared, args.backlog)
         .map_err(anyhow::Error::from)?;
     let shutdown = Arc::new(AtomicBool::new(false));
+    let limit = core::ConnLimit::new(usize::try_from(args.max_conns).unwrap_or(usize::MAX));
     let (ready_tx, ready_rx) = mpsc::sync_channel(cores.len() + 1);
     let mut wakers = Vec::new();
     let mut threads = Vec::new();
@@ -165,6 +166,7 @@ pub fn start(args: Args) -> Result<Running, ServerError> {
             shutdown: shutdown.clone(),
             waker,
             ready: ready_tx.clone(),
+            limit: limit.clone(),
         };
         let io = args.io;
         let t = thread::Builder::new()
@@ -191,6 +193,7 @@ pub fn start(args: Args) -> Result<Running, ServerError> {
                 shutdown: shutdown.clone(),
                 waker,
                 ready: ready_tx.clone(),
+                limit: limit.clone(),
             };
             let pin = !args.no_pin;
             let io = args.io;

@@ -39,6 +39,14 @@ pub struct LoopStats {
     /// uring --buf-incremental: receive completions that left their buffer with the kernel
     /// for more (`IORING_CQE_F_BUF_MORE`).
     pub buf_partial: u64,
+    /// HTTP: connections answered `503 Service Unavailable` at --max-conns.
+    pub refused: u64,
+    /// Echo: times a loop stopped accepting at --max-conns.
+    pub limit_pauses: u64,
+    /// HTTP: connections closed by --header-timeout.
+    pub header_timeouts: u64,
+    /// Connections closed by --idle-timeout.
+    pub idle_timeouts: u64,
 }
 
 impl LoopStats {
@@ -61,6 +69,10 @@ impl LoopStats {
         self.zc_copied += o.zc_copied;
         self.recv_bundles += o.recv_bundles;
         self.buf_partial += o.buf_partial;
+        self.refused += o.refused;
+        self.limit_pauses += o.limit_pauses;
+        self.header_timeouts += o.header_timeouts;
+        self.idle_timeouts += o.idle_timeouts;
     }
 }
 
@@ -113,6 +125,10 @@ impl ServerStats {
             "stats io={} proto={} requests={} bytes_in={} bytes_out={} accepted={} closed={} accept_errors={} conn_errors={}\n",
             self.io, self.proto, t.requests, t.bytes_in, t.bytes_out, t.accepted, t.closed,
             t.accept_errors, t.conn_errors
+        );
+        out += &format!(
+            "limits refused={} limit_pauses={} header_timeouts={} idle_timeouts={}\n",
+            t.refused, t.limit_pauses, t.header_timeouts, t.idle_timeouts
         );
         out += &format!(
             "syscalls total={} per_request={:.3} io_uring_enter={} epoll_wait={} epoll_ctl={} accept={} recv={} send={} writev={} shutdown={} close={}\n",

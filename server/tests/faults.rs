@@ -1,13 +1,67 @@
-//! Faults the kernel interface produces: descriptor exhaustion on accept (EMFILE) for every
-//! backend, and io_uring's completion-queue overflow.
+//! Faults the kernel interface and the peers produce: descriptor exhaustion on accept (EMFILE),
+//! io_uring's completion-queue overflow, peers that reset in the middle of an HTTP request or
+//! response, peers that vanish without a FIN (half-open connections), and a slow reader among
+//! fast ones.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{json_u64, pattern, read_to_eof, Server, EXIT_TIMEOUT};
+use common::{
+    assert_bytes_eq, get, json_u64, pattern, poll_until, post, read_to_eof, server_consumed,
+    HttpConn, Server, EXIT_TIMEOUT,
+};
+
+const HELLO: &[u8] = b"Hello, World!";
+
+/// Close `s` with a reset (SO_LINGER 0) instead of a FIN.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// Make `s` vanish the way a crashed or unplugged peer does: no FIN, no RST, nothing. In
+/// TCP_REPAIR mode (needs CAP_NET_ADMIN) a close sends nothing and the kernel forgets the
+/// socket. Without the privilege the socket is returned, to be kept open and silent, which the
+/// server cannot tell apart until it sends something.
+fn vanish(s: TcpStream) -> Option<TcpStream> {
+    let on: libc::c_int = 1;
+    // SAFETY: `s` owns a valid socket descriptor for the duration of the call; the option value
+    // points to a live c_int and the length is its size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_REPAIR,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        drop(s);
+        None
+    } else {
+        Some(s)
+    }
+}
+
+/// A keep-alive HTTP connection that checks it is served.
+fn hello(c: &mut HttpConn, what: &str) {
+    let r = c.request(&get("/"));
+    assert_eq!(
+        r.body,
+        HELLO,
+        "{what}: {:?}",
+        String::from_utf8_lossy(&r.raw)
+    );
+}
 
 /// The server's CPU time (user + system) in seconds, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -60,6 +114,183 @@ backend_tests! {
         drop(conns);
         drop(last);
         srv.stop_and_wait(EXIT_TIMEOUT);
+    }
+}
+
+backend_tests! {
+    /// A peer that resets in the middle of a request (head sent, body partly sent): the
+    /// server drops that connection, counts the error, and serves everyone else.
+    fn http_reset_mid_request(io: &str) {
+        let mut srv = Server::start_with_stats(io, &["--proto", "http"]);
+        let mut bystander = HttpConn::new(srv.connect());
+        hello(&mut bystander, "before the reset");
+        let mut victim = srv.connect();
+        let mut partial = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        partial.extend(pattern(1, 1000));
+        victim.write_all(&partial).unwrap();
+        let port = victim.local_addr().unwrap().port();
+        assert!(
+            poll_until(Duration::from_secs(10), || server_consumed(srv.addr.port(), &[port])),
+            "the server did not read the partial request"
+        );
+        reset(victim);
+        hello(&mut bystander, "after the reset");
+        hello(&mut HttpConn::new(srv.connect()), "a fresh connection");
+        drop(bystander);
+        srv.stop_and_wait(EXIT_TIMEOUT);
+        let st = srv.stats();
+        assert_eq!(json_u64(&st, "total.accepted"), 3, "{st:#}");
+        assert_eq!(json_u64(&st, "total.closed"), 3, "{st:#}");
+        assert!(json_u64(&st, "total.conn_errors") >= 1, "the reset is counted: {st:#}");
+    }
+
+    /// A peer that resets in the middle of a response (20 pipelined 200 KiB echoes, 64 KiB
+    /// read): the server gives up on the rest, and serves everyone else with intact bodies.
+    fn http_reset_mid_response(io: &str) {
+        let mut srv = Server::start_with_stats(io, &["--proto", "http"]);
+        let mut bystander = HttpConn::new(srv.connect());
+        hello(&mut bystander, "before the reset");
+        let mut victim = srv.connect();
+        let body = pattern(2, 200 * 1024);
+        let reqs = post("/echo", &body).repeat(20);
+        let mut w = victim.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            // Fails once the reset is sent; how far it got does not matter.
+            let _ = w.write_all(&reqs);
+        });
+        let mut first = vec![0u8; 64 * 1024];
+        victim.read_exact(&mut first).expect("the start of the first response");
+        assert!(first.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", String::from_utf8_lossy(&first[..64]));
+        reset(victim);
+        writer.join().unwrap();
+        hello(&mut bystander, "after the reset");
+        let mut fresh = HttpConn::new(srv.connect());
+        let r = fresh.request(&post("/echo", &body));
+        assert_bytes_eq(&r.body, &body, "a fresh connection's echo");
+        drop((bystander, fresh));
+        srv.stop_and_wait(EXIT_TIMEOUT);
+        let st = srv.stats();
+        assert_eq!(json_u64(&st, "total.accepted"), 3, "{st:#}");
+        assert_eq!(json_u64(&st, "total.closed"), 3, "{st:#}");
+        assert!(json_u64(&st, "total.conn_errors") >= 1, "the reset is counted: {st:#}");
+    }
+
+    /// Peers that vanish without a FIN (half-open connections) are reaped by --idle-timeout:
+    /// the server's descriptors return to where they were.
+    fn half_open_reaped_by_idle_timeout(io: &str) {
+        const N: usize = 20;
+        let mut srv = Server::start_with_stats(io, &["--proto", "http", "--idle-timeout", "1s"]);
+        // Warm up (lazily opened descriptors of the runtime), then count.
+        {
+            let mut c = HttpConn::new(srv.connect());
+            let r = c.request(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            assert_eq!(r.body, HELLO);
+            c.expect_eof();
+        }
+        // The warm-up's descriptor goes once the server has seen our FIN: wait until the count
+        // stops changing (bounded).
+        let mut baseline = srv.open_fds();
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = srv.open_fds();
+            if now == baseline {
+                break;
+            }
+            baseline = now;
+        }
+        let mut silent = Vec::new();
+        for i in 0..N {
+            let mut c = HttpConn::new(srv.connect());
+            hello(&mut c, &format!("connection {i}"));
+            silent.extend(vanish(c.stream));
+        }
+        if !silent.is_empty() {
+            eprintln!("no CAP_NET_ADMIN for TCP_REPAIR: {} peers stay open and silent", silent.len());
+        }
+        assert!(srv.open_fds() > baseline, "the connections are open");
+        let reaped = poll_until(Duration::from_secs(20), || srv.open_fds() <= baseline);
+        assert!(
+            reaped,
+            "{} descriptors still open, {baseline} before the half-open connections",
+            srv.open_fds()
+        );
+        drop(silent);
+        srv.stop_and_wait(EXIT_TIMEOUT);
+        let st = srv.stats();
+        assert_eq!(json_u64(&st, "total.idle_timeouts"), N as u64, "{st:#}");
+        assert_eq!(json_u64(&st, "total.accepted"), json_u64(&st, "total.closed"), "{st:#}");
+    }
+
+    /// One connection reads its echo slowly (16 KiB every 20 ms, 4 MiB in all) while 20 fast
+    /// connections echo 256 KiB each: the fast ones finish, byte for byte, while the slow one
+    /// is still reading, and the slow one gets every byte too.
+    fn slow_reader_beside_fast_ones(io: &str) {
+        let mut srv = Server::start_with_stats(io, &[]);
+        let slow_msg = pattern(3, 4 << 20);
+        let mut slow = srv.connect();
+        let slow_done = Arc::new(AtomicBool::new(false));
+        let slow_writer = {
+            let mut w = slow.try_clone().unwrap();
+            let m = slow_msg.clone();
+            std::thread::spawn(move || {
+                w.write_all(&m).expect("slow connection: write");
+                w.shutdown(Shutdown::Write).unwrap();
+            })
+        };
+        let mut first = vec![0u8; 16 * 1024];
+        slow.read_exact(&mut first).expect("slow connection: first chunk");
+        let slow_reader = {
+            let done = slow_done.clone();
+            std::thread::spawn(move || {
+                let mut got = first;
+                let mut buf = vec![0u8; 16 * 1024];
+                // Bounded in count and time; each read also has the socket timeout.
+                let deadline = Instant::now() + Duration::from_secs(120);
+                for _ in 0..100_000 {
+                    assert!(Instant::now() < deadline, "slow connection: no EOF within 120 s");
+                    std::thread::sleep(Duration::from_millis(20));
+                    let n = slow.read(&mut buf).expect("slow connection: read");
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                done.store(true, Ordering::Release);
+                got
+            })
+        };
+        let fast: Vec<_> = (0..20u64)
+            .map(|i| {
+                let addr = srv.addr;
+                std::thread::spawn(move || {
+                    let mut s = common::connect(addr);
+                    let m = pattern(100 + i, 256 * 1024);
+                    let mut w = s.try_clone().unwrap();
+                    let m2 = m.clone();
+                    let writer = std::thread::spawn(move || {
+                        w.write_all(&m2).unwrap();
+                        w.shutdown(Shutdown::Write).unwrap();
+                    });
+                    let got = read_to_eof(&mut s, m.len()).expect("fast connection: echo then EOF");
+                    writer.join().unwrap();
+                    assert_bytes_eq(&got, &m, &format!("fast connection {i}"));
+                })
+            })
+            .collect();
+        for f in fast {
+            f.join().expect("a fast connection failed");
+        }
+        assert!(
+            !slow_done.load(Ordering::Acquire),
+            "the fast connections finished only after the slow reader"
+        );
+        slow_writer.join().unwrap();
+        let got = slow_reader.join().expect("the slow connection failed");
+        assert_bytes_eq(&got, &slow_msg, "the slow reader's echo");
+        srv.stop_and_wait(EXIT_TIMEOUT);
+        let st = srv.stats();
+        assert_eq!(json_u64(&st, "total.conn_errors"), 0, "{st:#}");
+        assert_eq!(json_u64(&st, "total.bytes_out"), json_u64(&st, "total.bytes_in"), "{st:#}");
     }
 }
 

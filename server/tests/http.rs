@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::{ErrorKind, Write};
 use std::time::{Duration, Instant};
 
 use common::{get, json_u64, pattern, post, HttpConn, Server, EXIT_TIMEOUT};
@@ -303,6 +304,97 @@ backend_tests! {
             }
         }
         srv.stop_and_wait(EXIT_TIMEOUT);
+    }
+
+    /// 50 clients pipeline `POST /echo` requests (16 KiB bodies, up to 8 MiB per client) and
+    /// never read a response: the server stops reading them (backpressure), its memory stays
+    /// within --out-high-water per connection plus slack, and a fresh connection is served.
+    fn pipelining_clients_that_never_read_bounded_memory(io: &str) {
+        const CONNS: usize = 50;
+        const EACH: usize = 8 << 20;
+        let mut srv = Server::start_with_stats(io, &["--proto", "http"]);
+        let body = pattern(4, 16 * 1024);
+        // Warm up so lazily allocated loop state is in the baseline.
+        {
+            let mut c = HttpConn::new(srv.connect());
+            for _ in 0..10 {
+                assert_eq!(c.request(&post("/echo", &body)).body, body);
+            }
+        }
+        let rss_before = srv.rss_kib();
+        let one = post("/echo", &body);
+        let stream = one.repeat(EACH / one.len() + 1);
+        let mut conns = Vec::new();
+        for _ in 0..CONNS {
+            let s = srv.connect();
+            let r = socket2::SockRef::from(&s);
+            r.set_recv_buffer_size(64 * 1024).unwrap();
+            r.set_send_buffer_size(64 * 1024).unwrap();
+            s.set_nonblocking(true).unwrap();
+            conns.push(s);
+        }
+        let mut sent = vec![0usize; CONNS];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last_progress = Instant::now();
+        // Write round-robin until every client is stuck for a second (or done), bounded.
+        while Instant::now() < deadline && last_progress.elapsed() < Duration::from_secs(1) {
+            let mut progressed = false;
+            for (s, n) in conns.iter_mut().zip(sent.iter_mut()) {
+                if *n >= EACH {
+                    continue;
+                }
+                let end = (*n + 64 * 1024).min(EACH);
+                match s.write(&stream[*n..end]) {
+                    Ok(k) => {
+                        *n += k;
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+            if progressed {
+                last_progress = Instant::now();
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if sent.iter().all(|&n| n >= EACH) {
+                break;
+            }
+        }
+        let total: usize = sent.iter().sum();
+        let rss_after = srv.rss_kib();
+        let growth_mib = rss_after.saturating_sub(rss_before) / 1024;
+        eprintln!(
+            "clients got {} MiB of pipelined requests into the kernel; server RSS {rss_before} -> \
+             {rss_after} KiB",
+            total >> 20
+        );
+        // The budget: per stuck connection the high-water mark (256 KiB), one response past it
+        // and one read's worth of buffered input (64 KiB each, generously), the loop's fixed
+        // read buffers (uring: a 16 MiB provided-buffer ring), and 32 MiB for the allocator and
+        // everything else. Unbounded growth would be the hundreds of MiB sent.
+        let fixed_mib = if io == "uring" { 16 } else { 1 };
+        let budget_mib = (32 + fixed_mib + CONNS * (256 + 64 + 64) / 1024) as u64;
+        assert!(
+            total > CONNS * (2 << 20),
+            "the clients sent only {} MiB: the test did not load the server",
+            total >> 20
+        );
+        let mut fresh = HttpConn::new(srv.connect());
+        assert_eq!(fresh.request(&post("/echo", &body)).body, body, "a fresh connection");
+        drop(fresh);
+        drop(conns);
+        srv.stop_and_wait(EXIT_TIMEOUT);
+        let st = srv.stats();
+        assert!(
+            growth_mib < budget_mib,
+            "server RSS grew by {growth_mib} MiB (budget {budget_mib}) while {} MiB were sent",
+            total >> 20
+        );
+        if io == "uring" {
+            assert!(json_u64(&st, "total.backpressure_pauses") > 0, "{st:#}");
+        }
     }
 
     /// After a known number of requests, the exit statistics count them, the connections, and

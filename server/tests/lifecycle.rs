@@ -4,7 +4,9 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -37,7 +39,133 @@ fn cpu_arg(cpus: &[usize]) -> String {
         .join(",")
 }
 
+/// How one HTTP response ended, as the shutdown test classifies it.
+enum Outcome {
+    /// Status and body, complete per Content-Length.
+    Complete(u16, Vec<u8>),
+    /// The connection ended before any byte of the response.
+    Unanswered,
+    /// The connection ended after part of the response: what the server must never do.
+    Truncated(usize),
+}
+
+/// Read one Content-Length-framed response from `s` (bytes of it may already be in `buf`).
+fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Outcome {
+    let mut tmp = [0u8; 16 * 1024];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_string();
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+            if buf.len() >= i + 4 + len {
+                let body = buf[i + 4..i + 4 + len].to_vec();
+                buf.drain(..i + 4 + len);
+                return Outcome::Complete(status, body);
+            }
+        }
+        match s.read(&mut tmp) {
+            Ok(0) => {}
+            Ok(n) => {
+                buf.extend_from_slice(&tmp[..n]);
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("no response and no close within the read timeout")
+            }
+            Err(_) => {} // reset: like EOF, judged by what arrived
+        }
+        return if buf.is_empty() {
+            Outcome::Unanswered
+        } else {
+            Outcome::Truncated(buf.len())
+        };
+    }
+}
+
+/// One keep-alive client POSTing `body` to /echo back to back until its connection ends
+/// (bounded in count and time). Returns complete responses; panics on a truncated or wrong one.
+fn load_client(addr: SocketAddr, id: u64, done: Arc<AtomicU64>) -> u64 {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(10)) else {
+        return 0;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = Vec::new();
+    let mut ok = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..100_000u64 {
+        if Instant::now() > deadline {
+            break;
+        }
+        let body = pattern(id << 32 | i, 10_000);
+        if s.write_all(&common::post("/echo", &body)).is_err() {
+            break; // the server closed: nothing was sent, nothing is owed
+        }
+        match read_response(&mut s, &mut buf) {
+            Outcome::Complete(status, got) => {
+                assert_eq!(status, 200, "client {id} request {i}");
+                common::assert_bytes_eq(&got, &body, &format!("client {id} request {i}"));
+                ok += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Unanswered => break,
+            Outcome::Truncated(n) => {
+                panic!(
+                    "client {id} request {i}: the connection ended after {n} bytes of the response"
+                )
+            }
+        }
+    }
+    ok
+}
+
 backend_tests! {
+    /// SIGTERM in the middle of a load (8 keep-alive clients POSTing 10 KB to /echo back to
+    /// back): every response any client got is complete and byte-exact, none truncated;
+    /// requests the server did not take before draining get no response at all; exit 0.
+    fn sigterm_under_load_truncates_nothing(io: &str) {
+        const CLIENTS: u64 = 8;
+        let mut srv = Server::start_with_stats(io, &["--proto", "http", "--grace", "10s"]);
+        let done = Arc::new(AtomicU64::new(0));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|id| {
+                let (addr, done) = (srv.addr, done.clone());
+                std::thread::spawn(move || load_client(addr, id, done))
+            })
+            .collect();
+        // Signal once the load is well under way (bounded wait).
+        assert!(
+            poll_until(Duration::from_secs(30), || done.load(Ordering::Relaxed) >= 400),
+            "the load did not get going: {} responses",
+            done.load(Ordering::Relaxed)
+        );
+        srv.stop();
+        let mut total = 0;
+        for c in clients {
+            total += c.join().expect("a client saw a truncated or wrong response");
+        }
+        let (status, stdout, stderr) = srv.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "exit {status}\nstderr:\n{stderr}\nstdout:\n{stdout}");
+        let st = srv.stats();
+        eprintln!("{total} complete responses; server: {}", st["total"]);
+        assert!(total >= 400);
+        // Every request the server took in was answered completely: none lost in the drain.
+        assert_eq!(json_u64(&st, "total.requests"), total, "{st:#}");
+        assert_eq!(json_u64(&st, "total.accepted"), json_u64(&st, "total.closed"), "{st:#}");
+    }
+
     /// SIGTERM while delayed echoes are in flight: every connection still receives its whole
     /// echo and then EOF, the server exits 0 within the grace period, and a connection made
     /// after the signal is not served.

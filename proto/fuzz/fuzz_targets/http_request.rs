@@ -41,7 +41,7 @@ fn run(cfg: &ServerConfig, pieces: &[&[u8]]) -> (Vec<u8>, u32) {
     let start = Instant::now();
     let now = Now::with_fixed_date(start);
     let bound = RequestParser::max_buffered(&cfg.limits);
-    let mut s = Session::new(cfg);
+    let mut s = Session::new(cfg, &now);
     let mut out = Vec::new();
     let mut requests = 0;
     for piece in pieces {

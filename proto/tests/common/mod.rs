@@ -31,7 +31,7 @@ impl Conn {
     pub fn new(cfg: ServerConfig) -> Self {
         let start = Instant::now();
         Conn {
-            s: Session::new(&cfg),
+            s: Session::new(&cfg, &Now::with_fixed_date(start)),
             cfg,
             start,
             now: Now::with_fixed_date(start),

@@ -17,7 +17,9 @@ use ringlab_proto::Action;
 use ringlab_runtime::cpus::pin_current_thread;
 use rustix::event::{poll, PollFd, PollFlags};
 
-use crate::core::{accept_error_needs_backoff, ConnCore, LoopCore, PoolCtx, ACCEPT_BACKOFF};
+use crate::core::{
+    accept_error_needs_backoff, ConnCore, LoopCore, PoolCtx, ACCEPT_BACKOFF, LIMIT_POLL,
+};
 use crate::stats::LoopStats;
 
 /// How often a blocked worker looks up to see whether the server is shutting down.
@@ -27,7 +29,7 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
     let ctx = Arc::new(ctx);
     let workers = ctx.args.workers.max(1);
-    let (tx, rx) = sync_channel::<TcpStream>(ctx.args.backlog.max(1) as usize);
+    let (tx, rx) = sync_channel::<(TcpStream, ConnCore)>(ctx.args.backlog.max(1) as usize);
     let rx = Arc::new(Mutex::new(rx));
     let mut handles = Vec::new();
     for w in 0..workers {
@@ -52,10 +54,17 @@ pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
 }
 
 /// Accept until shutdown, handing connections to the workers (blocking when the queue is full).
-fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<TcpStream>) -> LoopStats {
-    let mut core = LoopCore::with(ctx.cfg.clone(), &ctx.args, ctx.cores[0]);
+fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<(TcpStream, ConnCore)>) -> LoopStats {
+    let mut core = LoopCore::with(ctx.cfg.clone(), &ctx.args, ctx.cores[0], ctx.limit.clone());
     let listener = &ctx.listeners[0];
     while !ctx.shutdown_requested() {
+        core.tick();
+        if !core.may_accept() {
+            // Echo at --max-conns: accept nothing until a slot frees.
+            thread::sleep(LIMIT_POLL);
+            core.accept.retry_at = None;
+            continue;
+        }
         let mut fds = [
             PollFd::new(&**listener, PollFlags::IN),
             PollFd::new(&ctx.waker, PollFlags::IN),
@@ -63,11 +72,28 @@ fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<TcpStream>) -> Loo
         let _ = poll(&mut fds, None);
         ctx.waker.drain();
         loop {
+            core.tick();
+            if !core.may_accept() {
+                core.accept.retry_at = None;
+                break;
+            }
             core.stats.syscalls.accept += 1;
             match rustix::net::accept_with(&**listener, rustix::net::SocketFlags::CLOEXEC) {
                 Ok(fd) => {
-                    core.stats.accepted += 1;
-                    if tx.send(TcpStream::from(fd)).is_err() {
+                    let conn = loop {
+                        core.tick();
+                        if let Some(c) = core.admit() {
+                            break Some(c);
+                        }
+                        if ctx.shutdown_requested() {
+                            break None;
+                        }
+                        thread::sleep(LIMIT_POLL);
+                    };
+                    let Some(conn) = conn else {
+                        return core.stats;
+                    };
+                    if tx.send((TcpStream::from(fd), conn)).is_err() {
                         return core.stats;
                     }
                 }
@@ -90,20 +116,24 @@ fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<TcpStream>) -> Loo
     core.stats
 }
 
-fn worker(ctx: &PoolCtx, cpu: usize, rx: &Mutex<Receiver<TcpStream>>) -> io::Result<LoopStats> {
+fn worker(
+    ctx: &PoolCtx,
+    cpu: usize,
+    rx: &Mutex<Receiver<(TcpStream, ConnCore)>>,
+) -> io::Result<LoopStats> {
     if !ctx.args.no_pin {
         pin_current_thread(cpu).map_err(|e| io::Error::other(e.to_string()))?;
     }
-    let mut core = LoopCore::with(ctx.cfg.clone(), &ctx.args, cpu);
+    let mut core = LoopCore::with(ctx.cfg.clone(), &ctx.args, cpu, ctx.limit.clone());
     loop {
         let next = rx.lock().expect("queue lock").recv_timeout(SHUTDOWN_POLL);
         match next {
-            Ok(s) => serve(ctx, &mut core, s),
+            Ok((s, conn)) => serve(ctx, &mut core, s, conn),
             Err(RecvTimeoutError::Timeout) => {
                 if ctx.shutdown_requested() {
                     // Serve what is queued already, then stop.
-                    while let Ok(s) = rx.lock().expect("queue lock").try_recv() {
-                        serve(ctx, &mut core, s);
+                    while let Ok((s, conn)) = rx.lock().expect("queue lock").try_recv() {
+                        serve(ctx, &mut core, s, conn);
                     }
                     break;
                 }
@@ -114,44 +144,70 @@ fn worker(ctx: &PoolCtx, cpu: usize, rx: &Mutex<Receiver<TcpStream>>) -> io::Res
     Ok(core.stats)
 }
 
-fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream) {
+fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream, mut conn: ConnCore) {
     let cfg = core.cfg.clone();
-    let mut conn = ConnCore::new(&cfg);
     let mut buf = vec![0u8; 16 * 1024];
     let mut stopping = false;
+    // Output taken from the session and not yet written, and how much of it was.
+    let mut out: Option<(bytes::Bytes, usize)> = None;
     loop {
         core.tick();
         if !stopping && ctx.shutdown_requested() {
             stopping = true;
             conn.session.begin_shutdown();
         }
-        while let Some(out) = conn.session.take_output() {
-            core.stats.syscalls.send += 1;
-            match s.write_all(&out) {
-                Ok(()) => core.sent(&mut conn, out.len()),
-                Err(_) => {
-                    conn.session.on_send_failed();
-                    core.stats.conn_errors += 1;
-                }
-            }
+        if out.is_none() {
+            out = conn.session.take_output().map(|b| (b, 0));
         }
         match conn.session.action() {
             Action::Close => break,
-            Action::ShutdownWrite => {
+            Action::ShutdownWrite if out.is_none() => {
                 core.stats.syscalls.shutdown += 1;
                 let _ = s.shutdown(std::net::Shutdown::Write);
                 core.write_shutdown(&mut conn);
                 continue;
             }
-            Action::Continue => {}
+            _ => {}
         }
-        let deadline = conn.session.deadline();
+        let deadline = conn.session.deadline(&cfg);
         let now = Instant::now();
         if deadline.is_some_and(|d| d <= now) {
             core.timeout(&mut conn);
             continue;
         }
-        let wait = deadline.map_or(SHUTDOWN_POLL, |d| (d - now).min(SHUTDOWN_POLL));
+        let wait = deadline
+            .map_or(SHUTDOWN_POLL, |d| (d - now).min(SHUTDOWN_POLL))
+            .max(Duration::from_micros(1));
+        if let Some((b, off)) = &mut out {
+            // A write bounded by the session's deadline: a peer that never reads cannot pin the
+            // worker past its idle timeout.
+            let _ = s.set_write_timeout(Some(wait));
+            core.stats.syscalls.send += 1;
+            let r = s.write(&b[*off..]);
+            core.tick();
+            match r {
+                Ok(n) if n > 0 => {
+                    core.sent(&mut conn, n);
+                    *off += n;
+                    if *off >= b.len() {
+                        out = None;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                _ => {
+                    out = None;
+                    conn.session.on_send_failed();
+                    core.stats.conn_errors += 1;
+                }
+            }
+            continue;
+        }
         if !conn.session.wants_read(&cfg) {
             // Nothing to read (or not allowed to): the worker just waits for the deadline.
             thread::sleep(wait);

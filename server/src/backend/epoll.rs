@@ -233,44 +233,27 @@ impl Loop {
         if !self.listening || self.core.accept.retry_at.is_some() {
             return;
         }
+        // Connections accepted while at --max-conns go first, once there is room.
+        while let Some((fd, core)) = self.core.unhold() {
+            self.add_conn(fd, core);
+        }
         loop {
+            if !self.core.may_accept() {
+                return; // at --max-conns (echo): the listen backlog holds the rest
+            }
             self.core.stats.syscalls.accept += 1;
             match rustix::net::accept_with(
                 &*self.ctx.listener,
                 SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
             ) {
-                Ok(fd) => {
-                    self.core.stats.accepted += 1;
-                    let conn = Conn {
-                        fd,
-                        core: ConnCore::new(&self.core.cfg),
-                        readable: false,
-                        writable: true, // a new socket has an empty send buffer
-                        rdhup: false,
-                        pending: VecDeque::new(),
-                        pending_off: 0,
-                        shut: false,
-                        eof: false,
-                        interest: EventFlags::IN | EventFlags::RDHUP,
-                    };
-                    let (slot, gen) = self.conns.insert(conn);
-                    let c = self.conns.get(slot, gen).expect("just inserted");
-                    let flags = if self.lt {
-                        c.interest
-                    } else {
-                        EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET
-                    };
-                    if let Err(e) = self.epoll.add(
-                        &c.fd,
-                        timer_key(slot, gen),
-                        flags,
-                        &mut self.core.stats.syscalls,
-                    ) {
-                        eprintln!("ringlab-server: epoll_ctl(ADD) for a new connection: {e}");
-                        self.core.stats.conn_errors += 1;
-                        self.close(slot);
+                Ok(fd) => match self.core.admit() {
+                    Some(core) => self.add_conn(fd, core),
+                    None => {
+                        // Another loop took the last slot meanwhile.
+                        self.core.hold(fd);
+                        return;
                     }
-                }
+                },
                 Err(Errno::AGAIN) => return,
                 Err(e) => {
                     let err = io::Error::from(e);
@@ -283,6 +266,42 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// Register an accepted connection.
+    fn add_conn(&mut self, fd: OwnedFd, core: ConnCore) {
+        let conn = Conn {
+            fd,
+            core,
+            readable: false,
+            writable: true, // a new socket has an empty send buffer
+            rdhup: false,
+            pending: VecDeque::new(),
+            pending_off: 0,
+            shut: false,
+            eof: false,
+            interest: EventFlags::IN | EventFlags::RDHUP,
+        };
+        let (slot, gen) = self.conns.insert(conn);
+        let c = self.conns.get(slot, gen).expect("just inserted");
+        let flags = if self.lt {
+            c.interest
+        } else {
+            EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET
+        };
+        if let Err(e) = self.epoll.add(
+            &c.fd,
+            timer_key(slot, gen),
+            flags,
+            &mut self.core.stats.syscalls,
+        ) {
+            eprintln!("ringlab-server: epoll_ctl(ADD) for a new connection: {e}");
+            self.core.stats.conn_errors += 1;
+            self.close(slot);
+            return;
+        }
+        // A refused connection (HTTP at --max-conns) has its 503 ready: send it now.
+        self.pump(slot);
     }
 
     fn close(&mut self, slot: u32) {

@@ -2,7 +2,12 @@
 //! [`crate::core`]; a backend must:
 //!
 //! * accept on `ctx.listener` and keep accepting (backing off on EMFILE/ENFILE through
-//!   [`crate::core::AcceptBackoff`], never spinning);
+//!   [`crate::core::AcceptBackoff`], never spinning), but only while
+//!   [`crate::core::LoopCore::may_accept`] says so (echo at `--max-conns`), and get each new
+//!   connection's state from [`crate::core::LoopCore::admit`] (which answers 503 for HTTP over
+//!   the limit; a socket it cannot take yet is held and retried at `accept.retry_at`);
+//! * race every blocking write against the session's deadline, so that a peer that never reads
+//!   is still closed by `--idle-timeout`;
 //! * feed every received byte, in order, to [`crate::core::LoopCore::recv`], report EOF, errors
 //!   and written bytes, and send whatever the session has ready, in order, without loss;
 //! * read only while the session `wants_read` (backpressure), and do what its `action()` says

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::core::{
     accept_error_needs_backoff, shutdown_watch, stopped, ConnCore, LoopCore, PoolCtx,
-    ACCEPT_BACKOFF,
+    ACCEPT_BACKOFF, LIMIT_POLL,
 };
 use crate::stats::LoopStats;
 
@@ -44,12 +44,18 @@ pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
     let collected: Arc<Mutex<Vec<LoopStats>>> = Arc::default();
     let next = Arc::new(AtomicUsize::new(0));
     let (cores, args, cfg) = (ctx.cores.clone(), ctx.args.clone(), ctx.cfg.clone());
+    let limit = ctx.limit.clone();
     let pin = !args.no_pin;
     let pin_failed: Arc<Mutex<Option<String>>> = Arc::default();
     let started = Arc::new(AtomicUsize::new(0));
     let start = {
-        let (pin_failed, cores, args, cfg) =
-            (pin_failed.clone(), cores.clone(), args.clone(), cfg.clone());
+        let (pin_failed, cores, args, cfg, limit) = (
+            pin_failed.clone(),
+            cores.clone(),
+            args.clone(),
+            cfg.clone(),
+            limit.clone(),
+        );
         let started = started.clone();
         move || {
             let cpu = cores[next.fetch_add(1, Ordering::Relaxed) % cores.len()];
@@ -65,7 +71,9 @@ pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
                         .get_or_insert(e.to_string());
                 }
             }
-            CORE.with(|c| *c.borrow_mut() = Some(LoopCore::with(cfg.clone(), &args, cpu)));
+            CORE.with(|c| {
+                *c.borrow_mut() = Some(LoopCore::with(cfg.clone(), &args, cpu, limit.clone()))
+            });
             started.fetch_add(1, Ordering::AcqRel);
         }
     };
@@ -138,12 +146,28 @@ async fn accept_loop(
 ) {
     let for_conns = stop.clone();
     loop {
+        // Echo at --max-conns: accept nothing until a slot frees (the backlog holds the rest).
+        if !with_core(|c| c.may_accept()) {
+            tokio::select! {
+                _ = tokio::time::sleep(LIMIT_POLL) => continue,
+                _ = stopped(&mut stop) => return,
+            }
+        }
         tokio::select! {
             r = l.accept() => match r {
                 Ok((s, _)) => {
-                    with_core(|c| c.stats.accepted += 1);
+                    // Another listener's task may have taken the last slot meanwhile: wait.
+                    let conn = loop {
+                        if let Some(c) = with_core(|c| c.admit()) {
+                            break c;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(LIMIT_POLL) => {}
+                            _ = stopped(&mut stop) => return,
+                        }
+                    };
                     live.fetch_add(1, Ordering::AcqRel);
-                    tokio::spawn(serve(s, for_conns.clone(), live.clone()));
+                    tokio::spawn(serve(s, conn, for_conns.clone(), live.clone()));
                 }
                 Err(e) if accept_error_needs_backoff(&e) => {
                     with_core(|c| {
@@ -162,36 +186,51 @@ async fn accept_loop(
 
 async fn serve(
     mut s: tokio::net::TcpStream,
+    mut conn: ConnCore,
     mut stop: watch::Receiver<bool>,
     live: Arc<AtomicUsize>,
 ) {
     let cfg = with_core(|c| c.cfg.clone());
-    let mut conn = ConnCore::new(&cfg);
     let mut buf = vec![0u8; 16 * 1024];
     let mut stopping = false;
+    // Output taken from the session and not yet written, and how much of it was.
+    let mut out: Option<(bytes::Bytes, usize)> = None;
+    let (mut rd, mut wr) = s.split();
     loop {
-        while let Some(out) = conn.session.take_output() {
-            match s.write_all(&out).await {
-                Ok(()) => with_core(|c| c.sent(&mut conn, out.len())),
-                Err(_) => {
-                    conn.session.on_send_failed();
-                    with_core(|c| c.stats.conn_errors += 1);
-                }
-            }
+        if out.is_none() {
+            out = conn.session.take_output().map(|b| (b, 0));
         }
         match conn.session.action() {
             Action::Close => break,
-            Action::ShutdownWrite => {
-                let _ = s.shutdown().await;
+            Action::ShutdownWrite if out.is_none() => {
+                let _ = wr.shutdown().await;
                 with_core(|c| c.write_shutdown(&mut conn));
                 continue;
             }
-            Action::Continue => {}
+            _ => {}
         }
         let want = conn.session.wants_read(&cfg);
-        let deadline = conn.session.deadline();
+        let deadline = conn.session.deadline(&cfg);
+        // Writes race the session's deadline too: a peer that never reads cannot pin the task.
+        let pending = out.as_ref().map_or(&[][..], |(b, off)| &b[*off..]);
         tokio::select! {
-            r = s.read(&mut buf), if want => match r {
+            r = wr.write(pending), if out.is_some() => match r {
+                Ok(n) if n > 0 => {
+                    with_core(|c| c.sent(&mut conn, n));
+                    if let Some((b, off)) = &mut out {
+                        *off += n;
+                        if *off >= b.len() {
+                            out = None;
+                        }
+                    }
+                }
+                _ => {
+                    out = None;
+                    conn.session.on_send_failed();
+                    with_core(|c| c.stats.conn_errors += 1);
+                }
+            },
+            r = rd.read(&mut buf), if want => match r {
                 Ok(0) => with_core(|c| c.peer_eof(&mut conn)),
                 Ok(n) => with_core(|c| c.recv(&mut conn, &buf[..n])),
                 Err(_) => with_core(|c| c.conn_error(&mut conn)),

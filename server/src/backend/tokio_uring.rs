@@ -9,8 +9,9 @@
 //!
 //! Completion-model pitfall handled here: dropping a posted read future (say, because a timer
 //! branch of `select!` won) would cancel the operation, and bytes the kernel had already copied
-//! would be lost. So a connection keeps its read future alive across turns and only ever drops
-//! it when the connection closes.
+//! would be lost. So a connection keeps its read and write futures alive across turns (a write
+//! races the session's deadline too, so a peer that never reads cannot pin it forever) and only
+//! ever drops them when the connection closes.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -20,13 +21,14 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use ringlab_proto::Action;
 use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
 use crate::core::{
     accept_error_needs_backoff, shutdown_watch, stopped, ConnCore, LoopCore, LoopCtx,
-    ACCEPT_BACKOFF,
+    ACCEPT_BACKOFF, LIMIT_POLL,
 };
 use crate::stats::LoopStats;
 
@@ -76,12 +78,38 @@ async fn accept_loop(
 ) {
     let for_conns = stop.clone();
     loop {
+        // Echo at --max-conns: accept nothing until a slot frees (the backlog holds the rest).
+        let may = {
+            let mut c = core.borrow_mut();
+            c.tick();
+            c.may_accept()
+        };
+        if !may {
+            tokio::select! {
+                _ = tokio::time::sleep(LIMIT_POLL) => continue,
+                _ = stopped(&mut stop) => return,
+            }
+        }
         tokio::select! {
             r = l.accept() => match r {
                 Ok((s, _)) => {
-                    core.borrow_mut().stats.accepted += 1;
+                    // Another loop may have taken the last slot meanwhile: wait for one.
+                    let conn = loop {
+                        let c = {
+                            let mut c = core.borrow_mut();
+                            c.tick();
+                            c.admit()
+                        };
+                        if let Some(c) = c {
+                            break c;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(LIMIT_POLL) => {}
+                            _ = stopped(&mut stop) => return,
+                        }
+                    };
                     *live.borrow_mut() += 1;
-                    tokio_uring::spawn(serve(s, core.clone(), for_conns.clone(), live.clone()));
+                    tokio_uring::spawn(serve(s, conn, core.clone(), for_conns.clone(), live.clone()));
                 }
                 Err(e) if accept_error_needs_backoff(&e) => {
                     {
@@ -101,9 +129,11 @@ async fn accept_loop(
 }
 
 type ReadFut<'a> = Pin<Box<dyn Future<Output = tokio_uring::BufResult<usize, Vec<u8>>> + 'a>>;
+type WriteFut<'a> = Pin<Box<dyn Future<Output = tokio_uring::BufResult<usize, Bytes>> + 'a>>;
 
 async fn serve(
     s: TcpStream,
+    mut conn: ConnCore,
     core: Core,
     mut stop: watch::Receiver<bool>,
     live: Rc<RefCell<usize>>,
@@ -114,37 +144,55 @@ async fn serve(
         f(&mut c);
     };
     let cfg = core.borrow().cfg.clone();
-    let mut conn = ConnCore::new(&cfg);
     let mut spare = Some(vec![0u8; READ_BUF]);
     let mut read: Option<ReadFut<'_>> = None;
+    // The write in flight: its future, and how long the buffer it writes is.
+    let mut write: Option<(WriteFut<'_>, usize)> = None;
+    // Output taken from the session and not yet written (the part after a short write).
+    let mut out: Option<Bytes> = None;
     let mut stopping = false;
     loop {
-        while let Some(out) = conn.session.take_output() {
-            let len = out.len();
-            let (r, _) = s.write_all(out).await;
-            match r {
-                Ok(()) => with(&mut |c| c.sent(&mut conn, len)),
-                Err(_) => {
-                    conn.session.on_send_failed();
-                    with(&mut |c| c.stats.conn_errors += 1);
-                }
+        if out.is_none() && write.is_none() {
+            out = conn.session.take_output();
+        }
+        if let Some(b) = out.take() {
+            if write.is_none() {
+                let len = b.len();
+                write = Some((Box::pin(s.write(b).submit()), len));
+            } else {
+                out = Some(b);
             }
         }
         match conn.session.action() {
             Action::Close => break,
-            Action::ShutdownWrite => {
+            Action::ShutdownWrite if write.is_none() => {
                 let _ = s.shutdown(std::net::Shutdown::Write);
                 with(&mut |c| c.write_shutdown(&mut conn));
                 continue;
             }
-            Action::Continue => {}
+            _ => {}
         }
         if read.is_none() && conn.session.wants_read(&cfg) {
             let buf = spare.take().unwrap_or_else(|| vec![0u8; READ_BUF]);
             read = Some(Box::pin(s.read(buf)));
         }
-        let deadline = conn.session.deadline();
+        let deadline = conn.session.deadline(&cfg);
         tokio::select! {
+            (r, buf) = async { write.as_mut().expect("guarded").0.as_mut().await }, if write.is_some() => {
+                let len = write.take().map_or(0, |w| w.1);
+                match r {
+                    Ok(n) if n > 0 => {
+                        with(&mut |c| c.sent(&mut conn, n));
+                        if n < len {
+                            out = Some(buf.slice(n..len)); // short write: the rest goes next
+                        }
+                    }
+                    _ => {
+                        conn.session.on_send_failed();
+                        with(&mut |c| c.stats.conn_errors += 1);
+                    }
+                }
+            }
             (r, buf) = async { read.as_mut().expect("guarded").await }, if read.is_some() => {
                 read = None;
                 match r {
@@ -165,6 +213,7 @@ async fn serve(
         }
     }
     drop(read);
+    drop(write);
     core.borrow_mut().stats.closed += 1;
     *live.borrow_mut() -= 1;
 }

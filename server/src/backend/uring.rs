@@ -145,6 +145,7 @@ struct Loop<'r> {
     conns: Slab<Conn>,
     accept_armed: bool,
     accept_cancel_sent: bool,
+    /// A cancel of the multishot accept is in flight (back-off or --max-conns).
     shutting_down: bool,
     /// Operations in flight on the whole ring.
     ops: u64,
@@ -160,6 +161,8 @@ struct Loop<'r> {
     accept_multi: bool,
     /// Accepting waits for a fixed-file slot to free.
     accept_full: bool,
+    /// Fixed files accepted at --max-conns (echo), waiting for a slot.
+    held_fixed: std::collections::VecDeque<u32>,
     /// Sends of at least this many bytes are zero-copy (0: none).
     send_zc: usize,
     /// Multishot recvs are bundles.
@@ -256,6 +259,7 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         fixed_cap,
         accept_multi: false,
         accept_full: false,
+        held_fixed: Default::default(),
         send_zc: a.send_zc,
         bundle: a.recv_bundle,
         pieces: Vec::new(),
@@ -311,6 +315,23 @@ impl Loop<'_> {
     fn arm_accept(&mut self) {
         if self.accept_armed || self.shutting_down {
             return;
+        }
+        // Connections accepted while at --max-conns go first, once there is room.
+        while let Some((fd, core)) = self.core.unhold() {
+            let sock = Sock::Fd(fd.as_raw_fd());
+            let (slot, _) = self.conns.insert(Conn::new(Some(fd), sock, core));
+            self.pump(slot);
+        }
+        while !self.held_fixed.is_empty() {
+            let Some(core) = self.core.admit() else { break };
+            let Some(i) = self.held_fixed.pop_front() else {
+                break;
+            };
+            let (slot, _) = self.conns.insert(Conn::new(None, Sock::Fixed(i), core));
+            self.pump(slot);
+        }
+        if !self.held_fixed.is_empty() || !self.core.may_accept() {
+            return; // at --max-conns (echo): retried at `accept.retry_at`
         }
         let mut multishot = self.multishot_accept;
         if self.fixed {
@@ -547,8 +568,10 @@ impl Loop<'_> {
         }
     }
 
+    /// Stop the multishot accept (once): for a back-off, --max-conns, or to go single-shot
+    /// near a full fixed-file table.
     fn cancel_accept(&mut self) {
-        if self.accept_cancel_sent {
+        if !self.accept_armed || self.accept_cancel_sent {
             return;
         }
         self.accept_cancel_sent = true;
@@ -565,16 +588,26 @@ impl Loop<'_> {
         }
         if res >= 0 && self.fixed {
             // A fixed-file index the kernel allocated: the connection lives in the ring's table.
-            self.core.stats.accepted += 1;
-            let conn = Conn::new(None, Sock::Fixed(res as u32), ConnCore::new(&self.core.cfg));
-            let (slot, _) = self.conns.insert(conn);
+            let i = res as u32;
             if self.shutting_down {
                 // Accepted in the last moment: answer nothing, just close it.
-                if let Some(c) = self.conns.get_slot(slot).map(|(_, c)| c) {
-                    c.core.session.abort();
+                let e = opcode::Close::new(types::Fixed(i))
+                    .build()
+                    .user_data(ud(OP_CLOSE, NO_SLOT, 0));
+                self.push(e);
+            } else {
+                match self.core.admit() {
+                    Some(core) => {
+                        let (slot, _) = self.conns.insert(Conn::new(None, Sock::Fixed(i), core));
+                        self.pump(slot);
+                    }
+                    // At --max-conns (echo): held in the table until a slot frees.
+                    None => self.held_fixed.push_back(i),
+                }
+                if !self.core.may_accept() {
+                    self.cancel_accept();
                 }
             }
-            self.pump(slot);
         } else if res >= 0 {
             // SAFETY: a non-negative accept result is a new descriptor that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(res) };
@@ -582,11 +615,18 @@ impl Loop<'_> {
                 self.core.stats.syscalls.close += 1;
                 drop(fd);
             } else {
-                self.core.stats.accepted += 1;
-                let sock = Sock::Fd(fd.as_raw_fd());
-                let conn = Conn::new(Some(fd), sock, ConnCore::new(&self.core.cfg));
-                let (slot, _) = self.conns.insert(conn);
-                self.pump(slot);
+                match self.core.admit() {
+                    Some(core) => {
+                        let sock = Sock::Fd(fd.as_raw_fd());
+                        let (slot, _) = self.conns.insert(Conn::new(Some(fd), sock, core));
+                        self.pump(slot);
+                    }
+                    // At --max-conns (echo): completions of the multishot already under way.
+                    None => self.core.hold(fd),
+                }
+                if !self.core.may_accept() {
+                    self.cancel_accept();
+                }
             }
         } else {
             let err = io::Error::from_raw_os_error(-res);

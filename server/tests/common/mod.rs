@@ -451,6 +451,13 @@ impl Server {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// Descriptors the server has open, from /proc/PID/fd.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .expect("/proc/PID/fd")
+            .count()
+    }
+
     /// Connect a blocking client socket (with [`IO_TIMEOUT`] read/write timeouts).
     pub fn connect(&self) -> TcpStream {
         connect(self.addr)

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Run every cargo-fuzz target of proto/fuzz (its own workspace, nightly, libFuzzer) for a fixed
+# number of runs each, and say how each went.
+#
+#   scripts/fuzz.sh                     every target, 200000 runs each
+#   scripts/fuzz.sh --runs 1000000      more runs
+#   scripts/fuzz.sh --target echo_session
+#   scripts/fuzz.sh --max-time 600      also stop a target after this many seconds (default 900)
+#
+# Needs a nightly toolchain (`rustup toolchain install nightly`) and cargo-fuzz
+# (`cargo install cargo-fuzz`); without them it exits 2 with one line saying which is missing.
+# A crash leaves its input under proto/fuzz/artifacts/TARGET/ and makes the script exit 1.
+set -euo pipefail
+
+runs=200000
+max_time=900
+only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs="$2"; shift 2 ;;
+    --target) only="$2"; shift 2 ;;
+    --max-time) max_time="$2"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "fuzz.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$runs$max_time" in *[!0-9]*) echo "fuzz.sh: --runs and --max-time take whole numbers" >&2; exit 2 ;; esac
+
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "fuzz.sh: no nightly toolchain; install it with: rustup toolchain install nightly" >&2
+  exit 2
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "fuzz.sh: cargo-fuzz is missing; install it with: cargo install cargo-fuzz" >&2
+  exit 2
+fi
+
+cd "$(dirname "$0")/../proto"
+mapfile -t targets < <(cargo +nightly fuzz list)
+if [ -n "$only" ]; then
+  printf '%s\n' "${targets[@]}" | grep -qx "$only" || { echo "fuzz.sh: no target $only (have: ${targets[*]})" >&2; exit 2; }
+  targets=("$only")
+fi
+
+failed=0
+summary=()
+for t in "${targets[@]}"; do
+  echo "== $t: $runs runs (at most ${max_time}s)"
+  log="$(mktemp)"
+  start=$(date +%s)
+  set +e
+  cargo +nightly fuzz run "$t" -- -runs="$runs" -max_total_time="$max_time" -print_final_stats=1 2>&1 \
+    | tee "$log" | grep -E '^(#[0-9]+ +(DONE|INITED)|==[0-9]+==|SUMMARY|Done|stat::number_of_executed_units)'
+  status=${PIPESTATUS[0]}
+  set -e
+  secs=$(( $(date +%s) - start ))
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  if [ "$status" -eq 0 ]; then
+    summary+=("$t: ok, ${execs:-?} executions in ${secs}s")
+  else
+    summary+=("$t: FAILED (exit $status) after ${execs:-?} executions; see proto/fuzz/artifacts/$t/")
+    failed=1
+  fi
+  rm -f "$log"
+done
+echo "== summary"
+printf '%s\n' "${summary[@]}"
+exit "$failed"
