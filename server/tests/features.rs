@@ -464,3 +464,51 @@ fn sqpoll_thread_sleeps_when_idle() {
     assert!(used < 50, "the idle SQPOLL thread used {used} ticks in 1 s");
     srv.stop_and_wait(EXIT_TIMEOUT);
 }
+
+#[test]
+fn fixed_files_honour_max_conns() {
+    // Over --max-conns (echo) a fixed file the multishot accept already took is held in the
+    // ring's table, unserved, until a slot frees; HTTP answers 503 from a fixed file too.
+    if !uring_ok() {
+        return;
+    }
+    let mut srv = Server::start_with_stats("uring", &["--fixed-files", "--max-conns", "2"]);
+    let mut a = srv.connect();
+    let mut b = srv.connect();
+    for (s, m) in [(&mut a, b"first!"), (&mut b, b"second")] {
+        s.write_all(m).unwrap();
+        let mut got = [0u8; 6];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, m);
+    }
+    let mut c = srv.connect();
+    c.write_all(b"third!").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut got = [0u8; 6];
+    assert!(c.read_exact(&mut got).is_err(), "served beyond --max-conns");
+    drop(a);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.read_exact(&mut got).expect("served once a slot freed");
+    assert_eq!(&got, b"third!");
+    drop((b, c));
+    srv.stop_and_wait(EXIT_TIMEOUT);
+    let st = srv.stats();
+    assert_eq!(json_u64(&st, "total.accepted"), 3, "{st:#}");
+    assert_eq!(json_u64(&st, "total.closed"), 3, "{st:#}");
+
+    let mut srv = Server::start_with_stats(
+        "uring",
+        &["--fixed-files", "--max-conns", "1", "--proto", "http"],
+    );
+    let mut a = HttpConn::new(srv.connect());
+    assert_eq!(a.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+    let mut b = HttpConn::new(srv.connect());
+    let r = b.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 503, "{:?}", String::from_utf8_lossy(&r.raw));
+    b.expect_eof();
+    drop(a);
+    srv.stop_and_wait(EXIT_TIMEOUT);
+    let st = srv.stats();
+    assert_eq!(json_u64(&st, "total.refused"), 1, "{st:#}");
+}
