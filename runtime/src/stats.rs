@@ -2,10 +2,10 @@
 
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Syscalls a loop made, by kind. Plain integers: each loop owns its counters.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SyscallCounters {
     pub io_uring_enter: u64,
     pub io_uring_register: u64,

@@ -82,8 +82,9 @@ pub enum ProtoArg {
 ///
 /// One event loop per listed CPU, each pinned there and owning its ring or epoll instance,
 /// connections, buffers and timers. Prints `ready listen=ADDR io=IO cores=LIST pid=N` once it
-/// accepts connections. SIGINT/SIGTERM: stop accepting, finish responses in flight (up to
-/// --grace), print statistics, exit 0; a second signal exits at once.
+/// accepts connections (with --processes, followed by `processes=N pids=LIST`).
+/// SIGINT/SIGTERM: stop accepting, finish responses in flight (up to --grace), print
+/// statistics, exit 0; a second signal exits at once.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ringlab-server", version, about, long_about)]
 pub struct Args {
@@ -159,6 +160,33 @@ pub struct Args {
     /// Listen backlog (also the blocking backend's queue of accepted connections).
     #[arg(long, default_value_t = 4096)]
     pub backlog: i32,
+    /// Run N server processes on one port (SO_REUSEPORT), each thread-per-core over its share
+    /// of --cores.
+    ///
+    /// What it is for: the descriptor ceiling is per process (`ulimit -n`; 20000 here, and not
+    /// raisable), and every epoll connection takes a slot in it, so N processes hold N times
+    /// as many connections. (io_uring --fixed-files connections take no slot.)
+    ///
+    /// CPUs are split in contiguous shares (`--cores 0-3 --processes 2`: 0,1 and 2,3). With
+    /// more processes than CPUs each process gets one CPU, round-robin, and processes SHARE
+    /// CPUs (`--cores 0,1 --processes 4`: 0, 1, 0, 1), each pinned to its own.
+    ///
+    /// The first process binds every listener, starts the others (this binary, the same
+    /// arguments), prints one ready line ending `processes=N pids=FIRST,..`, forwards
+    /// SIGINT/SIGTERM to them, and prints (and --stats-json writes) their summed statistics
+    /// with a per-process breakdown. If one dies, it names it, stops the rest and exits
+    /// non-zero; the others die with the first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub processes: u16,
+    /// Internal (set by the first process for the others): the PID of the first process.
+    #[arg(long, hide = true, requires = "listen_fds")]
+    pub worker_of: Option<u32>,
+    /// Internal: this worker's index among the processes (the first process is 0).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub worker_index: u16,
+    /// Internal: inherited listening sockets (descriptor numbers), one per loop or one shared.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub listen_fds: Vec<i32>,
 
     /// uring: submission queue entries.
     #[arg(long, default_value_t = 1024, help_heading = "io_uring")]

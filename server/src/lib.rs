@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod core;
 pub mod listener;
+pub mod procs;
 pub mod stats;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,15 +87,7 @@ impl Running {
             config::ProtoArg::Http => "http",
         };
         // One row per CPU: pool backends report a row per thread.
-        per_core.sort_by_key(|s| s.cpu);
-        let mut merged: Vec<LoopStats> = Vec::new();
-        for s in per_core {
-            match merged.last_mut() {
-                Some(m) if m.cpu == s.cpu => m.add(&s),
-                _ => merged.push(s),
-            }
-        }
-        let per_core = merged;
+        let per_core = stats::merge_by_cpu(per_core);
         Ok(ServerStats::new(
             self.args.io.name(),
             proto,
@@ -121,8 +114,18 @@ impl Stopper {
     }
 }
 
-/// Start the server's loops; returns once every loop accepts connections.
+/// Listening sockets bound elsewhere (by the first process of a `--processes` group): one per
+/// loop, or a single one every loop shares; and the address they listen on.
+pub type Bound = (Vec<Arc<std::os::fd::OwnedFd>>, std::net::SocketAddr);
+
+/// Start the server's loops; returns once every loop accepts connections. Listens on
+/// `--listen`, or on the sockets `--listen-fds` names (a worker of `--processes`).
 pub fn start(args: Args) -> Result<Running, ServerError> {
+    start_on(args, None)
+}
+
+/// [`start`], on listeners bound already (`bound`), if given.
+pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError> {
     let cores = args.cores.resolve().context("--cores")?;
     args.validate().map_err(anyhow::Error::msg)?;
     if args.io.needs_uring() {
@@ -148,8 +151,24 @@ pub fn start(args: Args) -> Result<Running, ServerError> {
     } else {
         cores.len()
     };
-    let (listeners, listen) = listener::listeners(args.listen, nlisteners, shared, args.backlog)
-        .map_err(anyhow::Error::from)?;
+    let bound = match bound {
+        Some(b) => Some(b),
+        None if !args.listen_fds.is_empty() => {
+            Some(listener::adopt_inherited(&args.listen_fds).context("inherited listeners")?)
+        }
+        None => None,
+    };
+    let (listeners, listen) = match bound {
+        None => listener::listeners(args.listen, nlisteners, shared, args.backlog)
+            .map_err(anyhow::Error::from)?,
+        Some((l, addr)) if l.len() == nlisteners => (l, addr),
+        Some((l, addr)) if l.len() == 1 => (vec![l[0].clone(); nlisteners], addr),
+        Some((l, _)) => {
+            return Err(
+                anyhow::anyhow!("{} listeners given for {nlisteners} loops", l.len()).into(),
+            )
+        }
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     let limit = core::ConnLimit::new(usize::try_from(args.max_conns).unwrap_or(usize::MAX));
     let (ready_tx, ready_rx) = mpsc::sync_channel(cores.len() + 1);

@@ -73,3 +73,51 @@ pub fn listeners(
     }
     Ok((out, bound))
 }
+
+/// Take over listening sockets inherited from the first process of a `--processes` group
+/// (`--listen-fds`). Returns them (one per loop, or one to share) and their address.
+///
+/// Why inheritance rather than each process binding its own SO_REUSEPORT sockets: the first
+/// process binds every listener of the group, so the exclusive-bind probe above (no second
+/// server may join a busy port) stays meaningful, port 0 is resolved once, and no process can
+/// fail to bind after the others started. The workers never bind at all.
+pub fn adopt_inherited(fds: &[i32]) -> io::Result<(Vec<Arc<OwnedFd>>, SocketAddr)> {
+    use std::os::fd::{BorrowedFd, FromRawFd};
+    let mut out: Vec<(i32, Arc<OwnedFd>)> = Vec::new();
+    for &raw in fds {
+        if let Some((_, fd)) = out.iter().find(|(r, _)| *r == raw) {
+            let fd = fd.clone();
+            out.push((raw, fd));
+            continue;
+        }
+        if raw <= 2 {
+            return Err(io::Error::other(format!(
+                "--listen-fds {raw}: not an inherited listener"
+            )));
+        }
+        // SAFETY: the borrow lives only for the two checks below, which fail with EBADF (and
+        // change nothing) if `raw` is not an open descriptor.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+        let listening = rustix::net::sockopt::socket_acceptconn(borrowed).unwrap_or(false);
+        if !listening {
+            return Err(io::Error::other(format!(
+                "--listen-fds {raw}: not an inherited listening socket (this flag is internal to --processes)"
+            )));
+        }
+        // Close it again on any further exec: it was inheritable only for our own exec.
+        rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)?;
+        // SAFETY: `raw` is open and a listening socket (checked above), the first process
+        // handed it to this process by number, and nothing else in this process owns it: this
+        // runs once at start-up, before any other descriptor is wrapped, and duplicates in the
+        // list share this one owner.
+        let owned = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        out.push((raw, owned));
+    }
+    let first = out
+        .first()
+        .ok_or_else(|| io::Error::other("--listen-fds: no descriptor"))?;
+    let addr = rustix::net::getsockname(&*first.1)?;
+    let addr = SocketAddr::try_from(addr)
+        .map_err(|_| io::Error::other("an inherited listener has no inet address"))?;
+    Ok((out.into_iter().map(|(_, fd)| fd).collect(), addr))
+}

@@ -4,12 +4,25 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringlab_server::{start, Args, ServerError};
+use ringlab_server::{procs, start, Args, ServerError};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(parent) = args.worker_of {
+        if args.processes > 1 {
+            eprintln!("ringlab-server: --worker-of is internal to --processes; drop it");
+            return ExitCode::from(1);
+        }
+        if let Err(e) = procs::become_worker(parent) {
+            return fail(&e);
+        }
+    } else if !args.listen_fds.is_empty() {
+        eprintln!("ringlab-server: --listen-fds is internal to --processes; drop it");
+        return ExitCode::from(1);
+    }
+    let worker = args.worker_of.is_some();
     let stats_json = args.stats_json.clone();
     // Register the handlers before the ready line, so a signal right after it is not lost.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
@@ -19,9 +32,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.processes > 1 {
+        return procs::parent_main(args, signals);
+    }
+    let tag = if worker {
+        format!("ringlab-server[{}]", args.worker_index)
+    } else {
+        "ringlab-server".to_string()
+    };
     let running = match start(args) {
         Ok(r) => r,
-        Err(e) => return fail(&e),
+        Err(e) => return fail_tagged(&tag, &e),
     };
     {
         let mut out = std::io::stdout().lock();
@@ -29,31 +50,36 @@ fn main() -> ExitCode {
         let _ = out.flush();
     }
     let stopper = running.stopper();
+    let signal_tag = tag.clone();
     std::thread::Builder::new()
         .name("ringlab-signals".into())
         .spawn(move || {
             let mut seen = false;
             for sig in signals.forever() {
                 if seen {
-                    eprintln!("ringlab-server: second signal, exiting at once");
+                    eprintln!("{signal_tag}: second signal, exiting at once");
                     std::process::exit(128 + sig);
                 }
                 seen = true;
-                eprintln!("ringlab-server: signal {sig}: draining (send it again to exit at once)");
+                eprintln!("{signal_tag}: signal {sig}: draining (send it again to exit at once)");
                 stopper.stop();
             }
         })
         .expect("spawning the signal thread");
     let stats = match running.join() {
         Ok(s) => s,
-        Err(e) => return fail(&e),
+        Err(e) => return fail_tagged(&tag, &e),
     };
-    print!("{}", stats.summary());
-    let _ = std::io::stdout().flush();
+    // A worker's statistics go to the first process (through --stats-json), which prints the
+    // group's sum.
+    if !worker {
+        print!("{}", stats.summary());
+        let _ = std::io::stdout().flush();
+    }
     if let Some(path) = stats_json {
         let json = serde_json::to_string_pretty(&stats).expect("stats serialize");
         if let Err(e) = std::fs::write(&path, json + "\n") {
-            eprintln!("ringlab-server: cannot write {}: {e}", path.display());
+            eprintln!("{tag}: cannot write {}: {e}", path.display());
             return ExitCode::from(1);
         }
     }
@@ -61,7 +87,11 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &ServerError) -> ExitCode {
-    eprintln!("ringlab-server: {e}");
+    fail_tagged("ringlab-server", e)
+}
+
+fn fail_tagged(tag: &str, e: &ServerError) -> ExitCode {
+    eprintln!("{tag}: {e}");
     match e {
         ServerError::Uring(_) => ExitCode::from(2),
         ServerError::Other(_) => ExitCode::from(1),

@@ -1,11 +1,11 @@
 //! Per-loop statistics, summed at exit.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use ringlab_runtime::stats::SyscallCounters;
 
 /// What one loop did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LoopStats {
     /// The CPU the loop ran on (pinned or not).
     pub cpu: usize,
@@ -85,6 +85,43 @@ pub struct ServerStats {
     pub pid: u32,
     pub total: LoopStats,
     pub per_core: Vec<LoopStats>,
+    /// `--processes N` (N > 1): each process's share, the first process first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessStats>,
+}
+
+/// One process of a `--processes` group.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessStats {
+    /// 0 for the first process.
+    pub index: usize,
+    pub pid: u32,
+    /// Its share of --cores.
+    pub cores: String,
+    /// How it ended: `ok`, or what went wrong.
+    pub exit: String,
+    /// Its loops summed (all zero if its statistics were lost with it).
+    pub total: LoopStats,
+}
+
+/// What the group's first process reads back from a worker's `--stats-json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct WorkerStats {
+    pub pid: u32,
+    pub per_core: Vec<LoopStats>,
+}
+
+/// Merge rows of the same CPU (pool threads, or processes sharing a CPU), ordered by CPU.
+pub fn merge_by_cpu(mut rows: Vec<LoopStats>) -> Vec<LoopStats> {
+    rows.sort_by_key(|s| s.cpu);
+    let mut merged: Vec<LoopStats> = Vec::new();
+    for s in rows {
+        match merged.last_mut() {
+            Some(m) if m.cpu == s.cpu => m.add(&s),
+            _ => merged.push(s),
+        }
+    }
+    merged
 }
 
 impl ServerStats {
@@ -107,6 +144,7 @@ impl ServerStats {
             pid: std::process::id(),
             total,
             per_core,
+            processes: Vec::new(),
         }
     }
 
@@ -140,6 +178,12 @@ impl ServerStats {
                 "uring enobufs={} multishot_rearms={} short_sends={} cq_overflows={} backpressure_pauses={} zc_sends={} zc_copied={} recv_bundles={} buf_partial={}\n",
                 t.enobufs, t.multishot_rearms, t.short_sends, t.cq_overflows, t.backpressure_pauses,
                 t.zc_sends, t.zc_copied, t.recv_bundles, t.buf_partial
+            );
+        }
+        for p in &self.processes {
+            out += &format!(
+                "process index={} pid={} cores={} requests={} accepted={} closed={} exit={}\n",
+                p.index, p.pid, p.cores, p.total.requests, p.total.accepted, p.total.closed, p.exit
             );
         }
         for l in &self.per_core {

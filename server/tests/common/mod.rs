@@ -162,6 +162,8 @@ pub struct Server {
     pub cores: String,
     /// Where `--stats-json` writes, if the server was started with [`Server::start_with_stats`].
     pub stats_path: Option<PathBuf>,
+    /// The whole ready line.
+    pub ready: String,
     child: Child,
     exited: Option<ExitStatus>,
     stdout_rx: Receiver<String>,
@@ -350,6 +352,7 @@ impl Server {
             io: io.to_string(),
             cores: field("cores"),
             stats_path: None,
+            ready: ready.clone(),
             child,
             exited: None,
             stdout_rx,
