@@ -16,6 +16,18 @@ use crate::{backend_args, Bench};
 
 /// Active connections running echo beside the idle ones.
 const ACTIVE: usize = 64;
+/// Echo, a full listen backlog, and no connection limit or idle timeout that would close the
+/// idle connections this scenario holds on purpose.
+const SERVER_ARGS: [&str; 8] = [
+    "--proto",
+    "echo",
+    "--backlog",
+    "4096",
+    "--max-conns",
+    "10000000",
+    "--idle-timeout",
+    "24h",
+];
 /// Descriptors a process keeps for itself (listeners, eventfds, rings, stdio, epoll).
 const HEADROOM: u64 = 256;
 
@@ -381,7 +393,7 @@ impl Bench {
             if args.iter().filter(|a| *a == "--cores").count() > 1 {
                 args.drain(0..2);
             }
-            args.extend(["--proto", "echo", "--backlog", "4096"].map(String::from));
+            args.extend(SERVER_ARGS.map(String::from));
             let target = mult * lim.per_process() + 8192;
             let r = (|| -> Result<(u64, u64)> {
                 let server =
@@ -434,7 +446,7 @@ impl Bench {
         let procs = processes_for(n + ACTIVE as u64 + 16, lim.per_process());
         let mut args = vec!["--cores".to_string(), self.o.server_cores.clone()];
         args.extend(backend_args(backend)?);
-        args.extend(["--proto", "echo", "--backlog", "4096"].map(String::from));
+        args.extend(SERVER_ARGS.map(String::from));
         if fixed {
             args.push("--fixed-files".into());
         }
