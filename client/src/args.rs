@@ -58,7 +58,15 @@ impl ProtoArg {
 /// Exit codes: 0 ok; 1 data errors (echo mismatch, malformed response) or no successful
 /// request; 2 usage or setup error.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ringlab-client", version, about, long_about)]
+// Later occurrences of a flag override earlier ones: `--processes` workers get the user's
+// command line with their shares appended.
+#[command(
+    name = "ringlab-client",
+    version,
+    about,
+    long_about,
+    args_override_self = true
+)]
 pub struct Args {
     /// Server address: `HOST:PORT`, or `http://HOST:PORT/PATH` (sets --path).
     #[arg(value_name = "ADDR")]
@@ -130,6 +138,28 @@ pub struct Args {
     /// connections than one address allows.
     #[arg(long, value_name = "ADDR[-ADDR]")]
     pub bind: Option<String>,
+
+    /// Run the load from K client processes (this one and K-1 started from the same binary),
+    /// for more connections than one process may hold: the descriptor ceiling is per process
+    /// (`ulimit -n`; 20000 here, and not raisable), so K processes hold K times as many
+    /// connections. --conns, --rate, --requests and --connect-rate are split among them, and
+    /// --cores and --bind addresses are shared out (contiguous shares; with more processes
+    /// than CPUs or addresses, one each round-robin, and processes SHARE CPUs). Every process
+    /// gets the same --duration, --warmup and --timeout, and they start together. Results
+    /// merge exactly: counts summed, latency histograms added (percentiles come from the
+    /// merged histogram, never averaged), one --hist-log; the summary and --json look like a
+    /// single run's plus a per-process breakdown. Exit code: the worst of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub processes: u16,
+    /// Internal (set for --processes workers): the PID of the first process.
+    #[arg(long, hide = true, requires = "worker_out")]
+    pub worker_of: Option<u32>,
+    /// Internal: this worker's index (the first process is 0).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub worker_index: u16,
+    /// Internal: where this worker writes its unsummarised results.
+    #[arg(long, hide = true)]
+    pub worker_out: Option<PathBuf>,
 
     /// Write the full results (every percentile, every counter) as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -214,6 +244,19 @@ pub struct RunConfig {
     pub buf_size: u32,
     pub read_buf: usize,
     pub max_events: usize,
+    /// `--processes`: client processes in all.
+    pub processes: usize,
+    /// Set in a `--processes` worker.
+    pub worker: Option<WorkerRole>,
+}
+
+/// What a `--processes` worker is to its first process.
+#[derive(Clone, Debug)]
+pub struct WorkerRole {
+    pub parent: u32,
+    pub index: usize,
+    /// Where its unsummarised results go.
+    pub out: PathBuf,
 }
 
 impl RunConfig {
@@ -302,12 +345,35 @@ impl Args {
         if cpus.is_empty() {
             return Err(setup("--cores: no CPU to run on"));
         }
-        if self.conns < cpus.len() {
+        if self.processes <= 1 && self.conns < cpus.len() {
             return Err(setup(format!(
                 "--conns {} is fewer than the {} loops of --cores {cpus}; give each loop a connection",
                 self.conns,
                 cpus.len()
             )));
+        }
+        if self.worker_of.is_some() && self.processes > 1 {
+            return Err(setup("--worker-of is internal to --processes; drop it"));
+        }
+        if self.worker_of.is_none() && self.worker_out.is_some() {
+            return Err(setup("--worker-out is internal to --processes; drop it"));
+        }
+        let processes = usize::from(self.processes);
+        if processes > 1 {
+            let conns = crate::run::shares(self.conns, processes);
+            for (i, share) in cpus.shares(processes).iter().enumerate() {
+                if conns[i] < share.len() {
+                    return Err(setup(format!(
+                        "--conns {} over --processes {processes} gives process {i} {} connections for its {} loops (CPUs {share}); use more --conns",
+                        self.conns,
+                        conns[i],
+                        share.len()
+                    )));
+                }
+            }
+            if self.requests.is_some_and(|n| n < processes as u64) {
+                return Err(setup("--requests must be at least --processes"));
+            }
         }
         let bind = match &self.bind {
             Some(b) => parse_bind(b).map_err(setup)?,
@@ -415,6 +481,15 @@ impl Args {
             buf_size: self.buf_size,
             read_buf: self.read_buf.max(512),
             max_events: self.max_events.max(1),
+            processes: usize::from(self.processes),
+            worker: match (self.worker_of, &self.worker_out) {
+                (Some(parent), Some(out)) => Some(WorkerRole {
+                    parent,
+                    index: usize::from(self.worker_index),
+                    out: out.clone(),
+                }),
+                _ => None,
+            },
         })
     }
 }

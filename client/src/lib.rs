@@ -14,6 +14,7 @@ pub mod args;
 pub mod conn;
 pub mod driver;
 pub mod engine;
+pub mod procs;
 pub mod report;
 pub mod run;
 pub mod schedule;

@@ -5,33 +5,50 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use ringlab_client::{run_with_stop, Args, RunError};
+use ringlab_client::{procs, run_with_stop, Args, RunError};
 use signal_hook::consts::SIGINT;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let tag = match args.worker_of {
+        Some(_) => format!("ringlab-client[{}]", args.worker_index),
+        None => "ringlab-client".to_string(),
+    };
     let cfg = match args.resolve() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ringlab-client: {e}");
+            eprintln!("{tag}: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(w) = &cfg.worker {
+        if let Err(e) = procs::become_worker(w.parent) {
+            eprintln!("{tag}: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let json = cfg.json.clone();
     // SIGINT: stop early and report what was measured; a second SIGINT exits at once.
     let stop = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register_conditional_shutdown(SIGINT, 130, stop.clone());
     let _ = signal_hook::flag::register(SIGINT, stop.clone());
+    let fail = |e: RunError| {
+        eprintln!("{tag}: {e}");
+        match e {
+            RunError::Setup(_) => ExitCode::from(2),
+            RunError::Failed(_) => ExitCode::from(1),
+        }
+    };
+    if cfg.worker.is_some() {
+        // A worker's results go to the first process, which reports the merged run.
+        return match procs::run_worker(cfg, stop) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => fail(e),
+        };
+    }
     let report = match run_with_stop(cfg, stop) {
         Ok(r) => r,
-        Err(e @ RunError::Setup(_)) => {
-            eprintln!("ringlab-client: {e}");
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("ringlab-client: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return fail(e),
     };
     print!("{}", report.summary());
     let mut code = report.exit_code;

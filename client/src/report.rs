@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::args::RunConfig;
 use crate::engine::ThreadResult;
@@ -97,7 +97,7 @@ impl HistSummary {
 }
 
 /// One loop's CPU use while measuring.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ThreadCpu {
     pub thread: usize,
     pub cpu: usize,
@@ -164,25 +164,151 @@ pub struct Report {
     /// Notes on what went wrong (first data error, connect failures, giving up).
     pub messages: Vec<String>,
     pub exit_code: u8,
+    /// `--processes K` (K > 1): each process's share and results; the figures above are the
+    /// exact merge of these (histograms added).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessResult>,
 }
 
-/// Merge the threads' results into a report.
-pub fn build(cfg: &RunConfig, results: &[ThreadResult], elapsed: Duration) -> Report {
-    let mut corrected = new_hist();
-    let mut raw = new_hist();
-    let mut connect = new_hist();
-    let mut lag = new_hist();
-    let mut counters = Counters::default();
-    let mut errors = Errors::default();
-    let mut messages = Vec::new();
-    let mut cpu = Vec::new();
-    for r in results {
-        let _ = corrected.add(&r.corrected);
-        let _ = raw.add(&r.raw);
-        let _ = connect.add(&r.connect);
-        let _ = lag.add(&r.lag);
-        counters.add(&r.counters);
-        errors.add(&r.errors);
+/// One client process of a `--processes` run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessResult {
+    /// 0 for the first process.
+    pub index: usize,
+    pub pid: u32,
+    pub cores: String,
+    pub conns: usize,
+    pub rate: Option<f64>,
+    /// Measured responses.
+    pub requests: u64,
+    pub requests_per_sec: f64,
+    pub elapsed_s: f64,
+    /// Its own latency (µs), for comparison only: the run's percentiles come from the merged
+    /// histogram.
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    pub latency_max_us: u64,
+    pub errors_total: u64,
+    pub exit_code: u8,
+}
+
+impl ProcessResult {
+    /// Summarise one process's result.
+    pub fn of(
+        index: usize,
+        pid: u32,
+        cores: String,
+        conns: usize,
+        rate: Option<f64>,
+        p: &Partial,
+        exit_code: u8,
+    ) -> Self {
+        let h = &p.corrected;
+        let at = |q: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            }
+        };
+        let secs = p.elapsed.as_secs_f64();
+        ProcessResult {
+            index,
+            pid,
+            cores,
+            conns,
+            rate,
+            requests: p.counters.measured,
+            requests_per_sec: if secs > 0.0 {
+                p.counters.measured as f64 / secs
+            } else {
+                0.0
+            },
+            elapsed_s: secs,
+            latency_p50_us: at(0.5),
+            latency_p99_us: at(0.99),
+            latency_max_us: if h.is_empty() { 0 } else { h.max() },
+            errors_total: p.errors.total(),
+            exit_code,
+        }
+    }
+}
+
+/// What a run measured before it is summarised: the histograms themselves (so results of
+/// several processes merge exactly, by adding histograms), counters, errors, notes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Partial {
+    #[serde(with = "hist_b64")]
+    pub corrected: Histogram<u64>,
+    #[serde(with = "hist_b64")]
+    pub raw: Histogram<u64>,
+    #[serde(with = "hist_b64")]
+    pub connect: Histogram<u64>,
+    #[serde(with = "hist_b64")]
+    pub lag: Histogram<u64>,
+    pub counters: Counters,
+    pub errors: Errors,
+    pub messages: Vec<String>,
+    pub cpu: Vec<ThreadCpu>,
+    /// Measured time.
+    pub elapsed: Duration,
+    /// Something went wrong besides the measurement (exit code at least 1).
+    pub failed: bool,
+}
+
+impl Partial {
+    /// An empty result.
+    pub fn new() -> Partial {
+        Partial {
+            corrected: new_hist(),
+            raw: new_hist(),
+            connect: new_hist(),
+            lag: new_hist(),
+            counters: Counters::default(),
+            errors: Errors::default(),
+            messages: Vec::new(),
+            cpu: Vec::new(),
+            elapsed: Duration::ZERO,
+            failed: false,
+        }
+    }
+
+    /// The threads' results, merged.
+    pub fn of(results: &[ThreadResult], elapsed: Duration) -> Partial {
+        let mut p = Partial::new();
+        p.elapsed = elapsed;
+        for r in results {
+            p.add_thread(r);
+        }
+        p
+    }
+
+    /// Add another process's result: histograms added (never percentiles averaged), counters
+    /// summed, notes kept once, the longer measured time.
+    pub fn merge(&mut self, o: &Partial) {
+        let _ = self.corrected.add(&o.corrected);
+        let _ = self.raw.add(&o.raw);
+        let _ = self.connect.add(&o.connect);
+        let _ = self.lag.add(&o.lag);
+        self.counters.add(&o.counters);
+        self.errors.add(&o.errors);
+        for m in &o.messages {
+            if !self.messages.contains(m) {
+                self.messages.push(m.clone());
+            }
+        }
+        self.cpu.extend(o.cpu.iter().cloned());
+        self.elapsed = self.elapsed.max(o.elapsed);
+        self.failed |= o.failed;
+    }
+
+    fn add_thread(&mut self, r: &ThreadResult) {
+        let _ = self.corrected.add(&r.corrected);
+        let _ = self.raw.add(&r.raw);
+        let _ = self.connect.add(&r.connect);
+        let _ = self.lag.add(&r.lag);
+        self.counters.add(&r.counters);
+        self.errors.add(&r.errors);
         // Giving up names the first connect error already.
         let connect_note = if r.gave_up.is_some() {
             None
@@ -197,8 +323,8 @@ pub fn build(cfg: &RunConfig, results: &[ThreadResult], elapsed: Duration) -> Re
         .iter()
         .flatten()
         {
-            if !messages.contains(m) {
-                messages.push(m.clone());
+            if !self.messages.contains(m) {
+                self.messages.push(m.clone());
             }
         }
         let busy = if r.cpu_wall.is_zero() {
@@ -206,12 +332,65 @@ pub fn build(cfg: &RunConfig, results: &[ThreadResult], elapsed: Duration) -> Re
         } else {
             r.cpu_time.as_secs_f64() / r.cpu_wall.as_secs_f64()
         };
-        cpu.push(ThreadCpu {
+        self.cpu.push(ThreadCpu {
             thread: r.thread,
             cpu: r.cpu,
             busy,
         });
     }
+}
+
+impl Default for Partial {
+    fn default() -> Self {
+        Partial::new()
+    }
+}
+
+/// Histograms in JSON: HdrHistogram's V2 serialization, base64.
+mod hist_b64 {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+    use hdrhistogram::Histogram;
+    use serde::{de::Error as _, ser::Error as _, Deserialize, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &Histogram<u64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = Vec::new();
+        V2Serializer::new()
+            .serialize(h, &mut buf)
+            .map_err(|e| S::Error::custom(format!("{e:?}")))?;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(buf))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Histogram<u64>, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(D::Error::custom)?;
+        Deserializer::new()
+            .deserialize(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| D::Error::custom(format!("bad histogram: {e:?}")))
+    }
+}
+
+/// Merge the threads' results into a report.
+pub fn build(cfg: &RunConfig, results: &[ThreadResult], elapsed: Duration) -> Report {
+    build_from(cfg, Partial::of(results, elapsed))
+}
+
+/// Summarise a (possibly merged) result into a report.
+pub fn build_from(cfg: &RunConfig, p: Partial) -> Report {
+    let Partial {
+        corrected,
+        raw,
+        connect,
+        lag,
+        counters,
+        errors,
+        mut messages,
+        cpu,
+        elapsed,
+        failed,
+    } = p;
     let secs = elapsed.as_secs_f64().max(1e-9);
     let requests = counters.measured;
     let rps = requests as f64 / secs;
@@ -249,6 +428,9 @@ pub fn build(cfg: &RunConfig, results: &[ThreadResult], elapsed: Duration) -> Re
         exit_code = 1;
         messages.push("no request succeeded".to_string());
     }
+    if failed {
+        exit_code = exit_code.max(1);
+    }
     Report {
         client: "ringlab-client",
         version: env!("CARGO_PKG_VERSION"),
@@ -285,6 +467,7 @@ pub fn build(cfg: &RunConfig, results: &[ThreadResult], elapsed: Duration) -> Re
         saturation: sat,
         messages,
         exit_code,
+        processes: Vec::new(),
     }
 }
 
@@ -446,6 +629,23 @@ impl Report {
             .map(|c| format!("CPU {} {:.0}%", c.cpu, c.busy * 100.0))
             .collect();
         let _ = writeln!(o, "  Client CPU: {}", busy.join(", "));
+        for p in &self.processes {
+            let _ = writeln!(
+                o,
+                "  Process {} (pid {}, CPUs {}, {} connections): {} requests, {:.2}/s, p50 {}, p99 {}, max {}, errors {}, exit {}",
+                p.index,
+                p.pid,
+                p.cores,
+                p.conns,
+                p.requests,
+                p.requests_per_sec,
+                fmt_us(p.latency_p50_us),
+                fmt_us(p.latency_p99_us),
+                fmt_us(p.latency_max_us),
+                p.errors_total,
+                p.exit_code
+            );
+        }
         let _ = writeln!(o, "Requests/sec: {:>12.2}", self.requests_per_sec);
         let _ = writeln!(o, "Transfer/sec: {:>12}", fmt_bytes(self.bytes_per_sec));
         for w in &self.saturation.warnings {

@@ -15,7 +15,7 @@ use ringlab_runtime::cpus::pin_current_thread;
 use crate::args::{Io, RunConfig, SetupError};
 use crate::driver::{self, ThreadCtx};
 use crate::engine::{Interval, ThreadPlan, ThreadResult, Timeline};
-use crate::report::{self, fmt_bytes, fmt_us, IntervalLog, Report};
+use crate::report::{self, fmt_bytes, fmt_us, IntervalLog, Partial, Report};
 use crate::stats::new_hist;
 
 /// Why a run could not be done.
@@ -34,7 +34,7 @@ fn setup(msg: impl Into<String>) -> RunError {
 }
 
 /// Split `n` into `parts` nearly equal shares (the first ones larger).
-fn shares(n: usize, parts: usize) -> Vec<usize> {
+pub fn shares(n: usize, parts: usize) -> Vec<usize> {
     (0..parts)
         .map(|i| n / parts + usize::from(i < n % parts))
         .collect()
@@ -187,6 +187,24 @@ pub fn run(cfg: RunConfig) -> Result<Report, RunError> {
 
 /// [`run`], ending early (as if its time were up) once `stop` is set, e.g. by SIGINT.
 pub fn run_with_stop(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, RunError> {
+    if cfg.processes > 1 {
+        return crate::procs::run_group(cfg, stop);
+    }
+    let cfg2 = cfg.clone();
+    let partial = run_partial(cfg, stop, None)?;
+    Ok(report::build_from(&cfg2, partial))
+}
+
+/// Called once every loop is set up and before the time line starts (e.g. to start several
+/// processes together); an error aborts the run.
+pub type Gate = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+/// Run the load and return what it measured, unsummarised (for merging with other processes).
+pub fn run_partial(
+    cfg: RunConfig,
+    stop: Arc<AtomicBool>,
+    gate: Option<Gate>,
+) -> Result<Partial, RunError> {
     preflight(&cfg)?;
     let cfg = Arc::new(cfg);
     let plans = plans(&cfg);
@@ -255,6 +273,17 @@ pub fn run_with_stop(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, Ru
         return Err(setup(format!("loop setup failed: {e}{hint}")));
     }
 
+    if let Some(gate) = gate {
+        if let Err(e) = gate() {
+            for g in &go {
+                let _ = g.send(None);
+            }
+            for h in handles {
+                let _ = h.join();
+            }
+            return Err(setup(e));
+        }
+    }
     // A common time line; the wall-clock time of the start of measurement for the log.
     let now = Instant::now();
     let wall = SystemTime::now();
@@ -335,19 +364,19 @@ pub fn run_with_stop(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, Ru
         .max()
         .unwrap_or_else(Instant::now);
     let elapsed = end.saturating_duration_since(measure_start);
-    let mut report = report::build(&cfg, &results, elapsed);
+    let mut partial = Partial::of(&results, elapsed);
     if stop.load(std::sync::atomic::Ordering::Relaxed) {
-        report
+        partial
             .messages
             .push("interrupted: the results cover the time measured until then".to_string());
     }
     if let Some(e) = ivs.log_error {
-        report
+        partial
             .messages
             .push(format!("--hist-log could not be written completely: {e}"));
-        report.exit_code = report.exit_code.max(1);
+        partial.failed = true;
     }
-    Ok(report)
+    Ok(partial)
 }
 
 fn progress_bar(cfg: &RunConfig) -> Option<ProgressBar> {

@@ -8,7 +8,7 @@ use std::io;
 
 use hdrhistogram::Histogram;
 use ringlab_runtime::stats::SyscallCounters;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Highest value a latency histogram holds, in µs (one hour); larger values are clamped.
 pub const HIST_MAX_US: u64 = 3_600_000_000;
@@ -19,7 +19,7 @@ pub fn new_hist() -> Histogram<u64> {
 }
 
 /// Errors by kind; each counted once per occurrence.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Errors {
     /// connect: ECONNREFUSED.
     pub connect_refused: u64,
@@ -137,7 +137,7 @@ impl Errors {
 }
 
 /// Counters of one thread (or, merged, of the run).
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counters {
     /// Requests sent over the whole run (warmup included).
     pub requests_sent: u64,

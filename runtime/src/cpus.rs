@@ -43,6 +43,27 @@ impl CpuList {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// Each of `parts` processes' share: contiguous, nearly equal shares when there are at
+    /// least as many CPUs as parts; otherwise one CPU each, round-robin (parts share CPUs).
+    pub fn shares(&self, parts: usize) -> Vec<CpuList> {
+        let ids = &self.0;
+        let n = parts.max(1);
+        if ids.is_empty() {
+            return vec![CpuList::default(); n];
+        }
+        if n > ids.len() {
+            return (0..n).map(|i| CpuList(vec![ids[i % ids.len()]])).collect();
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut next = 0;
+        for i in 0..n {
+            let len = ids.len() / n + usize::from(i < ids.len() % n);
+            out.push(CpuList(ids[next..next + len].to_vec()));
+            next += len;
+        }
+        out
+    }
+
     /// A list from ids (duplicates removed, order kept).
     pub fn from_ids(ids: impl IntoIterator<Item = usize>) -> Self {
         let mut v = Vec::new();

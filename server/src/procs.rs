@@ -40,24 +40,7 @@ const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Each process's share of `cores`: contiguous, nearly equal shares when there are at least as
 /// many CPUs as processes; otherwise one CPU each, round-robin (processes then share CPUs).
 pub fn cpu_shares(cores: &CpuList, processes: usize) -> Vec<CpuList> {
-    let ids = cores.ids();
-    let n = processes.max(1);
-    if ids.is_empty() {
-        return vec![CpuList::default(); n];
-    }
-    if n > ids.len() {
-        return (0..n)
-            .map(|i| CpuList::from_ids([ids[i % ids.len()]]))
-            .collect();
-    }
-    let mut out = Vec::with_capacity(n);
-    let mut next = 0;
-    for i in 0..n {
-        let len = ids.len() / n + usize::from(i < ids.len() % n);
-        out.push(CpuList::from_ids(ids[next..next + len].iter().copied()));
-        next += len;
-    }
-    out
+    cores.shares(processes)
 }
 
 /// The command line for a worker: ours minus the flags the parent sets per worker

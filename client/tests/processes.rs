@@ -1,0 +1,145 @@
+//! `--processes K`: shares add up, and results merge exactly (histograms added, percentiles
+//! from the merged histogram, never averaged).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use clap::Parser;
+use common::RinglabServer;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+use ringlab_client::report::{build_from, Partial};
+use ringlab_client::stats::record;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringlab-client");
+
+fn cfg() -> ringlab_client::RunConfig {
+    ringlab_client::Args::parse_from(["ringlab-client", "127.0.0.1:1", "-d", "1s"])
+        .resolve()
+        .expect("resolves")
+}
+
+/// Two processes' results where averaging percentiles would be badly wrong: one saw 1000
+/// responses at 100 µs, the other 10 at 10 ms. Merged, the median is 100 µs (the average of
+/// the two medians would be about 5 ms) and p99.9 is 10 ms. The histograms survive the JSON
+/// the workers write.
+#[test]
+fn merge_adds_histograms_not_percentiles() {
+    let mut a = Partial::new();
+    let mut b = Partial::new();
+    for _ in 0..1000 {
+        record(&mut a.corrected, 100);
+        record(&mut a.raw, 100);
+    }
+    for _ in 0..10 {
+        record(&mut b.corrected, 10_000);
+        record(&mut b.raw, 10_000);
+    }
+    a.counters.measured = 1000;
+    b.counters.measured = 10;
+    a.elapsed = Duration::from_secs(1);
+    b.elapsed = Duration::from_secs(1);
+    // Through the workers' file format.
+    let b: Partial = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+    assert_eq!(b.corrected.len(), 10);
+
+    let avg_median = (a.corrected.value_at_quantile(0.5) + b.corrected.value_at_quantile(0.5)) / 2;
+    let mut merged = a.clone();
+    merged.merge(&b);
+    let r = build_from(&cfg(), merged);
+    assert_eq!(r.requests, 1010);
+    assert_eq!(r.latency_us.count, 1010);
+    let p50 = r.latency_us.percentiles["50"];
+    let p999 = r.latency_us.percentiles["99.9"];
+    assert!((100..=101).contains(&p50), "merged median {p50}");
+    assert!((10_000..=10_010).contains(&p999), "merged p99.9 {p999}");
+    assert!(
+        avg_median > 4_000,
+        "averaging would give {avg_median}, not {p50}"
+    );
+    assert_eq!(r.latency_us.max, b.corrected.max());
+}
+
+/// The interval-histogram counts of an interval log (untagged only).
+fn log_count(path: &std::path::Path) -> u64 {
+    let text = std::fs::read(path).expect("hist log written");
+    let mut d = Deserializer::new();
+    let mut n = 0;
+    for e in IntervalLogIterator::new(&text) {
+        if let LogEntry::Interval(ilh) = e.expect("log parses") {
+            if ilh.tag().is_none() {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(ilh.encoded_histogram())
+                    .expect("base64");
+                let h: Histogram<u64> = d
+                    .deserialize(&mut std::io::Cursor::new(bytes))
+                    .expect("histogram");
+                n += h.len();
+            }
+        }
+    }
+    n
+}
+
+io_tests! {
+    /// `--processes 2` against a server: two processes ran (distinct PIDs, neither this test),
+    /// each did some of the work, the merged request count is the sum of theirs and equals
+    /// --requests, the merged histogram holds every sample, and so does the merged log.
+    fn two_processes_merge(io: &str) {
+        let srv = RinglabServer::start("echo", &[]);
+        let dir = std::env::temp_dir()
+            .join(format!("ringlab-client-procs-{}-{io}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let json = dir.join("out.json");
+        let log = dir.join("out.hlog");
+        let out = Command::new(BIN)
+            .args([&srv.addr.to_string(), "--io", io, "--no-pin", "--processes", "2",
+                   "-c", "4", "-n", "2001", "--timeout", "10s", "--json"])
+            .arg(&json)
+            .arg("--hist-log")
+            .arg(&log)
+            .output()
+            .expect("runs");
+        let summary = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(0), "{summary}\n{}", String::from_utf8_lossy(&out.stderr));
+        let j: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+        let requests = j["requests"].as_u64().expect("requests");
+        assert_eq!(requests, 2001, "shares of --requests add up");
+        assert_eq!(j["conns"].as_u64(), Some(4));
+        assert_eq!(j["latency_us"]["count"].as_u64(), Some(requests));
+        let procs = j["processes"].as_array().expect("processes[]");
+        assert_eq!(procs.len(), 2);
+        let mut sum = 0;
+        for p in procs {
+            let n = p["requests"].as_u64().expect("requests");
+            assert!(n > 0, "{p:#}");
+            assert_eq!(p["exit_code"].as_u64(), Some(0));
+            assert_eq!(p["conns"].as_u64(), Some(2));
+            sum += n;
+        }
+        assert_eq!(sum, requests, "merged count is the sum of the processes'");
+        assert_ne!(procs[0]["pid"], procs[1]["pid"]);
+        assert_ne!(procs[1]["pid"].as_u64(), Some(u64::from(std::process::id())));
+        assert!(summary.contains("Process 1 (pid"), "{summary}");
+        assert_eq!(log_count(&log), requests, "the merged log holds every sample");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Shares that cannot work are refused up front, in one line, with exit code 2.
+#[test]
+fn bad_shares_are_refused() {
+    let out = Command::new(BIN)
+        .args(["127.0.0.1:9", "--processes", "3", "-c", "2", "-d", "1s"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--conns"), "{err}");
+}
