@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::load::{echo_many, log_uniform_sizes};
 use common::{
-    assert_bytes_eq, json_u64, pattern, read_to_eof, threads_of, HttpConn, Server, BIN,
+    assert_bytes_eq, json_u64, pattern, poll_until, read_to_eof, threads_of, HttpConn, Server, BIN,
     EXIT_TIMEOUT,
 };
 
@@ -225,13 +225,14 @@ fn sqpoll_runs_a_kernel_thread_and_keeps_every_byte() {
         return;
     }
     let mut srv = Server::start("uring", &["--sqpoll", "--sqpoll-idle", "50ms"]);
-    let threads = threads_of(srv.pid);
-    assert!(
-        threads
+    // The kernel names the thread when it first runs, which on a busy machine can be a moment
+    // after the ring is set up.
+    let found = poll_until(Duration::from_secs(10), || {
+        threads_of(srv.pid)
             .iter()
-            .any(|(_, comm, _)| comm.starts_with("iou-sqp-")),
-        "no SQPOLL thread: {threads:?}"
-    );
+            .any(|(_, comm, _)| comm.starts_with("iou-sqp-"))
+    });
+    assert!(found, "no SQPOLL thread: {:?}", threads_of(srv.pid));
     let mut s = srv.connect();
     s.write_all(b"sqpoll").unwrap();
     let mut got = [0u8; 6];
@@ -446,6 +447,11 @@ fn sqpoll_thread_sleeps_when_idle() {
             .find(|(_, comm, _)| comm.starts_with("iou-sqp-"))
             .map(|(tid, _, _)| tid)
     };
+    assert!(
+        poll_until(Duration::from_secs(10), || sqp().is_some()),
+        "no SQPOLL thread: {:?}",
+        threads_of(srv.pid)
+    );
     let tid = sqp().expect("an SQPOLL thread");
     let ticks = || -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", srv.pid))
