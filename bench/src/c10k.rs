@@ -146,8 +146,9 @@ fn start_holders(
     for i in 0..count {
         let take = left.min(per);
         left -= take;
-        // One source address per holder: 127.G.0.1, 127.G.0.2, ...
-        let src = format!("127.{group}.0.{}", i + 1);
+        // Eight source addresses per holder (127.G.I.1-8): connect's port search stays short
+        // when no address has most of its ports in use.
+        let src = format!("127.{group}.{}.1-127.{group}.{}.8", i + 1, i + 1);
         let mut c = Command::new(&exe);
         c.args(["hold", addr, "--count", &take.to_string(), "--bind", &src]);
         if let Some(cpu) = cpu {

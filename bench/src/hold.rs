@@ -42,7 +42,9 @@ pub fn parse_bind(s: &str) -> Result<Vec<Ipv4Addr>> {
 
 fn connect_one(addr: SocketAddr, src: Ipv4Addr, timeout: Duration) -> Result<TcpStream> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
+    // The port is chosen at connect (by the 4-tuple): a bind-time port search slows down with
+    // every connection already bound to the address.
+    ringlab_runtime::net::set_bind_address_no_port(&s)?;
     s.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())
         .with_context(|| {
             format!("bind {src}:0 (out of ephemeral ports? give more --bind addresses)")

@@ -111,6 +111,10 @@ struct Opts {
     /// The client's own IO (the same for every backend measured).
     #[arg(long, global = true, default_value = "epoll")]
     client_io: String,
+    /// Client processes per run (ringlab-client --processes): the connections and the client
+    /// CPU list are shared out, the results merged exactly (histograms added).
+    #[arg(long, global = true, default_value_t = 1)]
+    client_processes: usize,
     /// Report directory (default target/ringlab/<scenario>-<time>).
     #[arg(long, global = true)]
     out: Option<PathBuf>,
@@ -403,6 +407,16 @@ impl Bench {
         dur: f64,
     ) -> RunSpec {
         let mut client_args = vec!["--io".to_string(), self.o.client_io.clone()];
+        if self.o.client_processes > 1 {
+            client_args.extend([
+                "--processes".to_string(),
+                self.o.client_processes.to_string(),
+            ]);
+            if self.run.netns.is_some() {
+                // One source address per client process on the client side of the link.
+                client_args.extend(["--bind".to_string(), "10.77.0.10-10.77.0.17".to_string()]);
+            }
+        }
         client_args.extend(client);
         let mut server_args = vec!["--cores".to_string(), self.o.server_cores.clone()];
         server_args.extend(server);

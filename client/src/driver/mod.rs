@@ -70,6 +70,11 @@ pub fn new_socket(
     let s = Socket::new(Domain::for_address(target), ty, Some(Protocol::TCP))?;
     s.set_tcp_nodelay(true)?;
     if let Some(b) = bind {
+        if b.is_ipv4() && b.port() == 0 {
+            // Let connect choose the port by the whole 4-tuple: fast at any count, and more
+            // connections per source address than a bind-time search allows.
+            ringlab_runtime::net::set_bind_address_no_port(&s)?;
+        }
         if let Err(e) = s.bind(&SockAddr::from(b)) {
             if e.raw_os_error() == Some(rustix::io::Errno::ADDRNOTAVAIL.raw_os_error()) {
                 // At bind, EADDRNOTAVAIL means a foreign address, not a lack of ports.
