@@ -86,3 +86,47 @@ fn unknown_scenario_option_fails_with_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no rows for --backends"), "{err}");
 }
+
+#[test]
+fn c10k_holds_idle_connections_and_reports_memory_per_connection() {
+    let dir = out_dir("c10k");
+    let out = Command::new(BIN)
+        .args([
+            "c10k",
+            "--quick",
+            "--conns",
+            "300",
+            "--backends",
+            "epoll,uring-fixed",
+            "--duration",
+            "0.3",
+        ])
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let row = |backend: &str| -> Vec<String> {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| 300 | {backend} |")))
+            .unwrap_or_else(|| panic!("no {backend} row:\n{report}"));
+        line.split('|').map(|c| c.trim().to_string()).collect()
+    };
+    let epoll = row("epoll");
+    let fixed = row("uring-fixed");
+    // Columns: idle, backend, server procs, holders, server fds, ...
+    let fds = |r: &[String]| r[5].parse::<u64>().unwrap();
+    assert!(
+        fds(&epoll) >= 300,
+        "epoll holds a descriptor per connection: {epoll:?}"
+    );
+    assert!(
+        fds(&fixed) < 50,
+        "fixed files take no descriptors: {fixed:?}"
+    );
+    assert!(!epoll[14].starts_with("failed"), "{epoll:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
