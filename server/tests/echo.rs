@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use common::load::{echo_many, log_uniform_sizes};
+use common::load::{echo_many, half_close_echo, log_uniform_sizes};
 use common::{assert_bytes_eq, json_u64, pattern, read_to_eof, Server, EXIT_TIMEOUT};
 use rand::Rng;
 
@@ -55,17 +55,7 @@ backend_tests! {
     /// high-water mark: the writer runs on its own thread while this one reads.
     fn half_close_large(io: &str) {
         let mut srv = Server::start(io, &[]);
-        let mut s = srv.connect();
-        let msg = pattern(8, 8 << 20);
-        let mut w = s.try_clone().unwrap();
-        let to_send = msg.clone();
-        let writer = std::thread::spawn(move || {
-            w.write_all(&to_send)?;
-            w.shutdown(Shutdown::Write)
-        });
-        let got = read_to_eof(&mut s, msg.len());
-        writer.join().unwrap().expect("writing then half-closing");
-        assert_bytes_eq(&got.expect("echo then EOF"), &msg, "echo after half-close");
+        half_close_echo(&srv, 8 << 20, Duration::ZERO);
         srv.stop_and_wait(EXIT_TIMEOUT);
     }
 

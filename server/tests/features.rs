@@ -6,15 +6,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::Shutdown;
 use std::process::Command;
 use std::time::Duration;
 
-use common::load::{echo_many, log_uniform_sizes};
-use common::{
-    assert_bytes_eq, json_u64, pattern, poll_until, read_to_eof, threads_of, HttpConn, Server, BIN,
-    EXIT_TIMEOUT,
-};
+use common::load::{echo_many, half_close_echo, log_uniform_sizes};
+use common::{json_u64, pattern, poll_until, threads_of, HttpConn, Server, BIN, EXIT_TIMEOUT};
 
 /// Skip (or, with RINGLAB_REQUIRE_URING=1, fail) when io_uring is unavailable.
 fn uring_ok() -> bool {
@@ -56,17 +52,7 @@ fn integrity(io: &str, args: &[&str]) -> serde_json::Value {
 /// sends and the graceful shutdown path of the switch.
 fn half_close_large(io: &str, args: &[&str]) {
     let mut srv = Server::start(io, args);
-    let mut s = srv.connect();
-    let msg = pattern(8, 8 << 20);
-    let mut w = s.try_clone().unwrap();
-    let to_send = msg.clone();
-    let writer = std::thread::spawn(move || {
-        w.write_all(&to_send)?;
-        w.shutdown(Shutdown::Write)
-    });
-    let got = read_to_eof(&mut s, msg.len());
-    writer.join().unwrap().expect("writing then half-closing");
-    assert_bytes_eq(&got.expect("echo then EOF"), &msg, "echo after half-close");
+    half_close_echo(&srv, 8 << 20, Duration::ZERO);
     srv.stop_and_wait(EXIT_TIMEOUT);
 }
 
@@ -345,7 +331,8 @@ fn epoll_level_triggered_modifies_interest_under_backpressure() {
     let mut ctls = Vec::new();
     for args in [&["--level-triggered"][..], &[][..]] {
         let mut srv = Server::start_with_stats("epoll", args);
-        half_close_large_on(&srv);
+        // 16 MiB to a client that reads nothing for half a second: writes hit EAGAIN.
+        half_close_echo(&srv, 16 << 20, Duration::from_millis(500));
         srv.stop_and_wait(EXIT_TIMEOUT);
         let st = srv.stats();
         let ctl = json_u64(&st, "total.syscalls.epoll_ctl");
@@ -355,26 +342,6 @@ fn epoll_level_triggered_modifies_interest_under_backpressure() {
         ctls[0] > ctls[1],
         "level-triggered made no EPOLL_CTL_MOD beyond edge-triggered's: {ctls:?}"
     );
-}
-
-/// 16 MiB echoed to a client that reads nothing for half a second (with a small receive
-/// buffer): the server's writes hit EAGAIN and its reads stop for backpressure.
-fn half_close_large_on(srv: &Server) {
-    let mut s = srv.connect();
-    socket2::SockRef::from(&s)
-        .set_recv_buffer_size(64 * 1024)
-        .unwrap();
-    let msg = pattern(8, 16 << 20);
-    let mut w = s.try_clone().unwrap();
-    let to_send = msg.clone();
-    let writer = std::thread::spawn(move || {
-        w.write_all(&to_send)?;
-        w.shutdown(Shutdown::Write)
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let got = read_to_eof(&mut s, msg.len());
-    writer.join().unwrap().expect("writing then half-closing");
-    assert_bytes_eq(&got.expect("echo then EOF"), &msg, "echo after half-close");
 }
 
 #[test]

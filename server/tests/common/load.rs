@@ -1,6 +1,7 @@
 //! Echo load for tests: many concurrent connections, every byte verified.
 
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -105,4 +106,28 @@ pub fn log_uniform_sizes(n: usize, seed: u64) -> Vec<usize> {
             }
         })
         .collect()
+}
+
+/// One connection echoes `len` bytes while the client writes them all from another thread and
+/// then half-closes; every byte must come back, then EOF. With a `pause`, the reader starts that
+/// much later on a small receive buffer, so the server's writes hit EAGAIN and its reads stop for
+/// backpressure meanwhile.
+pub fn half_close_echo(srv: &super::Server, len: usize, pause: Duration) {
+    let mut s = srv.connect();
+    if !pause.is_zero() {
+        socket2::SockRef::from(&s)
+            .set_recv_buffer_size(64 * 1024)
+            .unwrap();
+    }
+    let msg = super::pattern(8, len);
+    let mut w = s.try_clone().unwrap();
+    let to_send = msg.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&to_send)?;
+        w.shutdown(Shutdown::Write)
+    });
+    std::thread::sleep(pause);
+    let got = super::read_to_eof(&mut s, msg.len());
+    writer.join().unwrap().expect("writing then half-closing");
+    super::assert_bytes_eq(&got.expect("echo then EOF"), &msg, "echo after half-close");
 }
