@@ -569,6 +569,55 @@ impl Drop for BufRing {
 mod tests {
     use super::*;
 
+    /// A scratch ring, or `None` where io_uring is unavailable (a failure with
+    /// RINGLAB_REQUIRE_URING=1).
+    fn ring() -> Option<IoUring> {
+        match IoUring::new(8) {
+            Ok(r) => Some(r),
+            Err(e) if std::env::var("RINGLAB_REQUIRE_URING").is_ok_and(|v| v == "1") => {
+                panic!("RINGLAB_REQUIRE_URING=1 but io_uring is unavailable: {e}")
+            }
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn bundle_pieces_follow_ring_order_not_id_order() {
+        let Some(ring) = ring() else { return };
+        let mut br = BufRing::new(&ring.submitter(), 0, 4, 16).unwrap();
+        // Published: positions 0..4 hold ids 0, 1, 2, 3. The kernel takes ids 0 and 1; they come
+        // back out of order: id 1 at position 4, id 0 at position 5.
+        br.recycle(1);
+        br.recycle(0);
+        // A bundle of 56 bytes starting with id 2 (position 2) continues with the ids published
+        // after it: 3, then 1, then 0 (8 bytes).
+        let mut out = Vec::new();
+        br.pieces(2, 56, true, false, &mut out);
+        let ids: Vec<(u16, usize)> = out.iter().map(|p| (p.bid, p.len)).collect();
+        assert_eq!(ids, vec![(2, 16), (3, 16), (1, 16), (0, 8)]);
+        assert!(out.iter().all(|p| p.done && p.start == 0));
+        // Not a bundle: one piece, whatever follows.
+        out.clear();
+        br.pieces(2, 10, false, false, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].bid, out[0].len), (2, 10));
+    }
+
+    #[test]
+    fn incremental_pieces_continue_where_the_last_ended() {
+        let Some(ring) = ring() else { return };
+        let mut br = match BufRing::with_flags(&ring.submitter(), 0, 4, 64, PBUF_RING_INC) {
+            Ok(b) => b,
+            Err(_) => return, // a kernel before 6.12
+        };
+        let mut out = Vec::new();
+        br.pieces(1, 5, false, true, &mut out); // BUF_MORE: the kernel keeps the buffer
+        br.pieces(1, 7, false, false, &mut out); // done with it
+        br.pieces(1, 3, false, false, &mut out); // reused from the start after recycling
+        let got: Vec<(usize, usize, bool)> = out.iter().map(|p| (p.start, p.len, p.done)).collect();
+        assert_eq!(got, vec![(0, 5, false), (5, 7, true), (0, 3, true)]);
+    }
+
     #[test]
     fn user_data_round_trips() {
         for (op, gen, slot) in [

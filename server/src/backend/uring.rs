@@ -669,8 +669,16 @@ impl Loop<'_> {
             conns, core, bufs, ..
         } = self;
         let Some(c) = conns.get(u.slot, u.gen) else {
+            // A completion for a connection already gone: give its buffers back, all of a
+            // bundle's, and none the kernel goes on filling (incremental consumption).
             if let (Some(bid), Some(b)) = (cqueue::buffer_select(flags), bufs.as_mut()) {
-                b.recycle(bid);
+                let pieces = &mut self.pieces;
+                pieces.clear();
+                let n = usize::try_from(res).unwrap_or(0);
+                b.pieces(bid, n, self.bundle, cqueue::buffer_more(flags), pieces);
+                for p in pieces.iter().filter(|p| p.done) {
+                    b.recycle(p.bid);
+                }
             }
             return;
         };
