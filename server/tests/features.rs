@@ -485,3 +485,52 @@ fn fixed_files_honour_max_conns() {
     let st = srv.stats();
     assert_eq!(json_u64(&st, "total.refused"), 1, "{st:#}");
 }
+
+/// CPU ticks (user + system) of process `pid` so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[test]
+fn epoll_level_triggered_does_not_spin_on_a_reset_it_cannot_act_on_yet() {
+    // Level-triggered, the kernel reports ERR/HUP on every wait whatever the interest. A peer
+    // that resets while its connection is neither read (past the high-water mark) nor written
+    // (its echo held by --delay) must not make the loop spin until the delay is over.
+    let mut srv = Server::start(
+        "epoll",
+        &[
+            "--level-triggered",
+            "--delay",
+            "2s",
+            "--out-high-water",
+            "1024",
+        ],
+    );
+    let mut s = srv.connect();
+    s.write_all(&pattern(3, 64 * 1024)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s); // RST
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = cpu_ticks(srv.pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(srv.pid) - t0;
+    assert!(
+        used < 30,
+        "the loop used {used} ticks in 1 s after the reset"
+    );
+    // Still serving.
+    let mut c = srv.connect();
+    c.write_all(b"ok").unwrap();
+    let mut b = [0u8; 2];
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ok");
+    drop(c);
+    srv.stop_and_wait(EXIT_TIMEOUT);
+}

@@ -54,8 +54,11 @@ struct Conn {
     shut: bool,
     /// The peer's EOF was read.
     eof: bool,
-    /// Level-triggered mode: the events the socket is registered for.
+    /// Level-triggered mode: the events the socket is registered for, whether it is in the
+    /// epoll set at all, and whether the kernel reported HUP or ERR for it.
     interest: EventFlags,
+    registered: bool,
+    hup: bool,
 }
 
 struct Loop {
@@ -163,7 +166,11 @@ impl Loop {
                     _ => {
                         let (slot, gen) = timer_key_parts(key);
                         let f = ev.flags;
+                        let lt = self.lt;
                         if let Some(c) = self.conns.get(slot, gen) {
+                            if lt && f.intersects(EventFlags::HUP | EventFlags::ERR) {
+                                c.hup = true;
+                            }
                             if f.intersects(
                                 EventFlags::IN
                                     | EventFlags::RDHUP
@@ -281,6 +288,8 @@ impl Loop {
             shut: false,
             eof: false,
             interest: EventFlags::IN | EventFlags::RDHUP,
+            registered: true,
+            hup: false,
         };
         let (slot, gen) = self.conns.insert(conn);
         let c = self.conns.get(slot, gen).expect("just inserted");
@@ -378,6 +387,7 @@ impl Loop {
         let Loop {
             conns, core, epoll, ..
         } = self;
+        let mut failed = false;
         if let Some((gen, c)) = conns.get_slot(slot) {
             if self.lt {
                 // Register for exactly what the connection waits for now.
@@ -388,18 +398,39 @@ impl Loop {
                 if !c.writable && !c.pending.is_empty() {
                     want |= EventFlags::OUT;
                 }
-                if want != c.interest {
+                let key = timer_key(slot, gen);
+                let sc = &mut core.stats.syscalls;
+                let r = if c.hup && want.is_empty() {
+                    // HUP and ERR are reported whatever the interest, and level-triggered on
+                    // every wait: with nothing to do until a timer fires, leave the set rather
+                    // than spin on them.
+                    let r = if c.registered {
+                        epoll.delete(&c.fd, sc)
+                    } else {
+                        Ok(())
+                    };
+                    c.registered = false;
+                    r
+                } else if !c.registered {
+                    c.registered = true;
                     c.interest = want;
-                    let key = timer_key(slot, gen);
-                    if epoll
-                        .modify(&c.fd, key, want, &mut core.stats.syscalls)
-                        .is_err()
-                    {
-                        core.conn_error(&mut c.core);
-                    }
+                    epoll.add(&c.fd, key, want, sc)
+                } else if want != c.interest {
+                    c.interest = want;
+                    epoll.modify(&c.fd, key, want, sc)
+                } else {
+                    Ok(())
+                };
+                if r.is_err() {
+                    core.conn_error(&mut c.core);
+                    failed = true;
                 }
             }
             core.sync_timer(&mut c.core, timer_key(slot, gen));
+        }
+        if failed {
+            // The session now asks for the close.
+            self.pump(slot);
         }
     }
 }
