@@ -317,6 +317,14 @@ impl Args {
         if self.sqpoll_cpu.is_some() && !self.sqpoll {
             return Err("--sqpoll-cpu needs --sqpoll".into());
         }
+        if let Some(cpu) = self.sqpoll_cpu {
+            let avail = ringlab_runtime::cpus::available_cpus();
+            if !avail.ids().contains(&(cpu as usize)) {
+                return Err(format!(
+                    "--sqpoll-cpu {cpu}: no such CPU available to this process (available: {avail})"
+                ));
+            }
+        }
         if self.napi_busy_poll.as_micros() > u128::from(u32::MAX)
             || self.busy_poll.as_micros() > u128::from(u32::MAX)
         {

@@ -384,6 +384,10 @@ fn switches_for_another_backend_are_refused_with_one_line() {
             &["--io", "uring", "--sqpoll-cpu", "0"][..],
             "--sqpoll-cpu needs --sqpoll",
         ),
+        (
+            &["--io", "uring", "--sqpoll", "--sqpoll-cpu", "4096"][..],
+            "--sqpoll-cpu 4096: no such CPU",
+        ),
     ] {
         let out = Command::new(BIN)
             .args(args)
