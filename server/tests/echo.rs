@@ -3,11 +3,13 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use common::load::{echo_many, half_close_echo, log_uniform_sizes};
+use common::load::{
+    echo_many, half_close_echo, log_uniform_sizes, push_until_blocked, small_buffer_conns,
+};
 use common::{assert_bytes_eq, json_u64, pattern, read_to_eof, Server, EXIT_TIMEOUT};
 use rand::Rng;
 
@@ -175,47 +177,9 @@ backend_tests! {
             assert_eq!(read_to_eof(&mut s, 100_000).unwrap().len(), 100_000);
         }
         let rss_before = srv.rss_kib();
-        let mut conns = Vec::new();
-        for _ in 0..CONNS {
-            let s = srv.connect();
-            // Small client buffers, so the kernel cannot absorb the whole 8 MiB on our side.
-            let r = socket2::SockRef::from(&s);
-            r.set_recv_buffer_size(64 * 1024).unwrap();
-            r.set_send_buffer_size(64 * 1024).unwrap();
-            s.set_nonblocking(true).unwrap();
-            conns.push(s);
-        }
+        let mut conns = small_buffer_conns(&srv, CONNS);
         let chunk = pattern(2, 64 * 1024);
-        let mut sent = vec![0usize; CONNS];
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last_progress = Instant::now();
-        // Write round-robin until every connection has sent everything or no connection has
-        // made progress for a second (they are all blocked), bounded by the deadline.
-        while Instant::now() < deadline && last_progress.elapsed() < Duration::from_secs(1) {
-            let mut progressed = false;
-            for (s, n) in conns.iter_mut().zip(sent.iter_mut()) {
-                if *n >= EACH {
-                    continue;
-                }
-                let len = (EACH - *n).min(chunk.len());
-                match s.write(&chunk[..len]) {
-                    Ok(k) => {
-                        *n += k;
-                        progressed = true;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) => panic!("write: {e}"),
-                }
-            }
-            if progressed {
-                last_progress = Instant::now();
-            } else {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if sent.iter().all(|&n| n >= EACH) {
-                break;
-            }
-        }
+        let sent = push_until_blocked(&mut conns, EACH, |n| &chunk[..(EACH - n).min(chunk.len())]);
         let total: usize = sent.iter().sum();
         let rss_after = srv.rss_kib();
         let growth_mib = rss_after.saturating_sub(rss_before) / 1024;

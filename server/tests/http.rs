@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io::{ErrorKind, Write};
 use std::time::{Duration, Instant};
 
+use common::load::{push_until_blocked, small_buffer_conns};
 use common::{get, json_u64, pattern, post, HttpConn, Server, EXIT_TIMEOUT};
 
 const HELLO: &[u8] = b"Hello, World!";
@@ -324,44 +324,8 @@ backend_tests! {
         let rss_before = srv.rss_kib();
         let one = post("/echo", &body);
         let stream = one.repeat(EACH / one.len() + 1);
-        let mut conns = Vec::new();
-        for _ in 0..CONNS {
-            let s = srv.connect();
-            let r = socket2::SockRef::from(&s);
-            r.set_recv_buffer_size(64 * 1024).unwrap();
-            r.set_send_buffer_size(64 * 1024).unwrap();
-            s.set_nonblocking(true).unwrap();
-            conns.push(s);
-        }
-        let mut sent = vec![0usize; CONNS];
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last_progress = Instant::now();
-        // Write round-robin until every client is stuck for a second (or done), bounded.
-        while Instant::now() < deadline && last_progress.elapsed() < Duration::from_secs(1) {
-            let mut progressed = false;
-            for (s, n) in conns.iter_mut().zip(sent.iter_mut()) {
-                if *n >= EACH {
-                    continue;
-                }
-                let end = (*n + 64 * 1024).min(EACH);
-                match s.write(&stream[*n..end]) {
-                    Ok(k) => {
-                        *n += k;
-                        progressed = true;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) => panic!("write: {e}"),
-                }
-            }
-            if progressed {
-                last_progress = Instant::now();
-            } else {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if sent.iter().all(|&n| n >= EACH) {
-                break;
-            }
-        }
+        let mut conns = small_buffer_conns(&srv, CONNS);
+        let sent = push_until_blocked(&mut conns, EACH, |n| &stream[n..(n + 64 * 1024).min(EACH)]);
         let total: usize = sent.iter().sum();
         let rss_after = srv.rss_kib();
         let growth_mib = rss_after.saturating_sub(rss_before) / 1024;

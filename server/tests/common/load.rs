@@ -1,8 +1,8 @@
 //! Echo load for tests: many concurrent connections, every byte verified.
 
-use std::io::Write;
-use std::net::{Shutdown, SocketAddr};
-use std::time::Duration;
+use std::io::{ErrorKind, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,4 +130,57 @@ pub fn half_close_echo(srv: &super::Server, len: usize, pause: Duration) {
     let got = super::read_to_eof(&mut s, msg.len());
     writer.join().unwrap().expect("writing then half-closing");
     super::assert_bytes_eq(&got.expect("echo then EOF"), &msg, "echo after half-close");
+}
+
+/// `n` non-blocking connections with 64 KiB socket buffers, so the client side's kernel cannot
+/// absorb what the server stops reading.
+pub fn small_buffer_conns(srv: &super::Server, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let s = srv.connect();
+            let r = socket2::SockRef::from(&s);
+            r.set_recv_buffer_size(64 * 1024).unwrap();
+            r.set_send_buffer_size(64 * 1024).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// Write `each` bytes to every connection, round-robin, until all is sent or no connection has
+/// made progress for a second (they are all blocked), bounded by 60 s. `next(sent)` gives the
+/// bytes to write after `sent` bytes. Returns the bytes sent on each connection.
+pub fn push_until_blocked<'a>(
+    conns: &mut [TcpStream],
+    each: usize,
+    next: impl Fn(usize) -> &'a [u8],
+) -> Vec<usize> {
+    let mut sent = vec![0usize; conns.len()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_progress = Instant::now();
+    while Instant::now() < deadline && last_progress.elapsed() < Duration::from_secs(1) {
+        let mut progressed = false;
+        for (s, n) in conns.iter_mut().zip(sent.iter_mut()) {
+            if *n >= each {
+                continue;
+            }
+            match s.write(next(*n)) {
+                Ok(k) => {
+                    *n += k;
+                    progressed = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        if progressed {
+            last_progress = Instant::now();
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if sent.iter().all(|&n| n >= each) {
+            break;
+        }
+    }
+    sent
 }
