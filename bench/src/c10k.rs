@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
-use crate::procs::{rss_kib, Server};
+use crate::procs::{open_fds, rss_kib, Server};
 use crate::report::Report;
 use crate::run::{drive, RunResult};
 use crate::{backend_args, Bench};
@@ -405,13 +405,7 @@ impl Bench {
                     .iter()
                     .map(|h| field(&h.line, "echo_ok=") as u64)
                     .sum();
-                let fds: u64 = server
-                    .pids
-                    .iter()
-                    .map(|p| {
-                        std::fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count() as u64)
-                    })
-                    .sum();
+                let fds = open_fds(&server.pids);
                 let errs = stop_holders(holders, failed);
                 let _ = server.stop();
                 if !errs.is_empty() {
@@ -492,10 +486,7 @@ impl Bench {
         }
         std::thread::sleep(Duration::from_millis(300));
         let (rss1, (slab1, tcp1)) = (rss(), kernel_mem());
-        let server_fds: u64 = pids
-            .iter()
-            .map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count() as u64))
-            .sum();
+        let server_fds = open_fds(&pids);
         let connect_s = holders
             .iter()
             .map(|h| field(&h.line, "connect_s="))

@@ -108,6 +108,13 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Descriptors open in all of `pids` (from /proc/PID/fd; a process that is gone counts 0).
+pub fn open_fds(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count() as u64))
+        .sum()
+}
+
 impl ProcSample {
     /// The sum over several processes.
     pub fn read_all(pids: &[u32]) -> Result<ProcSample> {

@@ -85,19 +85,13 @@ fn http_pipelined(io: &str, args: &[&str]) {
     srv.stop_and_wait(EXIT_TIMEOUT);
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn fixed_files_hold_no_process_descriptors() {
     if !uring_ok() {
         return;
     }
     let mut srv = Server::start_with_stats("uring", &["--fixed-files"]);
-    let before = open_fds(srv.pid);
+    let before = srv.open_fds();
     let mut conns: Vec<_> = (0..300).map(|_| srv.connect()).collect();
     for (i, s) in conns.iter_mut().enumerate() {
         let msg = pattern(i as u64, 100);
@@ -106,7 +100,7 @@ fn fixed_files_hold_no_process_descriptors() {
         s.read_exact(&mut got).unwrap();
         assert_eq!(got, msg);
     }
-    let during = open_fds(srv.pid);
+    let during = srv.open_fds();
     assert!(
         during < before + 10,
         "300 connections held as fixed files took process descriptors: {before} → {during}"
@@ -125,14 +119,14 @@ fn without_fixed_files_each_connection_is_a_descriptor() {
         return;
     }
     let mut srv = Server::start("uring", &[]);
-    let before = open_fds(srv.pid);
+    let before = srv.open_fds();
     let mut conns: Vec<_> = (0..300).map(|_| srv.connect()).collect();
     for s in conns.iter_mut() {
         s.write_all(b"x").unwrap();
         let mut b = [0u8; 1];
         s.read_exact(&mut b).unwrap();
     }
-    assert!(open_fds(srv.pid) >= before + 300);
+    assert!(srv.open_fds() >= before + 300);
     drop(conns);
     srv.stop_and_wait(EXIT_TIMEOUT);
 }
@@ -424,15 +418,7 @@ fn sqpoll_thread_sleeps_when_idle() {
         threads_of(srv.pid)
     );
     let tid = sqp().expect("an SQPOLL thread");
-    let ticks = || -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", srv.pid))
-            .unwrap_or_default();
-        // utime and stime: fields 14 and 15, counted after the ")" that ends the name.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0)
-    };
+    let ticks = || cpu_ticks(&format!("/proc/{}/task/{tid}", srv.pid));
     // Let it go idle, then watch one second: a spinning thread would use ~100 ticks.
     std::thread::sleep(Duration::from_millis(200));
     let t0 = ticks();
@@ -490,9 +476,11 @@ fn fixed_files_honour_max_conns() {
     assert_eq!(json_u64(&st, "total.refused"), 1, "{st:#}");
 }
 
-/// CPU ticks (user + system) of process `pid` so far.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// CPU ticks (user + system) so far of the process or thread at `proc_dir` (`/proc/PID` or
+/// `/proc/PID/task/TID`).
+fn cpu_ticks(proc_dir: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
+    // utime and stime: fields 14 and 15, counted after the ")" that ends the name.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
@@ -522,9 +510,9 @@ fn epoll_level_triggered_does_not_spin_on_a_reset_it_cannot_act_on_yet() {
         .unwrap();
     drop(s); // RST
     std::thread::sleep(Duration::from_millis(100));
-    let t0 = cpu_ticks(srv.pid);
+    let t0 = cpu_ticks(&format!("/proc/{}", srv.pid));
     std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(srv.pid) - t0;
+    let used = cpu_ticks(&format!("/proc/{}", srv.pid)) - t0;
     assert!(
         used < 30,
         "the loop used {used} ticks in 1 s after the reset"
