@@ -666,16 +666,27 @@ impl Loop<'_> {
 
     fn on_recv(&mut self, u: UserData, res: i32, flags: u32, more: bool) {
         let Loop {
-            conns, core, bufs, ..
+            conns,
+            core,
+            bufs,
+            pieces,
+            ..
         } = self;
-        let Some(c) = conns.get(u.slot, u.gen) else {
-            // A completion for a connection already gone: give its buffers back, all of a
-            // bundle's, and none the kernel goes on filling (incremental consumption).
-            if let (Some(bid), Some(b)) = (cqueue::buffer_select(flags), bufs.as_mut()) {
-                let pieces = &mut self.pieces;
-                pieces.clear();
+        // The provided buffers this completion filled, as pieces of bytes in order (a bundle's
+        // several, an incremental buffer's next part).
+        pieces.clear();
+        let picked = match (cqueue::buffer_select(flags), bufs.as_mut()) {
+            (Some(bid), Some(b)) => {
                 let n = usize::try_from(res).unwrap_or(0);
                 b.pieces(bid, n, self.bundle, cqueue::buffer_more(flags), pieces);
+                Some(b)
+            }
+            _ => None,
+        };
+        let Some(c) = conns.get(u.slot, u.gen) else {
+            // A completion for a connection already gone: give its buffers back, but none the
+            // kernel goes on filling.
+            if let Some(b) = picked {
                 for p in pieces.iter().filter(|p| p.done) {
                     b.recycle(p.bid);
                 }
@@ -688,21 +699,8 @@ impl Loop<'_> {
         }
         if res > 0 {
             let n = res as usize;
-            match (
-                cqueue::buffer_select(flags),
-                bufs.as_mut(),
-                c.recv_buf.as_ref(),
-            ) {
-                (Some(bid), Some(b), _) => {
-                    let pieces = &mut self.pieces;
-                    pieces.clear();
-                    b.pieces(
-                        bid,
-                        n,
-                        self.bundle && c.multishot,
-                        cqueue::buffer_more(flags),
-                        pieces,
-                    );
+            match (picked, c.recv_buf.as_ref()) {
+                (Some(b), _) => {
                     if pieces.len() > 1 {
                         core.stats.recv_bundles += 1;
                     }
@@ -717,7 +715,7 @@ impl Loop<'_> {
                         b.recycle(p.bid);
                     }
                 }
-                (None, _, Some(own)) => core.recv(&mut c.core, &own[..n.min(own.len())]),
+                (None, Some(own)) => core.recv(&mut c.core, &own[..n.min(own.len())]),
                 _ => {
                     eprintln!("ringlab-server: recv completion without a buffer; closing");
                     core.conn_error(&mut c.core);
