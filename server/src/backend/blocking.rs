@@ -17,9 +17,8 @@ use ringlab_proto::Action;
 use ringlab_runtime::cpus::pin_current_thread;
 use rustix::event::{poll, PollFd, PollFlags};
 
-use crate::core::{
-    accept_error_needs_backoff, ConnCore, LoopCore, PoolCtx, ACCEPT_BACKOFF, LIMIT_POLL,
-};
+use super::pool::accept_failed;
+use crate::core::{ConnCore, LoopCore, PoolCtx, ACCEPT_BACKOFF, LIMIT_POLL};
 use crate::stats::LoopStats;
 
 /// How often a blocked worker looks up to see whether the server is shutting down.
@@ -99,12 +98,8 @@ fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<(TcpStream, ConnCo
                 }
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(e) => {
-                    let e = io::Error::from(e);
-                    if accept_error_needs_backoff(&e) {
-                        core.tick();
-                        core.stats.accept_errors += 1;
-                        let (cpu, now) = (core.stats.cpu, core.clock.now());
-                        core.accept.on_error(&e, cpu, now);
+                    core.tick();
+                    if accept_failed(&mut core, &io::Error::from(e)) {
                         thread::sleep(ACCEPT_BACKOFF);
                     }
                     break;
@@ -193,13 +188,7 @@ fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream, mut conn: ConnCor
                         out = None;
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if timed_out(&e) => {}
                 _ => {
                     out = None;
                     conn.session.on_send_failed();
@@ -222,16 +211,19 @@ fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream, mut conn: ConnCor
         match got {
             Ok(0) => core.peer_eof(&mut conn),
             Ok(n) => core.recv(&mut conn, &buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if timed_out(&e) => {}
             Err(_) => core.conn_error(&mut conn),
         }
     }
     core.stats.syscalls.close += 1;
     core.stats.closed += 1;
+}
+
+/// A blocking read or write that returned for its timeout (the socket's `SO_RCVTIMEO` or
+/// `SO_SNDTIMEO`, set to the session's next deadline) or a signal, not for a failure.
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }

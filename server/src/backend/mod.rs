@@ -18,6 +18,7 @@
 
 pub mod blocking;
 pub mod epoll;
+pub mod pool;
 pub mod tokio;
 pub mod tokio_uring;
 pub mod uring;

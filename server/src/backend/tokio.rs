@@ -18,10 +18,8 @@ use ringlab_runtime::cpus::pin_current_thread;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::core::{
-    accept_error_needs_backoff, shutdown_watch, stopped, ConnCore, LoopCore, PoolCtx,
-    ACCEPT_BACKOFF, LIMIT_POLL,
-};
+use super::pool::{accept_loop, CoreAccess};
+use crate::core::{shutdown_watch, stopped, ConnCore, LoopCore, PoolCtx};
 use crate::stats::LoopStats;
 
 thread_local! {
@@ -109,7 +107,7 @@ pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
         for l in &ctx.listeners {
             let std_l = std::net::TcpListener::from(l.as_fd().try_clone_to_owned()?);
             let l = tokio::net::TcpListener::from_std(std_l)?;
-            accepts.push(tokio::spawn(accept_loop(l, rx.clone(), live.clone())));
+            accepts.push(tokio::spawn(accept_conns(l, rx.clone(), live.clone())));
         }
         // Ready means every worker is pinned and named: wait (briefly) for them to start.
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
@@ -139,49 +137,26 @@ pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
     Ok(stats)
 }
 
-async fn accept_loop(
+/// The core of the worker thread a task runs on.
+struct WorkerCore;
+
+impl CoreAccess for WorkerCore {
+    fn with<R>(&self, f: impl FnOnce(&mut LoopCore) -> R) -> R {
+        with_core(f)
+    }
+}
+
+async fn accept_conns(
     l: tokio::net::TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     live: Arc<AtomicUsize>,
 ) {
     let for_conns = stop.clone();
-    loop {
-        // Echo at --max-conns: accept nothing until a slot frees (the backlog holds the rest).
-        if !with_core(|c| c.may_accept()) {
-            tokio::select! {
-                _ = tokio::time::sleep(LIMIT_POLL) => continue,
-                _ = stopped(&mut stop) => return,
-            }
-        }
-        tokio::select! {
-            r = l.accept() => match r {
-                Ok((s, _)) => {
-                    // Another listener's task may have taken the last slot meanwhile: wait.
-                    let conn = loop {
-                        if let Some(c) = with_core(|c| c.admit()) {
-                            break c;
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(LIMIT_POLL) => {}
-                            _ = stopped(&mut stop) => return,
-                        }
-                    };
-                    live.fetch_add(1, Ordering::AcqRel);
-                    tokio::spawn(serve(s, conn, for_conns.clone(), live.clone()));
-                }
-                Err(e) if accept_error_needs_backoff(&e) => {
-                    with_core(|c| {
-                        c.stats.accept_errors += 1;
-                        let (cpu, now) = (c.stats.cpu, c.clock.now());
-                        c.accept.on_error(&e, cpu, now);
-                    });
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-                Err(_) => {}
-            },
-            _ = stopped(&mut stop) => return,
-        }
-    }
+    accept_loop(&WorkerCore, &l, stop, |s, conn| {
+        live.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(serve(s, conn, for_conns.clone(), live.clone()));
+    })
+    .await
 }
 
 async fn serve(

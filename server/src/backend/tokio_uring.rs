@@ -26,10 +26,8 @@ use ringlab_proto::Action;
 use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use crate::core::{
-    accept_error_needs_backoff, shutdown_watch, stopped, ConnCore, LoopCore, LoopCtx,
-    ACCEPT_BACKOFF, LIMIT_POLL,
-};
+use super::pool::{accept_loop, CoreAccess};
+use crate::core::{shutdown_watch, stopped, ConnCore, LoopCore, LoopCtx};
 use crate::stats::LoopStats;
 
 const READ_BUF: usize = 16 * 1024;
@@ -56,7 +54,20 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         let rx = shutdown_watch(ctx.waker.clone(), ctx.shutdown.clone())?;
         let mut stop = rx.clone();
         let live = Rc::new(RefCell::new(0usize));
-        let accept = tokio_uring::spawn(accept_loop(listener, c2.clone(), rx, live.clone()));
+        let (core, live2, for_conns) = (c2.clone(), live.clone(), rx.clone());
+        let accept = tokio_uring::spawn(async move {
+            accept_loop(&core, &listener, rx, |s, conn| {
+                *live2.borrow_mut() += 1;
+                tokio_uring::spawn(serve(
+                    s,
+                    conn,
+                    core.clone(),
+                    for_conns.clone(),
+                    live2.clone(),
+                ));
+            })
+            .await
+        });
         let _ = ctx.ready.send(Ok(()));
         let _ = stopped(&mut stop).await;
         let _ = accept.await;
@@ -70,64 +81,6 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
     Ok(stats)
 }
 
-async fn accept_loop(
-    l: TcpListener,
-    core: Core,
-    mut stop: watch::Receiver<bool>,
-    live: Rc<RefCell<usize>>,
-) {
-    let for_conns = stop.clone();
-    loop {
-        // Echo at --max-conns: accept nothing until a slot frees (the backlog holds the rest).
-        let may = {
-            let mut c = core.borrow_mut();
-            c.tick();
-            c.may_accept()
-        };
-        if !may {
-            tokio::select! {
-                _ = tokio::time::sleep(LIMIT_POLL) => continue,
-                _ = stopped(&mut stop) => return,
-            }
-        }
-        tokio::select! {
-            r = l.accept() => match r {
-                Ok((s, _)) => {
-                    // Another loop may have taken the last slot meanwhile: wait for one.
-                    let conn = loop {
-                        let c = {
-                            let mut c = core.borrow_mut();
-                            c.tick();
-                            c.admit()
-                        };
-                        if let Some(c) = c {
-                            break c;
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(LIMIT_POLL) => {}
-                            _ = stopped(&mut stop) => return,
-                        }
-                    };
-                    *live.borrow_mut() += 1;
-                    tokio_uring::spawn(serve(s, conn, core.clone(), for_conns.clone(), live.clone()));
-                }
-                Err(e) if accept_error_needs_backoff(&e) => {
-                    {
-                        let mut c = core.borrow_mut();
-                        c.tick();
-                        c.stats.accept_errors += 1;
-                        let (cpu, now) = (c.stats.cpu, c.clock.now());
-                        c.accept.on_error(&e, cpu, now);
-                    }
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-                Err(_) => {}
-            },
-            _ = stopped(&mut stop) => return,
-        }
-    }
-}
-
 type ReadFut<'a> = Pin<Box<dyn Future<Output = tokio_uring::BufResult<usize, Vec<u8>>> + 'a>>;
 type WriteFut<'a> = Pin<Box<dyn Future<Output = tokio_uring::BufResult<usize, Bytes>> + 'a>>;
 
@@ -138,11 +91,7 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
     live: Rc<RefCell<usize>>,
 ) {
-    let with = |f: &mut dyn FnMut(&mut LoopCore)| {
-        let mut c = core.borrow_mut();
-        c.tick();
-        f(&mut c);
-    };
+    let with = |f: &mut dyn FnMut(&mut LoopCore)| core.with(f);
     let cfg = core.borrow().cfg.clone();
     let mut spare = Some(vec![0u8; READ_BUF]);
     let mut read: Option<ReadFut<'_>> = None;
