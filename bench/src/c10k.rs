@@ -500,11 +500,7 @@ impl Bench {
         let stats = server.stop();
         let run = run?;
         let stats = stats?;
-        let accepted = stats
-            .get("total")
-            .and_then(|t| t.get("accepted"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        let accepted = stats.total.accepted;
         let mut note = Vec::new();
         if accepted < n + ACTIVE as u64 {
             note.push(format!("server accepted only {accepted}"));

@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ringlab_server::ServerStats;
 
 /// Where the sibling binaries are.
 #[derive(Clone, Debug)]
@@ -215,7 +216,7 @@ impl Server {
     }
 
     /// SIGTERM, wait (bounded), and read the server's statistics.
-    pub fn stop(mut self) -> Result<serde_json::Value> {
+    pub fn stop(mut self) -> Result<ServerStats> {
         if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
@@ -240,7 +241,12 @@ impl Server {
         let s = std::fs::read_to_string(&self.stats_path)
             .with_context(|| format!("reading {}", self.stats_path.display()))?;
         let _ = std::fs::remove_file(&self.stats_path);
-        Ok(serde_json::from_str(&s)?)
+        serde_json::from_str(&s).with_context(|| {
+            format!(
+                "parsing the server's statistics ({})",
+                self.stats_path.display()
+            )
+        })
     }
 }
 
