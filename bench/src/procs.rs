@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ringlab_server::ServerStats;
 
+use crate::netns::Netns;
+
 /// Where the sibling binaries are.
 #[derive(Clone, Debug)]
 pub struct Bins {
@@ -147,14 +149,14 @@ impl Server {
         bins: &Bins,
         args: &[String],
         tmp: &Path,
-        netns: Option<&crate::run::Netns>,
+        netns: Option<&Netns>,
     ) -> Result<Server> {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stats_path = tmp.join(format!("server-stats-{}-{seq}.json", std::process::id()));
         let (mut cmd, listen) = match netns {
             Some(n) => (
-                crate::run::Netns::command(&n.server_ns, &bins.server),
+                Netns::command(&n.server_ns, &bins.server),
                 format!("{}:0", n.server_ip),
             ),
             None => (Command::new(&bins.server), "127.0.0.1:0".to_string()),

@@ -1,0 +1,100 @@
+//! `compare`: echo 64 B over 1, 16, 128, 512 connections, every backend side by side.
+
+use anyhow::Result;
+
+use crate::ctx::{backend_args, Ctx, Scenario};
+use crate::plot;
+use crate::report::{self, Report};
+use crate::run::RunResult;
+
+/// `ringlab-bench compare`.
+pub struct Compare;
+
+impl Scenario for Compare {
+    fn name(&self) -> &'static str {
+        "compare"
+    }
+
+    fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
+        let conns = ctx.o.conns.clone().unwrap_or(vec![1, 16, 128, 512]);
+        let backends = ctx.backends(&["uring", "epoll"]);
+        echo_sweep(
+            ctx,
+            rep,
+            "compare: echo 64 B",
+            "Closed loop, one request in flight per connection, echo of 64-byte messages.",
+            &conns,
+            64,
+            &backends,
+        )?;
+        Ok(())
+    }
+}
+
+fn echo_sweep(
+    ctx: &Ctx,
+    rep: &mut Report,
+    title: &str,
+    blurb: &str,
+    conns: &[u32],
+    size: usize,
+    backends: &[String],
+) -> Result<Vec<RunResult>> {
+    let dur = ctx.duration(2.0);
+    let mut specs = Vec::new();
+    for &c in conns {
+        for b in backends {
+            specs.push(ctx.spec(
+                b,
+                c as f64,
+                [backend_args(b)?, vec!["--proto".into(), "echo".into()]].concat(),
+                vec![
+                    "--proto".into(),
+                    "echo".into(),
+                    "--size".into(),
+                    size.to_string(),
+                    "--conns".into(),
+                    c.to_string(),
+                ],
+                dur,
+            ));
+        }
+    }
+    let (m, raw) = ctx.go(&specs, ctx.reps(3))?;
+    let table = report::table(&m, "conns", "epoll");
+    println!("\n{title}\n\n{table}");
+    let mut text = format!("{blurb}\n\n{table}");
+    if m.iter().any(|r| r.client_saturated) {
+        text += "\n*client saturated*: the client, not the server, was the bottleneck on that row; the server's figures there are a lower bound.\n";
+    }
+    let slug = title
+        .split_whitespace()
+        .next()
+        .unwrap_or("x")
+        .to_lowercase();
+    for (file, t, yd, f) in [
+        (
+            format!("{slug}-throughput.svg"),
+            "throughput vs connections",
+            "requests/s",
+            (|r: &RunResult| r.rps) as fn(&RunResult) -> f64,
+        ),
+        (
+            format!("{slug}-p99.svg"),
+            "p99 latency vs connections",
+            "p99 µs",
+            |r: &RunResult| r.p99_us,
+        ),
+        (
+            format!("{slug}-cpu.svg"),
+            "server CPU per request",
+            "µs CPU / request",
+            |r: &RunResult| r.cpu_per_req_us,
+        ),
+    ] {
+        plot::lines(&rep.dir.join(&file), t, "connections", yd, &m, f)?;
+        text += &format!("\n![{t}]({file})\n");
+    }
+    rep.section(title, &text, &m, &raw);
+    Ok(m)
+}
