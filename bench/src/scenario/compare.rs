@@ -67,11 +67,7 @@ fn echo_sweep(
     if m.iter().any(|r| r.client_saturated) {
         text += "\n*client saturated*: the client, not the server, was the bottleneck on that row; the server's figures there are a lower bound.\n";
     }
-    let slug = title
-        .split_whitespace()
-        .next()
-        .unwrap_or("x")
-        .to_lowercase();
+    let slug = chart_prefix(title);
     for (file, t, yd, f) in [
         (
             format!("{slug}-throughput.svg"),
@@ -97,4 +93,32 @@ fn echo_sweep(
     }
     rep.section(title, &text, &m, &raw);
     Ok(m)
+}
+
+/// The chart files' prefix: the title's first word, letters and digits only
+/// (`compare: echo 64 B` → `compare`, so `compare-cpu.svg`).
+fn chart_prefix(title: &str) -> String {
+    let word = title.split_whitespace().next().unwrap_or("x");
+    let p: String = word
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_lowercase();
+    if p.is_empty() {
+        "x".into()
+    } else {
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chart_files_are_plain_words() {
+        assert_eq!(chart_prefix("compare: echo 64 B"), "compare");
+        assert_eq!(chart_prefix("Sizes"), "sizes");
+        assert_eq!(chart_prefix(": odd"), "x");
+    }
 }
