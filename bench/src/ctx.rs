@@ -119,6 +119,21 @@ impl Ctx {
         }
     }
 
+    /// A run of backend `b` serving `proto` at `x`: the server gets the backend's arguments
+    /// and `--proto`; the client `--proto` and then `client`.
+    pub fn proto_spec(
+        &self,
+        b: &str,
+        x: f64,
+        proto: &str,
+        client: &[&str],
+        dur: f64,
+    ) -> Result<RunSpec> {
+        let server = [backend_args(b)?, vec!["--proto".into(), proto.into()]].concat();
+        let client = ["--proto", proto].into_iter().chain(client.iter().copied());
+        Ok(self.spec(b, x, server, client.map(String::from).collect(), dur))
+    }
+
     /// Run `specs` interleaved `reps` times: the medians and every run; an error if all failed.
     pub fn go(&self, specs: &[RunSpec], reps: usize) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
         let (m, raw) = run::run_interleaved(&self.bins, specs, reps, &self.run, &mut |s| {

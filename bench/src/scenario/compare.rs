@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::ctx::{backend_args, Ctx, Scenario};
+use crate::ctx::{Ctx, Scenario};
 use crate::plot;
 use crate::report::{self, Report};
 use crate::run::RunResult;
@@ -44,20 +44,8 @@ fn echo_sweep(
     let mut specs = Vec::new();
     for &c in conns {
         for b in backends {
-            specs.push(ctx.spec(
-                b,
-                c as f64,
-                [backend_args(b)?, vec!["--proto".into(), "echo".into()]].concat(),
-                vec![
-                    "--proto".into(),
-                    "echo".into(),
-                    "--size".into(),
-                    size.to_string(),
-                    "--conns".into(),
-                    c.to_string(),
-                ],
-                dur,
-            ));
+            let client = ["--size", &size.to_string(), "--conns", &c.to_string()];
+            specs.push(ctx.proto_spec(b, c as f64, "echo", &client, dur)?);
         }
     }
     let (m, raw) = ctx.go(&specs, ctx.reps(3))?;

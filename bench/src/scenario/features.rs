@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::ctx::{backend_args, Ctx, Scenario};
+use crate::ctx::{Ctx, Scenario};
 use crate::report::Report;
 use crate::run::RunResult;
 
@@ -35,26 +35,11 @@ impl Scenario for Features {
                 } else {
                     format!("{backend} {variant}")
                 };
-                let server = [
-                    backend_args(backend)?,
-                    vec!["--proto".into(), "echo".into()],
-                    extra.iter().map(|a| a.to_string()).collect(),
-                ]
-                .concat();
-                specs.push(ctx.spec(
-                    &label,
-                    size as f64,
-                    server,
-                    vec![
-                        "--proto".into(),
-                        "echo".into(),
-                        "--size".into(),
-                        size.to_string(),
-                        "--conns".into(),
-                        conns.to_string(),
-                    ],
-                    dur,
-                ));
+                let client = ["--size", &size.to_string(), "--conns", &conns.to_string()];
+                let mut s = ctx.proto_spec(backend, size as f64, "echo", &client, dur)?;
+                s.label = label;
+                s.server_args.extend(extra.iter().map(|a| a.to_string()));
+                specs.push(s);
             }
         }
         if specs.is_empty() {

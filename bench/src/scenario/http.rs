@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::ctx::{backend_args, Ctx, Scenario};
+use crate::ctx::{Ctx, Scenario};
 use crate::peers;
 use crate::report::{self, Report};
 
@@ -25,18 +25,8 @@ impl Scenario for Http {
         let mut specs = Vec::new();
         for &c in &conns {
             for b in &backends {
-                specs.push(ctx.spec(
-                    b,
-                    c as f64,
-                    [backend_args(b)?, vec!["--proto".into(), "http".into()]].concat(),
-                    vec![
-                        "--proto".into(),
-                        "http".into(),
-                        "--conns".into(),
-                        c.to_string(),
-                    ],
-                    dur,
-                ));
+                let client = ["--conns", &c.to_string()];
+                specs.push(ctx.proto_spec(b, c as f64, "http", &client, dur)?);
             }
         }
         let (mut m, mut raw) = ctx.go(&specs, ctx.reps(3))?;

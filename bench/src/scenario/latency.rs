@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::ctx::{backend_args, Ctx, Scenario};
+use crate::ctx::{Ctx, Scenario};
 use crate::plot;
 use crate::report::{self, Report};
 use crate::run::RunResult;
@@ -22,18 +22,8 @@ impl Scenario for Latency {
         // 1. The maximum each backend reaches, closed loop.
         let mut specs = Vec::new();
         for b in &backends {
-            specs.push(ctx.spec(
-                b,
-                0.0,
-                [backend_args(b)?, vec!["--proto".into(), "echo".into()]].concat(),
-                vec![
-                    "--proto".into(),
-                    "echo".into(),
-                    "--conns".into(),
-                    conns.to_string(),
-                ],
-                ctx.duration(2.0),
-            ));
+            let client = ["--conns", &conns.to_string()];
+            specs.push(ctx.proto_spec(b, 0.0, "echo", &client, ctx.duration(2.0))?);
         }
         let (maxes, _) = ctx.go(&specs, 1)?;
         let max = maxes.iter().map(|r| r.rps).fold(f64::INFINITY, f64::min);
@@ -51,20 +41,8 @@ impl Scenario for Latency {
         for &f in fracs {
             let rate = (max * f).round();
             for b in &backends {
-                specs.push(ctx.spec(
-                    b,
-                    (f * 100.0).round(),
-                    [backend_args(b)?, vec!["--proto".into(), "echo".into()]].concat(),
-                    vec![
-                        "--proto".into(),
-                        "echo".into(),
-                        "--conns".into(),
-                        conns.to_string(),
-                        "--rate".into(),
-                        rate.to_string(),
-                    ],
-                    dur,
-                ));
+                let client = ["--conns", &conns.to_string(), "--rate", &rate.to_string()];
+                specs.push(ctx.proto_spec(b, (f * 100.0).round(), "echo", &client, dur)?);
             }
         }
         let (m, raw) = ctx.go(&specs, ctx.reps(3))?;

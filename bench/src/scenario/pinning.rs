@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::ctx::{backend_args, Ctx, Scenario};
+use crate::ctx::{Ctx, Scenario};
 use crate::report::Report;
 
 /// `ringlab-bench pinning`.
@@ -47,27 +47,14 @@ impl Scenario for Pinning {
         let mut specs = Vec::new();
         for (vi, (v, sx, cx)) in variants.iter().enumerate() {
             for b in &backends {
-                let mut sp = ctx.spec(
-                    &format!("{b} {v}"),
-                    vi as f64,
-                    [
-                        backend_args(b)?,
-                        vec!["--proto".into(), "echo".into()],
-                        sx.clone(),
-                    ]
-                    .concat(),
-                    [
-                        vec![
-                            "--proto".into(),
-                            "echo".into(),
-                            "--conns".into(),
-                            conns.to_string(),
-                        ],
-                        cx.clone(),
-                    ]
-                    .concat(),
-                    dur,
-                );
+                let conns = conns.to_string();
+                let client: Vec<&str> = ["--conns", conns.as_str()]
+                    .into_iter()
+                    .chain(cx.iter().map(String::as_str))
+                    .collect();
+                let mut sp = ctx.proto_spec(b, vi as f64, "echo", &client, dur)?;
+                sp.label = format!("{b} {v}");
+                sp.server_args.extend(sx.iter().cloned());
                 // A variant's --cores replaces the default one (clap takes each flag once).
                 if let Some(i) = sp.client_args.iter().position(|a| a == "--cores") {
                     sp.client_cores = sp.client_args[i + 1].clone();

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::ctx::{backend_args, Ctx, Scenario};
+use crate::ctx::{Ctx, Scenario};
 use crate::plot;
 use crate::report::{self, Report};
 
@@ -55,29 +55,19 @@ impl Scenario for Seeds {
         for i in 0..max_len {
             for (b, clients) in &rows {
                 if let Some(&c) = clients.get(i) {
-                    let mut s = ctx.spec(
-                        b,
-                        c as f64,
-                        [backend_args(b)?, vec!["--proto".into(), "http".into()]].concat(),
-                        [
-                            "--proto",
-                            "http",
-                            "--path",
-                            "/delay/100",
-                            "--header",
-                            "Connection: close",
-                            "--conns",
-                            &c.to_string(),
-                            "--connect-rate",
-                            "200000",
-                            "--timeout",
-                            "60s",
-                        ]
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect(),
-                        dur,
-                    );
+                    let client = [
+                        "--path",
+                        "/delay/100",
+                        "--header",
+                        "Connection: close",
+                        "--conns",
+                        &c.to_string(),
+                        "--connect-rate",
+                        "200000",
+                        "--timeout",
+                        "60s",
+                    ];
+                    let mut s = ctx.proto_spec(b, c as f64, "http", &client, dur)?;
                     s.warmup_s = if q { 0.5 } else { 1.5 };
                     specs.push(s);
                 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::ctx::{backend_args, Ctx, Scenario};
+use crate::ctx::{Ctx, Scenario};
 use crate::plot;
 use crate::report::{self, Report};
 
@@ -26,20 +26,8 @@ impl Scenario for Sizes {
         let mut specs = Vec::new();
         for &s in sizes {
             for b in &backends {
-                specs.push(ctx.spec(
-                    b,
-                    s as f64,
-                    [backend_args(b)?, vec!["--proto".into(), "echo".into()]].concat(),
-                    vec![
-                        "--proto".into(),
-                        "echo".into(),
-                        "--size".into(),
-                        s.to_string(),
-                        "--conns".into(),
-                        conns.to_string(),
-                    ],
-                    dur,
-                ));
+                let client = ["--size", &s.to_string(), "--conns", &conns.to_string()];
+                specs.push(ctx.proto_spec(b, s as f64, "echo", &client, dur)?);
             }
         }
         let (m, raw) = ctx.go(&specs, ctx.reps(3))?;
