@@ -9,7 +9,7 @@ use crate::report::Report;
 use crate::run::{self, RunOpts, RunResult, RunSpec};
 
 /// One scenario of the bench: a subcommand, and a section of the report.
-pub trait Scenario: Sync {
+pub trait Scenario {
     /// Its subcommand and the name of its report section.
     fn name(&self) -> &'static str;
     /// Run it, adding its section (tables, charts, data) to `rep`.
