@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::procs::{have, Bins, ProcSample, Server};
-use crate::run::{combine, drive, RunOpts, RunResult, RunSpec};
+use crate::ctx::{backend_args, Ctx};
+use crate::procs::{have, ProcSample, Server};
+use crate::run::{combine, drive, RunResult, RunSpec};
 
 /// Parse wrk's duration ("123.45us", "1.20ms", "2.00s") into microseconds.
 fn wrk_us(s: &str) -> Option<f64> {
@@ -66,17 +67,15 @@ fn parse_wrk(out: &str) -> Option<WrkOut> {
 }
 
 /// `wrk -t1` (pinned to the client CPUs) against each backend.
-#[allow(clippy::too_many_arguments)]
 pub fn wrk_rows(
-    bins: &Bins,
+    ctx: &Ctx,
     backends: &[String],
     conns: &[u32],
     dur: f64,
     reps: usize,
-    server_cores: &str,
-    client_cores: &str,
-    opts: &RunOpts,
 ) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
+    let (bins, opts) = (&ctx.bins, &ctx.run);
+    let (server_cores, client_cores) = (&ctx.o.server_cores, &ctx.o.client_cores);
     if !have("wrk") {
         bail!("wrk is not installed (Debian: `apt-get install wrk`)");
     }
@@ -89,7 +88,7 @@ pub fn wrk_rows(
         for &c in conns {
             for b in backends {
                 let mut args = vec!["--cores".to_string(), server_cores.to_string()];
-                args.extend(crate::backend_args(b)?);
+                args.extend(backend_args(b)?);
                 args.extend(["--proto".to_string(), "http".to_string()]);
                 if opts.netns.is_some() {
                     bail!("not run under --netns (wrk runs on the host)");
@@ -247,17 +246,14 @@ fn start_nginx(dir: &Path, cpu: usize) -> Result<(Nginx, String, u32)> {
 }
 
 /// nginx (one worker pinned to the server CPU) driven by ringlab-client.
-#[allow(clippy::too_many_arguments)]
 pub fn nginx_rows(
-    bins: &Bins,
+    ctx: &Ctx,
     conns: &[u32],
     dur: f64,
     reps: usize,
-    server_cores: &str,
-    client_cores: &str,
-    client_io: &str,
-    opts: &RunOpts,
 ) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
+    let (bins, opts) = (&ctx.bins, &ctx.run);
+    let (server_cores, client_cores) = (&ctx.o.server_cores, &ctx.o.client_cores);
     if !have("nginx") && !Path::new("/usr/sbin/nginx").is_file() {
         bail!("nginx is not installed (Debian: `apt-get install nginx-light`)");
     }
@@ -283,7 +279,7 @@ pub fn nginx_rows(
                 server_args: vec![],
                 client_args: vec![
                     "--io".into(),
-                    client_io.into(),
+                    ctx.o.client_io.clone(),
                     "--proto".into(),
                     "http".into(),
                     "--conns".into(),

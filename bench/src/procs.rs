@@ -7,6 +7,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ringlab_server::ServerStats;
+
+use crate::netns::Netns;
 
 /// Where the sibling binaries are.
 #[derive(Clone, Debug)]
@@ -146,14 +149,14 @@ impl Server {
         bins: &Bins,
         args: &[String],
         tmp: &Path,
-        netns: Option<&crate::run::Netns>,
+        netns: Option<&Netns>,
     ) -> Result<Server> {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stats_path = tmp.join(format!("server-stats-{}-{seq}.json", std::process::id()));
         let (mut cmd, listen) = match netns {
             Some(n) => (
-                crate::run::Netns::command(&n.server_ns, &bins.server),
+                Netns::command(&n.server_ns, &bins.server),
                 format!("{}:0", n.server_ip),
             ),
             None => (Command::new(&bins.server), "127.0.0.1:0".to_string()),
@@ -215,7 +218,7 @@ impl Server {
     }
 
     /// SIGTERM, wait (bounded), and read the server's statistics.
-    pub fn stop(mut self) -> Result<serde_json::Value> {
+    pub fn stop(mut self) -> Result<ServerStats> {
         if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
@@ -240,7 +243,12 @@ impl Server {
         let s = std::fs::read_to_string(&self.stats_path)
             .with_context(|| format!("reading {}", self.stats_path.display()))?;
         let _ = std::fs::remove_file(&self.stats_path);
-        Ok(serde_json::from_str(&s)?)
+        serde_json::from_str(&s).with_context(|| {
+            format!(
+                "parsing the server's statistics ({})",
+                self.stats_path.display()
+            )
+        })
     }
 }
 

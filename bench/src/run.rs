@@ -5,8 +5,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use ringlab_client::Report as ClientReport;
+use ringlab_server::ServerStats;
 use serde::Serialize;
 
+use crate::netns::Netns;
 use crate::procs::{perf_syscalls, Bins, ProcSample, Server};
 
 /// What to run.
@@ -68,58 +71,6 @@ pub struct RunOpts {
     pub netns: Option<Netns>,
 }
 
-/// The two "hosts" made by `scripts/netns.sh up`.
-#[derive(Clone, Debug)]
-pub struct Netns {
-    pub server_ns: String,
-    pub client_ns: String,
-    /// The server's address on the veth link.
-    pub server_ip: String,
-}
-
-impl Netns {
-    /// The namespaces `scripts/netns.sh up` makes; an error naming the script if they are absent.
-    pub fn check() -> Result<Netns> {
-        let prefix = std::env::var("RINGLAB_NETNS_PREFIX").unwrap_or_else(|_| "ringlab".into());
-        let n = Netns {
-            server_ns: format!("{prefix}-srv"),
-            client_ns: format!("{prefix}-cli"),
-            server_ip: "10.77.0.1".into(),
-        };
-        let out = Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .context("running `ip netns list` (install iproute2)")?;
-        let list = String::from_utf8_lossy(&out.stdout);
-        for ns in [&n.server_ns, &n.client_ns] {
-            if !list
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
-            {
-                bail!("--netns: namespace {ns} does not exist; create the pair with `sudo scripts/netns.sh up` (and remove it afterwards with `scripts/netns.sh down`)");
-            }
-        }
-        Ok(n)
-    }
-
-    /// `program` run inside namespace `ns`.
-    pub fn command(ns: &str, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).arg(program);
-        c
-    }
-}
-
-fn num(v: &serde_json::Value, paths: &[&str]) -> Option<f64> {
-    paths.iter().find_map(|p| {
-        let mut cur = v;
-        for k in p.split('.') {
-            cur = cur.get(k)?;
-        }
-        cur.as_f64()
-    })
-}
-
 /// Run `spec` once on a fresh server.
 pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
     let server = Server::start(bins, &spec.server_args, &opts.tmp, opts.netns.as_ref())?;
@@ -133,22 +84,16 @@ pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
         }
     };
     r.server_cmd = server_cmd;
-    let server_stats = server.stop()?;
-    let served = num(&server_stats, &["total.requests"]).unwrap_or(0.0);
-    let counted = server_stats
-        .get("total")
-        .and_then(|t| t.get("syscalls"))
-        .and_then(|s| s.as_object())
-        .map(|o| o.values().filter_map(|v| v.as_f64()).sum::<f64>());
-    let io = server_stats
-        .get("io")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
-    // The async runtimes' syscalls are not counted by ringlab (perf sees them).
-    if served > 0.0 && !matches!(io, "tokio" | "tokio-uring") {
-        r.syscalls_per_req = counted.map(|c| c / served);
-    }
+    r.syscalls_per_req = syscalls_per_req(&server.stop()?);
     Ok(r)
+}
+
+/// The server's own syscall count per request it served, over its whole life; none for the
+/// async runtimes, whose syscalls ringlab does not count (perf sees them).
+fn syscalls_per_req(s: &ServerStats) -> Option<f64> {
+    let served = s.total.requests;
+    (served > 0 && !matches!(s.io.as_str(), "tokio" | "tokio-uring"))
+        .then(|| s.total.syscalls.total() as f64 / served as f64)
 }
 
 /// Run the client of `spec` against a server already listening at `addr` (processes `pids`),
@@ -207,7 +152,7 @@ pub fn drive(
     let perf_count = perf.and_then(|h| h.join().ok().flatten());
     let cj = std::fs::read_to_string(&json_path);
     let _ = std::fs::remove_file(&json_path);
-    let cj: serde_json::Value = match cj {
+    let cj: ClientReport = match cj {
         Ok(s) => serde_json::from_str(&s).context("parsing the client's JSON")?,
         Err(_) => bail!(
             "ringlab-client wrote no results ({}): {}",
@@ -215,67 +160,7 @@ pub fn drive(
             String::from_utf8_lossy(&out.stderr).trim()
         ),
     };
-    let d = after.since(&before);
-    let requests = num(&cj, &["requests"]).unwrap_or(0.0);
-    let per_req = |v: f64| if requests > 0.0 { v / requests } else { 0.0 };
-    let lat = |k: &str| num(&cj, &[&format!("latency_us.{k}")]).unwrap_or(0.0);
-    let pct = |k: &str| {
-        cj.get("latency_us")
-            .and_then(|l| l.get("percentiles"))
-            .and_then(|p| p.get(k))
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.0)
-    };
-    let client_cpu = cj
-        .get("cpu")
-        .and_then(|c| c.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t.get("busy").and_then(|b| b.as_f64()))
-                .sum()
-        })
-        .unwrap_or(0.0);
-    let r = RunResult {
-        label: spec.label.clone(),
-        x: spec.x,
-        requests,
-        rps: num(&cj, &["requests_per_sec"]).unwrap_or(0.0),
-        mean_us: lat("mean"),
-        p50_us: pct("50"),
-        p90_us: pct("90"),
-        p99_us: pct("99"),
-        p999_us: pct("99.9"),
-        max_us: lat("max"),
-        errors: num(&cj, &["errors_total"]).unwrap_or(0.0),
-        server_cpu_s: d.user_s + d.sys_s,
-        server_user_s: d.user_s,
-        server_sys_s: d.sys_s,
-        cpu_per_req_us: per_req((d.user_s + d.sys_s) * 1e6),
-        syscalls_per_req: None,
-        perf_syscalls_per_req: perf_count
-            .filter(|_| requests > 0.0)
-            // perf counted over 90% of the window; scale the requests to match.
-            .map(|c| c as f64 / (requests * 0.9)),
-        ctx_switches_per_req: per_req(d.ctx_switches as f64),
-        client_cpu,
-        client_saturated: cj
-            .get("saturation")
-            .and_then(|s| s.get("saturated"))
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-        percentiles: cj
-            .get("latency_us")
-            .and_then(|l| l.get("spectrum"))
-            .and_then(|p| p.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| Some((num(e, &["percentile"])?, num(e, &["value"])?)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        server_cmd: String::new(),
-        client_cmd,
-    };
+    let r = measured(spec, &cj, &after.since(&before), perf_count, client_cmd);
     if r.requests == 0.0 {
         bail!(
             "no request completed (client {}): {}",
@@ -284,6 +169,53 @@ pub fn drive(
         );
     }
     Ok(r)
+}
+
+/// One run's figures: the client's report, and the server processes measured from outside
+/// over the client's window (`d`; `perf`: syscalls perf counted over 90% of it).
+fn measured(
+    spec: &RunSpec,
+    cj: &ClientReport,
+    d: &ProcSample,
+    perf: Option<u64>,
+    client_cmd: String,
+) -> RunResult {
+    let requests = cj.requests as f64;
+    let per_req = |v: f64| if requests > 0.0 { v / requests } else { 0.0 };
+    let lat = &cj.latency_us;
+    let pct = |p: f64| lat.at(p) as f64;
+    RunResult {
+        label: spec.label.clone(),
+        x: spec.x,
+        requests,
+        rps: cj.requests_per_sec,
+        mean_us: lat.mean,
+        p50_us: pct(50.0),
+        p90_us: pct(90.0),
+        p99_us: pct(99.0),
+        p999_us: pct(99.9),
+        max_us: lat.max as f64,
+        errors: cj.errors_total as f64,
+        server_cpu_s: d.user_s + d.sys_s,
+        server_user_s: d.user_s,
+        server_sys_s: d.sys_s,
+        cpu_per_req_us: per_req((d.user_s + d.sys_s) * 1e6),
+        syscalls_per_req: None,
+        perf_syscalls_per_req: perf
+            .filter(|_| requests > 0.0)
+            // perf counted over 90% of the window; scale the requests to match.
+            .map(|c| c as f64 / (requests * 0.9)),
+        ctx_switches_per_req: per_req(d.ctx_switches as f64),
+        client_cpu: cj.cpu.iter().map(|t| t.busy).sum(),
+        client_saturated: cj.saturation.saturated,
+        percentiles: lat
+            .spectrum
+            .iter()
+            .map(|e| (e.percentile, e.value as f64))
+            .collect(),
+        server_cmd: String::new(),
+        client_cmd,
+    }
 }
 
 /// Median of a slice (NaN-free input).
@@ -390,4 +322,88 @@ pub fn tmpdir(out: &Path) -> Result<std::path::PathBuf> {
     let t = out.join("tmp");
     std::fs::create_dir_all(&t).with_context(|| format!("creating {}", t.display()))?;
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use ringlab_client::report::{build_from, Partial};
+
+    /// What `ringlab-client --json` writes for 1000 measured requests of 100..=1099 µs.
+    fn client_json() -> String {
+        let cfg = ringlab_client::Args::parse_from(["c", "127.0.0.1:1", "--duration", "2s"])
+            .resolve()
+            .unwrap();
+        let mut p = Partial::new();
+        for v in 100..1100 {
+            p.corrected.record(v).unwrap();
+            p.raw.record(v).unwrap();
+        }
+        p.counters.measured = 1000;
+        p.elapsed = Duration::from_secs(2);
+        build_from(&cfg, p).to_json()
+    }
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            label: "epoll".into(),
+            x: 64.0,
+            server_args: vec![],
+            client_args: vec![],
+            client_cores: "1".into(),
+            duration_s: 2.0,
+            warmup_s: 0.5,
+        }
+    }
+
+    #[test]
+    fn reads_the_clients_report_as_its_type() {
+        let cj: ClientReport = serde_json::from_str(&client_json()).unwrap();
+        let d = ProcSample {
+            user_s: 0.01,
+            sys_s: 0.03,
+            ctx_switches: 500,
+        };
+        let r = measured(&spec(), &cj, &d, Some(900), "cmd".into());
+        assert_eq!(r.requests, 1000.0);
+        assert_eq!(r.rps, 500.0);
+        assert_eq!(r.p50_us, 599.0);
+        assert_eq!(r.p99_us, 1089.0);
+        assert_eq!(r.max_us, 1099.0);
+        assert!((r.mean_us - 599.5).abs() < 1.0, "{}", r.mean_us);
+        assert!((r.cpu_per_req_us - 40.0).abs() < 1e-9);
+        assert_eq!(r.ctx_switches_per_req, 0.5);
+        assert_eq!(r.perf_syscalls_per_req, Some(1.0));
+        assert!(!r.client_saturated);
+        assert_eq!(r.percentiles.last().map(|p| p.1), Some(1099.0));
+    }
+
+    #[test]
+    fn a_missing_field_is_an_error_not_a_zero() {
+        let mut v: serde_json::Value = serde_json::from_str(&client_json()).unwrap();
+        v.as_object_mut().unwrap().remove("requests_per_sec");
+        let e = serde_json::from_value::<ClientReport>(v).unwrap_err();
+        assert!(
+            e.to_string().contains("missing field `requests_per_sec`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn server_syscalls_per_request_from_its_stats() {
+        let mut l = ringlab_server::LoopStats {
+            requests: 100,
+            ..Default::default()
+        };
+        l.syscalls.recv = 100;
+        l.syscalls.send = 100;
+        l.syscalls.epoll_wait = 50;
+        let json = |io| {
+            let s = ServerStats::new(io, "echo", "127.0.0.1:1".into(), vec![l.clone()]);
+            serde_json::from_str::<ServerStats>(&serde_json::to_string(&s).unwrap()).unwrap()
+        };
+        assert_eq!(syscalls_per_req(&json("epoll")), Some(2.5));
+        assert_eq!(syscalls_per_req(&json("tokio")), None);
+    }
 }

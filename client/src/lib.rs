@@ -8,12 +8,14 @@
 //!   issue and dispatch, timeouts, phases, recording.
 //! * [`driver`]: one loop per IO model (`uring`, `epoll`) that only moves bytes.
 //! * [`stats`], [`report`]: counters, bounded histograms, the summary, JSON and interval log.
+//! * [`intervals`]: interval logs read and merged (the client's processes, `ringlab-bench merge`).
 //! * [`run`]: threads, pinning, the common time line, progress, merging.
 
 pub mod args;
 pub mod conn;
 pub mod driver;
 pub mod engine;
+pub mod intervals;
 pub mod procs;
 pub mod report;
 pub mod run;

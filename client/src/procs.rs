@@ -12,7 +12,6 @@
 //! SIGINT to the first process is forwarded to every worker (through pidfds); workers die
 //! with the first process (`PR_SET_PDEATHSIG`); a worker that fails stops the run early.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -23,17 +22,13 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-use hdrhistogram::serialization::Deserializer;
-use hdrhistogram::Histogram;
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
 use crate::args::{RunConfig, SetupError};
-use crate::report::{self, IntervalLog, Partial, ProcessResult, Report};
+use crate::report::{self, Partial, ProcessResult, Report};
 use crate::run::{run_partial, shares, Gate, RunError};
-use crate::stats::new_hist;
 
 /// How long workers may take to set up their loops.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -477,63 +472,7 @@ pub fn run_group(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, RunErr
 /// Merge the processes' interval logs into one at `out`: histograms of the same interval
 /// (seconds from the start, which every process shares) and tag are added.
 pub fn merge_logs(inputs: &[PathBuf], out: &Path, cfg: &RunConfig) -> std::io::Result<()> {
-    use base64::Engine as _;
-    let mut start: Option<Duration> = None;
-    // (interval index, raw?) -> (length, histogram)
-    let mut ivs: BTreeMap<(u64, bool), (Duration, Histogram<u64>)> = BTreeMap::new();
-    let mut d = Deserializer::new();
-    for f in inputs {
-        let text = std::fs::read(f)?;
-        for entry in IntervalLogIterator::new(&text) {
-            let entry = entry.map_err(|e| {
-                std::io::Error::other(format!("{}: malformed log: {e:?}", f.display()))
-            })?;
-            match entry {
-                LogEntry::StartTime(t) => {
-                    start = Some(start.map_or(t, |s: Duration| s.min(t)));
-                }
-                LogEntry::Interval(ilh) => {
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(ilh.encoded_histogram())
-                        .map_err(std::io::Error::other)?;
-                    let h: Histogram<u64> = d
-                        .deserialize(&mut std::io::Cursor::new(bytes))
-                        .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-                    let index = ilh.start_timestamp().as_secs_f64().round() as u64;
-                    let raw = ilh.tag().is_some_and(|t| t.as_str() == "raw");
-                    let e = ivs
-                        .entry((index, raw))
-                        .or_insert_with(|| (Duration::ZERO, new_hist()));
-                    e.0 = e.0.max(ilh.duration());
-                    let _ = e.1.add(&h);
-                }
-                _ => {}
-            }
-        }
-    }
-    let base = SystemTime::UNIX_EPOCH + start.unwrap_or_default();
-    let mut log = IntervalLog::create(out, base, cfg)?;
-    let indices: Vec<u64> = ivs
-        .keys()
-        .map(|k| k.0)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let empty = new_hist();
-    for i in indices {
-        let c = ivs.get(&(i, false));
-        let r = ivs.get(&(i, true));
-        let len = c
-            .map_or(Duration::ZERO, |x| x.0)
-            .max(r.map_or(Duration::ZERO, |x| x.0));
-        log.write(
-            i,
-            len,
-            c.map_or(&empty, |x| &x.1),
-            r.map_or(&empty, |x| &x.1),
-        )?;
-    }
-    log.finish()
+    crate::intervals::Merged::read(inputs)?.write(out, cfg)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub const PERCENTILES: [f64; 6] = [50.0, 90.0, 99.0, 99.9, 99.99, 100.0];
 pub const CPU_SATURATED: f64 = 0.90;
 
 /// One histogram, summarised.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HistSummary {
     pub count: u64,
     pub min: u64,
@@ -40,7 +40,7 @@ pub struct HistSummary {
 }
 
 /// A point of the percentile spectrum.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SpectrumPoint {
     pub percentile: f64,
     pub value: u64,
@@ -106,7 +106,7 @@ pub struct ThreadCpu {
 }
 
 /// Whether the client, not the server, may have been the limit.
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
 pub struct Saturation {
     /// Any reason below.
     pub saturated: bool,
@@ -117,16 +117,16 @@ pub struct Saturation {
     pub warnings: Vec<String>,
 }
 
-/// Everything a run produced.
-#[derive(Clone, Debug, Serialize)]
+/// Everything a run produced (the `--json` document; `ringlab-bench` reads it back).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
-    pub client: &'static str,
-    pub version: &'static str,
+    pub client: String,
+    pub version: String,
     pub target: String,
-    pub proto: &'static str,
-    pub io: &'static str,
+    pub proto: String,
+    pub io: String,
     /// `closed` or `open`.
-    pub mode: &'static str,
+    pub mode: String,
     pub conns: usize,
     pub threads: usize,
     pub cores: String,
@@ -166,12 +166,12 @@ pub struct Report {
     pub exit_code: u8,
     /// `--processes K` (K > 1): each process's share and results; the figures above are the
     /// exact merge of these (histograms added).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<ProcessResult>,
 }
 
 /// One client process of a `--processes` run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProcessResult {
     /// 0 for the first process.
     pub index: usize,
@@ -432,12 +432,12 @@ pub fn build_from(cfg: &RunConfig, p: Partial) -> Report {
         exit_code = exit_code.max(1);
     }
     Report {
-        client: "ringlab-client",
-        version: env!("CARGO_PKG_VERSION"),
+        client: "ringlab-client".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
         target: cfg.target_name.clone(),
-        proto: cfg.proto.name(),
-        io: cfg.io.name(),
-        mode: if cfg.open_loop() { "open" } else { "closed" },
+        proto: cfg.proto.name().into(),
+        io: cfg.io.name().into(),
+        mode: if cfg.open_loop() { "open" } else { "closed" }.into(),
         conns: cfg.conns,
         threads: cfg.cpus.len(),
         cores: cfg.cpus.to_string(),

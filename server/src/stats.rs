@@ -76,22 +76,23 @@ impl LoopStats {
     }
 }
 
-/// Statistics of a whole server run.
-#[derive(Clone, Debug, Serialize)]
+/// Statistics of a whole server run (the `--stats-json` document; `ringlab-bench` reads it
+/// back).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServerStats {
-    pub io: &'static str,
-    pub proto: &'static str,
+    pub io: String,
+    pub proto: String,
     pub listen: String,
     pub pid: u32,
     pub total: LoopStats,
     pub per_core: Vec<LoopStats>,
     /// `--processes N` (N > 1): each process's share, the first process first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<ProcessStats>,
 }
 
 /// One process of a `--processes` group.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProcessStats {
     /// 0 for the first process.
     pub index: usize,
@@ -138,8 +139,8 @@ impl ServerStats {
         }
         total.cpu = usize::MAX;
         ServerStats {
-            io,
-            proto,
+            io: io.into(),
+            proto: proto.into(),
             listen,
             pid: std::process::id(),
             total,

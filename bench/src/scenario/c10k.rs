@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
+use crate::ctx::{backend_args, Ctx, Scenario};
 use crate::procs::{open_fds, rss_kib, Server};
 use crate::report::Report;
 use crate::run::{drive, RunResult};
-use crate::{backend_args, Bench};
 
 /// Active connections running echo beside the idle ones.
 const ACTIVE: usize = 64;
@@ -234,12 +234,19 @@ struct Row {
     note: String,
 }
 
-impl Bench {
-    pub(crate) fn c10k(&self, rep: &mut Report) -> Result<()> {
+/// `ringlab-bench c10k`.
+pub struct C10k;
+
+impl Scenario for C10k {
+    fn name(&self) -> &'static str {
+        "c10k"
+    }
+
+    fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
         let lim = Limits::read_and_raise();
-        let idle: Vec<u64> = match &self.o.conns {
+        let idle: Vec<u64> = match &ctx.o.conns {
             Some(c) => c.iter().map(|&x| u64::from(x)).collect(),
-            None if self.o.quick => vec![1000, 10000],
+            None if ctx.o.quick => vec![1000, 10000],
             None => vec![1000, 10000, 50000, 100000],
         };
         let per = lim.per_process();
@@ -260,12 +267,12 @@ impl Bench {
             pre += "  (the descriptor ceiling sets the process counts; where it can be raised: `ulimit -Hn` from a privileged parent, limits.conf, or LimitNOFILE=; scripts/tune.sh raises fs.nr_open and the port range)\n";
         }
         println!("\nc10k preflight\n{pre}");
-        let labels = match &self.o.backends {
+        let labels = match &ctx.o.backends {
             Some(b) => b.clone(),
             None => vec!["uring".into(), "uring-fixed".into(), "epoll".into()],
         };
-        let dur = self.duration(3.0);
-        let client_cpu: Option<usize> = self
+        let dur = ctx.duration(3.0);
+        let client_cpu: Option<usize> = ctx
             .o
             .client_cores
             .split(',')
@@ -274,7 +281,7 @@ impl Bench {
         let mut rows = Vec::new();
         for &n in &idle {
             for label in &labels {
-                let row = self.c10k_row(label, n, &lim, dur, client_cpu);
+                let row = c10k_row(ctx, label, n, &lim, dur, client_cpu);
                 match row {
                     Ok(r) => {
                         eprintln!(
@@ -334,10 +341,10 @@ impl Bench {
         }
         println!("\nc10k: {ACTIVE} active echo connections (64 B) beside N idle ones\n\n{t}");
         let medians: Vec<RunResult> = rows.iter().filter_map(|r| r.run.clone()).collect();
-        let ceiling = if self.o.quick {
+        let ceiling = if ctx.o.quick {
             String::new()
         } else {
-            self.ceiling(&lim, client_cpu)
+            ceiling(ctx, &lim, client_cpu)
         };
         println!("{ceiling}");
         rep.section(
@@ -351,186 +358,180 @@ impl Bench {
         }
         Ok(())
     }
+}
 
-    /// How many connections ONE server process serves before its descriptor ceiling: epoll
-    /// and uring with descriptors share the process table; uring with `--fixed-files` has a
-    /// table per ring (each at most RLIMIT_NOFILE entries) and none in the process table.
-    fn ceiling(&self, lim: &Limits, client_cpu: Option<usize>) -> String {
-        let s = self.o.server_cores.clone();
-        let two = if s.contains(',') || s.contains('-') {
-            s.clone()
-        } else {
-            format!("{s},{}", client_cpu.unwrap_or(1))
-        };
-        let variants: Vec<(&str, Vec<String>, u64)> = vec![
-            ("epoll, 1 loop", vec!["--io".into(), "epoll".into()], 2),
-            (
-                "epoll, 2 loops",
-                vec!["--io".into(), "epoll".into(), "--cores".into(), two.clone()],
-                2,
-            ),
-            (
-                "uring --fixed-files, 1 ring",
-                vec!["--io".into(), "uring".into(), "--fixed-files".into()],
-                2,
-            ),
-            (
-                "uring --fixed-files, 2 rings",
-                vec![
-                    "--io".into(),
-                    "uring".into(),
-                    "--fixed-files".into(),
-                    "--cores".into(),
-                    two.clone(),
-                ],
-                3,
-            ),
-        ];
-        let mut t = format!("\n### One process against the descriptor ceiling (ulimit -n {})\n\nHolders open connections until connects fail (the server stopped accepting and its listen queue is full); the count is the connections the one server process answered.\n\n| server | connections served | server fds | note |\n|---|---:|---:|---|\n", lim.nofile_soft);
-        for (label, extra, mult) in variants {
-            let mut args = vec!["--cores".to_string(), s.clone()];
-            args.extend(extra);
-            // A later --cores wins: drop the first pair if the variant has its own.
-            if args.iter().filter(|a| *a == "--cores").count() > 1 {
-                args.drain(0..2);
-            }
-            args.extend(SERVER_ARGS.map(String::from));
-            let target = mult * lim.per_process() + 8192;
-            let r = (|| -> Result<(u64, u64)> {
-                let server =
-                    Server::start(&self.bins, &args, &self.run.tmp, self.run.netns.as_ref())?;
-                let (holders, failed) =
-                    start_holders(&server.addr, target, lim.per_holder(), client_cpu, true)?;
-                let served: u64 = holders
-                    .iter()
-                    .map(|h| field(&h.line, "echo_ok=") as u64)
-                    .sum();
-                let fds = open_fds(&server.pids);
-                let errs = stop_holders(holders, failed);
-                let _ = server.stop();
-                if !errs.is_empty() {
-                    bail!("holder errors: {}", errs.join("; "));
-                }
-                Ok((served, fds))
-            })();
-            match r {
-                Ok((served, fds)) => {
-                    eprintln!("  ceiling {label}: {served} served");
-                    let _ = writeln!(t, "| {label} | {served} | {fds} | |");
-                }
-                Err(e) => {
-                    let _ = writeln!(t, "| {label} | – | – | failed: {e:#} |");
-                }
-            }
-        }
-        t
-    }
-
-    fn c10k_row(
-        &self,
-        label: &str,
-        n: u64,
-        lim: &Limits,
-        dur: f64,
-        client_cpu: Option<usize>,
-    ) -> Result<Row> {
-        let (backend, fixed) = match label {
-            "uring-fixed" => ("uring", true),
-            other => (other, false),
-        };
-        let procs = processes_for(n + ACTIVE as u64 + 16, lim.per_process());
-        let mut args = vec!["--cores".to_string(), self.o.server_cores.clone()];
-        args.extend(backend_args(backend)?);
-        args.extend(SERVER_ARGS.map(String::from));
-        if fixed {
-            args.push("--fixed-files".into());
-        }
-        if procs > 1 {
-            args.extend(["--processes".to_string(), procs.to_string()]);
-        }
-        let server = Server::start(&self.bins, &args, &self.run.tmp, self.run.netns.as_ref())
-            .with_context(|| format!("starting the server ({})", args.join(" ")))?;
-        let pids = server.pids.clone();
-        let rss = || pids.iter().map(|&p| rss_kib(p)).sum::<u64>();
-        let spec = self.spec(
-            label,
-            n as f64,
-            Vec::new(),
+/// How many connections ONE server process serves before its descriptor ceiling: epoll
+/// and uring with descriptors share the process table; uring with `--fixed-files` has a
+/// table per ring (each at most RLIMIT_NOFILE entries) and none in the process table.
+fn ceiling(ctx: &Ctx, lim: &Limits, client_cpu: Option<usize>) -> String {
+    let s = ctx.o.server_cores.clone();
+    let two = if s.contains(',') || s.contains('-') {
+        s.clone()
+    } else {
+        format!("{s},{}", client_cpu.unwrap_or(1))
+    };
+    let variants: Vec<(&str, Vec<String>, u64)> = vec![
+        ("epoll, 1 loop", vec!["--io".into(), "epoll".into()], 2),
+        (
+            "epoll, 2 loops",
+            vec!["--io".into(), "epoll".into(), "--cores".into(), two.clone()],
+            2,
+        ),
+        (
+            "uring --fixed-files, 1 ring",
+            vec!["--io".into(), "uring".into(), "--fixed-files".into()],
+            2,
+        ),
+        (
+            "uring --fixed-files, 2 rings",
             vec![
-                "--proto".into(),
-                "echo".into(),
-                "--size".into(),
-                "64".into(),
-                "--conns".into(),
-                ACTIVE.to_string(),
+                "--io".into(),
+                "uring".into(),
+                "--fixed-files".into(),
+                "--cores".into(),
+                two.clone(),
             ],
-            dur,
-        );
-        // Warm up first, so that memory every server touches once whatever the connection
-        // count (the provided buffers the kernel cycles through, the read buffer, the rings)
-        // is in the baseline and not counted per connection.
-        let mut warm = spec.clone();
-        warm.duration_s = 0.5;
-        warm.warmup_s = 0.1;
-        drive(&self.bins, &server.addr, &server.pids, &warm, &self.run)
-            .context("warming the server up")?;
-        std::thread::sleep(Duration::from_millis(300));
-        let (rss0, (slab0, tcp0)) = (rss(), kernel_mem());
-        let (holders, failed) =
-            start_holders(&server.addr, n, lim.per_holder(), client_cpu, false)?;
-        let nholders = (holders.len() + failed.len()) as u64;
-        if !failed.is_empty() {
+            3,
+        ),
+    ];
+    let mut t = format!("\n### One process against the descriptor ceiling (ulimit -n {})\n\nHolders open connections until connects fail (the server stopped accepting and its listen queue is full); the count is the connections the one server process answered.\n\n| server | connections served | server fds | note |\n|---|---:|---:|---|\n", lim.nofile_soft);
+    for (label, extra, mult) in variants {
+        let mut args = vec!["--cores".to_string(), s.clone()];
+        args.extend(extra);
+        // A later --cores wins: drop the first pair if the variant has its own.
+        if args.iter().filter(|a| *a == "--cores").count() > 1 {
+            args.drain(0..2);
+        }
+        args.extend(SERVER_ARGS.map(String::from));
+        let target = mult * lim.per_process() + 8192;
+        let r = (|| -> Result<(u64, u64)> {
+            let server = Server::start(&ctx.bins, &args, &ctx.run.tmp, ctx.run.netns.as_ref())?;
+            let (holders, failed) =
+                start_holders(&server.addr, target, lim.per_holder(), client_cpu, true)?;
+            let served: u64 = holders
+                .iter()
+                .map(|h| field(&h.line, "echo_ok=") as u64)
+                .sum();
+            let fds = open_fds(&server.pids);
             let errs = stop_holders(holders, failed);
             let _ = server.stop();
-            bail!("a holder failed: {}", errs.join("; "));
+            if !errs.is_empty() {
+                bail!("holder errors: {}", errs.join("; "));
+            }
+            Ok((served, fds))
+        })();
+        match r {
+            Ok((served, fds)) => {
+                eprintln!("  ceiling {label}: {served} served");
+                let _ = writeln!(t, "| {label} | {served} | {fds} | |");
+            }
+            Err(e) => {
+                let _ = writeln!(t, "| {label} | – | – | failed: {e:#} |");
+            }
         }
-        std::thread::sleep(Duration::from_millis(300));
-        let (rss1, (slab1, tcp1)) = (rss(), kernel_mem());
-        let server_fds = open_fds(&pids);
-        let connect_s = holders
-            .iter()
-            .map(|h| field(&h.line, "connect_s="))
-            .fold(0.0, f64::max);
-        let connect_p99 = holders
-            .iter()
-            .map(|h| field(&h.line, "connect_p99_us="))
-            .fold(0.0, f64::max);
-        let run = drive(&self.bins, &server.addr, &server.pids, &spec, &self.run);
-        let errs = stop_holders(holders, Vec::new());
-        let stats = server.stop();
-        let run = run?;
-        let stats = stats?;
-        let accepted = stats
-            .get("total")
-            .and_then(|t| t.get("accepted"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
-        let mut note = Vec::new();
-        if accepted < n + ACTIVE as u64 {
-            note.push(format!("server accepted only {accepted}"));
-        }
-        if !errs.is_empty() {
-            note.push(format!("holder errors: {}", errs.join("; ")));
-        }
-        if run.client_saturated {
-            note.push("client saturated".into());
-        }
-        let per = |a: u64, b: u64| (a as f64 - b as f64) / n.max(1) as f64;
-        Ok(Row {
-            label: label.to_string(),
-            idle: n,
-            server_procs: procs,
-            holders: nholders,
-            run: Some(run),
-            rss_kib_per_conn: per(rss1, rss0),
-            slab_kib_per_conn: per(slab1, slab0),
-            tcp_kib_per_conn: per(tcp1, tcp0),
-            connect_s,
-            connect_p99_us: connect_p99,
-            server_fds,
-            note: note.join(", "),
-        })
     }
+    t
+}
+
+fn c10k_row(
+    ctx: &Ctx,
+    label: &str,
+    n: u64,
+    lim: &Limits,
+    dur: f64,
+    client_cpu: Option<usize>,
+) -> Result<Row> {
+    let (backend, fixed) = match label {
+        "uring-fixed" => ("uring", true),
+        other => (other, false),
+    };
+    let procs = processes_for(n + ACTIVE as u64 + 16, lim.per_process());
+    let mut args = vec!["--cores".to_string(), ctx.o.server_cores.clone()];
+    args.extend(backend_args(backend)?);
+    args.extend(SERVER_ARGS.map(String::from));
+    if fixed {
+        args.push("--fixed-files".into());
+    }
+    if procs > 1 {
+        args.extend(["--processes".to_string(), procs.to_string()]);
+    }
+    let server = Server::start(&ctx.bins, &args, &ctx.run.tmp, ctx.run.netns.as_ref())
+        .with_context(|| format!("starting the server ({})", args.join(" ")))?;
+    let pids = server.pids.clone();
+    let rss = || pids.iter().map(|&p| rss_kib(p)).sum::<u64>();
+    let spec = ctx.spec(
+        label,
+        n as f64,
+        Vec::new(),
+        vec![
+            "--proto".into(),
+            "echo".into(),
+            "--size".into(),
+            "64".into(),
+            "--conns".into(),
+            ACTIVE.to_string(),
+        ],
+        dur,
+    );
+    // Warm up first, so that memory every server touches once whatever the connection
+    // count (the provided buffers the kernel cycles through, the read buffer, the rings)
+    // is in the baseline and not counted per connection.
+    let mut warm = spec.clone();
+    warm.duration_s = 0.5;
+    warm.warmup_s = 0.1;
+    drive(&ctx.bins, &server.addr, &server.pids, &warm, &ctx.run)
+        .context("warming the server up")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (rss0, (slab0, tcp0)) = (rss(), kernel_mem());
+    let (holders, failed) = start_holders(&server.addr, n, lim.per_holder(), client_cpu, false)?;
+    let nholders = (holders.len() + failed.len()) as u64;
+    if !failed.is_empty() {
+        let errs = stop_holders(holders, failed);
+        let _ = server.stop();
+        bail!("a holder failed: {}", errs.join("; "));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (rss1, (slab1, tcp1)) = (rss(), kernel_mem());
+    let server_fds = open_fds(&pids);
+    let connect_s = holders
+        .iter()
+        .map(|h| field(&h.line, "connect_s="))
+        .fold(0.0, f64::max);
+    let connect_p99 = holders
+        .iter()
+        .map(|h| field(&h.line, "connect_p99_us="))
+        .fold(0.0, f64::max);
+    let run = drive(&ctx.bins, &server.addr, &server.pids, &spec, &ctx.run);
+    let errs = stop_holders(holders, Vec::new());
+    let stats = server.stop();
+    let run = run?;
+    let stats = stats?;
+    let accepted = stats.total.accepted;
+    let mut note = Vec::new();
+    if accepted < n + ACTIVE as u64 {
+        note.push(format!("server accepted only {accepted}"));
+    }
+    if !errs.is_empty() {
+        note.push(format!("holder errors: {}", errs.join("; ")));
+    }
+    if run.client_saturated {
+        note.push("client saturated".into());
+    }
+    let per = |a: u64, b: u64| (a as f64 - b as f64) / n.max(1) as f64;
+    Ok(Row {
+        label: label.to_string(),
+        idle: n,
+        server_procs: procs,
+        holders: nholders,
+        run: Some(run),
+        rss_kib_per_conn: per(rss1, rss0),
+        slab_kib_per_conn: per(slab1, slab0),
+        tcp_kib_per_conn: per(tcp1, tcp0),
+        connect_s,
+        connect_p99_us: connect_p99,
+        server_fds,
+        note: note.join(", "),
+    })
 }
 
 #[cfg(test)]

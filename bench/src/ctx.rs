@@ -1,0 +1,156 @@
+//! What a scenario is ([`Scenario`]) and what it runs with ([`Ctx`]): the flags, the
+//! binaries, and the helpers every scenario uses to make and run its specs.
+
+use anyhow::{bail, Context, Result};
+
+use crate::opts::Opts;
+use crate::procs::Bins;
+use crate::report::Report;
+use crate::run::{self, RunOpts, RunResult, RunSpec};
+
+/// One scenario of the bench: a subcommand, and a section of the report.
+pub trait Scenario {
+    /// Its subcommand and the name of its report section.
+    fn name(&self) -> &'static str;
+    /// Run it, adding its section (tables, charts, data) to `rep`.
+    fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()>;
+}
+
+/// What every scenario runs with: the binaries, the flags, the options of every run.
+pub struct Ctx {
+    pub bins: Bins,
+    pub o: Opts,
+    pub run: RunOpts,
+}
+
+/// A backend row: label, the server arguments that make it.
+pub fn backend_args(label: &str) -> Result<Vec<String>> {
+    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    Ok(match label {
+        "uring" | "epoll" | "tokio-uring" | "tokio" => v(&["--io", label]),
+        "blocking" => v(&["--io", "blocking", "--workers", "64"]),
+        l if l.starts_with("blocking-") => {
+            let w: usize = l["blocking-".len()..]
+                .parse()
+                .with_context(|| format!("bad backend {l:?}"))?;
+            vec![
+                "--io".into(),
+                "blocking".into(),
+                "--workers".into(),
+                w.to_string(),
+            ]
+        }
+        other => bail!(
+            "unknown backend {other:?} (uring, epoll, tokio-uring, tokio, blocking, blocking-N)"
+        ),
+    })
+}
+
+impl Ctx {
+    /// `--backends` (`all`: every one), or the scenario's `default`.
+    pub fn backends(&self, default: &[&str]) -> Vec<String> {
+        match &self.o.backends {
+            Some(b) if b.iter().any(|x| x == "all") => {
+                ["uring", "epoll", "tokio-uring", "tokio", "blocking"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }
+            Some(b) => b.clone(),
+            None => default.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// `--reps`, or one with `--quick`, or the scenario's `normal`.
+    pub fn reps(&self, normal: usize) -> usize {
+        self.o
+            .reps
+            .unwrap_or(if self.o.quick { 1 } else { normal })
+            .max(1)
+    }
+
+    /// `--duration`, or half a second with `--quick`, or the scenario's `normal`.
+    pub fn duration(&self, normal: f64) -> f64 {
+        self.o
+            .duration
+            .unwrap_or(if self.o.quick { 0.5 } else { normal })
+    }
+
+    /// Warm-up before each measured window.
+    pub fn warmup(&self) -> f64 {
+        if self.o.quick {
+            0.2
+        } else {
+            0.5
+        }
+    }
+
+    /// A run of `label` at `x`: the server and client arguments with the common flags added.
+    pub fn spec(
+        &self,
+        label: &str,
+        x: f64,
+        server: Vec<String>,
+        client: Vec<String>,
+        dur: f64,
+    ) -> RunSpec {
+        let mut client_args = vec!["--io".to_string(), self.o.client_io.clone()];
+        if self.o.client_processes > 1 {
+            client_args.extend([
+                "--processes".to_string(),
+                self.o.client_processes.to_string(),
+            ]);
+            if self.run.netns.is_some() {
+                // One source address per client process on the client side of the link.
+                client_args.extend(["--bind".to_string(), "10.77.0.10-10.77.0.17".to_string()]);
+            }
+        }
+        client_args.extend(client);
+        let mut server_args = vec!["--cores".to_string(), self.o.server_cores.clone()];
+        server_args.extend(server);
+        RunSpec {
+            label: label.into(),
+            x,
+            server_args,
+            client_args,
+            client_cores: self.o.client_cores.clone(),
+            duration_s: dur,
+            warmup_s: self.warmup(),
+        }
+    }
+
+    /// A run of backend `b` serving `proto` at `x`: the server gets the backend's arguments
+    /// and `--proto`; the client `--proto` and then `client`.
+    pub fn proto_spec(
+        &self,
+        b: &str,
+        x: f64,
+        proto: &str,
+        client: &[&str],
+        dur: f64,
+    ) -> Result<RunSpec> {
+        let server = [backend_args(b)?, vec!["--proto".into(), proto.into()]].concat();
+        let client = ["--proto", proto].into_iter().chain(client.iter().copied());
+        Ok(self.spec(b, x, server, client.map(String::from).collect(), dur))
+    }
+
+    /// Run `specs` interleaved `reps` times: the medians and every run; an error if all failed.
+    pub fn go(&self, specs: &[RunSpec], reps: usize) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
+        let (m, raw) = run::run_interleaved(&self.bins, specs, reps, &self.run, &mut |s| {
+            eprintln!("  {s}")
+        })?;
+        if m.is_empty() {
+            bail!("every run failed (see the messages above)");
+        }
+        Ok((m, raw))
+    }
+
+    /// The first `--conns`, or the scenario's `default` (scenarios that run one count).
+    pub fn one_conns(&self, default: u32) -> u32 {
+        self.o
+            .conns
+            .as_ref()
+            .and_then(|c| c.first().copied())
+            .unwrap_or(default)
+    }
+}

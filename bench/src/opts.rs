@@ -1,0 +1,53 @@
+//! The flags every scenario takes (`ringlab-bench --help`, "Options").
+
+use std::path::PathBuf;
+
+// Flags common to every scenario (global: they may follow the subcommand). A plain comment:
+// a doc comment here would be clap help text.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Opts {
+    /// Shorten every scenario (one repetition, short runs): a smoke run.
+    #[arg(long, global = true)]
+    pub quick: bool,
+    /// Backends to compare: a comma list of uring, epoll, tokio-uring, tokio, blocking, or `all`.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub backends: Option<Vec<String>>,
+    /// Connection counts (comma list) instead of the scenario's.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub conns: Option<Vec<u32>>,
+    /// Measured seconds per run instead of the scenario's.
+    #[arg(long, global = true)]
+    pub duration: Option<f64>,
+    /// Repetitions of every run (medians are reported).
+    #[arg(long, global = true)]
+    pub reps: Option<usize>,
+    /// CPU list for the server.
+    #[arg(long, global = true, default_value = "0")]
+    pub server_cores: String,
+    /// CPU list for the client.
+    #[arg(long, global = true, default_value = "1")]
+    pub client_cores: String,
+    /// The client's own IO (the same for every backend measured).
+    #[arg(long, global = true, default_value = "epoll")]
+    pub client_io: String,
+    /// Client processes per run (ringlab-client --processes): the connections and the client
+    /// CPU list are shared out, the results merged exactly (histograms added).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub client_processes: usize,
+    /// Report directory (default target/ringlab/<scenario>-<time>).
+    #[arg(long, global = true)]
+    pub out: Option<PathBuf>,
+    /// Also count the server's syscalls with perf (raw_syscalls:sys_enter). Tracing slows every
+    /// syscall, so this taxes the syscall-heavy backends more: use it for counts, not speed.
+    #[arg(long, global = true)]
+    pub perf: bool,
+    /// Where ringlab-server and ringlab-client are (default: next to this executable).
+    #[arg(long, global = true)]
+    pub bin_dir: Option<PathBuf>,
+    /// Run the server in network namespace ringlab-srv (10.77.0.1) and the client in
+    /// ringlab-cli, joined by a veth pair: traffic crosses a link (with its own queues, GRO and
+    /// any loss or rate set there) instead of loopback. Make them with `sudo scripts/netns.sh up`
+    /// first (root needed); the wrk and nginx rows are skipped.
+    #[arg(long, global = true)]
+    pub netns: bool,
+}

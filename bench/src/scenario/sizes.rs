@@ -1,0 +1,60 @@
+//! `sizes`: echo with payloads from 64 B to 64 KiB.
+
+use anyhow::Result;
+
+use crate::ctx::{Ctx, Scenario};
+use crate::plot;
+use crate::report::{self, Report};
+
+/// `ringlab-bench sizes`.
+pub struct Sizes;
+
+impl Scenario for Sizes {
+    fn name(&self) -> &'static str {
+        "sizes"
+    }
+
+    fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
+        let conns = ctx.one_conns(64);
+        let backends = ctx.backends(&["uring", "epoll"]);
+        let sizes: &[usize] = if ctx.o.quick {
+            &[64, 4096, 65536]
+        } else {
+            &[64, 512, 4096, 16384, 65536]
+        };
+        let dur = ctx.duration(2.0);
+        let mut specs = Vec::new();
+        for &s in sizes {
+            for b in &backends {
+                let client = ["--size", &s.to_string(), "--conns", &conns.to_string()];
+                specs.push(ctx.proto_spec(b, s as f64, "echo", &client, dur)?);
+            }
+        }
+        let (m, raw) = ctx.go(&specs, ctx.reps(3))?;
+        let table = report::table(&m, "bytes", "epoll");
+        println!("\nsizes: echo, {conns} connections\n\n{table}");
+        plot::lines(
+            &rep.dir.join("sizes-throughput.svg"),
+            "throughput vs payload",
+            "payload bytes",
+            "requests/s",
+            &m,
+            |r| r.rps,
+        )?;
+        plot::lines(
+            &rep.dir.join("sizes-bandwidth.svg"),
+            "echo bandwidth vs payload",
+            "payload bytes",
+            "MB/s each way",
+            &m,
+            |r| r.rps * r.x / 1e6,
+        )?;
+        rep.section(
+                "sizes",
+                &format!("Echo with payloads from 64 B to 64 KiB, {conns} connections.\n\n{table}\n![throughput](sizes-throughput.svg)\n![bandwidth](sizes-bandwidth.svg)\n"),
+                &m,
+                &raw,
+            );
+        Ok(())
+    }
+}
