@@ -38,6 +38,8 @@ use crate::stats::{Counters, Errors};
 
 mod connect;
 mod record;
+#[cfg(test)]
+mod tests;
 mod types;
 
 use connect::backoff;
