@@ -411,3 +411,20 @@ fn a_response_ended_by_the_close_counts_in_its_interval() {
     let interval_bytes: u64 = intervals.iter().map(|iv| iv.bytes).sum();
     assert_eq!(interval_bytes, r.counters.measured_bytes);
 }
+
+#[test]
+fn requests_carry_the_fresh_reading_and_responses_the_turns_time() {
+    let mut p = Pair::new(Setup::new(&["-c", "1"]));
+    p.turn(Duration::ZERO);
+    // The turn began at 3 ms; the driver reaches this response late in its batch, at 3.5 ms.
+    p.at(3 * MS);
+    let data: Vec<u8> = p.unanswered[0].drain(..).collect();
+    p.eng.recv(0, &data, p.t0 + 3500 * US);
+    p.pump(0);
+    p.at(6 * MS);
+    p.echo(0, SIZE, None);
+    let r = p.finish();
+    // The first request: sent at 0, done in the turn of 3 ms. The one issued in its place: sent
+    // at 3.5 ms (not at the turn's 3 ms), done at 6 ms.
+    assert_eq!(r.corrected, hist([3 * MS, 2500 * US]));
+}
