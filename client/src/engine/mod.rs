@@ -565,17 +565,9 @@ impl Engine {
     pub fn recv(&mut self, slot: u32, data: &[u8], sent: Instant) {
         self.counters.bytes_received += data.len() as u64;
         let now = self.now;
-        let Engine {
-            slots,
-            rec,
-            counters,
-            ..
-        } = self;
-        let s = &mut slots[slot as usize];
-        if s.state != State::Open {
+        let Some((c, rec, counters)) = self.open_conn(slot) else {
             return; // closing: input is dropped
-        }
-        let Some(c) = s.conn.as_mut() else { return };
+        };
         let mut completed = 0u32;
         let r = c.on_recv(data, |d| {
             completed += 1;
@@ -586,9 +578,18 @@ impl Engine {
             return;
         }
         if completed > 0 {
-            s.answered = true;
+            self.slots[slot as usize].answered = true;
             self.after_responses(slot, sent);
         }
+    }
+
+    /// The connection of `slot` if it is open, and what recording its responses takes.
+    fn open_conn(&mut self, slot: u32) -> Option<(&mut Conn, &mut Recorder, &mut Counters)> {
+        let s = &mut self.slots[slot as usize];
+        if s.state != State::Open {
+            return None;
+        }
+        Some((s.conn.as_mut()?, &mut self.rec, &mut self.counters))
     }
 
     fn after_responses(&mut self, slot: u32, sent: Instant) {
@@ -635,18 +636,11 @@ impl Engine {
     /// The server closed its side of `slot` (a read returned 0).
     pub fn eof(&mut self, slot: u32) {
         let now = self.now;
-        let Engine {
-            slots,
-            rec,
-            counters,
-            ..
-        } = self;
-        let s = &mut slots[slot as usize];
-        if s.state != State::Open {
+        let Some((c, rec, counters)) = self.open_conn(slot) else {
             return;
-        }
-        let Some(c) = s.conn.as_mut() else { return };
+        };
         let r = c.on_eof(|d| rec.complete(&d, now, counters));
+        let s = &mut self.slots[slot as usize];
         match r {
             Ok(Eof::Clean) => {
                 // Closed while idle (a server's keep-alive limit): reconnect without back-off.
