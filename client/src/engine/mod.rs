@@ -213,7 +213,7 @@ impl Engine {
         self.slots.len()
     }
 
-    /// The time read at the last [`Engine::tick`].
+    /// The time given to the last [`Engine::tick`].
     pub fn now(&self) -> Instant {
         self.now
     }
