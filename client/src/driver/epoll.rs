@@ -12,7 +12,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringlab_runtime::epoll::{Epoll, Event, EventFlags};
@@ -84,27 +84,31 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
     }
     // Dropping the sockets closes them.
     lp.socks.clear();
-    r.map(|()| Some(lp.eng.into_result()))
+    r.map(|()| Some(lp.eng.into_result(Instant::now())))
 }
 
 impl Loop {
     fn run(&mut self) -> io::Result<()> {
-        self.eng.tick();
+        self.eng.tick(Instant::now());
         loop {
-            self.eng.poll();
+            self.eng.poll(Instant::now());
             self.do_work();
             if self.eng.finished() {
                 return Ok(());
             }
             let timeout = if self.again.is_empty() {
-                self.eng.wait_timeout()
+                Some(
+                    self.eng
+                        .deadline()
+                        .saturating_duration_since(Instant::now()),
+                )
             } else {
                 Some(Duration::ZERO)
             };
             let mut events = std::mem::take(&mut self.events);
             self.epoll
                 .wait(&mut events, timeout, &mut self.eng.counters.syscalls)?;
-            self.eng.tick();
+            self.eng.tick(Instant::now());
             for (slot, gen) in std::mem::take(&mut self.again) {
                 if self.live(slot, gen) {
                     self.pump(slot);
@@ -112,7 +116,7 @@ impl Loop {
             }
             for (i, ev) in events.iter().enumerate() {
                 if i > 0 && i % TICK_EVERY == 0 {
-                    self.eng.tick();
+                    self.eng.tick(Instant::now());
                 }
                 let k = ev.data.u64();
                 let (slot, gen) = (k as u32, (k >> 32) as u32);
@@ -143,7 +147,7 @@ impl Loop {
                         Ok(Err(e)) => Err(io::Error::from(e)),
                         Err(e) => Err(io::Error::from(e)),
                     };
-                    self.eng.connected(slot, r);
+                    self.eng.connected(slot, r, Instant::now());
                 }
                 self.pump(slot);
             }
@@ -214,7 +218,7 @@ impl Loop {
         });
         self.eng.connect_started(slot);
         if !connecting {
-            self.eng.connected(slot, Ok(()));
+            self.eng.connected(slot, Ok(()), Instant::now());
             self.pump(slot);
         }
     }
@@ -266,7 +270,7 @@ impl Loop {
                         if n < buf.len() && !s.rdhup {
                             s.readable = false; // drained; new data raises a new edge
                         }
-                        eng.recv(slot, &buf[..n]);
+                        eng.recv(slot, &buf[..n], Instant::now());
                     }
                     Err(Errno::AGAIN) => s.readable = false,
                     Err(Errno::INTR) => {}

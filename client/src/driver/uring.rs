@@ -20,6 +20,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Instant;
 
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types};
@@ -137,7 +138,7 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
     } = lp;
     let overflows = ring.cq_overflow_events;
     drop(bufs);
-    let mut res = eng.into_result();
+    let mut res = eng.into_result(Instant::now());
     res.counters.cq_overflows = overflows;
     r.map(|()| Some(res))
 }
@@ -154,21 +155,25 @@ impl Loop<'_> {
 
     fn run(&mut self) -> io::Result<()> {
         let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(1024);
-        self.eng.tick();
+        self.eng.tick(Instant::now());
         loop {
-            self.eng.poll();
+            self.eng.poll(Instant::now());
             self.do_work();
             if self.eng.finished() {
                 return Ok(());
             }
-            let timeout = self.eng.wait_timeout();
+            let timeout = Some(
+                self.eng
+                    .deadline()
+                    .saturating_duration_since(Instant::now()),
+            );
             self.ring
                 .submit_and_wait(1, timeout, &mut self.eng.counters.syscalls)?;
-            self.eng.tick();
+            self.eng.tick(Instant::now());
             self.ring.reap(&mut cqes);
             for (i, cqe) in cqes.drain(..).enumerate() {
                 if i > 0 && i % TICK_EVERY == 0 {
-                    self.eng.tick();
+                    self.eng.tick(Instant::now());
                 }
                 self.handle(cqe);
             }
@@ -266,7 +271,7 @@ impl Loop<'_> {
                     Err(io::Error::from_raw_os_error(-res))
                 };
                 if res != -rustix::io::Errno::CANCELED.raw_os_error() {
-                    self.eng.connected(u.slot, r);
+                    self.eng.connected(u.slot, r, Instant::now());
                 }
                 self.pump(u.slot);
             }
@@ -313,7 +318,7 @@ impl Loop<'_> {
         if res > 0 {
             match (cqueue::buffer_select(flags), bufs.as_mut()) {
                 (Some(bid), Some(b)) => {
-                    eng.recv(u.slot, b.get(bid, res as usize));
+                    eng.recv(u.slot, b.get(bid, res as usize), Instant::now());
                     b.recycle(bid);
                 }
                 _ => {

@@ -11,6 +11,15 @@
 //! Phases: `Run` (requests issued; before `measure_start` they are warmup and not recorded),
 //! `Drain` (no new requests; connections close once their answers are in, or at the drain
 //! deadline, when what is left counts as timeouts), `Done`.
+//!
+//! Time, as in `ringlab_proto::Session`: the engine never reads the wall clock. The driver
+//! passes the turn's time to [`Engine::tick`]; responses, timeouts, connects and phases are
+//! timed by it (the bytes a turn handles were there when it began). Calls that may issue
+//! requests ([`Engine::connected`], [`Engine::recv`], [`Engine::poll`]) take a fresh reading
+//! too, which stamps those requests: a request issued late in a batch of events would
+//! otherwise look older than it is (measured: +45 µs on the median at 64 connections against
+//! wrk, which reads the clock per request). The next time the engine needs the loop awake goes
+//! out as a value ([`Engine::deadline`]). The tests run it on a virtual clock (`tests.rs`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -21,58 +30,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hdrhistogram::Histogram;
 
 use crate::args::RunConfig;
-use crate::conn::{Completion, Conn, DataError, Eof, Stamp};
+use crate::conn::{Conn, DataError, Eof, Stamp};
 use crate::schedule::Schedule;
-use crate::stats::{new_hist, record, Counters, Errors};
+use crate::stats::{Counters, Errors};
 
-/// Consecutive failed connects on one slot before it waits at the longest back-off.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+mod connect;
+mod record;
+#[cfg(test)]
+mod tests;
+mod types;
 
-/// What one thread is asked to do.
-#[derive(Clone, Debug)]
-pub struct ThreadPlan {
-    /// Thread number.
-    pub index: usize,
-    /// The CPU it runs on.
-    pub cpu: usize,
-    /// Global numbers of this thread's connections.
-    pub conn_ids: Vec<usize>,
-    /// Open loop: this thread's share of the rate (requests/s).
-    pub rate: Option<f64>,
-    /// This thread's share of --requests.
-    pub requests: Option<u64>,
-    /// This thread's share of --connect-rate (connections/s).
-    pub connect_rate: Option<f64>,
-    /// Offset of this thread's schedule, so threads interleave.
-    pub phase: Duration,
-}
-
-/// The run's time line, common to all threads.
-#[derive(Clone, Copy, Debug)]
-pub struct Timeline {
-    /// When loops start connecting.
-    pub start: Instant,
-    /// End of the warmup: requests meant to be sent from here on are measured.
-    pub measure_start: Instant,
-    /// End of the measured time (duration mode).
-    pub end: Option<Instant>,
-}
-
-/// The samples of one interval of one thread: one second of measurement (`index` counts from
-/// `measure_start`), or the last part of one. Loops send these to the main thread.
-pub struct Interval {
-    pub thread: usize,
-    pub index: u64,
-    /// Length of the interval (1 s, or less for the last one).
-    pub length: Duration,
-    pub corrected: Histogram<u64>,
-    pub raw: Histogram<u64>,
-    pub bytes: u64,
-}
+use connect::backoff;
+pub use connect::describe_connect_error;
+pub use record::thread_cpu_time;
+use record::Recorder;
+pub use types::{GaveUp, Interval, ThreadPlan, ThreadResult, Timeline};
 
 /// Connections and requests the driver must act on.
 #[derive(Default, Debug)]
@@ -118,34 +92,6 @@ enum Phase {
     Done,
 }
 
-/// Why a thread stopped before its plan was done.
-#[derive(Clone, Debug)]
-pub struct GaveUp(pub String);
-
-/// What a thread hands back when it is done.
-pub struct ThreadResult {
-    pub thread: usize,
-    pub cpu: usize,
-    pub corrected: Histogram<u64>,
-    pub raw: Histogram<u64>,
-    pub connect: Histogram<u64>,
-    pub lag: Histogram<u64>,
-    pub counters: Counters,
-    pub errors: Errors,
-    /// CPU time this thread used while measuring, and the wall time it measured for.
-    pub cpu_time: Duration,
-    pub cpu_wall: Duration,
-    /// Last measured response (for the run's elapsed time).
-    pub last_completion: Option<Instant>,
-    /// When the thread stopped issuing requests (end of run, budget spent, gave up).
-    pub ended_at: Instant,
-    pub gave_up: Option<GaveUp>,
-    /// First data error seen, for the report.
-    pub first_data_error: Option<String>,
-    /// First connect error seen, for the report.
-    pub first_connect_error: Option<String>,
-}
-
 /// The shared per-thread state.
 pub struct Engine {
     pub cfg: Arc<RunConfig>,
@@ -170,46 +116,21 @@ pub struct Engine {
     last_connect_success: Instant,
     next_sweep: Instant,
     sweep_every: Duration,
-    measuring: bool,
-    next_interval_at: Instant,
-    interval_index: u64,
-    interval_bytes: u64,
-    cpu_at_measure: Option<(Instant, Duration)>,
-    cpu_result: (Duration, Duration),
     ended_at: Option<Instant>,
-    tx: Sender<Interval>,
     stop: Arc<AtomicBool>,
     work: Work,
     // Results.
-    icorrected: Histogram<u64>,
-    iraw: Histogram<u64>,
-    corrected: Histogram<u64>,
-    raw: Histogram<u64>,
-    connect_hist: Histogram<u64>,
-    lag: Histogram<u64>,
+    rec: Recorder,
     pub counters: Counters,
     pub errors: Errors,
-    last_completion: Option<Instant>,
     gave_up: Option<GaveUp>,
     first_data_error: Option<String>,
     first_connect_error: Option<String>,
 }
 
-fn us(d: Duration) -> u64 {
-    d.as_micros().min(u128::from(u64::MAX)) as u64
-}
-
-/// CPU time used by the calling thread.
-pub fn thread_cpu_time() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(
-        t.tv_sec.max(0) as u64,
-        t.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
-}
-
 impl Engine {
-    /// The engine of thread `plan` on the run's `timeline`.
+    /// The engine of thread `plan` on the run's `timeline`. Its time is `timeline.start` until
+    /// the first [`Engine::tick`].
     pub fn new(
         cfg: Arc<RunConfig>,
         plan: ThreadPlan,
@@ -217,7 +138,6 @@ impl Engine {
         tx: Sender<Interval>,
         stop: Arc<AtomicBool>,
     ) -> Engine {
-        let now = Instant::now();
         let slots: Vec<Slot> = plan
             .conn_ids
             .iter()
@@ -260,8 +180,9 @@ impl Engine {
             } else {
                 None
             },
+            rec: Recorder::new(plan.index, tl.measure_start, tx),
             plan,
-            now,
+            now: tl.start,
             phase: Phase::Run,
             slots,
             live: 0,
@@ -274,25 +195,11 @@ impl Engine {
             last_connect_success: tl.start,
             next_sweep: tl.start,
             sweep_every,
-            measuring: false,
-            next_interval_at: tl.measure_start,
-            interval_index: 0,
-            interval_bytes: 0,
-            cpu_at_measure: None,
-            cpu_result: (Duration::ZERO, Duration::ZERO),
             ended_at: None,
-            tx,
             stop,
             work: Work::default(),
-            icorrected: new_hist(),
-            iraw: new_hist(),
-            corrected: new_hist(),
-            raw: new_hist(),
-            connect_hist: new_hist(),
-            lag: new_hist(),
             counters: Counters::default(),
             errors: Errors::default(),
-            last_completion: None,
             gave_up: None,
             first_data_error: None,
             first_connect_error: None,
@@ -306,60 +213,27 @@ impl Engine {
         self.slots.len()
     }
 
-    /// The time read at the last [`Engine::tick`].
+    /// The time given to the last [`Engine::tick`].
     pub fn now(&self) -> Instant {
         self.now
     }
 
-    /// Read the clock. Call once at the top of every loop turn (and whenever precision needs a
-    /// fresh reading, e.g. before handling a batch of completions).
-    pub fn tick(&mut self) -> Instant {
-        self.now = Instant::now();
-        if self.now >= self.next_interval_at && self.phase != Phase::Done {
-            self.roll_interval();
-        }
-        self.now
-    }
-
-    fn roll_interval(&mut self) {
-        if !self.measuring {
-            self.measuring = true;
-            self.cpu_at_measure = Some((self.now, thread_cpu_time()));
-            self.next_interval_at = self.tl.measure_start + Duration::from_secs(1);
-            return;
-        }
-        while self.now >= self.next_interval_at {
-            self.flush_interval(Duration::from_secs(1));
-            self.next_interval_at += Duration::from_secs(1);
+    /// The time is `now`: the turn's reading, taken by the driver once at the top of every
+    /// loop turn (and again every so many events of a large batch, so that latencies stay exact).
+    pub fn tick(&mut self, now: Instant) {
+        self.now = now;
+        if self.phase != Phase::Done {
+            self.rec.tick(now);
         }
     }
 
-    fn flush_interval(&mut self, length: Duration) {
-        let msg = Interval {
-            thread: self.plan.index,
-            index: self.interval_index,
-            length,
-            corrected: self.icorrected.clone(),
-            raw: self.iraw.clone(),
-            bytes: self.interval_bytes,
-        };
-        // Totals are the sum of the intervals.
-        let _ = self.corrected.add(&self.icorrected);
-        let _ = self.raw.add(&self.iraw);
-        self.icorrected.reset();
-        self.iraw.reset();
-        self.interval_bytes = 0;
-        self.interval_index += 1;
-        let _ = self.tx.send(msg);
-    }
-
-    /// How long the loop may block: until the next connect, scheduled send, sweep, interval
-    /// boundary or drain deadline.
-    pub fn wait_timeout(&self) -> Option<Duration> {
+    /// When the loop must be awake next: the next connect, scheduled send, sweep, interval
+    /// boundary or drain deadline (once the run is done, a short wait for the closes).
+    pub fn deadline(&self) -> Instant {
         if self.phase == Phase::Done {
-            return Some(Duration::from_millis(10));
+            return self.now + Duration::from_millis(10);
         }
-        let mut next = self.next_sweep.min(self.next_interval_at);
+        let mut next = self.next_sweep.min(self.rec.next_boundary());
         if !self.connect_queue.is_empty() {
             next = next.min(self.next_connect_at);
         }
@@ -378,7 +252,7 @@ impl Engine {
                 next = next.min(end);
             }
         }
-        Some(next.saturating_duration_since(Instant::now()))
+        next
     }
 
     /// Whether the loop may exit: the run is over and every socket is closed.
@@ -393,8 +267,9 @@ impl Engine {
     }
 
     /// Decide the turn's work: phase changes, timeouts, connects, scheduled requests. Call once
-    /// a turn, after handling completions; then [`Engine::take_work`].
-    pub fn poll(&mut self) {
+    /// a turn, after handling completions; then [`Engine::take_work`]. `sent`: a fresh reading,
+    /// which stamps the scheduled requests handed to connections here.
+    pub fn poll(&mut self, sent: Instant) {
         let now = self.now;
         // Phase changes.
         if self.phase == Phase::Run {
@@ -442,18 +317,13 @@ impl Engine {
                 let backlog = &mut self.backlog;
                 s.take_due(now, |t| backlog.push_back(t));
             }
-            self.dispatch();
+            self.dispatch(sent);
         }
     }
 
     fn begin_drain(&mut self) {
         self.ended_at.get_or_insert(self.now);
-        if let Some((t0, c0)) = self.cpu_at_measure.take() {
-            self.cpu_result = (
-                thread_cpu_time().saturating_sub(c0),
-                self.now.saturating_duration_since(t0),
-            );
-        }
+        self.rec.stop_cpu(self.now);
         let deadline = self.now + self.cfg.timeout;
         self.phase = Phase::Drain { deadline };
         // Due but never sent: behind schedule.
@@ -501,15 +371,6 @@ impl Engine {
         {
             self.phase = Phase::Done;
         }
-    }
-
-    fn finish_measuring(&mut self) {
-        self.measuring = false;
-        let length = self
-            .now
-            .saturating_duration_since(self.next_interval_at - Duration::from_secs(1));
-        self.flush_interval(length.min(Duration::from_secs(1)));
-        self.next_interval_at = self.now + Duration::from_secs(3600);
     }
 
     /// Timeouts, back-offs, giving up. Runs every `sweep_every` (timeouts are that coarse).
@@ -566,7 +427,8 @@ impl Engine {
         }
     }
 
-    fn dispatch(&mut self) {
+    /// Open loop: hand the due intended times to connections with room, as sent at `sent`.
+    fn dispatch(&mut self, sent: Instant) {
         while let Some(&intended) = self.backlog.front() {
             let Some(slot) = self.spare.pop_front() else {
                 return;
@@ -578,15 +440,12 @@ impl Engine {
                 continue;
             }
             self.backlog.pop_front();
-            // The raw (uncorrected) latency starts at the real send: a fresh reading, as in
-            // `fill`.
-            let sent = Instant::now();
+            // The raw (uncorrected) latency starts at the real send, the corrected one at the
+            // intended time.
             c.push_request(Stamp { intended, sent });
             let room = c.inflight() < self.cfg.pipeline;
             self.counters.requests_sent += 1;
-            if intended >= self.tl.measure_start {
-                record(&mut self.lag, us(sent.saturating_duration_since(intended)));
-            }
+            self.rec.lag(intended, sent);
             if room {
                 s.in_spare = true;
                 self.spare.push_back(slot);
@@ -603,12 +462,9 @@ impl Engine {
         }
     }
 
-    /// Closed loop: issue requests on `slot` until its pipeline is full.
-    fn fill(&mut self, slot: u32) {
-        // A fresh reading, not the turn's: requests filled late in a batch of events would
-        // otherwise look older than they are (measured: +45 µs on the median at 64
-        // connections against wrk, which reads the clock per request).
-        let now = Instant::now();
+    /// Closed loop: issue requests on `slot` until its pipeline is full, as sent (and meant to
+    /// be sent) at `now`, a fresh reading (see the module's notes on time).
+    fn fill(&mut self, slot: u32, now: Instant) {
         let ms = self.tl.measure_start;
         let s = &mut self.slots[slot as usize];
         let Some(c) = s.conn.as_mut() else { return };
@@ -664,7 +520,8 @@ impl Engine {
     }
 
     /// The connect of `slot` finished with `res`.
-    pub fn connected(&mut self, slot: u32, res: io::Result<()>) {
+    /// `sent`: a fresh reading, which stamps the requests it issues on the new connection.
+    pub fn connected(&mut self, slot: u32, res: io::Result<()>, sent: Instant) {
         let now = self.now;
         let s = &mut self.slots[slot as usize];
         let State::Connecting { since } = s.state else {
@@ -678,10 +535,7 @@ impl Engine {
             self.work.pump.push(slot);
             return;
         }
-        record(
-            &mut self.connect_hist,
-            us(now.saturating_duration_since(since)),
-        );
+        self.rec.connect_time(now.saturating_duration_since(since));
         self.counters.connects += 1;
         if s.connected_before {
             self.counters.reconnects += 1;
@@ -696,9 +550,9 @@ impl Engine {
             s.state = State::Open;
             if self.schedule.is_some() {
                 self.mark_spare(slot);
-                self.dispatch();
+                self.dispatch(sent);
             } else {
-                self.fill(slot);
+                self.fill(slot, sent);
             }
         } else {
             s.state = State::Closing;
@@ -706,56 +560,39 @@ impl Engine {
         self.work.pump.push(slot);
     }
 
-    /// Bytes arrived on `slot`.
-    pub fn recv(&mut self, slot: u32, data: &[u8]) {
+    /// Bytes arrived on `slot`. Responses they complete are timed at the turn's [`Engine::tick`];
+    /// `sent`, a fresh reading, stamps the requests issued in their place.
+    pub fn recv(&mut self, slot: u32, data: &[u8], sent: Instant) {
         self.counters.bytes_received += data.len() as u64;
         let now = self.now;
-        let ms = self.tl.measure_start;
-        let measuring = self.measuring;
-        let Engine {
-            slots,
-            icorrected,
-            iraw,
-            counters,
-            last_completion,
-            interval_bytes,
-            ..
-        } = self;
-        let s = &mut slots[slot as usize];
-        if s.state != State::Open {
+        let Some((c, rec, counters)) = self.open_conn(slot) else {
             return; // closing: input is dropped
-        }
-        let Some(c) = s.conn.as_mut() else { return };
+        };
         let mut completed = 0u32;
-        let r = c.on_recv(data, |d: Completion| {
+        let r = c.on_recv(data, |d| {
             completed += 1;
-            counters.responses += 1;
-            if d.stamp.intended >= ms && measuring {
-                record(
-                    icorrected,
-                    us(now.saturating_duration_since(d.stamp.intended)),
-                );
-                record(iraw, us(now.saturating_duration_since(d.stamp.sent)));
-                counters.measured += 1;
-                counters.measured_bytes += d.wire_bytes;
-                *interval_bytes += d.wire_bytes;
-                *last_completion = Some(now);
-                if let Some(st) = d.status {
-                    *counters.status.entry(st).or_default() += 1;
-                }
-            }
+            rec.complete(&d, now, counters);
         });
         if let Err(e) = r {
             self.data_error(slot, e);
             return;
         }
         if completed > 0 {
-            s.answered = true;
-            self.after_responses(slot);
+            self.slots[slot as usize].answered = true;
+            self.after_responses(slot, sent);
         }
     }
 
-    fn after_responses(&mut self, slot: u32) {
+    /// The connection of `slot` if it is open, and what recording its responses takes.
+    fn open_conn(&mut self, slot: u32) -> Option<(&mut Conn, &mut Recorder, &mut Counters)> {
+        let s = &mut self.slots[slot as usize];
+        if s.state != State::Open {
+            return None;
+        }
+        Some((s.conn.as_mut()?, &mut self.rec, &mut self.counters))
+    }
+
+    fn after_responses(&mut self, slot: u32, sent: Instant) {
         let s = &mut self.slots[slot as usize];
         let Some(c) = s.conn.as_ref() else { return };
         if c.peer_closing() {
@@ -773,9 +610,9 @@ impl Engine {
             }
         } else if self.schedule.is_some() {
             self.mark_spare(slot);
-            self.dispatch();
+            self.dispatch(sent);
         } else {
-            self.fill(slot);
+            self.fill(slot, sent);
         }
     }
 
@@ -799,36 +636,11 @@ impl Engine {
     /// The server closed its side of `slot` (a read returned 0).
     pub fn eof(&mut self, slot: u32) {
         let now = self.now;
-        let ms = self.tl.measure_start;
-        let measuring = self.measuring;
-        let s = &mut self.slots[slot as usize];
-        if s.state != State::Open {
+        let Some((c, rec, counters)) = self.open_conn(slot) else {
             return;
-        }
-        let Some(c) = s.conn.as_mut() else { return };
-        let Engine {
-            icorrected,
-            iraw,
-            counters,
-            last_completion,
-            ..
-        } = self;
-        let r = c.on_eof(|d| {
-            counters.responses += 1;
-            if d.stamp.intended >= ms && measuring {
-                record(
-                    icorrected,
-                    us(now.saturating_duration_since(d.stamp.intended)),
-                );
-                record(iraw, us(now.saturating_duration_since(d.stamp.sent)));
-                counters.measured += 1;
-                counters.measured_bytes += d.wire_bytes;
-                *last_completion = Some(now);
-                if let Some(st) = d.status {
-                    *counters.status.entry(st).or_default() += 1;
-                }
-            }
-        });
+        };
+        let r = c.on_eof(|d| rec.complete(&d, now, counters));
+        let s = &mut self.slots[slot as usize];
         match r {
             Ok(Eof::Clean) => {
                 // Closed while idle (a server's keep-alive limit): reconnect without back-off.
@@ -933,103 +745,29 @@ impl Engine {
         self.end_drain();
     }
 
-    /// The thread's results. Call once the loop has exited.
-    pub fn into_result(mut self) -> ThreadResult {
-        if self.measuring {
-            self.now = Instant::now();
-            self.finish_measuring();
+    /// The thread's results. Call once the loop has exited, at `now`.
+    pub fn into_result(mut self, now: Instant) -> ThreadResult {
+        if self.rec.measuring() {
+            self.now = now;
         }
-        if let Some((t0, c0)) = self.cpu_at_measure.take() {
-            self.cpu_result = (
-                thread_cpu_time().saturating_sub(c0),
-                Instant::now().saturating_duration_since(t0),
-            );
-        }
+        let (cpu_time, cpu_wall) = self.rec.finish(now);
+        let rec = self.rec;
         ThreadResult {
             thread: self.plan.index,
             cpu: self.plan.cpu,
-            corrected: self.corrected,
-            raw: self.raw,
-            connect: self.connect_hist,
-            lag: self.lag,
+            corrected: rec.corrected,
+            raw: rec.raw,
+            connect: rec.connect,
+            lag: rec.lag,
             counters: self.counters,
             errors: self.errors,
-            cpu_time: self.cpu_result.0,
-            cpu_wall: self.cpu_result.1,
-            last_completion: self.last_completion,
+            cpu_time,
+            cpu_wall,
+            last_completion: rec.last_completion,
             ended_at: self.ended_at.unwrap_or(self.now),
             gave_up: self.gave_up,
             first_data_error: self.first_data_error,
             first_connect_error: self.first_connect_error,
         }
-    }
-}
-
-fn backoff(fails: u32) -> Duration {
-    let f = fails.clamp(1, 8) - 1;
-    (FIRST_BACKOFF * (1u32 << f)).min(MAX_BACKOFF)
-}
-
-/// A one-line description of a connect error with what to do about it.
-pub fn describe_connect_error(e: &io::Error, cfg: &RunConfig) -> String {
-    use rustix::io::Errno;
-    let t = cfg.target;
-    match Errno::from_io_error(e) {
-        Some(Errno::CONNREFUSED) => format!("connection refused by {t}: is the server running?"),
-        Some(Errno::NETUNREACH | Errno::HOSTUNREACH | Errno::NETDOWN | Errno::HOSTDOWN) => {
-            format!("{t} is unreachable: {e}")
-        }
-        Some(Errno::ADDRNOTAVAIL | Errno::ADDRINUSE) => format!(
-            "out of local ports for connections to {t} ({e}): add source addresses with --bind (e.g. --bind 127.0.0.1-127.0.0.8) or widen net.ipv4.ip_local_port_range"
-        ),
-        Some(Errno::MFILE | Errno::NFILE) => format!(
-            "too many open files ({e}): raise the descriptor limit (`ulimit -n`) or use fewer --conns"
-        ),
-        _ => format!("connect to {t}: {e}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    fn cfg() -> RunConfig {
-        crate::args::Args::parse_from(["ringlab-client", "127.0.0.1:9"])
-            .resolve()
-            .expect("resolves")
-    }
-
-    #[test]
-    fn connect_errors_are_classified_and_explained() {
-        use rustix::io::Errno;
-        let cfg = cfg();
-        let mut e = Errors::default();
-        for (errno, words) in [
-            (Errno::CONNREFUSED, "refused"),
-            (Errno::NETUNREACH, "unreachable"),
-            (Errno::HOSTUNREACH, "unreachable"),
-            (Errno::ADDRNOTAVAIL, "--bind"),
-            (Errno::ADDRINUSE, "--bind"),
-            (Errno::MFILE, "ulimit -n"),
-        ] {
-            let err = io::Error::from_raw_os_error(errno.raw_os_error());
-            e.count_connect(&err);
-            let msg = describe_connect_error(&err, &cfg);
-            assert!(msg.contains(words), "{errno:?}: {msg}");
-        }
-        assert_eq!(e.connect_refused, 1);
-        assert_eq!(e.connect_unreachable, 2);
-        assert_eq!(e.connect_no_ports, 2);
-        assert_eq!(e.connect_no_fds, 1);
-        assert_eq!(e.connect(), 6);
-        assert_eq!(e.data(), 0);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        assert_eq!(backoff(1), FIRST_BACKOFF);
-        assert_eq!(backoff(2), FIRST_BACKOFF * 2);
-        assert_eq!(backoff(100), MAX_BACKOFF);
     }
 }
