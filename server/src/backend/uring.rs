@@ -141,7 +141,7 @@ struct Loop<'r> {
     ctx: LoopCtx,
     core: LoopCore,
     ring: Ring<'r>,
-    bufs: Option<BufRing>,
+    bufs: Option<BufRing<'r>>,
     conns: Slab<Conn>,
     accept_armed: bool,
     accept_cancel_sent: bool,
@@ -233,7 +233,7 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         None
     } else {
         let flags = if a.buf_incremental { PBUF_RING_INC } else { 0 };
-        match BufRing::with_flags(ring.submitter(), BGID, a.buf_count, a.buf_size, flags) {
+        match BufRing::with_flags(ring.uring(), BGID, a.buf_count, a.buf_size, flags) {
             Ok(b) => Some(b),
             Err(e) => {
                 let e = setup(e, "io_uring_register(PBUF_RING)");
@@ -473,7 +473,12 @@ impl Loop<'_> {
                 }
                 if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
                     if let Some(b) = self.bufs.as_mut() {
-                        b.recycle(bid);
+                        let (n, more) = (
+                            cqe.result().max(0) as usize,
+                            cqueue::buffer_more(cqe.flags()),
+                        );
+                        // SAFETY: a recv completion on the group, seen once.
+                        unsafe { b.discard(bid, n, self.bundle, more) };
                     }
                 }
             }
@@ -484,7 +489,9 @@ impl Loop<'_> {
                 "ringlab-server: {} io_uring operations still in flight at exit; leaking their buffers",
                 self.ops
             );
-            std::mem::forget(self.bufs.take());
+            if let Some(b) = self.bufs.take() {
+                b.leak();
+            }
             for c in self.conns.drain() {
                 std::mem::forget(c);
             }
@@ -678,7 +685,8 @@ impl Loop<'_> {
         let picked = match (cqueue::buffer_select(flags), bufs.as_mut()) {
             (Some(bid), Some(b)) => {
                 let n = usize::try_from(res).unwrap_or(0);
-                b.pieces(bid, n, self.bundle, cqueue::buffer_more(flags), pieces);
+                // SAFETY: `flags` and `res` are this recv completion's, seen once.
+                unsafe { b.pieces(bid, n, self.bundle, cqueue::buffer_more(flags), pieces) };
                 Some(b)
             }
             _ => None,
