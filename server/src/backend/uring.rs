@@ -29,7 +29,7 @@ use ringlab_proto::Action;
 use ringlab_runtime::slab::Slab;
 use ringlab_runtime::stats::SyscallCounters;
 use ringlab_runtime::uring::{
-    build_ring, BufRing, Piece, Ring, RingConfig, SqPoll, UserData, PBUF_RING_INC,
+    build_ring, with_optlen, BufRing, Piece, Ring, RingConfig, SqPoll, UserData, PBUF_RING_INC,
 };
 
 use crate::core::{
@@ -989,21 +989,6 @@ fn push_to(ring: &mut Ring<'_>, ops: &mut u64, sc: &mut SyscallCounters, e: sque
     // buffers owned by the slot (send buffer, single-shot recv buffer) or by the loop (the
     // provided-buffer ring), kept under the same rule.
     unsafe { ring.push(e, sc) };
-}
-
-/// Set `sqe->optlen` (bytes 44..48 of the kernel's 64-byte `struct io_uring_sqe`, in a union
-/// with `file_index`), which the io-uring crate does not expose for `RecvMulti`. For a
-/// multishot recv it is the total number of bytes after which the multishot ends (the kernel
-/// answers -EINVAL where it does not know it).
-fn with_optlen(e: squeue::Entry, optlen: u32) -> squeue::Entry {
-    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
-    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's `io_uring_sqe`, 64 bytes of
-    // integers and unions of integers (size checked above): it has no padding-dependent
-    // invariants, so viewing it as bytes and back is sound for any byte values.
-    let mut bytes: [u8; 64] = unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(e) };
-    bytes[44..48].copy_from_slice(&optlen.to_ne_bytes());
-    // SAFETY: as above; every byte pattern is a valid `io_uring_sqe`.
-    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(bytes) }
 }
 
 /// Flag values the kernel interface needs, taken from rustix's definitions.
