@@ -410,6 +410,17 @@ mod tests {
         }
     }
 
+    /// A small ring built as the loops build theirs, or `None` where io_uring is unavailable.
+    pub(super) fn loop_ring() -> Option<IoUring> {
+        ring()?;
+        let cfg = RingConfig {
+            sq_entries: 8,
+            cq_entries: 16,
+            ..RingConfig::default()
+        };
+        Some(build_ring(&cfg).unwrap())
+    }
+
     #[test]
     fn with_optlen_writes_where_the_crate_puts_optlen() {
         // The crate's own encoding of `optlen` (`SetSockOpt`) is the reference: setting it
@@ -439,16 +450,8 @@ mod tests {
     fn a_multishot_recv_with_optlen_stops_at_the_limit() {
         use std::io::Write;
         use std::os::fd::AsRawFd;
-        if ring().is_none() {
-            return;
-        }
-        let cfg = RingConfig {
-            sq_entries: 8,
-            cq_entries: 16,
-            ..RingConfig::default()
-        };
-        let mut uring = build_ring(&cfg).unwrap();
-        let mut ring = Ring::new(&mut uring, &cfg).unwrap();
+        let Some(mut uring) = loop_ring() else { return };
+        let mut ring = Ring::new(&mut uring, &RingConfig::default()).unwrap();
         let mut br = BufRing::new(ring.uring(), 0, 8, 64).unwrap();
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.write_all(&[7u8; 100]).unwrap();

@@ -388,20 +388,10 @@ mod tests {
 
     use super::*;
     use crate::stats::SyscallCounters;
-    use crate::uring::{build_ring, tests::ring, Ring, RingConfig};
+    use crate::uring::tests::{loop_ring, ring};
+    use crate::uring::{Ring, RingConfig};
 
-    /// A small ring built as the loops build theirs, or `None` where io_uring is unavailable.
-    fn loop_ring() -> Option<IoUring> {
-        ring()?;
-        let cfg = RingConfig {
-            sq_entries: 8,
-            cq_entries: 16,
-            ..RingConfig::default()
-        };
-        Some(build_ring(&cfg).unwrap())
-    }
-
-    /// Take `bid` (as a plain completion would hand it out) and return its pieces' ids.
+    /// Take `bid` as a plain completion of `len` bytes would hand it out.
     fn take(br: &mut BufRing<'_>, bid: u16, len: usize) {
         // SAFETY: nothing was submitted on this ring, so no operation writes any buffer.
         unsafe { br.pieces(bid, len, false, false, &mut Vec::new()) };
