@@ -346,13 +346,14 @@ impl UserData {
 
 /// Set `sqe->optlen` of an entry, which the io-uring crate does not expose for `RecvMulti`: for
 /// a multishot recv it is the total number of bytes after which the multishot ends by itself
-/// (the kernel answers -EINVAL where it does not know it).
+/// (once a completion reaches it: the last one may carry the rest of its buffer); the kernel
+/// answers -EINVAL where it does not know it.
 ///
 /// The write goes through the entry's bytes, so it relies on the crate's layout: `squeue::Entry`
 /// is the kernel's 64-byte `struct io_uring_sqe` (checked at compile time below) and `optlen`
-/// sits at [`SQE_OPTLEN_AT`] in it (checked against the crate's own `SetSockOpt::optlen` by the
-/// test `with_optlen_writes_where_the_crate_puts_optlen`). Recheck both when the io-uring version
-/// in the workspace `Cargo.toml` changes, and drop this for the crate's setter once it has one.
+/// sits at byte 44 of it (`SQE_OPTLEN_AT`; checked against the crate's own `SetSockOpt` encoding
+/// by the test `with_optlen_writes_where_the_crate_puts_optlen`). Recheck both when the io-uring
+/// version in the workspace `Cargo.toml` changes, and use the crate's setter once it has one.
 pub fn with_optlen(e: squeue::Entry, optlen: u32) -> squeue::Entry {
     let mut bytes = sqe_bytes(e);
     bytes[SQE_OPTLEN_AT..SQE_OPTLEN_AT + 4].copy_from_slice(&optlen.to_ne_bytes());
