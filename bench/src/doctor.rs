@@ -252,7 +252,7 @@ fn switches(out: &mut String, advice: &mut Vec<String>) {
         }),
         ("--buf-incremental", "6.12", || {
             let ring = IoUring::new(8)?;
-            BufRing::with_flags(&ring.submitter(), 0, 4, 4096, PBUF_RING_INC).map(drop)
+            BufRing::with_flags(&ring, 0, 4, 4096, PBUF_RING_INC).map(drop)
         }),
         ("--napi-busy-poll", "6.9", || {
             let ring = IoUring::new(8)?;

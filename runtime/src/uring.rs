@@ -8,13 +8,15 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::stats::SyscallCounters;
+
+mod buf_ring;
+
+pub use buf_ring::{BufRing, Piece, PBUF_RING_INC};
 
 /// Why io_uring cannot be used here, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +181,7 @@ pub fn build_ring(cfg: &RingConfig) -> io::Result<IoUring> {
 /// A ring split into its parts (the submitter keeps the registered ring fd), plus the backlog
 /// of entries that did not fit in the SQ.
 pub struct Ring<'a> {
+    uring: &'a IoUring,
     submitter: io_uring::Submitter<'a>,
     sq: io_uring::SubmissionQueue<'a>,
     cq: io_uring::CompletionQueue<'a>,
@@ -190,11 +193,19 @@ pub struct Ring<'a> {
 impl<'a> Ring<'a> {
     /// Split `ring` for use by one loop, registering its fd if asked.
     pub fn new(ring: &'a mut IoUring, cfg: &RingConfig) -> io::Result<Ring<'a>> {
-        let (mut submitter, sq, cq) = ring.split();
+        // Shared from here on, so that what registers with the ring for longer than a call (a
+        // `BufRing`) can borrow it too.
+        let uring: &'a IoUring = ring;
+        // SAFETY: `ring` was borrowed uniquely for 'a and only shared borrows of it leave this
+        // function, so these are its only submission and completion queues (making another
+        // needs `submission_shared`/`completion_shared`, whose callers promise the same).
+        let (sq, cq) = unsafe { (uring.submission_shared(), uring.completion_shared()) };
+        let mut submitter = uring.submitter();
         if cfg.register_ring_fd {
             submitter.register_ring_fd()?;
         }
         Ok(Ring {
+            uring,
             submitter,
             sq,
             cq,
@@ -206,6 +217,11 @@ impl<'a> Ring<'a> {
     /// The submitter, for registration calls.
     pub fn submitter(&self) -> &io_uring::Submitter<'a> {
         &self.submitter
+    }
+
+    /// The io_uring itself, for registrations that outlive a call (see [`BufRing`]).
+    pub fn uring(&self) -> &'a IoUring {
+        self.uring
     }
 
     /// Queue an entry. When the SQ is full, the entries queued so far are submitted at once and
@@ -328,241 +344,55 @@ impl UserData {
     }
 }
 
-/// A provided-buffer ring (`IORING_REGISTER_PBUF_RING`, Linux 5.19): `count` buffers of `size`
-/// bytes that the kernel picks from for buffer-select receives, so an idle connection owns no
-/// read buffer at all.
+/// Set `sqe->optlen` of an entry, which the io-uring crate does not expose for `RecvMulti`: for
+/// a multishot recv it is the total number of bytes after which the multishot ends by itself
+/// (once a completion reaches it: the last one may carry the rest of its buffer); the kernel
+/// answers -EINVAL where it does not know it.
 ///
-/// Invariants this type keeps:
-/// * the ring entries live in a page-aligned anonymous mapping and the buffers in one heap
-///   allocation; both stay at the same address until `Drop`, which unregisters the group first;
-/// * a buffer id the kernel handed out (in a CQE) is not given back to the kernel until the
-///   owner calls [`BufRing::recycle`], so its bytes stay put while being read.
-pub struct BufRing {
-    entries: NonNull<types::BufRingEntry>,
-    map_len: usize,
-    count: u16,
-    mask: u16,
-    size: u32,
-    bufs: Box<[u8]>,
-    bgid: u16,
-    tail: u16,
-    /// For bundles: the ring position each buffer id was last published at, and the buffer id
-    /// published at each ring slot. The kernel takes buffers strictly in ring order, so a bundle
-    /// that starts with buffer `b` continues with the ids published after `b`'s position.
-    pos_of: Box<[u16]>,
-    bid_at: Box<[u16]>,
-    /// Incremental consumption (`IOU_PBUF_RING_INC`): how far into each buffer the kernel has
-    /// filled it so far.
-    incremental: bool,
-    filled: Box<[u32]>,
+/// The write goes through the entry's bytes, so it relies on the crate's layout: `squeue::Entry`
+/// is the kernel's 64-byte `struct io_uring_sqe` (checked at compile time below) and `optlen`
+/// sits at byte 44 of it (`SQE_OPTLEN_AT`; checked against the crate's own `SetSockOpt` encoding
+/// by the test `with_optlen_writes_where_the_crate_puts_optlen`). Recheck both when the io-uring
+/// version in the workspace `Cargo.toml` changes, and use the crate's setter once it has one.
+pub fn with_optlen(e: squeue::Entry, optlen: u32) -> squeue::Entry {
+    let mut bytes = sqe_bytes(e);
+    bytes[SQE_OPTLEN_AT..SQE_OPTLEN_AT + 4].copy_from_slice(&optlen.to_ne_bytes());
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's `io_uring_sqe`, 64 bytes of
+    // integers and unions of integers (size checked below): every byte pattern is a valid value.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(bytes) }
 }
 
-/// `IOU_PBUF_RING_INC` (Linux 6.12): buffers are consumed incrementally.
-pub const PBUF_RING_INC: u16 = 2;
+/// Offset of `optlen` in the kernel's `struct io_uring_sqe` (a union with `file_index` and
+/// `addr_len`), from the head of that struct as the uapi header lays it out.
+const SQE_OPTLEN_AT: usize = std::mem::offset_of!(SqeHead, optlen);
 
-impl BufRing {
-    /// Allocate `count` (a power of two, ≤ 32768) buffers of `size` bytes and register them as
-    /// buffer group `bgid` with `ring`.
-    pub fn new(
-        submitter: &io_uring::Submitter<'_>,
-        bgid: u16,
-        count: u16,
-        size: u32,
-    ) -> io::Result<BufRing> {
-        Self::with_flags(submitter, bgid, count, size, 0)
-    }
-
-    /// As [`BufRing::new`], with registration flags (`0` or [`PBUF_RING_INC`]).
-    pub fn with_flags(
-        submitter: &io_uring::Submitter<'_>,
-        bgid: u16,
-        count: u16,
-        size: u32,
-        flags: u16,
-    ) -> io::Result<BufRing> {
-        if !count.is_power_of_two() || count > 32768 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "buffer count must be a power of two no larger than 32768",
-            ));
-        }
-        let map_len = usize::from(count) * std::mem::size_of::<types::BufRingEntry>();
-        // SAFETY: an anonymous private mapping with no address hint aliases nothing; it is
-        // unmapped only in `Drop`.
-        let addr = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                map_len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::PRIVATE,
-            )
-        }?;
-        let entries = NonNull::new(addr.cast::<types::BufRingEntry>())
-            .ok_or_else(|| io::Error::other("mmap returned null"))?;
-        let bufs = vec![0u8; usize::from(count) * size as usize].into_boxed_slice();
-        let mut br = BufRing {
-            entries,
-            map_len,
-            count,
-            mask: count - 1,
-            size,
-            bufs,
-            bgid,
-            tail: 0,
-            pos_of: vec![0; usize::from(count)].into_boxed_slice(),
-            bid_at: vec![0; usize::from(count)].into_boxed_slice(),
-            incremental: flags & PBUF_RING_INC != 0,
-            filled: vec![0; usize::from(count)].into_boxed_slice(),
-        };
-        // SAFETY: the mapping holds `count` entries and lives until `Drop` unregisters the group
-        // (or the ring is destroyed first, which also drops the kernel's reference).
-        unsafe {
-            submitter.register_buf_ring_with_flags(addr as u64, count, bgid, flags)?;
-        }
-        for bid in 0..count {
-            br.add(bid);
-        }
-        br.publish();
-        Ok(br)
-    }
-
-    /// The buffer group id.
-    pub fn bgid(&self) -> u16 {
-        self.bgid
-    }
-
-    /// Buffer size in bytes.
-    pub fn buf_size(&self) -> u32 {
-        self.size
-    }
-
-    /// Number of buffers.
-    pub fn count(&self) -> u16 {
-        self.count
-    }
-
-    /// The first `len` bytes of buffer `bid`, as the kernel filled them.
-    pub fn get(&self, bid: u16, len: usize) -> &[u8] {
-        let start = usize::from(bid & self.mask) * self.size as usize;
-        let len = len.min(self.size as usize);
-        &self.bufs[start..start + len]
-    }
-
-    /// The bytes of one completion that selected buffer `bid` (from its flags) with result
-    /// `len`, as `(buffer id, bytes)` pieces in order, appended to `out`:
-    /// * plain: the first `len` bytes of `bid`;
-    /// * bundle (`bundle`): `len` bytes spread over `bid` and the buffers published after it,
-    ///   each full but the last;
-    /// * incremental: the next `len` bytes of `bid` after what earlier completions filled.
-    ///
-    /// `done` is false only for an incremental buffer the kernel goes on filling
-    /// (`IORING_CQE_F_BUF_MORE`); every id appended with `done` true must be given back with
-    /// [`BufRing::recycle`] once its bytes are consumed, and only then.
-    pub fn pieces(&mut self, bid: u16, len: usize, bundle: bool, more: bool, out: &mut Vec<Piece>) {
-        let size = self.size as usize;
-        let bid = bid & self.mask;
-        if self.incremental {
-            let start = self.filled[usize::from(bid)] as usize;
-            let n = len.min(size.saturating_sub(start));
-            out.push(Piece {
-                bid,
-                start,
-                len: n,
-                done: !more,
-            });
-            self.filled[usize::from(bid)] = if more { (start + n) as u32 } else { 0 };
-            return;
-        }
-        if !bundle {
-            out.push(Piece {
-                bid,
-                start: 0,
-                len: len.min(size),
-                done: true,
-            });
-            return;
-        }
-        let mut pos = self.pos_of[usize::from(bid)];
-        let mut left = len;
-        let mut first = true;
-        // At most `count` buffers can be in one completion.
-        for _ in 0..self.count {
-            if left == 0 && !first {
-                break;
-            }
-            first = false;
-            let id = self.bid_at[usize::from(pos & self.mask)];
-            let n = left.min(size);
-            out.push(Piece {
-                bid: id,
-                start: 0,
-                len: n,
-                done: true,
-            });
-            left -= n;
-            pos = pos.wrapping_add(1);
-        }
-    }
-
-    /// The bytes of a piece made by [`BufRing::pieces`].
-    pub fn piece(&self, p: &Piece) -> &[u8] {
-        let start = usize::from(p.bid & self.mask) * self.size as usize + p.start;
-        &self.bufs[start..start + p.len]
-    }
-
-    fn add(&mut self, bid: u16) {
-        let idx = usize::from(self.tail & self.mask);
-        self.pos_of[usize::from(bid & self.mask)] = self.tail;
-        self.bid_at[idx] = bid;
-        let addr = self.bufs.as_ptr() as u64 + u64::from(bid) * u64::from(self.size);
-        // SAFETY: `idx < count`, so the entry lies inside the mapping; the kernel reads entries
-        // only between the old and the new published tail, and this slot is past the published
-        // tail until `publish`.
-        let e = unsafe { &mut *self.entries.as_ptr().add(idx) };
-        e.set_addr(addr);
-        e.set_len(self.size);
-        e.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    fn publish(&mut self) {
-        // SAFETY: the tail field overlays the first entry's reserved bytes inside the mapping,
-        // is 2-byte aligned, and is shared with the kernel only through atomic accesses.
-        let tail = unsafe {
-            &*(types::BufRingEntry::tail(self.entries.as_ptr().cast_const()) as *const AtomicU16)
-        };
-        tail.store(self.tail, Ordering::Release);
-    }
-
-    /// Give buffer `bid` back to the kernel once its bytes have been consumed.
-    pub fn recycle(&mut self, bid: u16) {
-        self.add(bid);
-        self.publish();
-    }
+/// The kernel's `struct io_uring_sqe` up to `optlen`, with each union as its first member.
+#[repr(C)]
+#[allow(dead_code)] // a layout to measure, never built
+struct SqeHead {
+    opcode: u8,
+    flags: u8,
+    ioprio: u16,
+    fd: i32,
+    off: u64,
+    addr: u64,
+    len: u32,
+    op_flags: u32,
+    user_data: u64,
+    buf_index: u16,
+    personality: u16,
+    optlen: u32,
 }
 
-/// Part of one receive completion's bytes, in one provided buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Piece {
-    /// Buffer id.
-    pub bid: u16,
-    /// Offset of the bytes in the buffer.
-    pub start: usize,
-    /// Number of bytes.
-    pub len: usize,
-    /// The kernel is done with the buffer: recycle it after reading.
-    pub done: bool,
-}
+const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+const _: () = assert!(std::mem::align_of::<squeue::Entry>() == 8);
+const _: () = assert!(SQE_OPTLEN_AT == 44);
 
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `new` with this length and is not used after this.
-        // The kernel pins the ring's pages while the group is registered, so unmapping our view
-        // cannot pull memory from under it; the owner unregisters or destroys the ring first.
-        unsafe {
-            let _ = rustix::mm::munmap(self.entries.as_ptr().cast(), self.map_len);
-        }
-    }
+/// The bytes of an entry.
+fn sqe_bytes(e: squeue::Entry) -> [u8; 64] {
+    // SAFETY: `squeue::Entry` is 64 bytes (checked above) of integers and unions of integers
+    // with no padding, so every byte of it is initialized.
+    unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(e) }
 }
 
 #[cfg(test)]
@@ -571,7 +401,7 @@ mod tests {
 
     /// A scratch ring, or `None` where io_uring is unavailable (a failure with
     /// RINGLAB_REQUIRE_URING=1).
-    fn ring() -> Option<IoUring> {
+    pub(super) fn ring() -> Option<IoUring> {
         match IoUring::new(8) {
             Ok(r) => Some(r),
             Err(e) if std::env::var("RINGLAB_REQUIRE_URING").is_ok_and(|v| v == "1") => {
@@ -581,41 +411,84 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bundle_pieces_follow_ring_order_not_id_order() {
-        let Some(ring) = ring() else { return };
-        let mut br = BufRing::new(&ring.submitter(), 0, 4, 16).unwrap();
-        // Published: positions 0..4 hold ids 0, 1, 2, 3. The kernel takes ids 0 and 1; they come
-        // back out of order: id 1 at position 4, id 0 at position 5.
-        br.recycle(1);
-        br.recycle(0);
-        // A bundle of 56 bytes starting with id 2 (position 2) continues with the ids published
-        // after it: 3, then 1, then 0 (8 bytes).
-        let mut out = Vec::new();
-        br.pieces(2, 56, true, false, &mut out);
-        let ids: Vec<(u16, usize)> = out.iter().map(|p| (p.bid, p.len)).collect();
-        assert_eq!(ids, vec![(2, 16), (3, 16), (1, 16), (0, 8)]);
-        assert!(out.iter().all(|p| p.done && p.start == 0));
-        // Not a bundle: one piece, whatever follows.
-        out.clear();
-        br.pieces(2, 10, false, false, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!((out[0].bid, out[0].len), (2, 10));
+    /// A small ring built as the loops build theirs, or `None` where io_uring is unavailable.
+    pub(super) fn loop_ring() -> Option<IoUring> {
+        ring()?;
+        let cfg = RingConfig {
+            sq_entries: 8,
+            cq_entries: 16,
+            ..RingConfig::default()
+        };
+        Some(build_ring(&cfg).unwrap())
     }
 
     #[test]
-    fn incremental_pieces_continue_where_the_last_ended() {
-        let Some(ring) = ring() else { return };
-        let mut br = match BufRing::with_flags(&ring.submitter(), 0, 4, 64, PBUF_RING_INC) {
-            Ok(b) => b,
-            Err(_) => return, // a kernel before 6.12
+    fn with_optlen_writes_where_the_crate_puts_optlen() {
+        // The crate's own encoding of `optlen` (`SetSockOpt`) is the reference: setting it
+        // afterwards gives the same bytes as building it in.
+        let opt = |n| {
+            opcode::SetSockOpt::new(types::Fd(3), 1, 2, std::ptr::null(), n)
+                .build()
+                .user_data(9)
         };
-        let mut out = Vec::new();
-        br.pieces(1, 5, false, true, &mut out); // BUF_MORE: the kernel keeps the buffer
-        br.pieces(1, 7, false, false, &mut out); // done with it
-        br.pieces(1, 3, false, false, &mut out); // reused from the start after recycling
-        let got: Vec<(usize, usize, bool)> = out.iter().map(|p| (p.start, p.len, p.done)).collect();
-        assert_eq!(got, vec![(0, 5, false), (5, 7, true), (0, 3, true)]);
+        assert_eq!(
+            sqe_bytes(with_optlen(opt(0), 0xA1B2_C3D4)),
+            sqe_bytes(opt(0xA1B2_C3D4))
+        );
+        // On a multishot recv it changes those four bytes and nothing else.
+        let recv = opcode::RecvMulti::new(types::Fd(5), 7)
+            .build()
+            .user_data(11);
+        let before = sqe_bytes(recv.clone());
+        let after = sqe_bytes(with_optlen(recv, 77));
+        assert_eq!(after[SQE_OPTLEN_AT..SQE_OPTLEN_AT + 4], 77u32.to_ne_bytes());
+        for i in (0..64).filter(|i| !(SQE_OPTLEN_AT..SQE_OPTLEN_AT + 4).contains(i)) {
+            assert_eq!(before[i], after[i], "byte {i} changed");
+        }
+    }
+
+    #[test]
+    fn a_multishot_recv_with_optlen_stops_at_the_limit() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let Some(mut uring) = loop_ring() else { return };
+        let mut ring = Ring::new(&mut uring, &RingConfig::default()).unwrap();
+        let mut br = BufRing::new(ring.uring(), 0, 8, 64).unwrap();
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(&[7u8; 100]).unwrap();
+        // End of stream after the bytes: a multishot without a limit ends there too.
+        drop(a);
+        let mut sc = SyscallCounters::default();
+        let e = with_optlen(
+            opcode::RecvMulti::new(types::Fd(b.as_raw_fd()), 0).build(),
+            10,
+        );
+        // SAFETY: `b` and `br` outlive the operation: its final completion is reaped below.
+        unsafe { ring.push(e.user_data(1), &mut sc) };
+        let (mut total, mut cqes) = (0, Vec::new());
+        loop {
+            ring.submit_and_wait(1, None, &mut sc).unwrap();
+            ring.reap(&mut cqes);
+            let mut last = false;
+            for cqe in cqes.drain(..) {
+                if cqe.result() == -rustix::io::Errno::INVAL.raw_os_error() {
+                    return; // a kernel without the multishot byte limit
+                }
+                let n = usize::try_from(cqe.result()).expect("bytes");
+                if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+                    // SAFETY: a completion of the recv on this group, reported once.
+                    unsafe { br.discard(bid, n, false, false) };
+                }
+                total += n;
+                last |= !cqueue::more(cqe.flags());
+            }
+            if last {
+                break;
+            }
+        }
+        // The kernel ends the multishot once it has delivered the limit (it may overshoot by the
+        // rest of a buffer); without the limit it would deliver all 100 bytes, then end of stream.
+        assert!((10..100).contains(&total), "{total} bytes delivered");
     }
 
     #[test]

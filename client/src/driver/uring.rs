@@ -69,7 +69,7 @@ struct Loop<'r> {
     eng: Engine,
     ring: Ring<'r>,
     /// `None` only once leaked at exit.
-    bufs: Option<BufRing>,
+    bufs: Option<BufRing<'r>>,
     socks: Vec<Option<Sock>>,
     next_gen: u32,
     /// Operations in flight on the whole ring.
@@ -106,7 +106,7 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
             return Err(e);
         }
     };
-    let bufs = match BufRing::new(ring.submitter(), BGID, cfg.buf_count, cfg.buf_size) {
+    let bufs = match BufRing::new(ring.uring(), BGID, cfg.buf_count, cfg.buf_size) {
         Ok(b) => b,
         Err(e) => {
             let e = what(e, "io_uring_register(PBUF_RING)");
@@ -306,7 +306,8 @@ impl Loop<'_> {
             Some(Some(s)) if s.gen == u.gen => s,
             _ => {
                 if let (Some(bid), Some(b)) = (cqueue::buffer_select(flags), bufs.as_mut()) {
-                    b.recycle(bid);
+                    // SAFETY: `flags` and `res` are this recv completion's, seen once.
+                    unsafe { b.discard(bid, res.max(0) as usize, false, false) };
                 }
                 return;
             }
@@ -318,7 +319,8 @@ impl Loop<'_> {
         if res > 0 {
             match (cqueue::buffer_select(flags), bufs.as_mut()) {
                 (Some(bid), Some(b)) => {
-                    eng.recv(u.slot, b.get(bid, res as usize), Instant::now());
+                    // SAFETY: `flags` and `res` are this recv completion's, seen once.
+                    eng.recv(u.slot, unsafe { b.get(bid, res as usize) }, Instant::now());
                     b.recycle(bid);
                 }
                 _ => {
@@ -460,7 +462,8 @@ impl Loop<'_> {
                 if let (Some(bid), Some(b)) =
                     (cqueue::buffer_select(cqe.flags()), self.bufs.as_mut())
                 {
-                    b.recycle(bid);
+                    // SAFETY: a recv completion on the group, seen once.
+                    unsafe { b.discard(bid, cqe.result().max(0) as usize, false, false) };
                 }
                 let u = UserData::decode(cqe.user_data());
                 if u.op == OP_CLOSE {
@@ -478,7 +481,9 @@ impl Loop<'_> {
                 "ringlab-client: {} io_uring operations still in flight at exit; leaking their buffers",
                 self.ops
             );
-            std::mem::forget(self.bufs.take());
+            if let Some(b) = self.bufs.take() {
+                b.leak();
+            }
             std::mem::forget(std::mem::take(&mut self.socks));
         }
         // Whatever is left has nothing in flight: dropping it closes its socket.

@@ -29,7 +29,7 @@ use ringlab_proto::Action;
 use ringlab_runtime::slab::Slab;
 use ringlab_runtime::stats::SyscallCounters;
 use ringlab_runtime::uring::{
-    build_ring, BufRing, Piece, Ring, RingConfig, SqPoll, UserData, PBUF_RING_INC,
+    build_ring, with_optlen, BufRing, Piece, Ring, RingConfig, SqPoll, UserData, PBUF_RING_INC,
 };
 
 use crate::core::{
@@ -141,7 +141,7 @@ struct Loop<'r> {
     ctx: LoopCtx,
     core: LoopCore,
     ring: Ring<'r>,
-    bufs: Option<BufRing>,
+    bufs: Option<BufRing<'r>>,
     conns: Slab<Conn>,
     accept_armed: bool,
     accept_cancel_sent: bool,
@@ -233,7 +233,7 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         None
     } else {
         let flags = if a.buf_incremental { PBUF_RING_INC } else { 0 };
-        match BufRing::with_flags(ring.submitter(), BGID, a.buf_count, a.buf_size, flags) {
+        match BufRing::with_flags(ring.uring(), BGID, a.buf_count, a.buf_size, flags) {
             Ok(b) => Some(b),
             Err(e) => {
                 let e = setup(e, "io_uring_register(PBUF_RING)");
@@ -473,7 +473,12 @@ impl Loop<'_> {
                 }
                 if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
                     if let Some(b) = self.bufs.as_mut() {
-                        b.recycle(bid);
+                        let (n, more) = (
+                            cqe.result().max(0) as usize,
+                            cqueue::buffer_more(cqe.flags()),
+                        );
+                        // SAFETY: a recv completion on the group, seen once.
+                        unsafe { b.discard(bid, n, self.bundle, more) };
                     }
                 }
             }
@@ -484,7 +489,9 @@ impl Loop<'_> {
                 "ringlab-server: {} io_uring operations still in flight at exit; leaking their buffers",
                 self.ops
             );
-            std::mem::forget(self.bufs.take());
+            if let Some(b) = self.bufs.take() {
+                b.leak();
+            }
             for c in self.conns.drain() {
                 std::mem::forget(c);
             }
@@ -678,7 +685,8 @@ impl Loop<'_> {
         let picked = match (cqueue::buffer_select(flags), bufs.as_mut()) {
             (Some(bid), Some(b)) => {
                 let n = usize::try_from(res).unwrap_or(0);
-                b.pieces(bid, n, self.bundle, cqueue::buffer_more(flags), pieces);
+                // SAFETY: `flags` and `res` are this recv completion's, seen once.
+                unsafe { b.pieces(bid, n, self.bundle, cqueue::buffer_more(flags), pieces) };
                 Some(b)
             }
             _ => None,
@@ -981,21 +989,6 @@ fn push_to(ring: &mut Ring<'_>, ops: &mut u64, sc: &mut SyscallCounters, e: sque
     // buffers owned by the slot (send buffer, single-shot recv buffer) or by the loop (the
     // provided-buffer ring), kept under the same rule.
     unsafe { ring.push(e, sc) };
-}
-
-/// Set `sqe->optlen` (bytes 44..48 of the kernel's 64-byte `struct io_uring_sqe`, in a union
-/// with `file_index`), which the io-uring crate does not expose for `RecvMulti`. For a
-/// multishot recv it is the total number of bytes after which the multishot ends (the kernel
-/// answers -EINVAL where it does not know it).
-fn with_optlen(e: squeue::Entry, optlen: u32) -> squeue::Entry {
-    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
-    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's `io_uring_sqe`, 64 bytes of
-    // integers and unions of integers (size checked above): it has no padding-dependent
-    // invariants, so viewing it as bytes and back is sound for any byte values.
-    let mut bytes: [u8; 64] = unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(e) };
-    bytes[44..48].copy_from_slice(&optlen.to_ne_bytes());
-    // SAFETY: as above; every byte pattern is a valid `io_uring_sqe`.
-    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(bytes) }
 }
 
 /// Flag values the kernel interface needs, taken from rustix's definitions.
