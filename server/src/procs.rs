@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use ringlab_runtime::cpus::{CpuList, CpuSpec};
-use ringlab_runtime::procgroup::{code_of, describe, Group, Signal, Signaller};
+use ringlab_runtime::procgroup::{code_of, describe, Group, Member, Signal, Signaller};
 use signal_hook::iterator::Signals;
 
 use crate::config::{AcceptMode, Io};
@@ -224,14 +224,15 @@ fn start_workers(layout: &mut Layout) -> Result<(Group, Vec<Worker>), u8> {
         eprintln!("ringlab-server: {why}; stopping the others");
         1u8
     })?;
+    let me = std::process::id();
     let workers: Vec<Worker> = group
         .members()
         .iter()
-        .map(|m| Worker {
-            index: m.index,
-            pid: m.pid,
-            cores: layout.shares[m.index].clone(),
-            stats_path: stats_path(std::process::id(), m.index),
+        .map(|&Member { index, pid }| Worker {
+            index,
+            pid,
+            cores: layout.shares[index].clone(),
+            stats_path: stats_path(me, index),
         })
         .collect();
     if let Err(why) = start.wait_ready(WORKER_READY_TIMEOUT) {
