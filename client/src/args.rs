@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
-use ringlab_runtime::cpus::{available_cpus, CpuList, CpuSpec};
+use ringlab_runtime::cpus::{available_cpus, even_shares, CpuList, CpuSpec};
 
 /// The client's own IO model (the same techniques as the server's backends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -148,7 +148,8 @@ pub struct Args {
     /// gets the same --duration, --warmup and --timeout, and they start together. Results
     /// merge exactly: counts summed, latency histograms added (percentiles come from the
     /// merged histogram, never averaged), one --hist-log; the summary and --json look like a
-    /// single run's plus a per-process breakdown. Exit code: the worst of them.
+    /// single run's plus a per-process breakdown. Exit code: the worst of them (a process
+    /// killed by signal N counts as 128+N, as in the shell).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub processes: u16,
     /// Internal (set for --processes workers): the PID of the first process.
@@ -360,7 +361,7 @@ impl Args {
         }
         let processes = usize::from(self.processes);
         if processes > 1 {
-            let conns = crate::run::shares(self.conns, processes);
+            let conns = even_shares(self.conns, processes);
             for (i, share) in cpus.shares(processes).iter().enumerate() {
                 if conns[i] < share.len() {
                     return Err(setup(format!(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ringlab_client::{procs, run_with_stop, Args, RunError};
+use ringlab_runtime::procgroup;
 use signal_hook::consts::SIGINT;
 
 fn main() -> ExitCode {
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(w) = &cfg.worker {
-        if let Err(e) = procs::become_worker(w.parent) {
+        if let Err(e) = procgroup::become_worker(w.parent) {
             eprintln!("{tag}: {e}");
             return ExitCode::from(2);
         }

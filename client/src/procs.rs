@@ -10,25 +10,27 @@
 //! are merged the same way, interval by interval.
 //!
 //! SIGINT to the first process is forwarded to every worker (through pidfds); workers die
-//! with the first process (`PR_SET_PDEATHSIG`); a worker that fails stops the run early.
+//! with the first process (`PR_SET_PDEATHSIG`); a worker that fails stops the run early. The
+//! exit code is the worst of the group's, a worker killed by signal N counting as 128 + N.
+//! Starting, watching and signalling the processes is `ringlab_runtime::procgroup`'s, shared
+//! with the server.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::IpAddr;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
+use ringlab_runtime::cpus::even_shares;
+use ringlab_runtime::procgroup::{code_of, describe, Group, Signal, Signaller, Start};
 
 use crate::args::{RunConfig, SetupError};
 use crate::report::{self, Partial, ProcessResult, Report};
-use crate::run::{run_partial, shares, Gate, RunError};
+use crate::run::{run_partial, Gate, RunError};
 
 /// How long workers may take to set up their loops.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,13 +53,13 @@ pub struct Share {
 /// Split a run among `cfg.processes` processes.
 pub fn split(cfg: &RunConfig) -> Vec<Share> {
     let k = cfg.processes.max(1);
-    let conns = shares(cfg.conns, k);
+    let conns = even_shares(cfg.conns, k);
     let cpus = cfg.cpus.shares(k);
     let binds: Vec<Vec<IpAddr>> = if cfg.bind.is_empty() {
         vec![Vec::new(); k]
     } else if cfg.bind.len() >= k {
         let mut next = 0;
-        shares(cfg.bind.len(), k)
+        even_shares(cfg.bind.len(), k)
             .into_iter()
             .map(|n| {
                 let v = cfg.bind[next..next + n].to_vec();
@@ -70,7 +72,7 @@ pub fn split(cfg: &RunConfig) -> Vec<Share> {
     };
     let requests = cfg
         .requests
-        .map(|n| shares(usize::try_from(n).unwrap_or(usize::MAX), k));
+        .map(|n| even_shares(usize::try_from(n).unwrap_or(usize::MAX), k));
     (0..k)
         .map(|i| {
             let frac = conns[i] as f64 / cfg.conns as f64;
@@ -94,19 +96,6 @@ fn bind_arg(b: &[IpAddr]) -> Option<String> {
         [one] => Some(one.to_string()),
         [first, .., last] => Some(format!("{first}-{last}")),
     }
-}
-
-/// In a worker, first thing: die with the first process, and make sure it is still there.
-pub fn become_worker(parent: u32) -> Result<(), SetupError> {
-    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
-        .map_err(|e| SetupError(format!("prctl(PR_SET_PDEATHSIG): {e}")))?;
-    let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_pid() as u32);
-    if ppid != parent {
-        return Err(SetupError(format!(
-            "--worker-of {parent} is not this process's parent; --worker-of is internal to --processes"
-        )));
-    }
-    Ok(())
 }
 
 /// A worker's run: set up, say `ready`, wait for `go` on stdin, run, write the unsummarised
@@ -140,6 +129,7 @@ pub fn run_worker(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<u8, RunError>
     Ok(report::build_from(&cfg2, partial).exit_code)
 }
 
+/// A worker the first process started: its share, and where it leaves its results.
 struct Worker {
     index: usize,
     pid: u32,
@@ -148,29 +138,85 @@ struct Worker {
     log: Option<PathBuf>,
 }
 
-fn describe(s: ExitStatus) -> String {
-    match (s.code(), s.signal()) {
-        (Some(c), _) => format!("exit code {c}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => s.to_string(),
-    }
+/// Where the workers leave their results and interval logs: the temporary directory, under
+/// names that carry the first process's PID.
+struct Files {
+    dir: PathBuf,
+    me: u32,
+    logs: bool,
 }
 
-fn code_of(s: ExitStatus) -> u8 {
-    match s.code() {
-        Some(c) => u8::try_from(c).unwrap_or(1),
-        None => 1,
+impl Files {
+    fn out(&self, i: usize) -> PathBuf {
+        self.dir
+            .join(format!("ringlab-client-{}-worker-{i}.json", self.me))
     }
-}
 
-fn signal_all(fds: &[OwnedFd], sig: Signal) {
-    for fd in fds {
-        let _ = pidfd_send_signal(fd, sig);
+    fn log(&self, i: usize) -> Option<PathBuf> {
+        self.logs.then(|| {
+            self.dir
+                .join(format!("ringlab-client-{}-{i}.hlog", self.me))
+        })
     }
 }
 
 /// Run the group as its first process and merge everything into one report.
 pub fn run_group(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, RunError> {
+    let exe = worker_exe()?;
+    let split = split(&cfg);
+    let files = Files {
+        dir: std::env::temp_dir(),
+        me: std::process::id(),
+        logs: cfg.hist_log.is_some(),
+    };
+    let base: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let commands = split
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, share)| (i, worker_command(&exe, &base, &files, i, share)));
+    let (group, start) =
+        Group::spawn(commands, |line| line == "ready").map_err(|e| setup(e.to_string()))?;
+    let workers: Vec<Worker> = group
+        .members()
+        .iter()
+        .map(|m| Worker {
+            index: m.index,
+            pid: m.pid,
+            share: split[m.index].clone(),
+            out: files.out(m.index),
+            log: files.log(m.index),
+        })
+        .collect();
+    let signaller = group.signaller();
+    let watch = Watch::start(group, &workers, cfg.processes, &stop)?;
+
+    // Our own share, started together with the workers.
+    let own_cfg = own_config(&cfg, &split[0], files.log(0));
+    let own = run_partial(own_cfg, stop.clone(), Some(release_gate(start)));
+    // The workers run as long as we did (same duration, timeout): wait, bounded.
+    let statuses = watch.finish(
+        &signaller,
+        own.is_err(),
+        cfg.timeout + Duration::from_secs(30),
+    );
+    let own = match own {
+        Ok(p) => p,
+        Err(e) => {
+            for w in &workers {
+                let _ = std::fs::remove_file(&w.out);
+                if let Some(l) = &w.log {
+                    let _ = std::fs::remove_file(l);
+                }
+            }
+            return Err(e);
+        }
+    };
+    Ok(merge_group(&cfg, &split, &files, own, &workers, &statuses))
+}
+
+/// This binary, which the workers are started from.
+fn worker_exe() -> Result<PathBuf, RunError> {
     let exe = std::env::current_exe().map_err(|e| {
         setup(format!(
             "--processes: cannot find this program's binary: {e}"
@@ -184,231 +230,194 @@ pub fn run_group(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, RunErr
             "--processes starts workers from the ringlab-client binary; run it from there",
         ));
     }
-    let k = cfg.processes;
-    let split = split(&cfg);
-    let me = std::process::id();
-    let tmp = std::env::temp_dir();
-    let log_path = |i: usize| {
-        cfg.hist_log
-            .as_ref()
-            .map(|_| tmp.join(format!("ringlab-client-{me}-{i}.hlog")))
-    };
-    let base: Vec<OsString> = std::env::args_os().skip(1).collect();
+    Ok(exe)
+}
 
-    let mut workers = Vec::new();
-    let mut children: Vec<Child> = Vec::new();
-    let mut stdins: Vec<ChildStdin> = Vec::new();
-    let mut pidfds: Vec<OwnedFd> = Vec::new();
-    let (ready_tx, ready_rx) = mpsc::channel::<(usize, bool)>();
-    let kill_all = |pidfds: &[OwnedFd], children: &mut Vec<Child>| {
-        signal_all(pidfds, Signal::KILL);
-        for c in children.iter_mut() {
-            let _ = c.wait();
+/// Worker `i`'s command line: ours (`base`) with its share appended.
+fn worker_command(
+    exe: &Path,
+    base: &[OsString],
+    files: &Files,
+    i: usize,
+    share: &Share,
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(base)
+        .args(["--processes", "1", "--no-progress"])
+        .args(["--conns", &share.conns.to_string()])
+        .args(["--cores", &share.cpus.to_string()])
+        .args(["--worker-of", &files.me.to_string()])
+        .args(["--worker-index", &i.to_string()])
+        .arg("--worker-out")
+        .arg(files.out(i));
+    if let Some(r) = share.rate {
+        cmd.args(["--rate", &r.to_string()]);
+    }
+    if let Some(n) = share.requests {
+        cmd.args(["--requests", &n.to_string()]);
+    }
+    if let Some(r) = share.connect_rate {
+        cmd.args(["--connect-rate", &r.to_string()]);
+    }
+    if let Some(b) = bind_arg(&share.bind) {
+        cmd.args(["--bind", &b]);
+    }
+    if let Some(l) = files.log(i) {
+        cmd.arg("--hist-log").arg(l);
+    }
+    cmd.stdin(Stdio::piped()).stderr(Stdio::inherit());
+    cmd
+}
+
+/// The first process's own share of the run.
+fn own_config(cfg: &RunConfig, share: &Share, log: Option<PathBuf>) -> RunConfig {
+    let mut own = cfg.clone();
+    own.processes = 1;
+    own.conns = share.conns;
+    own.cpus = share.cpus.clone();
+    own.rate = share.rate;
+    own.requests = share.requests;
+    own.connect_rate = share.connect_rate;
+    own.bind = share.bind.clone();
+    own.hist_log = log;
+    own.json = None;
+    own.progress = false;
+    own
+}
+
+/// Called once our own loops are set up: wait for every worker's ready line, then start them
+/// all (`go`).
+fn release_gate(start: Start) -> Gate {
+    Box::new(move || {
+        start.wait_ready(READY_TIMEOUT).map_err(|e| e.to_string())?;
+        start
+            .release("go")
+            .map_err(|e| format!("starting a client process: {e}"))
+    })
+}
+
+/// The workers while the run lasts: a worker that fails before the end stops the run early,
+/// and a stop (SIGINT, or that failure) is forwarded to every worker as SIGINT.
+struct Watch {
+    /// Set once our own share is over: exits from then on are the run's normal end.
+    done: Arc<AtomicBool>,
+    /// Every worker's exit status, by index, once all have exited.
+    exits: JoinHandle<Vec<Option<ExitStatus>>>,
+    forwarder: JoinHandle<()>,
+}
+
+impl Watch {
+    fn start(
+        group: Group,
+        workers: &[Worker],
+        processes: usize,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Watch, RunError> {
+        let signaller = group.signaller();
+        let (tx, rx) = mpsc::channel::<(usize, ExitStatus)>();
+        if let Err(e) = group.watch(&tx, |i, s| (i, s)) {
+            signaller.signal_all(Signal::KILL);
+            return Err(setup(format!("cannot watch the client processes: {e}")));
         }
-    };
-    for (i, share) in split.iter().enumerate().skip(1) {
-        let out = tmp.join(format!("ringlab-client-{me}-worker-{i}.json"));
-        let log = log_path(i);
-        let mut cmd = Command::new(&exe);
-        cmd.args(&base)
-            .args(["--processes", "1", "--no-progress"])
-            .args(["--conns", &share.conns.to_string()])
-            .args(["--cores", &share.cpus.to_string()])
-            .args(["--worker-of", &me.to_string()])
-            .args(["--worker-index", &i.to_string()])
-            .arg("--worker-out")
-            .arg(&out);
-        if let Some(r) = share.rate {
-            cmd.args(["--rate", &r.to_string()]);
-        }
-        if let Some(n) = share.requests {
-            cmd.args(["--requests", &n.to_string()]);
-        }
-        if let Some(r) = share.connect_rate {
-            cmd.args(["--connect-rate", &r.to_string()]);
-        }
-        if let Some(b) = bind_arg(&share.bind) {
-            cmd.args(["--bind", &b]);
-        }
-        if let Some(l) = &log {
-            cmd.arg("--hist-log").arg(l);
-        }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                kill_all(&pidfds, &mut children);
-                return Err(setup(format!("cannot start client process {i}: {e}")));
-            }
-        };
-        let pid = child.id();
-        let fd = Pid::from_raw(pid as i32).map(|p| pidfd_open(p, PidfdFlags::empty()));
-        let Some(Ok(fd)) = fd else {
-            let _ = child.kill();
-            let _ = child.wait();
-            kill_all(&pidfds, &mut children);
-            return Err(setup(format!("pidfd_open for client process {i} failed")));
-        };
-        pidfds.push(fd);
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            children.push(child);
-            kill_all(&pidfds, &mut children);
-            return Err(setup("worker pipes missing"));
-        };
-        stdins.push(stdin);
-        children.push(child);
-        let tx = ready_tx.clone();
-        let _ = thread::Builder::new()
-            .name(format!("ringlab-out-{i}"))
-            .spawn(move || {
-                let mut ok = false;
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if !ok && line == "ready" {
-                        ok = true;
-                        let _ = tx.send((i, true));
+        drop(tx);
+        let done = Arc::new(AtomicBool::new(false));
+        let pids: Vec<(usize, u32)> = workers.iter().map(|w| (w.index, w.pid)).collect();
+        let exits = {
+            let (stop, done) = (stop.clone(), done.clone());
+            thread::spawn(move || {
+                let mut statuses = vec![None; processes];
+                for (i, s) in rx {
+                    if !s.success() && !done.load(Ordering::Acquire) {
+                        let pid = pids.iter().find(|p| p.0 == i).map_or(0, |p| p.1);
+                        eprintln!(
+                            "ringlab-client: process {i} (pid {pid}) failed ({}); stopping the others",
+                            describe(s)
+                        );
+                        stop.store(true, Ordering::Release);
                     }
+                    statuses[i] = Some(s);
                 }
-                if !ok {
-                    let _ = tx.send((i, false));
+                statuses
+            })
+        };
+        let forwarder = {
+            let (stop, done) = (stop.clone(), done.clone());
+            thread::spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    if stop.load(Ordering::Acquire) {
+                        signaller.signal_all(Signal::INT);
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(20));
                 }
-            });
-        workers.push(Worker {
-            index: i,
-            pid,
-            share: share.clone(),
-            out,
-            log,
-        });
-    }
-    drop(ready_tx);
-    let pidfds = Arc::new(pidfds);
-
-    // Watch the workers: a failure before the end stops the run early; SIGINT is forwarded.
-    let statuses: Arc<Mutex<Vec<Option<ExitStatus>>>> = Arc::new(Mutex::new(vec![None; k]));
-    let done = Arc::new(AtomicBool::new(false));
-    let gone = Arc::new(AtomicBool::new(false));
-    let mut waiters = Vec::new();
-    for (w, mut c) in workers.iter().zip(children) {
-        let statuses = statuses.clone();
-        let stop = stop.clone();
-        let (i, pid) = (w.index, w.pid);
-        let done = done.clone();
-        let gone = gone.clone();
-        waiters.push(thread::spawn(move || {
-            let s = c.wait().ok();
-            if let Some(s) = s {
-                if !s.success() && !done.load(Ordering::Acquire) {
-                    eprintln!(
-                        "ringlab-client: process {i} (pid {pid}) failed ({}); stopping the others",
-                        describe(s)
-                    );
-                    gone.store(true, Ordering::Release);
-                    stop.store(true, Ordering::Release);
-                }
-            }
-            if let Ok(mut v) = statuses.lock() {
-                v[i] = s;
-            }
-        }));
-    }
-    let forwarder = {
-        let stop = stop.clone();
-        let done = done.clone();
-        let pidfds = pidfds.clone();
-        thread::spawn(move || {
-            while !done.load(Ordering::Acquire) {
-                if stop.load(Ordering::Acquire) {
-                    signal_all(&pidfds, Signal::INT);
-                    return;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
+            })
+        };
+        Ok(Watch {
+            done,
+            exits,
+            forwarder,
         })
-    };
+    }
 
-    // Our own share, started together with the workers.
-    let n_workers = workers.len();
-    let gate: Gate = Box::new(move || {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut ready = 0;
-        while ready < n_workers {
-            match ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok((_, true)) => ready += 1,
-                Ok((i, false)) => return Err(format!("client process {i} did not start")),
-                Err(_) => return Err("client processes were not ready in time".to_string()),
-            }
+    /// Our own share is over (`failed`: with an error, so the workers are killed): wait for
+    /// every worker, at most `limit`, then interrupt them, then kill them.
+    fn finish(
+        self,
+        signaller: &Signaller,
+        failed: bool,
+        limit: Duration,
+    ) -> Vec<Option<ExitStatus>> {
+        self.done.store(true, Ordering::Release);
+        if failed {
+            signaller.signal_all(Signal::KILL);
         }
-        for mut s in stdins {
-            writeln!(s, "go").map_err(|e| format!("starting a client process: {e}"))?;
-        }
-        Ok(())
-    });
-    let own_share = &split[0];
-    let mut own_cfg = cfg.clone();
-    own_cfg.processes = 1;
-    own_cfg.conns = own_share.conns;
-    own_cfg.cpus = own_share.cpus.clone();
-    own_cfg.rate = own_share.rate;
-    own_cfg.requests = own_share.requests;
-    own_cfg.connect_rate = own_share.connect_rate;
-    own_cfg.bind = own_share.bind.clone();
-    own_cfg.hist_log = log_path(0);
-    own_cfg.json = None;
-    own_cfg.progress = false;
-    let own = run_partial(own_cfg, stop.clone(), Some(gate));
-    done.store(true, Ordering::Release);
-    if own.is_err() {
-        signal_all(&pidfds, Signal::KILL);
-    }
-    // The workers run as long as we did (same duration, timeout): wait, bounded.
-    let deadline = Instant::now() + cfg.timeout + Duration::from_secs(30);
-    let mut interrupted = false;
-    while waiters.iter().any(|w| !w.is_finished()) {
-        if Instant::now() >= deadline {
-            if interrupted {
-                signal_all(&pidfds, Signal::KILL);
-            } else {
-                signal_all(&pidfds, Signal::INT);
-                interrupted = true;
-            }
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    for w in waiters {
-        let _ = w.join();
-    }
-    let _ = forwarder.join();
-    let own = match own {
-        Ok(p) => p,
-        Err(e) => {
-            for w in &workers {
-                let _ = std::fs::remove_file(&w.out);
-                if let Some(l) = &w.log {
-                    let _ = std::fs::remove_file(l);
+        let deadline = Instant::now() + limit;
+        let mut interrupted = false;
+        while !self.exits.is_finished() {
+            if Instant::now() >= deadline {
+                if interrupted {
+                    signaller.signal_all(Signal::KILL);
+                } else {
+                    signaller.signal_all(Signal::INT);
+                    interrupted = true;
                 }
             }
-            return Err(e);
+            thread::sleep(Duration::from_millis(20));
         }
-    };
+        let _ = self.forwarder.join();
+        self.exits.join().unwrap_or_default()
+    }
+}
 
-    let statuses = statuses.lock().map(|v| v.clone()).unwrap_or_default();
+/// Add the workers' results to ours, merge the interval logs, and summarise: the exit code is
+/// the worst of the group's.
+fn merge_group(
+    cfg: &RunConfig,
+    split: &[Share],
+    files: &Files,
+    own: Partial,
+    workers: &[Worker],
+    statuses: &[Option<ExitStatus>],
+) -> Report {
+    let k = cfg.processes;
+    let log_path = |i: usize| files.log(i);
     let mut worst = 0u8;
     let mut problems = Vec::new();
     let mut merged = own.clone();
-    let own_code = report::build_from(&cfg, own.clone()).exit_code;
-    let mut processes = vec![ProcessResult::of(
-        0,
-        me,
-        split[0].cpus.to_string(),
-        split[0].conns,
-        split[0].rate,
-        &own,
-        own_code,
-    )];
-    for w in &workers {
+    let own_code = report::build_from(cfg, own.clone()).exit_code;
+    let result = |index: usize, pid: u32, share: &Share, p: &Partial, code: u8| {
+        ProcessResult::of(
+            index,
+            pid,
+            share.cpus.to_string(),
+            share.conns,
+            share.rate,
+            p,
+            code,
+        )
+    };
+    let mut processes = vec![result(0, files.me, &split[0], &own, own_code)];
+    for w in workers {
         let status = statuses.get(w.index).copied().flatten();
         let code = status.map_or(1, code_of);
         worst = worst.max(code);
@@ -419,15 +428,7 @@ pub fn run_group(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, RunErr
         match got {
             Some(p) => {
                 merged.merge(&p);
-                processes.push(ProcessResult::of(
-                    w.index,
-                    w.pid,
-                    w.share.cpus.to_string(),
-                    w.share.conns,
-                    w.share.rate,
-                    &p,
-                    code,
-                ));
+                processes.push(result(w.index, w.pid, &w.share, &p, code));
             }
             None => {
                 worst = worst.max(1);
@@ -437,12 +438,10 @@ pub fn run_group(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, RunErr
                     w.pid,
                     status.map_or("no exit status".to_string(), describe)
                 ));
-                processes.push(ProcessResult::of(
+                processes.push(result(
                     w.index,
                     w.pid,
-                    w.share.cpus.to_string(),
-                    w.share.conns,
-                    w.share.rate,
+                    &w.share,
                     &Partial::new(),
                     code.max(1),
                 ));
@@ -451,7 +450,7 @@ pub fn run_group(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, RunErr
     }
     if let Some(out) = &cfg.hist_log {
         let logs: Vec<PathBuf> = (0..k).filter_map(log_path).collect();
-        if let Err(e) = merge_logs(&logs, out, &cfg) {
+        if let Err(e) = merge_logs(&logs, out, cfg) {
             merged
                 .messages
                 .push(format!("--hist-log could not be merged: {e}"));
@@ -461,12 +460,12 @@ pub fn run_group(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, RunErr
             let _ = std::fs::remove_file(l);
         }
     }
-    let mut report = report::build_from(&cfg, merged);
+    let mut report = report::build_from(cfg, merged);
     report.threads = report.cpu.len();
     report.processes = processes;
     report.messages.extend(problems);
     report.exit_code = report.exit_code.max(worst);
-    Ok(report)
+    report
 }
 
 /// Merge the processes' interval logs into one at `out`: histograms of the same interval

@@ -1,4 +1,4 @@
-//! A whole run: check the environment, start one pinned loop per CPU, give them a common time
+//! One process's run: check the environment, start one pinned loop per CPU, give them a common time
 //! line, show progress, write the interval log, collect and merge the results.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ringlab_runtime::cpus::pin_current_thread;
+use ringlab_runtime::cpus::{even_shares, pin_current_thread};
 
 use crate::args::{Io, RunConfig, SetupError};
 use crate::driver::{self, ThreadCtx};
@@ -33,17 +33,10 @@ fn setup(msg: impl Into<String>) -> RunError {
     RunError::Setup(SetupError(msg.into()))
 }
 
-/// Split `n` into `parts` nearly equal shares (the first ones larger).
-pub fn shares(n: usize, parts: usize) -> Vec<usize> {
-    (0..parts)
-        .map(|i| n / parts + usize::from(i < n % parts))
-        .collect()
-}
-
 /// What each loop thread does.
 pub fn plans(cfg: &RunConfig) -> Vec<ThreadPlan> {
     let threads = cfg.cpus.len();
-    let conns = shares(cfg.conns, threads);
+    let conns = even_shares(cfg.conns, threads);
     let mut next = 0;
     let mut requests_left = cfg.requests;
     cfg.cpus
@@ -180,16 +173,8 @@ impl Intervals {
     }
 }
 
-/// Run the load described by `cfg`; returns the report (its `exit_code` says how it went).
-pub fn run(cfg: RunConfig) -> Result<Report, RunError> {
-    run_with_stop(cfg, Arc::new(AtomicBool::new(false)))
-}
-
-/// [`run`], ending early (as if its time were up) once `stop` is set, e.g. by SIGINT.
-pub fn run_with_stop(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, RunError> {
-    if cfg.processes > 1 {
-        return crate::procs::run_group(cfg, stop);
-    }
+/// Run the load of one process (`--processes` 1) and summarise it.
+pub fn run_one(cfg: RunConfig, stop: Arc<AtomicBool>) -> Result<Report, RunError> {
     let cfg2 = cfg.clone();
     let partial = run_partial(cfg, stop, None)?;
     Ok(report::build_from(&cfg2, partial))

@@ -3,12 +3,13 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::Parser;
-use common::RinglabServer;
+use common::{echo_with, RinglabServer, ScriptedServer};
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
@@ -142,4 +143,80 @@ fn bad_shares_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--conns"), "{err}");
+}
+
+/// The PIDs of `parent`'s live children started as `--processes` workers (`--worker-of`).
+fn workers_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|d| {
+        let pid: u32 = d.ok()?.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        let alive = !field("State:")?.starts_with(['Z', 'X']);
+        let child = field("PPid:")?.parse::<u32>().ok()? == parent;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let worker = cmdline.split(|&b| b == 0).any(|a| a == b"--worker-of");
+        (alive && child && worker).then_some(pid)
+    })
+    .collect()
+}
+
+/// A worker killed by a signal mid-run: the first process names it, stops the run early,
+/// and exits with the worst code of the group, the shell's 128 + N for a signal (137 for
+/// SIGKILL; the client once counted any signal as 1).
+#[test]
+fn killed_worker_sets_the_exit_code() {
+    let srv = ScriptedServer::start(echo_with(|_, _| {}));
+    let mut client = Command::new(BIN)
+        .args([
+            &srv.addr.to_string(),
+            "--io",
+            "epoll",
+            "--no-pin",
+            "--processes",
+            "2",
+            "-c",
+            "2",
+            "-d",
+            "60s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client starts");
+    // Both processes have connected (so the worker was released and runs its share).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while srv.state.accepted.load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let workers = workers_of(client.id());
+    if srv.state.accepted.load(Ordering::Relaxed) < 2 || workers.len() != 1 {
+        let _ = client.kill();
+        let out = client.wait_with_output().expect("client output");
+        panic!(
+            "the group did not start: workers {workers:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let victim = workers[0];
+    let pid = rustix::process::Pid::from_raw(victim as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill worker");
+    let out = client.wait_with_output().expect("client output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "process 1 (pid {victim}) failed (killed by signal 9)"
+        )),
+        "the message names the worker: {stderr}"
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("Process 1 (pid"), "{summary}");
 }

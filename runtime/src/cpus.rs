@@ -54,14 +54,14 @@ impl CpuList {
         if n > ids.len() {
             return (0..n).map(|i| CpuList(vec![ids[i % ids.len()]])).collect();
         }
-        let mut out = Vec::with_capacity(n);
         let mut next = 0;
-        for i in 0..n {
-            let len = ids.len() / n + usize::from(i < ids.len() % n);
-            out.push(CpuList(ids[next..next + len].to_vec()));
-            next += len;
-        }
-        out
+        even_shares(ids.len(), n)
+            .into_iter()
+            .map(|len| {
+                next += len;
+                CpuList(ids[next - len..next].to_vec())
+            })
+            .collect()
     }
 
     /// A list from ids (duplicates removed, order kept).
@@ -157,6 +157,14 @@ impl CpuSpec {
     }
 }
 
+/// Split `n` into `parts` nearly equal shares, the first ones larger (`10` in 4: 3, 3, 2, 2):
+/// connections, requests or CPUs among loops or processes.
+pub fn even_shares(n: usize, parts: usize) -> Vec<usize> {
+    (0..parts)
+        .map(|i| n / parts + usize::from(i < n % parts))
+        .collect()
+}
+
 /// The CPUs this process may run on (its affinity mask at start).
 pub fn available_cpus() -> CpuList {
     match core_affinity::get_core_ids() {
@@ -220,6 +228,17 @@ mod tests {
             "", "a", "1-", "-1", "3-1", "0,,1", "0,0", "0-2,1", "1-999999",
         ] {
             assert!(bad.parse::<CpuSpec>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn even_shares_add_up() {
+        assert_eq!(even_shares(10, 4), [3, 3, 2, 2]);
+        assert_eq!(even_shares(2, 3), [1, 1, 0]);
+        assert_eq!(even_shares(0, 2), [0, 0]);
+        assert!(even_shares(5, 0).is_empty());
+        for (n, parts) in [(103, 4), (7, 7), (1, 5), (1000, 3)] {
+            assert_eq!(even_shares(n, parts).iter().sum::<usize>(), n);
         }
     }
 

@@ -14,6 +14,7 @@ pub mod cpus;
 pub mod duration;
 pub mod epoll;
 pub mod net;
+pub mod procgroup;
 pub mod slab;
 pub mod stats;
 pub mod timer;

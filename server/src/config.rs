@@ -175,7 +175,8 @@ pub struct Args {
     /// arguments), prints one ready line ending `processes=N pids=FIRST,..`, forwards
     /// SIGINT/SIGTERM to them, and prints (and --stats-json writes) their summed statistics
     /// with a per-process breakdown. If one dies, it names it, stops the rest and exits
-    /// non-zero; the others die with the first.
+    /// non-zero (the worst code of the group; killed by signal N counts as 128+N); the others
+    /// die with the first.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub processes: u16,
     /// Internal (set by the first process for the others): the PID of the first process.

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use ringlab_runtime::procgroup;
 use ringlab_server::{procs, start, Args, ServerError};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -15,8 +16,8 @@ fn main() -> ExitCode {
             eprintln!("ringlab-server: --worker-of is internal to --processes; drop it");
             return ExitCode::from(1);
         }
-        if let Err(e) = procs::become_worker(parent) {
-            return fail(&e);
+        if let Err(e) = procgroup::become_worker(parent) {
+            return fail(&anyhow::Error::from(e).into());
         }
     } else if !args.listen_fds.is_empty() {
         eprintln!("ringlab-server: --listen-fds is internal to --processes; drop it");

@@ -139,6 +139,15 @@ fn killed_worker_stops_group(io: &str) {
         !status.success(),
         "exit {status} after a worker died\n{stderr}"
     );
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "the worst exit of the group: SIGKILL counts as 128 + 9\n{stderr}"
+    );
+    assert!(
+        stderr.contains("killed by signal 9"),
+        "the message says how it died: {stderr}"
+    );
     assert!(
         stderr.contains(&format!("process 1 (pid {victim}")) && stderr.contains("unexpectedly"),
         "the message names the worker: {stderr}"
