@@ -15,6 +15,29 @@ use crate::stats::SyscallCounters;
 
 pub use rustix::event::epoll::{Event, EventData, EventFlags};
 
+/// What one readiness report says about a socket, the same way for every epoll loop: readable
+/// on input, peer half-close, hang-up or error (a read then tells which); the peer has closed its
+/// side on `EPOLLRDHUP`/`EPOLLHUP` (so a short read does not mean drained); writable on output
+/// room, hang-up or error (a write then tells which).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    pub readable: bool,
+    pub rdhup: bool,
+    pub writable: bool,
+}
+
+impl Readiness {
+    /// The readiness reported by `flags`.
+    pub fn of(flags: EventFlags) -> Readiness {
+        Readiness {
+            readable: flags
+                .intersects(EventFlags::IN | EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR),
+            rdhup: flags.intersects(EventFlags::RDHUP | EventFlags::HUP),
+            writable: flags.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR),
+        }
+    }
+}
+
 /// An epoll instance.
 pub struct Epoll {
     fd: OwnedFd,
@@ -113,5 +136,24 @@ impl Epoll {
             Err(rustix::io::Errno::INTR) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::*;
+
+    #[test]
+    fn hang_up_and_error_wake_both_directions() {
+        let r = Readiness::of(EventFlags::IN);
+        assert_eq!((r.readable, r.rdhup, r.writable), (true, false, false));
+        let r = Readiness::of(EventFlags::OUT);
+        assert_eq!((r.readable, r.rdhup, r.writable), (false, false, true));
+        let r = Readiness::of(EventFlags::RDHUP);
+        assert_eq!((r.readable, r.rdhup, r.writable), (true, true, false));
+        let r = Readiness::of(EventFlags::HUP);
+        assert_eq!((r.readable, r.rdhup, r.writable), (true, true, true));
+        let r = Readiness::of(EventFlags::ERR);
+        assert_eq!((r.readable, r.rdhup, r.writable), (true, false, true));
     }
 }

@@ -15,18 +15,16 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringlab_runtime::epoll::{Epoll, Event, EventFlags};
+use ringlab_runtime::epoll::{Epoll, Event, EventFlags, Readiness};
 use ringlab_runtime::uring::UserData;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 use socket2::SockAddr;
 
-use super::{new_socket, ThreadCtx};
-use crate::engine::{Engine, ThreadResult, Work};
+use super::{handle_all, new_socket, run_loop, Driver, ThreadCtx};
+use crate::engine::{Engine, ThreadResult};
 
 const READS_PER_TURN: u32 = 16;
-/// Re-read the clock every this many events within one turn.
-const TICK_EVERY: usize = 32;
 
 struct Sock {
     gen: u32,
@@ -48,7 +46,6 @@ struct Loop {
     events: Vec<Event>,
     /// Slots that still had input when their read budget ran out.
     again: Vec<(u32, u32)>,
-    work: Work,
 }
 
 fn key(slot: u32, gen: u32) -> u64 {
@@ -60,10 +57,7 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
     let cfg = ctx.cfg.clone();
     let epoll = match Epoll::new() {
         Ok(e) => e,
-        Err(e) => {
-            ctx.start(Err(format!("epoll_create: {e}")));
-            return Err(e);
-        }
+        Err(e) => return Err(ctx.setup_failed(e, "epoll_create")),
     };
     let Some(eng) = ctx.start(Ok(())) else {
         return Ok(None);
@@ -76,9 +70,8 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
         buf: vec![0; cfg.read_buf],
         events: Vec::with_capacity(cfg.max_events),
         again: Vec::new(),
-        work: Work::default(),
     };
-    let r = lp.run();
+    let r = run_loop(&mut lp);
     if r.is_err() {
         lp.eng.abort();
     }
@@ -87,93 +80,69 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
     r.map(|()| Some(lp.eng.into_result(Instant::now())))
 }
 
-impl Loop {
-    fn run(&mut self) -> io::Result<()> {
+impl Driver for Loop {
+    fn engine(&mut self) -> &mut Engine {
+        &mut self.eng
+    }
+
+    fn connect(&mut self, slot: u32) {
+        Loop::connect(self, slot);
+    }
+
+    fn pump(&mut self, slot: u32) {
+        Loop::pump(self, slot);
+    }
+
+    fn turn(&mut self, deadline: Instant) -> io::Result<()> {
+        let timeout = if self.again.is_empty() {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        let mut events = std::mem::take(&mut self.events);
+        self.epoll
+            .wait(&mut events, Some(timeout), &mut self.eng.counters.syscalls)?;
         self.eng.tick(Instant::now());
-        loop {
-            self.eng.poll(Instant::now());
-            self.do_work();
-            if self.eng.finished() {
-                return Ok(());
-            }
-            let timeout = if self.again.is_empty() {
-                Some(
-                    self.eng
-                        .deadline()
-                        .saturating_duration_since(Instant::now()),
-                )
-            } else {
-                Some(Duration::ZERO)
-            };
-            let mut events = std::mem::take(&mut self.events);
-            self.epoll
-                .wait(&mut events, timeout, &mut self.eng.counters.syscalls)?;
-            self.eng.tick(Instant::now());
-            for (slot, gen) in std::mem::take(&mut self.again) {
-                if self.live(slot, gen) {
-                    self.pump(slot);
-                }
-            }
-            for (i, ev) in events.iter().enumerate() {
-                if i > 0 && i % TICK_EVERY == 0 {
-                    self.eng.tick(Instant::now());
-                }
-                let k = ev.data.u64();
-                let (slot, gen) = (k as u32, (k >> 32) as u32);
-                let f = ev.flags;
-                let Some(Some(s)) = self.socks.get_mut(slot as usize) else {
-                    continue;
-                };
-                if s.gen != gen {
-                    continue;
-                }
-                if f.intersects(
-                    EventFlags::IN | EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR,
-                ) {
-                    s.readable = true;
-                }
-                if f.intersects(EventFlags::RDHUP | EventFlags::HUP) {
-                    s.rdhup = true;
-                }
-                if f.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR) {
-                    s.writable = true;
-                }
-                if s.connecting && f.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR)
-                {
-                    s.connecting = false;
-                    self.eng.counters.syscalls.other += 1;
-                    let r = match rustix::net::sockopt::socket_error(&s.fd) {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(io::Error::from(e)),
-                        Err(e) => Err(io::Error::from(e)),
-                    };
-                    self.eng.connected(slot, r, Instant::now());
-                }
+        for (slot, gen) in std::mem::take(&mut self.again) {
+            if self.live(slot, gen) {
                 self.pump(slot);
             }
-            self.events = events;
         }
+        handle_all(self, events.drain(..), Loop::on_event);
+        self.events = events;
+        Ok(())
+    }
+}
+
+impl Loop {
+    fn on_event(&mut self, ev: Event) {
+        let k = ev.data.u64();
+        let (slot, gen) = (k as u32, (k >> 32) as u32);
+        let Some(Some(s)) = self.socks.get_mut(slot as usize) else {
+            return;
+        };
+        if s.gen != gen {
+            return;
+        }
+        let r = Readiness::of(ev.flags);
+        s.readable |= r.readable;
+        s.rdhup |= r.rdhup;
+        s.writable |= r.writable;
+        if s.connecting && r.writable {
+            s.connecting = false;
+            self.eng.counters.syscalls.other += 1;
+            let r = match rustix::net::sockopt::socket_error(&s.fd) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(io::Error::from(e)),
+                Err(e) => Err(io::Error::from(e)),
+            };
+            self.eng.connected(slot, r, Instant::now());
+        }
+        self.pump(slot);
     }
 
     fn live(&self, slot: u32, gen: u32) -> bool {
         matches!(self.socks.get(slot as usize), Some(Some(s)) if s.gen == gen)
-    }
-
-    fn do_work(&mut self) {
-        let mut work = std::mem::take(&mut self.work);
-        for _ in 0..4 {
-            self.eng.take_work(&mut work);
-            if work.connect.is_empty() && work.pump.is_empty() {
-                break;
-            }
-            for slot in work.connect.drain(..) {
-                self.connect(slot);
-            }
-            for slot in work.pump.drain(..) {
-                self.pump(slot);
-            }
-        }
-        self.work = work;
     }
 
     fn connect(&mut self, slot: u32) {

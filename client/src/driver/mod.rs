@@ -11,7 +11,11 @@
 //!   call `closed` (only then is the slot reused);
 //! * call `tick` at the top of each turn (and often enough while handling a large batch that
 //!   latencies stay exact to the microsecond), `poll` + `take_work` once a turn, block at most
-//!   `wait_timeout`, and return when `finished`, with nothing left in flight.
+//!   until the engine's `deadline`, and return when `finished`, with nothing left in flight.
+//!
+//! The turn itself is written once, in [`run_loop`]; a driver implements [`Driver`]: how it
+//! connects a slot, how it moves a slot's bytes (`pump`), and how it waits for and handles what
+//! its IO model reports (`turn`).
 
 pub mod epoll;
 pub mod uring;
@@ -21,11 +25,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::Arc;
+use std::time::Instant;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::args::RunConfig;
-use crate::engine::{Engine, Interval, ThreadPlan, Timeline};
+use crate::engine::{Engine, Interval, ThreadPlan, Timeline, Work};
 
 /// Everything a loop thread is started with.
 pub struct ThreadCtx {
@@ -51,6 +56,73 @@ impl ThreadCtx {
         }
         let tl = self.go.recv().ok().flatten()?;
         Some(Engine::new(self.cfg, self.plan, tl, self.tx, self.stop))
+    }
+}
+
+impl ThreadCtx {
+    /// Setup failed in `what` with `e`: report it (the run stops) and return the error, named.
+    pub fn setup_failed(self, e: io::Error, what: &str) -> io::Error {
+        let e = io::Error::new(e.kind(), format!("{what}: {e}"));
+        self.start(Err(e.to_string()));
+        e
+    }
+}
+
+/// Re-read the clock every this many events or completions within one turn, so that latencies
+/// stay exact while a large batch is handled.
+pub const TICK_EVERY: usize = 32;
+
+/// What [`run_loop`] needs of a driver: the IO it lowers the engine's work to.
+pub trait Driver {
+    /// The engine the loop serves.
+    fn engine(&mut self) -> &mut Engine;
+    /// Open `slot`'s socket and start its connect (reporting the outcome to the engine).
+    fn connect(&mut self, slot: u32);
+    /// Bring `slot`'s IO in line with what the engine wants (send, read, close).
+    fn pump(&mut self, slot: u32);
+    /// Wait for IO to be ready or complete, at most until `deadline`, and handle it.
+    fn turn(&mut self, deadline: Instant) -> io::Result<()>;
+    /// At the top of every turn, before new work is taken.
+    fn before_work(&mut self) {}
+}
+
+/// The one client loop: read the clock, let the engine pace and time out, act on its work
+/// (connects, slots to pump) until it makes no more, return when it is finished, else wait for
+/// the IO model and handle what it reports.
+pub fn run_loop(d: &mut impl Driver) -> io::Result<()> {
+    let mut work = Work::default();
+    d.engine().tick(Instant::now());
+    loop {
+        d.engine().poll(Instant::now());
+        d.before_work();
+        // Acting on work can make more (a failed connect closes, a close frees a slot).
+        for _ in 0..4 {
+            d.engine().take_work(&mut work);
+            if work.connect.is_empty() && work.pump.is_empty() {
+                break;
+            }
+            for slot in work.connect.drain(..) {
+                d.connect(slot);
+            }
+            for slot in work.pump.drain(..) {
+                d.pump(slot);
+            }
+        }
+        if d.engine().finished() {
+            return Ok(());
+        }
+        let deadline = d.engine().deadline();
+        d.turn(deadline)?;
+    }
+}
+
+/// Handle a turn's events or completions in order, re-reading the clock every [`TICK_EVERY`].
+pub fn handle_all<D: Driver, T>(d: &mut D, items: impl IntoIterator<Item = T>, f: fn(&mut D, T)) {
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 && i % TICK_EVERY == 0 {
+            d.engine().tick(Instant::now());
+        }
+        f(d, item);
     }
 }
 

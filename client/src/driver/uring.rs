@@ -14,9 +14,11 @@
 //!   `DEFER_TASKRUN`, registered ring fd), bounded by the engine's next deadline.
 //! * CQ overflow: `IORING_FEAT_NODROP` keeps overflowed completions in the kernel; counted.
 //!
-//! Ownership: a slot's socket, its connect address and its send buffer stay alive while any
-//! operation on them is in flight (`Sock::inflight`); the socket is forgotten only when its
-//! close completes. User data encodes (op, socket generation, slot).
+//! Ownership: every operation goes through the ring's [`Ledger`] (shared with the server's uring
+//! backend): a slot's socket, its connect address and its send buffer live in the ledger's slot,
+//! which is freed only when its close completes, after every other operation on it has (cancel,
+//! then close). User data encodes (op, ledger generation, ledger slot); the ledger slot of an
+//! engine slot is kept in `Loop::slots`.
 
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -24,32 +26,24 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types};
-use ringlab_runtime::stats::SyscallCounters;
+use ringlab_runtime::ledger::{Done, Ledger, SlotSock, Sock as LedgerSock};
 use ringlab_runtime::uring::{build_ring, BufRing, Ring, RingConfig, UserData};
 use socket2::SockAddr;
 
-use super::{new_socket, ThreadCtx};
-use crate::engine::{Engine, ThreadResult, Work};
+use super::{handle_all, new_socket, run_loop, Driver, ThreadCtx};
+use crate::engine::{Engine, ThreadResult};
 
 const OP_CONNECT: u8 = 1;
 const OP_RECV: u8 = 2;
 const OP_SEND: u8 = 3;
-const OP_CLOSE: u8 = 4;
-const OP_CANCEL_FD: u8 = 5;
-const OP_CANCEL_ANY: u8 = 6;
 
-const NO_SLOT: u32 = u32::MAX;
 const BGID: u16 = 0;
-/// Re-read the clock every this many completions within one turn.
-const TICK_EVERY: usize = 32;
 
-fn ud(op: u8, slot: u32, gen: u32) -> u64 {
-    UserData { op, gen, slot }.encode()
-}
-
+/// One connection's socket and what the kernel may read while operations are in flight.
 struct Sock {
-    gen: u32,
-    /// The socket; `None` once its close has been submitted.
+    /// The engine's slot for this socket.
+    slot: u32,
+    /// The socket; `None` once it was given up to the ring's close.
     fd: Option<OwnedFd>,
     raw: RawFd,
     /// The connect target, read by the kernel until the connect completes.
@@ -60,9 +54,15 @@ struct Sock {
     starved: bool,
     /// The send in flight: the buffer and how much of it was already sent.
     send: Option<(Bytes, usize)>,
-    cancel_sent: bool,
-    /// Operations in flight on this socket (a multishot recv counts once).
-    inflight: u32,
+}
+
+impl SlotSock for Sock {
+    fn sock(&self) -> LedgerSock {
+        LedgerSock::Fd(self.raw)
+    }
+    fn release(&mut self) -> LedgerSock {
+        LedgerSock::Fd(self.fd.take().map_or(self.raw, IntoRawFd::into_raw_fd))
+    }
 }
 
 struct Loop<'r> {
@@ -70,12 +70,10 @@ struct Loop<'r> {
     ring: Ring<'r>,
     /// `None` only once leaked at exit.
     bufs: Option<BufRing<'r>>,
-    socks: Vec<Option<Sock>>,
-    next_gen: u32,
-    /// Operations in flight on the whole ring.
-    ops: u64,
-    work: Work,
-    /// Slots (with their socket generation) whose multishot recv ended for lack of buffers.
+    ledger: Ledger<Sock, ()>,
+    /// The ledger slot and generation of each engine slot's socket.
+    slots: Vec<Option<(u32, u32)>>,
+    /// Ledger slots (with their generation) whose multishot recv ended for lack of buffers.
     starved: std::collections::VecDeque<(u32, u32)>,
 }
 
@@ -89,46 +87,31 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
         register_ring_fd: true,
         sqpoll: None,
     };
-    let what = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{what}: {e}"));
     let mut uring = match build_ring(&rcfg) {
         Ok(r) => r,
-        Err(e) => {
-            let e = what(e, "io_uring_setup");
-            ctx.start(Err(e.to_string()));
-            return Err(e);
-        }
+        Err(e) => return Err(ctx.setup_failed(e, "io_uring_setup")),
     };
     let ring = match Ring::new(&mut uring, &rcfg) {
         Ok(r) => r,
-        Err(e) => {
-            let e = what(e, "io_uring_register(RING_FDS)");
-            ctx.start(Err(e.to_string()));
-            return Err(e);
-        }
+        Err(e) => return Err(ctx.setup_failed(e, "io_uring_register(RING_FDS)")),
     };
     let bufs = match BufRing::new(ring.uring(), BGID, cfg.buf_count, cfg.buf_size) {
         Ok(b) => b,
-        Err(e) => {
-            let e = what(e, "io_uring_register(PBUF_RING)");
-            ctx.start(Err(e.to_string()));
-            return Err(e);
-        }
+        Err(e) => return Err(ctx.setup_failed(e, "io_uring_register(PBUF_RING)")),
     };
     let Some(eng) = ctx.start(Ok(())) else {
         return Ok(None);
     };
     let mut lp = Loop {
-        socks: (0..eng.slots()).map(|_| None).collect(),
+        slots: vec![None; eng.slots()],
         eng,
         ring,
         bufs: Some(bufs),
-        next_gen: 0,
-        ops: 0,
-        work: Work::default(),
+        ledger: Ledger::default(),
         starved: std::collections::VecDeque::new(),
     };
     lp.eng.counters.syscalls.io_uring_register += 3;
-    let r = lp.run();
+    let r = run_loop(&mut lp);
     if r.is_err() {
         lp.eng.abort();
     }
@@ -143,70 +126,57 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
     r.map(|()| Some(res))
 }
 
-impl Loop<'_> {
-    fn push(&mut self, e: squeue::Entry) {
-        push_to(
-            &mut self.ring,
-            &mut self.ops,
-            &mut self.eng.counters.syscalls,
-            e,
-        );
+impl Driver for Loop<'_> {
+    fn engine(&mut self) -> &mut Engine {
+        &mut self.eng
     }
 
-    fn run(&mut self) -> io::Result<()> {
-        let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(1024);
-        self.eng.tick(Instant::now());
-        loop {
-            self.eng.poll(Instant::now());
-            self.do_work();
-            if self.eng.finished() {
-                return Ok(());
-            }
-            let timeout = Some(
-                self.eng
-                    .deadline()
-                    .saturating_duration_since(Instant::now()),
-            );
-            self.ring
-                .submit_and_wait(1, timeout, &mut self.eng.counters.syscalls)?;
-            self.eng.tick(Instant::now());
-            self.ring.reap(&mut cqes);
-            for (i, cqe) in cqes.drain(..).enumerate() {
-                if i > 0 && i % TICK_EVERY == 0 {
-                    self.eng.tick(Instant::now());
-                }
-                self.handle(cqe);
-            }
-        }
+    fn connect(&mut self, slot: u32) {
+        Loop::connect(self, slot);
     }
 
-    fn do_work(&mut self) {
+    fn pump(&mut self, slot: u32) {
+        Loop::pump(self, slot);
+    }
+
+    fn before_work(&mut self) {
         // Every buffer is back in the ring by now: re-arm as many starved receivers as it holds.
         let budget = self.bufs.as_ref().map_or(0, |b| usize::from(b.count()));
         for _ in 0..budget {
-            let Some((slot, gen)) = self.starved.pop_front() else {
+            let Some((ls, gen)) = self.starved.pop_front() else {
                 break;
             };
-            if let Some(s) = self.sock(slot, gen) {
+            if let Some(s) = self.ledger.get(ls, gen) {
                 s.starved = false;
+                let slot = s.slot;
                 self.pump(slot);
             }
         }
-        let mut work = std::mem::take(&mut self.work);
-        // Acting on work can make more (a failed connect closes, a close frees a slot).
-        for _ in 0..4 {
-            self.eng.take_work(&mut work);
-            if work.connect.is_empty() && work.pump.is_empty() {
-                break;
-            }
-            for slot in work.connect.drain(..) {
-                self.connect(slot);
-            }
-            for slot in work.pump.drain(..) {
-                self.pump(slot);
-            }
-        }
-        self.work = work;
+    }
+
+    fn turn(&mut self, deadline: Instant) -> io::Result<()> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.ring
+            .submit_and_wait(1, Some(timeout), &mut self.eng.counters.syscalls)?;
+        self.eng.tick(Instant::now());
+        let mut cqes = Vec::new();
+        self.ring.reap(&mut cqes);
+        handle_all(self, cqes, Loop::handle);
+        Ok(())
+    }
+}
+
+impl Loop<'_> {
+    /// Queue `e` as operation `op` of ledger slot `ls`.
+    fn push(&mut self, ls: u32, op: u8, e: squeue::Entry) {
+        // SAFETY: every entry built in this file refers only to the socket, connect address or
+        // send buffer of ledger slot `ls` (kept in its `Sock`, which the ledger frees only after
+        // the slot's close completes, and which leaks at exit if some operation never
+        // completed) or to the provided-buffer ring, which outlives the loop (or is leaked).
+        unsafe {
+            self.ledger
+                .push_for(&mut self.ring, ls, op, e, &mut self.eng.counters.syscalls)
+        };
     }
 
     fn connect(&mut self, slot: u32) {
@@ -220,14 +190,11 @@ impl Loop<'_> {
             }
         };
         let fd = OwnedFd::from(sock);
-        let gen = self.next_gen & UserData::GEN_MASK;
-        self.next_gen = self.next_gen.wrapping_add(1);
         let addr = Box::new(SockAddr::from(target));
         let e = opcode::Connect::new(types::Fd(fd.as_raw_fd()), addr.as_ptr().cast(), addr.len())
-            .build()
-            .user_data(ud(OP_CONNECT, slot, gen));
-        self.socks[slot as usize] = Some(Sock {
-            gen,
+            .build();
+        let (ls, gen) = self.ledger.insert(Sock {
+            slot,
             raw: fd.as_raw_fd(),
             fd: Some(fd),
             _addr: addr,
@@ -235,101 +202,92 @@ impl Loop<'_> {
             recv_armed: false,
             starved: false,
             send: None,
-            cancel_sent: false,
-            inflight: 1,
         });
+        self.slots[slot as usize] = Some((ls, gen));
         self.eng.connect_started(slot);
-        self.push(e);
-    }
-
-    /// The socket of `slot` if it is still of generation `gen`.
-    fn sock(&mut self, slot: u32, gen: u32) -> Option<&mut Sock> {
-        match self.socks.get_mut(slot as usize) {
-            Some(Some(s)) if s.gen == gen => Some(s),
-            _ => None,
-        }
+        self.push(ls, OP_CONNECT, e);
     }
 
     fn handle(&mut self, cqe: cqueue::Entry) {
-        let u = UserData::decode(cqe.user_data());
-        let res = cqe.result();
-        let flags = cqe.flags();
-        let more = cqueue::more(flags);
-        if !more {
-            self.ops -= 1;
+        match self
+            .ledger
+            .complete(cqe.user_data(), cqe.result(), cqe.flags())
+        {
+            Done::Op {
+                ud,
+                res,
+                flags,
+                more,
+            } => match ud.op {
+                OP_CONNECT => self.on_connect(ud, res),
+                OP_RECV => self.on_recv(ud, res, flags, more),
+                OP_SEND => self.on_send(ud, res),
+                _ => eprintln!("ringlab-client: unexpected completion {ud:?} res={res}"),
+            },
+            Done::Pump(ls) => {
+                if let Some((_, s)) = self.ledger.get_slot(ls) {
+                    let slot = s.slot;
+                    self.pump(slot);
+                }
+            }
+            Done::Closed(s) => {
+                self.slots[s.slot as usize] = None;
+                self.eng.closed(s.slot);
+            }
+            Done::Returned { .. } | Done::Nothing => {}
         }
-        match u.op {
-            OP_CONNECT => {
-                let Some(s) = self.sock(u.slot, u.gen) else {
-                    return;
-                };
-                s.inflight -= 1;
-                s.connecting = false;
-                let r = if res >= 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::from_raw_os_error(-res))
-                };
-                if res != -rustix::io::Errno::CANCELED.raw_os_error() {
-                    self.eng.connected(u.slot, r, Instant::now());
-                }
-                self.pump(u.slot);
-            }
-            OP_RECV => self.on_recv(u, res, flags, more),
-            OP_SEND => self.on_send(u, res),
-            OP_CLOSE => {
-                if self.sock(u.slot, u.gen).is_some() {
-                    self.socks[u.slot as usize] = None;
-                    self.eng.closed(u.slot);
-                }
-            }
-            OP_CANCEL_FD => {
-                if let Some(s) = self.sock(u.slot, u.gen) {
-                    s.inflight -= 1;
-                    self.pump(u.slot);
-                }
-            }
-            OP_CANCEL_ANY => {}
-            _ => eprintln!("ringlab-client: unexpected completion {u:?} res={res}"),
+    }
+
+    fn on_connect(&mut self, u: UserData, res: i32) {
+        let Some(s) = self.ledger.get(u.slot, u.gen) else {
+            return;
+        };
+        s.connecting = false;
+        let slot = s.slot;
+        let r = if res >= 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(-res))
+        };
+        if res != -rustix::io::Errno::CANCELED.raw_os_error() {
+            self.eng.connected(slot, r, Instant::now());
         }
+        self.pump(slot);
     }
 
     fn on_recv(&mut self, u: UserData, res: i32, flags: u32, more: bool) {
         let Loop {
-            socks,
+            ledger,
             eng,
             bufs,
             starved,
             ..
         } = self;
-        let s = match socks.get_mut(u.slot as usize) {
-            Some(Some(s)) if s.gen == u.gen => s,
-            _ => {
-                if let (Some(bid), Some(b)) = (cqueue::buffer_select(flags), bufs.as_mut()) {
-                    // SAFETY: `flags` and `res` are this recv completion's, seen once.
-                    unsafe { b.discard(bid, res.max(0) as usize, false, false) };
-                }
-                return;
+        let Some(s) = ledger.get(u.slot, u.gen) else {
+            if let (Some(bid), Some(b)) = (cqueue::buffer_select(flags), bufs.as_mut()) {
+                // SAFETY: `flags` and `res` are this recv completion's, seen once.
+                unsafe { b.discard(bid, res.max(0) as usize, false, false) };
             }
+            return;
         };
+        let slot = s.slot;
         if !more {
             s.recv_armed = false;
-            s.inflight -= 1;
         }
         if res > 0 {
             match (cqueue::buffer_select(flags), bufs.as_mut()) {
                 (Some(bid), Some(b)) => {
                     // SAFETY: `flags` and `res` are this recv completion's, seen once.
-                    eng.recv(u.slot, unsafe { b.get(bid, res as usize) }, Instant::now());
+                    eng.recv(slot, unsafe { b.get(bid, res as usize) }, Instant::now());
                     b.recycle(bid);
                 }
                 _ => {
                     let e = io::Error::other("recv completion without a buffer");
-                    eng.io_error(u.slot, &e, false);
+                    eng.io_error(slot, &e, false);
                 }
             }
         } else if res == 0 {
-            eng.eof(u.slot);
+            eng.eof(slot);
         } else {
             match rustix::io::Errno::from_raw_os_error(-res) {
                 rustix::io::Errno::NOBUFS => {
@@ -340,17 +298,17 @@ impl Loop<'_> {
                     }
                 }
                 rustix::io::Errno::CANCELED => {}
-                _ => eng.io_error(u.slot, &io::Error::from_raw_os_error(-res), false),
+                _ => eng.io_error(slot, &io::Error::from_raw_os_error(-res), false),
             }
         }
-        self.pump(u.slot);
+        self.pump(slot);
     }
 
     fn on_send(&mut self, u: UserData, res: i32) {
-        let Some(s) = self.sock(u.slot, u.gen) else {
+        let Some(s) = self.ledger.get(u.slot, u.gen) else {
             return;
         };
-        s.inflight -= 1;
+        let slot = s.slot;
         let Some((buf, off)) = s.send.take() else {
             return;
         };
@@ -363,143 +321,84 @@ impl Loop<'_> {
             }
         } else if res != -rustix::io::Errno::CANCELED.raw_os_error() {
             self.eng
-                .io_error(u.slot, &io::Error::from_raw_os_error(-res), true);
+                .io_error(slot, &io::Error::from_raw_os_error(-res), true);
         }
-        self.pump(u.slot);
+        self.pump(slot);
     }
 
-    fn submit_send(&mut self, slot: u32, buf: Bytes, off: usize) {
-        let Some(Some(s)) = self.socks.get_mut(slot as usize) else {
+    /// Send `buf[off..]` on ledger slot `ls`; the buffer stays in the slot until the send
+    /// completes.
+    fn submit_send(&mut self, ls: u32, buf: Bytes, off: usize) {
+        let Some((_, s)) = self.ledger.open(ls) else {
             return;
         };
         let len = (buf.len() - off).min(u32::MAX as usize) as u32;
         let e = opcode::Send::new(types::Fd(s.raw), buf[off..].as_ptr(), len)
             .flags(MSG_NOSIGNAL)
-            .build()
-            .user_data(ud(OP_SEND, slot, s.gen));
+            .build();
         s.send = Some((buf, off));
-        s.inflight += 1;
-        self.push(e);
+        self.push(ls, OP_SEND, e);
     }
 
-    /// Bring the socket's operations in line with what the engine wants.
+    /// Bring the engine slot's operations in line with what the engine wants.
     fn pump(&mut self, slot: u32) {
-        let Some(Some(s)) = self.socks.get_mut(slot as usize) else {
+        let Some((ls, gen)) = self.slots[slot as usize] else {
             return;
         };
-        if s.fd.is_none() {
-            return; // closing
-        }
-        let (raw, gen) = (s.raw, s.gen);
         if self.eng.wants_close(slot) {
-            if s.inflight > 0 {
-                if !s.cancel_sent {
-                    s.cancel_sent = true;
-                    s.inflight += 1;
-                    let e =
-                        opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(raw)).all())
-                            .build()
-                            .user_data(ud(OP_CANCEL_FD, slot, gen));
-                    self.push(e);
-                }
-                return;
-            }
-            // Nothing in flight: the fd can go. The slot is freed when the close completes.
-            let fd = s.fd.take().map(IntoRawFd::into_raw_fd).unwrap_or(raw);
-            s.inflight += 1;
-            let e = opcode::Close::new(types::Fd(fd))
-                .build()
-                .user_data(ud(OP_CLOSE, slot, gen));
-            self.push(e);
+            // Cancel what is in flight, then close; the slot is freed when the close completes.
+            self.ledger
+                .close(&mut self.ring, ls, &mut self.eng.counters.syscalls);
             return;
         }
-        if s.connecting {
+        let Some((g, s)) = self.ledger.open(ls) else {
+            return; // closing
+        };
+        if g != gen || s.connecting {
             return;
         }
         if s.send.is_none() {
             if let Some(b) = self.eng.take_output(slot) {
-                self.submit_send(slot, b, 0);
+                self.submit_send(ls, b, 0);
             }
         }
-        let Some(Some(s)) = self.socks.get_mut(slot as usize) else {
+        let Some((_, s)) = self.ledger.open(ls) else {
             return;
         };
         if !s.recv_armed && !s.starved && self.eng.wants_read(slot) {
             s.recv_armed = true;
-            s.inflight += 1;
-            let e = opcode::RecvMulti::new(types::Fd(raw), BGID)
-                .build()
-                .user_data(ud(OP_RECV, slot, gen));
-            self.push(e);
+            let e = opcode::RecvMulti::new(types::Fd(s.raw), BGID).build();
+            self.push(ls, OP_RECV, e);
         }
     }
 
     /// Cancel whatever is still in flight and wait (briefly) for it, so that no buffer or
     /// address is freed while the kernel may still use it.
     fn finish(&mut self) {
-        if self.ops > 0 {
-            let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-                .build()
-                .user_data(ud(OP_CANCEL_ANY, NO_SLOT, 0));
-            self.push(e);
-        }
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let mut cqes = Vec::new();
-        while self.ops > 0 && std::time::Instant::now() < until {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if self
-                .ring
-                .submit_and_wait(1, Some(left), &mut self.eng.counters.syscalls)
-                .is_err()
-            {
-                break;
+        let Loop {
+            ledger,
+            ring,
+            bufs,
+            eng,
+            ..
+        } = self;
+        let left = ledger.finish(ring, &mut eng.counters.syscalls, |cqe| {
+            if let (Some(bid), Some(b)) = (cqueue::buffer_select(cqe.flags()), bufs.as_mut()) {
+                // SAFETY: a recv completion on the group, seen once.
+                unsafe { b.discard(bid, cqe.result().max(0) as usize, false, false) };
             }
-            self.ring.reap(&mut cqes);
-            for cqe in cqes.drain(..) {
-                if !cqueue::more(cqe.flags()) {
-                    self.ops -= 1;
-                }
-                if let (Some(bid), Some(b)) =
-                    (cqueue::buffer_select(cqe.flags()), self.bufs.as_mut())
-                {
-                    // SAFETY: a recv completion on the group, seen once.
-                    unsafe { b.discard(bid, cqe.result().max(0) as usize, false, false) };
-                }
-                let u = UserData::decode(cqe.user_data());
-                if u.op == OP_CLOSE {
-                    if let Some(Some(s)) = self.socks.get_mut(u.slot as usize) {
-                        if s.gen == u.gen {
-                            self.socks[u.slot as usize] = None;
-                        }
-                    }
-                }
-            }
-        }
-        if self.ops > 0 {
-            // The kernel may still use these buffers and addresses: leak them, never free them.
+        });
+        if left > 0 {
+            // The kernel may still use the provided buffers: leak them, never free them (the
+            // ledger leaked its slots already).
             eprintln!(
-                "ringlab-client: {} io_uring operations still in flight at exit; leaking their buffers",
-                self.ops
+                "ringlab-client: {left} io_uring operations still in flight at exit; leaking their buffers"
             );
             if let Some(b) = self.bufs.take() {
                 b.leak();
             }
-            std::mem::forget(std::mem::take(&mut self.socks));
         }
-        // Whatever is left has nothing in flight: dropping it closes its socket.
-        self.socks.clear();
     }
-}
-
-/// Queue an entry on `ring`, counting it in `ops` until its final completion.
-fn push_to(ring: &mut Ring<'_>, ops: &mut u64, sc: &mut SyscallCounters, e: squeue::Entry) {
-    *ops += 1;
-    // SAFETY: every entry built in this file refers only to (a) fds owned by a live slot's
-    // `Sock`, which is dropped only after its close completes (or, at exit, after every
-    // operation has completed, or leaked if some never did); (b) buffers owned by that `Sock`
-    // (the send buffer, the connect address) or by the loop (the provided-buffer ring), kept
-    // under the same rule.
-    unsafe { ring.push(e, sc) };
 }
 
 const MSG_NOSIGNAL: i32 = rustix::net::SendFlags::NOSIGNAL.bits() as i32;
