@@ -21,7 +21,7 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 use socket2::SockAddr;
 
-use super::{handle_all, new_socket, run_loop, Driver, ThreadCtx};
+use super::{handle_all, run_loop, slot_socket, Driver, ThreadCtx};
 use crate::engine::{Engine, ThreadResult};
 
 const READS_PER_TURN: u32 = 16;
@@ -86,11 +86,97 @@ impl Driver for Loop {
     }
 
     fn connect(&mut self, slot: u32) {
-        Loop::connect(self, slot);
+        let Some((sock, target)) = slot_socket(&mut self.eng, slot, true) else {
+            return;
+        };
+        let gen = self.next_gen & UserData::GEN_MASK;
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let flags = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
+        if let Err(e) = self.epoll.add(
+            &sock,
+            key(slot, gen),
+            flags,
+            &mut self.eng.counters.syscalls,
+        ) {
+            self.eng.connect_setup_failed(slot, &e);
+            return;
+        }
+        self.eng.counters.syscalls.other += 1;
+        let connecting = match sock.connect(&SockAddr::from(target)) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(Errno::INPROGRESS.raw_os_error()) => true,
+            Err(e) => {
+                self.eng.connect_setup_failed(slot, &e);
+                return;
+            }
+        };
+        self.socks[slot as usize] = Some(Sock {
+            gen,
+            fd: OwnedFd::from(sock),
+            connecting,
+            readable: false,
+            writable: !connecting,
+            rdhup: false,
+            pending: None,
+        });
+        self.eng.connect_started(slot);
+        if !connecting {
+            self.eng.connected(slot, Ok(()), Instant::now());
+            self.pump(slot);
+        }
     }
 
+    /// Move bytes until the socket would block, then do what the engine asks.
     fn pump(&mut self, slot: u32) {
-        Loop::pump(self, slot);
+        let mut reads = 0;
+        loop {
+            let Loop {
+                socks, eng, buf, ..
+            } = self;
+            let Some(Some(s)) = socks.get_mut(slot as usize) else {
+                return;
+            };
+            if eng.wants_close(slot) {
+                self.close(slot);
+                return;
+            }
+            if s.connecting {
+                return;
+            }
+            if let Err(e) = flush(s, slot, eng) {
+                eng.io_error(slot, &e, true);
+                continue;
+            }
+            if s.readable && eng.wants_read(slot) {
+                if reads == READS_PER_TURN {
+                    let gen = s.gen;
+                    self.again.push((slot, gen));
+                    return;
+                }
+                reads += 1;
+                eng.counters.syscalls.recv += 1;
+                match rustix::net::recv(&s.fd, &mut buf[..], RecvFlags::empty()) {
+                    Ok((0, _)) => {
+                        s.readable = false;
+                        eng.eof(slot);
+                    }
+                    Ok((n, _)) => {
+                        if n < buf.len() && !s.rdhup {
+                            s.readable = false; // drained; new data raises a new edge
+                        }
+                        eng.recv(slot, &buf[..n], Instant::now());
+                    }
+                    Err(Errno::AGAIN) => s.readable = false,
+                    Err(Errno::INTR) => {}
+                    Err(e) => {
+                        s.readable = false;
+                        eng.io_error(slot, &e.into(), false);
+                    }
+                }
+                continue;
+            }
+            return;
+        }
     }
 
     fn turn(&mut self, deadline: Instant) -> io::Result<()> {
@@ -145,112 +231,12 @@ impl Loop {
         matches!(self.socks.get(slot as usize), Some(Some(s)) if s.gen == gen)
     }
 
-    fn connect(&mut self, slot: u32) {
-        let (target, bind) = self.eng.connect_target(slot);
-        self.eng.counters.syscalls.other += 2 + u64::from(bind.is_some());
-        let sock = match new_socket(target, bind, true) {
-            Ok(s) => s,
-            Err(e) => {
-                self.eng.connect_setup_failed(slot, &e);
-                return;
-            }
-        };
-        let gen = self.next_gen & UserData::GEN_MASK;
-        self.next_gen = self.next_gen.wrapping_add(1);
-        let flags = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
-        if let Err(e) = self.epoll.add(
-            &sock,
-            key(slot, gen),
-            flags,
-            &mut self.eng.counters.syscalls,
-        ) {
-            self.eng.connect_setup_failed(slot, &e);
-            return;
-        }
-        self.eng.counters.syscalls.other += 1;
-        let connecting = match sock.connect(&SockAddr::from(target)) {
-            Ok(()) => false,
-            Err(e) if e.raw_os_error() == Some(Errno::INPROGRESS.raw_os_error()) => true,
-            Err(e) => {
-                self.eng.connect_setup_failed(slot, &e);
-                return;
-            }
-        };
-        self.socks[slot as usize] = Some(Sock {
-            gen,
-            fd: OwnedFd::from(sock),
-            connecting,
-            readable: false,
-            writable: !connecting,
-            rdhup: false,
-            pending: None,
-        });
-        self.eng.connect_started(slot);
-        if !connecting {
-            self.eng.connected(slot, Ok(()), Instant::now());
-            self.pump(slot);
-        }
-    }
-
     fn close(&mut self, slot: u32) {
         if let Some(s) = self.socks[slot as usize].take() {
             // Closing the last reference removes it from the epoll set as well.
             self.eng.counters.syscalls.close += 1;
             drop(s.fd);
             self.eng.closed(slot);
-        }
-    }
-
-    /// Move bytes until the socket would block, then do what the engine asks.
-    fn pump(&mut self, slot: u32) {
-        let mut reads = 0;
-        loop {
-            let Loop {
-                socks, eng, buf, ..
-            } = self;
-            let Some(Some(s)) = socks.get_mut(slot as usize) else {
-                return;
-            };
-            if eng.wants_close(slot) {
-                self.close(slot);
-                return;
-            }
-            if s.connecting {
-                return;
-            }
-            if let Err(e) = flush(s, slot, eng) {
-                eng.io_error(slot, &e, true);
-                continue;
-            }
-            if s.readable && eng.wants_read(slot) {
-                if reads == READS_PER_TURN {
-                    let gen = s.gen;
-                    self.again.push((slot, gen));
-                    return;
-                }
-                reads += 1;
-                eng.counters.syscalls.recv += 1;
-                match rustix::net::recv(&s.fd, &mut buf[..], RecvFlags::empty()) {
-                    Ok((0, _)) => {
-                        s.readable = false;
-                        eng.eof(slot);
-                    }
-                    Ok((n, _)) => {
-                        if n < buf.len() && !s.rdhup {
-                            s.readable = false; // drained; new data raises a new edge
-                        }
-                        eng.recv(slot, &buf[..n], Instant::now());
-                    }
-                    Err(Errno::AGAIN) => s.readable = false,
-                    Err(Errno::INTR) => {}
-                    Err(e) => {
-                        s.readable = false;
-                        eng.io_error(slot, &e.into(), false);
-                    }
-                }
-                continue;
-            }
-            return;
         }
     }
 }

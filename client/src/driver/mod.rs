@@ -126,6 +126,20 @@ pub fn handle_all<D: Driver, T>(d: &mut D, items: impl IntoIterator<Item = T>, f
     }
 }
 
+/// The socket for `slot`'s connect, bound as the engine says, and its target; when it cannot be
+/// made, the engine is told (`connect_setup_failed`) and there is none.
+pub fn slot_socket(eng: &mut Engine, slot: u32, nonblocking: bool) -> Option<(Socket, SocketAddr)> {
+    let (target, bind) = eng.connect_target(slot);
+    eng.counters.syscalls.other += 2 + u64::from(bind.is_some());
+    match new_socket(target, bind, nonblocking) {
+        Ok(s) => Some((s, target)),
+        Err(e) => {
+            eng.connect_setup_failed(slot, &e);
+            None
+        }
+    }
+}
+
 /// A TCP socket for `target`, bound to `bind` if given, with TCP_NODELAY; close-on-exec.
 /// io_uring wants it blocking (io_uring honours O_NONBLOCK by failing with EAGAIN instead of
 /// waiting); epoll wants it non-blocking.

@@ -30,7 +30,7 @@ use ringlab_runtime::ledger::{Done, Ledger, SlotSock, Sock as LedgerSock};
 use ringlab_runtime::uring::{build_ring, BufRing, Ring, RingConfig, UserData};
 use socket2::SockAddr;
 
-use super::{handle_all, new_socket, run_loop, Driver, ThreadCtx};
+use super::{handle_all, run_loop, slot_socket, Driver, ThreadCtx};
 use crate::engine::{Engine, ThreadResult};
 
 const OP_CONNECT: u8 = 1;
@@ -132,11 +132,58 @@ impl Driver for Loop<'_> {
     }
 
     fn connect(&mut self, slot: u32) {
-        Loop::connect(self, slot);
+        let Some((sock, target)) = slot_socket(&mut self.eng, slot, false) else {
+            return;
+        };
+        let fd = OwnedFd::from(sock);
+        let addr = Box::new(SockAddr::from(target));
+        let e = opcode::Connect::new(types::Fd(fd.as_raw_fd()), addr.as_ptr().cast(), addr.len())
+            .build();
+        let (ls, gen) = self.ledger.insert(Sock {
+            slot,
+            raw: fd.as_raw_fd(),
+            fd: Some(fd),
+            _addr: addr,
+            connecting: true,
+            recv_armed: false,
+            starved: false,
+            send: None,
+        });
+        self.slots[slot as usize] = Some((ls, gen));
+        self.eng.connect_started(slot);
+        self.push(ls, OP_CONNECT, e);
     }
 
+    /// Bring the engine slot's operations in line with what the engine wants.
     fn pump(&mut self, slot: u32) {
-        Loop::pump(self, slot);
+        let Some((ls, gen)) = self.slots[slot as usize] else {
+            return;
+        };
+        if self.eng.wants_close(slot) {
+            // Cancel what is in flight, then close; the slot is freed when the close completes.
+            self.ledger
+                .close(&mut self.ring, ls, &mut self.eng.counters.syscalls);
+            return;
+        }
+        let Some((g, s)) = self.ledger.open(ls) else {
+            return; // closing
+        };
+        if g != gen || s.connecting {
+            return;
+        }
+        if s.send.is_none() {
+            if let Some(b) = self.eng.take_output(slot) {
+                self.submit_send(ls, b, 0);
+            }
+        }
+        let Some((_, s)) = self.ledger.open(ls) else {
+            return;
+        };
+        if !s.recv_armed && !s.starved && self.eng.wants_read(slot) {
+            s.recv_armed = true;
+            let e = opcode::RecvMulti::new(types::Fd(s.raw), BGID).build();
+            self.push(ls, OP_RECV, e);
+        }
     }
 
     fn before_work(&mut self) {
@@ -177,35 +224,6 @@ impl Loop<'_> {
             self.ledger
                 .push_for(&mut self.ring, ls, op, e, &mut self.eng.counters.syscalls)
         };
-    }
-
-    fn connect(&mut self, slot: u32) {
-        let (target, bind) = self.eng.connect_target(slot);
-        self.eng.counters.syscalls.other += 2 + u64::from(bind.is_some());
-        let sock = match new_socket(target, bind, false) {
-            Ok(s) => s,
-            Err(e) => {
-                self.eng.connect_setup_failed(slot, &e);
-                return;
-            }
-        };
-        let fd = OwnedFd::from(sock);
-        let addr = Box::new(SockAddr::from(target));
-        let e = opcode::Connect::new(types::Fd(fd.as_raw_fd()), addr.as_ptr().cast(), addr.len())
-            .build();
-        let (ls, gen) = self.ledger.insert(Sock {
-            slot,
-            raw: fd.as_raw_fd(),
-            fd: Some(fd),
-            _addr: addr,
-            connecting: true,
-            recv_armed: false,
-            starved: false,
-            send: None,
-        });
-        self.slots[slot as usize] = Some((ls, gen));
-        self.eng.connect_started(slot);
-        self.push(ls, OP_CONNECT, e);
     }
 
     fn handle(&mut self, cqe: cqueue::Entry) {
@@ -338,38 +356,6 @@ impl Loop<'_> {
             .build();
         s.send = Some((buf, off));
         self.push(ls, OP_SEND, e);
-    }
-
-    /// Bring the engine slot's operations in line with what the engine wants.
-    fn pump(&mut self, slot: u32) {
-        let Some((ls, gen)) = self.slots[slot as usize] else {
-            return;
-        };
-        if self.eng.wants_close(slot) {
-            // Cancel what is in flight, then close; the slot is freed when the close completes.
-            self.ledger
-                .close(&mut self.ring, ls, &mut self.eng.counters.syscalls);
-            return;
-        }
-        let Some((g, s)) = self.ledger.open(ls) else {
-            return; // closing
-        };
-        if g != gen || s.connecting {
-            return;
-        }
-        if s.send.is_none() {
-            if let Some(b) = self.eng.take_output(slot) {
-                self.submit_send(ls, b, 0);
-            }
-        }
-        let Some((_, s)) = self.ledger.open(ls) else {
-            return;
-        };
-        if !s.recv_armed && !s.starved && self.eng.wants_read(slot) {
-            s.recv_armed = true;
-            let e = opcode::RecvMulti::new(types::Fd(s.raw), BGID).build();
-            self.push(ls, OP_RECV, e);
-        }
     }
 
     /// Cancel whatever is still in flight and wait (briefly) for it, so that no buffer or
