@@ -1,3 +1,4 @@
+// Over 800 lines: the one harness every server test file shares (server process, skip guards, HTTP client, /proc readers); `load` is split out.
 //! The conformance suite's harness: start the real `ringlab-server` binary, wait for its ready
 //! line, talk to it over loopback, signal it by PID, read its exit statistics.
 //!
