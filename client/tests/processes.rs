@@ -27,42 +27,51 @@ fn cfg() -> ringlab_client::RunConfig {
 /// Two processes' results where averaging percentiles would be badly wrong: one saw 1000
 /// responses at 100 µs, the other 10 at 10 ms. Merged, the median is 100 µs (the average of
 /// the two medians would be about 5 ms) and p99.9 is 10 ms. The histograms survive the JSON
-/// the workers write.
+/// the workers write. The merged report must equal the report of one process that saw all
+/// 1010 samples, corrected and raw.
 #[test]
 fn merge_adds_histograms_not_percentiles() {
-    let mut a = Partial::new();
-    let mut b = Partial::new();
-    for _ in 0..1000 {
-        record(&mut a.corrected, 100);
-        record(&mut a.raw, 100);
-    }
-    for _ in 0..10 {
-        record(&mut b.corrected, 10_000);
-        record(&mut b.raw, 10_000);
-    }
-    a.counters.measured = 1000;
-    b.counters.measured = 10;
-    a.elapsed = Duration::from_secs(1);
-    b.elapsed = Duration::from_secs(1);
+    let samples = |n: usize, us: u64| {
+        let mut p = Partial::new();
+        for _ in 0..n {
+            record(&mut p.corrected, us);
+            record(&mut p.raw, us);
+        }
+        p.counters.measured = n as u64;
+        p.elapsed = Duration::from_secs(1);
+        p
+    };
+    let a = samples(1000, 100);
+    let b = samples(10, 10_000);
     // Through the workers' file format.
     let b: Partial = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
     assert_eq!(b.corrected.len(), 10);
+    // One process that saw every sample: what the merge must reproduce exactly.
+    let mut one = samples(1000, 100);
+    for _ in 0..10 {
+        record(&mut one.corrected, 10_000);
+        record(&mut one.raw, 10_000);
+    }
+    one.counters.measured = 1010;
+    let one = build_from(&cfg(), one);
 
-    let avg_median = (a.corrected.value_at_quantile(0.5) + b.corrected.value_at_quantile(0.5)) / 2;
     let mut merged = a.clone();
     merged.merge(&b);
     let r = build_from(&cfg(), merged);
     assert_eq!(r.requests, 1010);
-    assert_eq!(r.latency_us.count, 1010);
     let p50 = r.latency_us.percentiles["50"];
     let p999 = r.latency_us.percentiles["99.9"];
     assert!((100..=101).contains(&p50), "merged median {p50}");
     assert!((10_000..=10_010).contains(&p999), "merged p99.9 {p999}");
-    assert!(
-        avg_median > 4_000,
-        "averaging would give {avg_median}, not {p50}"
-    );
-    assert_eq!(r.latency_us.max, b.corrected.max());
+    for (what, got, want) in [
+        ("corrected", &r.latency_us, &one.latency_us),
+        ("raw", &r.raw_latency_us, &one.raw_latency_us),
+    ] {
+        assert_eq!(got.count, 1010, "{what}");
+        assert_eq!(got.percentiles, want.percentiles, "{what} percentiles");
+        assert_eq!((got.min, got.max), (want.min, want.max), "{what} min, max");
+        assert_eq!(got.mean, want.mean, "{what} mean");
+    }
 }
 
 /// The interval-histogram counts of an interval log (untagged only).

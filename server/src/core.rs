@@ -537,12 +537,30 @@ mod tests {
 
     #[test]
     fn connection_limit_is_server_wide() {
+        // Two loops given one limit, as the server gives every loop its one `ConnLimit`: a
+        // connection on either counts against both, and a slot freed on one serves the other.
+        let args = Args::parse_from(["ringlab-server", "--max-conns", "2"]);
+        let cfg = Arc::new(args.server_config());
         let limit = ConnLimit::new(2);
-        let a = limit.take().expect("first");
-        let b = limit.take().expect("second");
-        assert!(limit.take().is_none());
-        drop(a);
-        let _c = limit.take().expect("a freed slot");
+        let mut one = LoopCore::with(cfg.clone(), &args, 0, limit.clone());
+        let mut two = LoopCore::with(cfg, &args, 1, limit);
+        let a = one.admit().expect("loop one: first connection");
+        let b = two.admit().expect("loop two: second connection");
+        assert!(!one.may_accept(), "loop one must see loop two's connection");
+        assert!(
+            two.admit().is_none(),
+            "a third connection over a limit of 2"
+        );
+        assert!(
+            one.admit().is_none(),
+            "a third connection over a limit of 2"
+        );
+        drop(a); // closed on loop one
+        assert!(
+            two.may_accept(),
+            "loop two must see the slot loop one freed"
+        );
+        let _c = two.admit().expect("loop two takes the freed slot");
         drop(b);
     }
 

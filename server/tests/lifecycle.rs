@@ -94,12 +94,16 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Outcome {
     }
 }
 
-/// One keep-alive client POSTing `body` to /echo back to back until its connection ends
+/// Connect load client `id`; a failure fails the test (a client that never connected would
+/// pass for one the shutdown left unanswered).
+fn load_connect(addr: SocketAddr, id: u64) -> TcpStream {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("load client {id}: connect to {addr}: {e}"))
+}
+
+/// One keep-alive client POSTing `body` to /echo back to back on `s` until its connection ends
 /// (bounded in count and time). Returns complete responses; panics on a truncated or wrong one.
-fn load_client(addr: SocketAddr, id: u64, done: Arc<AtomicU64>) -> u64 {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(10)) else {
-        return 0;
-    };
+fn load_client(mut s: TcpStream, id: u64, done: Arc<AtomicU64>) -> u64 {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut buf = Vec::new();
@@ -139,10 +143,11 @@ backend_tests! {
         const CLIENTS: u64 = 8;
         let mut srv = Server::start_with_stats(io, &["--proto", "http", "--grace", "10s"]);
         let done = Arc::new(AtomicU64::new(0));
+        // Each client connects here, before the load starts: a failed connect fails the test.
         let clients: Vec<_> = (0..CLIENTS)
             .map(|id| {
-                let (addr, done) = (srv.addr, done.clone());
-                std::thread::spawn(move || load_client(addr, id, done))
+                let (s, done) = (load_connect(srv.addr, id), done.clone());
+                std::thread::spawn(move || load_client(s, id, done))
             })
             .collect();
         // Signal once the load is well under way (bounded wait).
@@ -166,12 +171,14 @@ backend_tests! {
         assert_eq!(json_u64(&st, "total.accepted"), json_u64(&st, "total.closed"), "{st:#}");
     }
 
-    /// SIGTERM while delayed echoes are in flight: every connection still receives its whole
-    /// echo and then EOF, the server exits 0 within the grace period, and a connection made
-    /// after the signal is not served.
+    /// SIGTERM while delayed echoes are in flight (read by the server, held by `--delay 2s`, not
+    /// one byte at the client): every connection still receives its whole echo and then EOF,
+    /// the server exits 0 within the grace period, and a connection made after the signal is
+    /// not served.
     fn graceful_shutdown_delivers_in_flight(io: &str) {
         const N: usize = 50;
-        let mut srv = Server::start_with_stats(io, &["--delay", "300ms", "--grace", "5s"]);
+        const GRACE: Duration = Duration::from_secs(10);
+        let mut srv = Server::start_with_stats(io, &["--delay", "2s", "--grace", "10s"]);
         let mut conns: Vec<TcpStream> = (0..N).map(|_| srv.connect()).collect();
         let msgs: Vec<Vec<u8>> = (0..N).map(|i| pattern(i as u64, 1000 + 37 * i)).collect();
         let sent = Instant::now();
@@ -191,12 +198,21 @@ backend_tests! {
         }
         srv.stop();
         let signalled = Instant::now();
-        if signalled - sent >= Duration::from_millis(300) {
-            eprintln!(
-                "note: SIGTERM went out {:?} after the messages; the echoes may not have been \
-                 in flight",
-                signalled - sent
-            );
+        // The premise, checked: the server read every message (above), and no echo byte had
+        // reached any client when the signal went out (looked at after it, so nothing that came
+        // later can hide an earlier arrival). Every echo was in flight at SIGTERM.
+        for (i, c) in conns.iter().enumerate() {
+            c.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            match c.peek(&mut b) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                other => panic!(
+                    "connection {i}: {other:?} at SIGTERM, {:?} after the messages: its echo was \
+                     not in flight",
+                    signalled - sent
+                ),
+            }
+            c.set_nonblocking(false).unwrap();
         }
 
         // A connection made after the signal: refused, or closed/reset without an echo.
@@ -236,12 +252,12 @@ backend_tests! {
             common::assert_bytes_eq(&got, m, &format!("connection {i}'s echo during shutdown"));
         }
         drop(conns);
-        let (status, stdout, stderr) = srv.wait_exit(Duration::from_secs(5 + 5));
+        let (status, stdout, stderr) = srv.wait_exit(GRACE + Duration::from_secs(5));
         assert!(status.success(), "exit {status}\nstderr:\n{stderr}\nstdout:\n{stdout}");
-        // Within the 5 s grace period: the drain needed only the 300 ms delay, so taking the
-        // whole grace period would mean connections were aborted rather than finished.
+        // Within the grace period: the drain needed only the 2 s delay, so taking the whole
+        // grace period would mean connections were aborted rather than finished.
         assert!(
-            signalled.elapsed() < Duration::from_secs(5),
+            signalled.elapsed() < GRACE,
             "exit {:?} after SIGTERM, beyond the grace period",
             signalled.elapsed()
         );

@@ -353,8 +353,20 @@ impl Scenario for C10k {
             &medians,
             &medians,
         );
-        if rows.iter().all(|r| r.run.is_none()) {
-            bail!("every c10k row failed (see above)");
+        // A requested row that failed fails the run (after the report is written), so that a
+        // script sees it: one line naming every failed row.
+        let failed: Vec<String> = rows
+            .iter()
+            .filter(|r| r.run.is_none())
+            .map(|r| format!("{} idle={}", r.label, r.idle))
+            .collect();
+        if !failed.is_empty() {
+            bail!(
+                "{} of {} c10k rows failed: {} (see the note column)",
+                failed.len(),
+                rows.len(),
+                failed.join(", ")
+            );
         }
         Ok(())
     }

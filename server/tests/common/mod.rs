@@ -1,3 +1,4 @@
+// Over 800 lines: the one harness every server test file shares (server process, skip guards, HTTP client, /proc readers); `load` is split out.
 //! The conformance suite's harness: start the real `ringlab-server` binary, wait for its ready
 //! line, talk to it over loopback, signal it by PID, read its exit statistics.
 //!
@@ -122,17 +123,22 @@ pub fn skip_backend(io: &str) -> bool {
         })
         .clone();
     drop(probes);
-    match probe {
-        Ok(()) => false,
-        Err(reason) => {
-            if std::env::var("RINGLAB_REQUIRE_URING").is_ok_and(|v| v == "1") {
-                panic!("RINGLAB_REQUIRE_URING=1 but io_uring is unavailable: {reason}");
-            }
-            println!("skipped: io_uring unavailable: {reason}");
-            eprintln!("skipped: io_uring unavailable: {reason}");
-            true
-        }
+    skip_unless("RINGLAB_REQUIRE_URING", "io_uring unavailable", probe)
+}
+
+/// The skip guard: whether a test must be skipped because this machine lacks what it needs
+/// (`available` says why not). Prints "skipped: WHAT: REASON" and returns `true`, unless the
+/// environment variable `require` is `1` (`.ci/run` sets them), which makes it a failure.
+pub fn skip_unless(require: &str, what: &str, available: Result<(), String>) -> bool {
+    let Err(reason) = available else {
+        return false;
+    };
+    if std::env::var(require).is_ok_and(|v| v == "1") {
+        panic!("{require}=1 but {what}: {reason}");
     }
+    println!("skipped: {what}: {reason}");
+    eprintln!("skipped: {what}: {reason}");
+    true
 }
 
 /// Why io_uring is unavailable, if that is how the server failed to start: exit code 2 and a
