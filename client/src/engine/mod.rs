@@ -271,6 +271,15 @@ impl Engine {
     /// which stamps the scheduled requests handed to connections here.
     pub fn poll(&mut self, sent: Instant) {
         let now = self.now;
+        // Open loop: take what is due first, so that a run ending in this turn (a loop that
+        // woke late) still counts every request its schedule intended before the end: sent
+        // below, or counted unsent when the drain begins.
+        if self.phase == Phase::Run {
+            if let Some(s) = &mut self.schedule {
+                let backlog = &mut self.backlog;
+                s.take_due(now, |t| backlog.push_back(t));
+            }
+        }
         // Phase changes.
         if self.phase == Phase::Run {
             let over = self.stop.load(Ordering::Relaxed)
@@ -311,12 +320,8 @@ impl Engine {
                 self.work.connect.push(slot);
             }
         }
-        // Open loop: take what is due, hand it to connections with room.
+        // Open loop: hand what is due to connections with room.
         if self.phase == Phase::Run {
-            if let Some(s) = &mut self.schedule {
-                let backlog = &mut self.backlog;
-                s.take_due(now, |t| backlog.push_back(t));
-            }
             self.dispatch(sent);
         }
     }

@@ -24,6 +24,8 @@ struct Setup {
     rate: Option<f64>,
     requests: Option<u64>,
     warmup: Duration,
+    /// A timed run's end (`None`: ends by --requests or never).
+    end: Option<Duration>,
 }
 
 impl Setup {
@@ -33,6 +35,7 @@ impl Setup {
             rate: None,
             requests: None,
             warmup: Duration::ZERO,
+            end: None,
         }
     }
 }
@@ -76,7 +79,7 @@ impl Pair {
         let tl = Timeline {
             start: t0,
             measure_start: t0 + setup.warmup,
-            end: None,
+            end: setup.end.map(|e| t0 + e),
         };
         let plan = ThreadPlan {
             index: 0,
@@ -427,4 +430,36 @@ fn requests_carry_the_fresh_reading_and_responses_the_turns_time() {
     // The first request: sent at 0, done in the turn of 3 ms. The one issued in its place: sent
     // at 3.5 ms (not at the turn's 3 ms), done at 6 ms.
     assert_eq!(r.corrected, hist([3 * MS, 2500 * US]));
+}
+
+#[test]
+fn a_loop_that_wakes_after_the_end_counts_every_intended_request() {
+    // 1000 requests/s for 10 ms: ten intended times, 0..=9 ms. The server answers in 100 µs;
+    // the loop runs every turn to 7 ms, then stalls and next wakes at 12 ms, past the end.
+    // Requests 8 and 9 were due before the end and never sent: they are unsent, not lost from
+    // the count (sent + unsent = the schedule's intended requests).
+    let mut p = Pair::new(Setup {
+        rate: Some(1000.0),
+        end: Some(10 * MS),
+        ..Setup::new(&["-c", "1"])
+    });
+    p.service = Box::new(|_| Some(100 * US));
+    for ms in 0..8 {
+        p.turn(ms * MS);
+        p.at(ms * MS + 100 * US);
+        p.echo(0, SIZE, None);
+        p.end_turn();
+    }
+    assert_eq!(p.eng.counters.requests_sent, 8);
+    p.turn(12 * MS);
+    assert_eq!(
+        p.eng.counters.requests_sent, 8,
+        "nothing is sent after the end"
+    );
+    let r = p.finish();
+    assert_eq!(
+        r.counters.unsent, 2,
+        "the two requests due before the end were never sent"
+    );
+    assert_eq!(r.counters.requests_sent + r.counters.unsent, 10);
 }
