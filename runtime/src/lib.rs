@@ -6,6 +6,7 @@
 //! * [`stats`]: syscall counters and the per-loop clock.
 //! * [`uring`]: io_uring availability, ring setup, provided-buffer ring, user data, backlog.
 //! * [`epoll`]: a counted epoll instance.
+//! * [`ledger`]: the io_uring operation ledger (slots, operations in flight, lent buffers, close).
 //! * [`net`]: socket options the wrappers lack (`IP_BIND_ADDRESS_NO_PORT`).
 //! * [`slab`]: connection slots with generations.
 //! * [`wake`]: an eventfd that other threads use to wake a loop.
@@ -13,6 +14,7 @@
 pub mod cpus;
 pub mod duration;
 pub mod epoll;
+pub mod ledger;
 pub mod net;
 pub mod slab;
 pub mod stats;
