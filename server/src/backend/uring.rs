@@ -431,10 +431,9 @@ impl Loop<'_> {
     fn abort_all(&mut self) {
         for slot in 0..self.conns.capacity_slots() {
             if let Some((_, c)) = self.conns.get_slot(slot) {
-                if c.fd.is_some() {
-                    c.core.session.abort();
-                    self.pump(slot);
-                }
+                // Every connection, a fixed file (no descriptor) as much as any.
+                c.core.session.abort();
+                self.pump(slot);
             }
         }
     }
