@@ -14,16 +14,19 @@
 //!   `DEFER_TASKRUN`, registered ring fd), bounded by the engine's next deadline.
 //! * CQ overflow: `IORING_FEAT_NODROP` keeps overflowed completions in the kernel; counted.
 //!
-//! Ownership: a slot's socket, its connect address and its send buffer stay alive while any
-//! operation on them is in flight (`Sock::inflight`); the socket is forgotten only when its
-//! close completes. User data encodes (op, socket generation, slot).
+//! Ownership: the sockets live in the ring's operation ledger ([`ringlab_runtime::ledger`], the
+//! server's too): a socket, its connect address and its send buffer stay alive while any
+//! operation on them is in flight; the socket's slot is freed only when its close completes
+//! (cancel-then-close), and at exit what never completed is leaked, never freed. User data
+//! encodes (op, ledger generation, ledger slot); the ledger slot maps to the engine's slot.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types};
-use ringlab_runtime::stats::SyscallCounters;
+use ringlab_runtime::ledger::{Done, Ledger, SlotSock, Sock as Target};
 use ringlab_runtime::uring::{build_ring, BufRing, Ring, RingConfig, UserData};
 use socket2::SockAddr;
 
@@ -33,22 +36,15 @@ use crate::engine::{Engine, ThreadResult, Work};
 const OP_CONNECT: u8 = 1;
 const OP_RECV: u8 = 2;
 const OP_SEND: u8 = 3;
-const OP_CLOSE: u8 = 4;
-const OP_CANCEL_FD: u8 = 5;
-const OP_CANCEL_ANY: u8 = 6;
 
-const NO_SLOT: u32 = u32::MAX;
 const BGID: u16 = 0;
 /// Re-read the clock every this many completions within one turn.
 const TICK_EVERY: usize = 32;
 
-fn ud(op: u8, slot: u32, gen: u32) -> u64 {
-    UserData { op, gen, slot }.encode()
-}
-
 struct Sock {
-    gen: u32,
-    /// The socket; `None` once its close has been submitted.
+    /// The engine's slot this socket serves.
+    slot: u32,
+    /// The socket; `None` once given up to the ring's close.
     fd: Option<OwnedFd>,
     raw: RawFd,
     /// The connect target, read by the kernel until the connect completes.
@@ -59,9 +55,16 @@ struct Sock {
     starved: bool,
     /// The send in flight: the buffer and how much of it was already sent.
     send: Option<(Bytes, usize)>,
-    cancel_sent: bool,
-    /// Operations in flight on this socket (a multishot recv counts once).
-    inflight: u32,
+}
+
+impl SlotSock for Sock {
+    fn sock(&self) -> Target {
+        Target::Fd(self.raw)
+    }
+
+    fn release(&mut self) -> Target {
+        Target::Fd(self.fd.take().map_or(self.raw, IntoRawFd::into_raw_fd))
+    }
 }
 
 struct Loop<'r> {
@@ -69,13 +72,13 @@ struct Loop<'r> {
     ring: Ring<'r>,
     /// `None` only once leaked at exit.
     bufs: Option<BufRing>,
-    socks: Vec<Option<Sock>>,
-    next_gen: u32,
-    /// Operations in flight on the whole ring.
-    ops: u64,
+    /// The sockets and every operation in flight (the client lends no buffers).
+    socks: Ledger<Sock, ()>,
+    /// The ledger slot and generation of each engine slot's socket.
+    by_slot: Vec<Option<(u32, u32)>>,
     work: Work,
-    /// Slots (with their socket generation) whose multishot recv ended for lack of buffers.
-    starved: std::collections::VecDeque<(u32, u32)>,
+    /// Sockets (ledger slot and generation) whose multishot recv ended for lack of buffers.
+    starved: VecDeque<(u32, u32)>,
 }
 
 /// Set up a ring in this thread, wait for the start, run the thread's share of the load.
@@ -117,14 +120,13 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
         return Ok(None);
     };
     let mut lp = Loop {
-        socks: (0..eng.slots()).map(|_| None).collect(),
+        by_slot: vec![None; eng.slots()],
         eng,
         ring,
         bufs: Some(bufs),
-        next_gen: 0,
-        ops: 0,
+        socks: Ledger::default(),
         work: Work::default(),
-        starved: std::collections::VecDeque::new(),
+        starved: VecDeque::new(),
     };
     lp.eng.counters.syscalls.io_uring_register += 3;
     let r = lp.run();
@@ -133,9 +135,15 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
     }
     lp.finish();
     let Loop {
-        eng, ring, bufs, ..
+        eng,
+        ring,
+        bufs,
+        socks,
+        ..
     } = lp;
     let overflows = ring.cq_overflow_events;
+    // Whatever is left has nothing in flight: dropping it closes its socket.
+    drop(socks);
     drop(bufs);
     let mut res = eng.into_result();
     res.counters.cq_overflows = overflows;
@@ -143,13 +151,16 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
 }
 
 impl Loop<'_> {
-    fn push(&mut self, e: squeue::Entry) {
-        push_to(
-            &mut self.ring,
-            &mut self.ops,
-            &mut self.eng.counters.syscalls,
-            e,
-        );
+    /// Queue operation `op` on the socket in ledger slot `ls`.
+    fn push_for(&mut self, ls: u32, op: u8, e: squeue::Entry) {
+        // SAFETY: every entry built in this file refers only to a socket's descriptor and to
+        // buffers its `Sock` owns (the send buffer, the connect address) or the loop owns (the
+        // provided-buffer ring); the ledger frees a `Sock` only when its close completes, and
+        // at exit every operation is drained, or leaked with the buffer ring if some never is.
+        unsafe {
+            self.socks
+                .push_for(&mut self.ring, ls, op, e, &mut self.eng.counters.syscalls)
+        };
     }
 
     fn run(&mut self) -> io::Result<()> {
@@ -179,11 +190,12 @@ impl Loop<'_> {
         // Every buffer is back in the ring by now: re-arm as many starved receivers as it holds.
         let budget = self.bufs.as_ref().map_or(0, |b| usize::from(b.count()));
         for _ in 0..budget {
-            let Some((slot, gen)) = self.starved.pop_front() else {
+            let Some((ls, gen)) = self.starved.pop_front() else {
                 break;
             };
-            if let Some(s) = self.sock(slot, gen) {
+            if let Some(s) = self.socks.get(ls, gen) {
                 s.starved = false;
+                let slot = s.slot;
                 self.pump(slot);
             }
         }
@@ -215,14 +227,11 @@ impl Loop<'_> {
             }
         };
         let fd = OwnedFd::from(sock);
-        let gen = self.next_gen & UserData::GEN_MASK;
-        self.next_gen = self.next_gen.wrapping_add(1);
         let addr = Box::new(SockAddr::from(target));
         let e = opcode::Connect::new(types::Fd(fd.as_raw_fd()), addr.as_ptr().cast(), addr.len())
-            .build()
-            .user_data(ud(OP_CONNECT, slot, gen));
-        self.socks[slot as usize] = Some(Sock {
-            gen,
+            .build();
+        let (ls, gen) = self.socks.insert(Sock {
+            slot,
             raw: fd.as_raw_fd(),
             fd: Some(fd),
             _addr: addr,
@@ -230,63 +239,66 @@ impl Loop<'_> {
             recv_armed: false,
             starved: false,
             send: None,
-            cancel_sent: false,
-            inflight: 1,
         });
+        self.by_slot[slot as usize] = Some((ls, gen));
         self.eng.connect_started(slot);
-        self.push(e);
+        self.push_for(ls, OP_CONNECT, e);
     }
 
-    /// The socket of `slot` if it is still of generation `gen`.
-    fn sock(&mut self, slot: u32, gen: u32) -> Option<&mut Sock> {
-        match self.socks.get_mut(slot as usize) {
-            Some(Some(s)) if s.gen == gen => Some(s),
+    /// The open (not closing) socket of engine slot `slot`, with its ledger slot.
+    fn sock(&mut self, slot: u32) -> Option<(u32, &mut Sock)> {
+        let (ls, gen) = (*self.by_slot.get(slot as usize)?)?;
+        match self.socks.open(ls) {
+            Some((g, s)) if g == gen => Some((ls, s)),
             _ => None,
         }
     }
 
     fn handle(&mut self, cqe: cqueue::Entry) {
-        let u = UserData::decode(cqe.user_data());
-        let res = cqe.result();
-        let flags = cqe.flags();
-        let more = cqueue::more(flags);
-        if !more {
-            self.ops -= 1;
+        match self
+            .socks
+            .complete(cqe.user_data(), cqe.result(), cqe.flags())
+        {
+            Done::Op {
+                ud,
+                res,
+                flags,
+                more,
+            } => match ud.op {
+                OP_CONNECT => self.on_connect(ud, res),
+                OP_RECV => self.on_recv(ud, res, flags, more),
+                OP_SEND => self.on_send(ud, res),
+                _ => eprintln!("ringlab-client: unexpected completion {ud:?} res={res}"),
+            },
+            Done::Pump(ls) => {
+                if let Some((_, s)) = self.socks.get_slot(ls) {
+                    let slot = s.slot;
+                    self.pump(slot);
+                }
+            }
+            Done::Closed(s) => {
+                self.by_slot[s.slot as usize] = None;
+                self.eng.closed(s.slot);
+            }
+            Done::Returned { .. } | Done::Nothing => {}
         }
-        match u.op {
-            OP_CONNECT => {
-                let Some(s) = self.sock(u.slot, u.gen) else {
-                    return;
-                };
-                s.inflight -= 1;
-                s.connecting = false;
-                let r = if res >= 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::from_raw_os_error(-res))
-                };
-                if res != -rustix::io::Errno::CANCELED.raw_os_error() {
-                    self.eng.connected(u.slot, r);
-                }
-                self.pump(u.slot);
-            }
-            OP_RECV => self.on_recv(u, res, flags, more),
-            OP_SEND => self.on_send(u, res),
-            OP_CLOSE => {
-                if self.sock(u.slot, u.gen).is_some() {
-                    self.socks[u.slot as usize] = None;
-                    self.eng.closed(u.slot);
-                }
-            }
-            OP_CANCEL_FD => {
-                if let Some(s) = self.sock(u.slot, u.gen) {
-                    s.inflight -= 1;
-                    self.pump(u.slot);
-                }
-            }
-            OP_CANCEL_ANY => {}
-            _ => eprintln!("ringlab-client: unexpected completion {u:?} res={res}"),
+    }
+
+    fn on_connect(&mut self, u: UserData, res: i32) {
+        let Some(s) = self.socks.get(u.slot, u.gen) else {
+            return;
+        };
+        s.connecting = false;
+        let slot = s.slot;
+        let r = if res >= 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(-res))
+        };
+        if res != -rustix::io::Errno::CANCELED.raw_os_error() {
+            self.eng.connected(slot, r);
         }
+        self.pump(slot);
     }
 
     fn on_recv(&mut self, u: UserData, res: i32, flags: u32, more: bool) {
@@ -297,32 +309,29 @@ impl Loop<'_> {
             starved,
             ..
         } = self;
-        let s = match socks.get_mut(u.slot as usize) {
-            Some(Some(s)) if s.gen == u.gen => s,
-            _ => {
-                if let (Some(bid), Some(b)) = (cqueue::buffer_select(flags), bufs.as_mut()) {
-                    b.recycle(bid);
-                }
-                return;
+        let Some(s) = socks.get(u.slot, u.gen) else {
+            if let (Some(bid), Some(b)) = (cqueue::buffer_select(flags), bufs.as_mut()) {
+                b.recycle(bid);
             }
+            return;
         };
+        let slot = s.slot;
         if !more {
             s.recv_armed = false;
-            s.inflight -= 1;
         }
         if res > 0 {
             match (cqueue::buffer_select(flags), bufs.as_mut()) {
                 (Some(bid), Some(b)) => {
-                    eng.recv(u.slot, b.get(bid, res as usize));
+                    eng.recv(slot, b.get(bid, res as usize));
                     b.recycle(bid);
                 }
                 _ => {
                     let e = io::Error::other("recv completion without a buffer");
-                    eng.io_error(u.slot, &e, false);
+                    eng.io_error(slot, &e, false);
                 }
             }
         } else if res == 0 {
-            eng.eof(u.slot);
+            eng.eof(slot);
         } else {
             match rustix::io::Errno::from_raw_os_error(-res) {
                 rustix::io::Errno::NOBUFS => {
@@ -333,17 +342,17 @@ impl Loop<'_> {
                     }
                 }
                 rustix::io::Errno::CANCELED => {}
-                _ => eng.io_error(u.slot, &io::Error::from_raw_os_error(-res), false),
+                _ => eng.io_error(slot, &io::Error::from_raw_os_error(-res), false),
             }
         }
-        self.pump(u.slot);
+        self.pump(slot);
     }
 
     fn on_send(&mut self, u: UserData, res: i32) {
-        let Some(s) = self.sock(u.slot, u.gen) else {
+        let Some(s) = self.socks.get(u.slot, u.gen) else {
             return;
         };
-        s.inflight -= 1;
+        let slot = s.slot;
         let Some((buf, off)) = s.send.take() else {
             return;
         };
@@ -352,144 +361,82 @@ impl Loop<'_> {
             self.eng.sent(res as usize);
             if off < buf.len() {
                 self.eng.counters.short_sends += 1;
-                self.submit_send(u.slot, buf, off);
+                self.submit_send(slot, buf, off);
             }
         } else if res != -rustix::io::Errno::CANCELED.raw_os_error() {
             self.eng
-                .io_error(u.slot, &io::Error::from_raw_os_error(-res), true);
+                .io_error(slot, &io::Error::from_raw_os_error(-res), true);
         }
-        self.pump(u.slot);
+        self.pump(slot);
     }
 
     fn submit_send(&mut self, slot: u32, buf: Bytes, off: usize) {
-        let Some(Some(s)) = self.socks.get_mut(slot as usize) else {
+        let Some((ls, s)) = self.sock(slot) else {
             return;
         };
         let len = (buf.len() - off).min(u32::MAX as usize) as u32;
         let e = opcode::Send::new(types::Fd(s.raw), buf[off..].as_ptr(), len)
             .flags(MSG_NOSIGNAL)
-            .build()
-            .user_data(ud(OP_SEND, slot, s.gen));
+            .build();
         s.send = Some((buf, off));
-        s.inflight += 1;
-        self.push(e);
+        self.push_for(ls, OP_SEND, e);
     }
 
     /// Bring the socket's operations in line with what the engine wants.
     fn pump(&mut self, slot: u32) {
-        let Some(Some(s)) = self.socks.get_mut(slot as usize) else {
-            return;
+        let Some((ls, s)) = self.sock(slot) else {
+            return; // none, or closing
         };
-        if s.fd.is_none() {
-            return; // closing
-        }
-        let (raw, gen) = (s.raw, s.gen);
+        let (connecting, sending) = (s.connecting, s.send.is_some());
         if self.eng.wants_close(slot) {
-            if s.inflight > 0 {
-                if !s.cancel_sent {
-                    s.cancel_sent = true;
-                    s.inflight += 1;
-                    let e =
-                        opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(raw)).all())
-                            .build()
-                            .user_data(ud(OP_CANCEL_FD, slot, gen));
-                    self.push(e);
-                }
-                return;
-            }
-            // Nothing in flight: the fd can go. The slot is freed when the close completes.
-            let fd = s.fd.take().map(IntoRawFd::into_raw_fd).unwrap_or(raw);
-            s.inflight += 1;
-            let e = opcode::Close::new(types::Fd(fd))
-                .build()
-                .user_data(ud(OP_CLOSE, slot, gen));
-            self.push(e);
+            // Cancel what is in flight on the socket, then (once it all completed) close it;
+            // the slot is freed when the close completes.
+            self.socks
+                .close(&mut self.ring, ls, &mut self.eng.counters.syscalls);
             return;
         }
-        if s.connecting {
+        if connecting {
             return;
         }
-        if s.send.is_none() {
+        if !sending {
             if let Some(b) = self.eng.take_output(slot) {
                 self.submit_send(slot, b, 0);
             }
         }
-        let Some(Some(s)) = self.socks.get_mut(slot as usize) else {
+        let wants_read = self.eng.wants_read(slot);
+        let Some((ls, s)) = self.sock(slot) else {
             return;
         };
-        if !s.recv_armed && !s.starved && self.eng.wants_read(slot) {
+        if !s.recv_armed && !s.starved && wants_read {
             s.recv_armed = true;
-            s.inflight += 1;
-            let e = opcode::RecvMulti::new(types::Fd(raw), BGID)
-                .build()
-                .user_data(ud(OP_RECV, slot, gen));
-            self.push(e);
+            let e = opcode::RecvMulti::new(types::Fd(s.raw), BGID).build();
+            self.push_for(ls, OP_RECV, e);
         }
     }
 
     /// Cancel whatever is still in flight and wait (briefly) for it, so that no buffer or
     /// address is freed while the kernel may still use it.
     fn finish(&mut self) {
-        if self.ops > 0 {
-            let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-                .build()
-                .user_data(ud(OP_CANCEL_ANY, NO_SLOT, 0));
-            self.push(e);
-        }
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let mut cqes = Vec::new();
-        while self.ops > 0 && std::time::Instant::now() < until {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if self
-                .ring
-                .submit_and_wait(1, Some(left), &mut self.eng.counters.syscalls)
-                .is_err()
-            {
-                break;
+        let Loop {
+            ring,
+            bufs,
+            socks,
+            eng,
+            ..
+        } = self;
+        let left = socks.finish(ring, &mut eng.counters.syscalls, |cqe| {
+            if let (Some(bid), Some(b)) = (cqueue::buffer_select(cqe.flags()), bufs.as_mut()) {
+                b.recycle(bid);
             }
-            self.ring.reap(&mut cqes);
-            for cqe in cqes.drain(..) {
-                if !cqueue::more(cqe.flags()) {
-                    self.ops -= 1;
-                }
-                if let (Some(bid), Some(b)) =
-                    (cqueue::buffer_select(cqe.flags()), self.bufs.as_mut())
-                {
-                    b.recycle(bid);
-                }
-                let u = UserData::decode(cqe.user_data());
-                if u.op == OP_CLOSE {
-                    if let Some(Some(s)) = self.socks.get_mut(u.slot as usize) {
-                        if s.gen == u.gen {
-                            self.socks[u.slot as usize] = None;
-                        }
-                    }
-                }
-            }
-        }
-        if self.ops > 0 {
+        });
+        if left > 0 {
             // The kernel may still use these buffers and addresses: leak them, never free them.
             eprintln!(
-                "ringlab-client: {} io_uring operations still in flight at exit; leaking their buffers",
-                self.ops
+                "ringlab-client: {left} io_uring operations still in flight at exit; leaking their buffers"
             );
             std::mem::forget(self.bufs.take());
-            std::mem::forget(std::mem::take(&mut self.socks));
         }
-        // Whatever is left has nothing in flight: dropping it closes its socket.
-        self.socks.clear();
     }
-}
-
-/// Queue an entry on `ring`, counting it in `ops` until its final completion.
-fn push_to(ring: &mut Ring<'_>, ops: &mut u64, sc: &mut SyscallCounters, e: squeue::Entry) {
-    *ops += 1;
-    // SAFETY: every entry built in this file refers only to (a) fds owned by a live slot's
-    // `Sock`, which is dropped only after its close completes (or, at exit, after every
-    // operation has completed, or leaked if some never did); (b) buffers owned by that `Sock`
-    // (the send buffer, the connect address) or by the loop (the provided-buffer ring), kept
-    // under the same rule.
-    unsafe { ring.push(e, sc) };
 }
 
 const MSG_NOSIGNAL: i32 = rustix::net::SendFlags::NOSIGNAL.bits() as i32;
