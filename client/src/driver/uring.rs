@@ -424,17 +424,10 @@ impl Loop<'_> {
             eng,
             ..
         } = self;
-        let left = socks.finish(ring, &mut eng.counters.syscalls, |cqe| {
-            if let (Some(bid), Some(b)) = (cqueue::buffer_select(cqe.flags()), bufs.as_mut()) {
-                b.recycle(bid);
-            }
-        });
+        // What never completes is leaked with the buffer ring, never freed.
+        let left = socks.finish(ring, bufs, &mut eng.counters.syscalls, |_| {});
         if left > 0 {
-            // The kernel may still use these buffers and addresses: leak them, never free them.
-            eprintln!(
-                "ringlab-client: {left} io_uring operations still in flight at exit; leaking their buffers"
-            );
-            std::mem::forget(self.bufs.take());
+            eprintln!("ringlab-client: {left} io_uring operations still in flight at exit; leaking their buffers");
         }
     }
 }

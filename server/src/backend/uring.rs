@@ -38,7 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types};
 use ringlab_proto::Action;
-use ringlab_runtime::ledger::{Done, Ledger, SlotSock, Sock, OP_LENT};
+use ringlab_runtime::ledger::{user_data, Done, Ledger, SlotSock, Sock, NO_SLOT, OP_LENT};
 use ringlab_runtime::on_sock;
 use ringlab_runtime::uring::{
     build_ring, BufRing, Piece, Ring, RingConfig, SqPoll, UserData, PBUF_RING_INC,
@@ -398,7 +398,7 @@ impl UringIo<'_> {
             fixed,
             ..
         } = self;
-        let left = conns.finish(ring, &mut core.stats.syscalls, |cqe| {
+        let left = conns.finish(ring, bufs, &mut core.stats.syscalls, |cqe| {
             // A connection accepted in the last moment: close it.
             let u = UserData::decode(cqe.user_data());
             if u.op == OP_ACCEPT && cqe.result() >= 0 && !*fixed {
@@ -406,16 +406,9 @@ impl UringIo<'_> {
                 // descriptor we own. Fixed files go with the ring.
                 drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
             }
-            if let (Some(bid), Some(b)) = (cqueue::buffer_select(cqe.flags()), bufs.as_mut()) {
-                b.recycle(bid);
-            }
         });
         if left > 0 {
-            // The kernel may still write into these buffers: leak them rather than free them.
-            eprintln!(
-                "ringlab-server: {left} io_uring operations still in flight at exit; leaking their buffers"
-            );
-            std::mem::forget(self.bufs.take());
+            eprintln!("ringlab-server: {left} io_uring operations still in flight at exit; leaking their buffers");
         }
     }
 
@@ -491,8 +484,7 @@ impl UringIo<'_> {
             return;
         }
         self.accept_cancel_sent = true;
-        let target =
-            ringlab_runtime::ledger::user_data(OP_ACCEPT, ringlab_runtime::ledger::NO_SLOT, 0);
+        let target = user_data(OP_ACCEPT, NO_SLOT, 0);
         let e = opcode::AsyncCancel::new(target).build();
         self.push(core, OP_CANCEL_ACCEPT, e);
     }
@@ -802,7 +794,7 @@ impl UringIo<'_> {
                     && !c.recv_cancel_inflight =>
             {
                 c.recv_cancel_inflight = true;
-                let target = ringlab_runtime::ledger::user_data(OP_RECV, slot, gen);
+                let target = user_data(OP_RECV, slot, gen);
                 let e = opcode::AsyncCancel::new(target).build();
                 self.push_for(core, slot, OP_CANCEL_RECV, e);
             }
