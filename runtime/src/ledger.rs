@@ -26,7 +26,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 
 use crate::slab::Slab;
 use crate::stats::SyscallCounters;
-use crate::uring::{Ring, UserData};
+use crate::uring::{BufRing, Ring, UserData};
 
 /// The first op code the ledger reserves for itself; users' op codes must be below it.
 pub const FIRST_RESERVED_OP: u8 = 0xF0;
@@ -412,13 +412,16 @@ impl<T: SlotSock, B> Ledger<T, B> {
     }
 
     /// At exit: cancel everything in flight and wait up to [`FINISH_WAIT`] for it, handing every
-    /// completion to `on_cqe` first (to give back provided buffers, close accepted sockets).
-    /// Returns the number of operations that never completed; their slots and lent buffers are
-    /// then leaked, never freed (the kernel may still use them), and the caller must leak what
-    /// else they may use (the provided-buffer ring).
+    /// completion to `on_cqe` first (to close a socket accepted in the last moment) and giving
+    /// the provided buffers completions carry back to `bufs`. Returns the number of operations
+    /// that never completed; then the slots, the lent buffers and the provided-buffer ring are
+    /// leaked, never freed: the kernel may still use them. `bundle`: the group's receives are
+    /// bundles (a completion may carry several buffers).
     pub fn finish(
         &mut self,
         ring: &mut Ring<'_>,
+        bufs: &mut Option<BufRing<'_>>,
+        bundle: bool,
         sc: &mut SyscallCounters,
         mut on_cqe: impl FnMut(&cqueue::Entry),
     ) -> u64 {
@@ -437,6 +440,14 @@ impl<T: SlotSock, B> Ledger<T, B> {
             ring.reap(&mut cqes);
             for cqe in cqes.drain(..) {
                 on_cqe(&cqe);
+                if let (Some(bid), Some(b)) = (cqueue::buffer_select(cqe.flags()), bufs.as_mut()) {
+                    let (n, more) = (
+                        cqe.result().max(0) as usize,
+                        cqueue::buffer_more(cqe.flags()),
+                    );
+                    // SAFETY: a receive completion on the group, reaped here once.
+                    unsafe { b.discard(bid, n, bundle, more) };
+                }
                 // Closed values have nothing in flight: dropping them is safe.
                 drop(self.complete(cqe.user_data(), cqe.result(), cqe.flags()));
             }
@@ -444,6 +455,9 @@ impl<T: SlotSock, B> Ledger<T, B> {
         if self.ops > 0 {
             std::mem::forget(std::mem::take(&mut self.slots));
             std::mem::forget(std::mem::take(&mut self.lent));
+            if let Some(b) = bufs.take() {
+                b.leak();
+            }
         }
         self.ops
     }

@@ -6,6 +6,7 @@
 //! * [`stats`]: syscall counters and the per-loop clock.
 //! * [`uring`]: io_uring availability, ring setup, provided-buffer ring, user data, backlog.
 //! * [`epoll`]: a counted epoll instance.
+//! * [`event_loop`]: the skeleton of every loop: the turn and the phases of shutdown.
 //! * [`ledger`]: the io_uring operation ledger (slots, operations in flight, lent buffers, close).
 //! * [`net`]: socket options the wrappers lack (`IP_BIND_ADDRESS_NO_PORT`).
 //! * [`slab`]: connection slots with generations.
@@ -14,6 +15,7 @@
 pub mod cpus;
 pub mod duration;
 pub mod epoll;
+pub mod event_loop;
 pub mod ledger;
 pub mod net;
 pub mod procgroup;

@@ -287,6 +287,18 @@ impl LoopCore {
         Some((fd, conn))
     }
 
+    /// An accept failed with `err`: for an error to back off from (not a transient one), count
+    /// it and stop accepting until `accept.retry_at`. Returns whether the loop backs off.
+    pub fn accept_failed(&mut self, err: &std::io::Error) -> bool {
+        if !accept_error_needs_backoff(err) {
+            return false;
+        }
+        self.stats.accept_errors += 1;
+        let now = self.clock.now();
+        self.accept.on_error(err, self.stats.cpu, now);
+        true
+    }
+
     /// Read the clock; once per loop turn.
     pub fn tick(&mut self) {
         self.clock.update();

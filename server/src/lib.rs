@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod config;
 pub mod core;
+pub mod event_loop;
 pub mod listener;
 pub mod procs;
 pub mod stats;

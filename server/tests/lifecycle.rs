@@ -422,6 +422,60 @@ backend_tests! {
     }
 }
 
+/// A peer that sends without ever reading its echo holds output the server cannot write: when
+/// `--grace` is over after SIGTERM the server aborts the connection (counted as closed) and
+/// exits 0. `extra` adds server arguments.
+fn grace_over_aborts_a_peer_that_never_reads(io: &str, extra: &[&str]) {
+    let mut args = vec!["--grace", "1s"];
+    args.extend_from_slice(extra);
+    let mut srv = Server::start_with_stats(io, &args);
+    let mut conns = common::load::small_buffer_conns(&srv, 1);
+    let chunk = pattern(3, 64 * 1024);
+    let sent = common::load::push_until_blocked(&mut conns, 64 << 20, |_| &chunk[..]);
+    assert!(sent[0] > 0, "nothing written");
+    srv.stop();
+    // A no-hang bound far above the 1 s grace period, not a timing claim.
+    let (status, stdout, stderr) = srv.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "exit {status}\nstderr:\n{stderr}\nstdout:\n{stdout}"
+    );
+    let st = srv.stats();
+    assert_eq!(json_u64(&st, "total.accepted"), 1, "{st:#}");
+    assert_eq!(
+        json_u64(&st, "total.closed"),
+        1,
+        "the connection was not aborted when the grace period ended: {st:#}"
+    );
+    drop(conns);
+}
+
+/// See [`grace_over_aborts_a_peer_that_never_reads`]. (The pool backends, whose runtimes keep
+/// the connections, do not count an aborted connection as closed yet: not run on them.)
+#[test]
+fn grace_over_aborts_a_stuck_peer_epoll() {
+    grace_over_aborts_a_peer_that_never_reads("epoll", &[]);
+}
+
+/// See [`grace_over_aborts_a_peer_that_never_reads`].
+#[test]
+fn grace_over_aborts_a_stuck_peer_uring() {
+    if common::skip_backend("uring") {
+        return;
+    }
+    grace_over_aborts_a_peer_that_never_reads("uring", &[]);
+}
+
+/// The same with `--fixed-files` (uring): such a connection has no process descriptor, and
+/// must be aborted all the same.
+#[test]
+fn grace_over_aborts_a_stuck_peer_fixed_files() {
+    if common::skip_backend("uring") {
+        return;
+    }
+    grace_over_aborts_a_peer_that_never_reads("uring", &["--fixed-files"]);
+}
+
 /// `--buf-count` must be a power of two (uring): a clear error, exit non-zero.
 #[test]
 fn error_buf_count_not_power_of_two_uring() {

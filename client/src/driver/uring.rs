@@ -368,21 +368,12 @@ impl Loop<'_> {
             eng,
             ..
         } = self;
-        let left = ledger.finish(ring, &mut eng.counters.syscalls, |cqe| {
-            if let (Some(bid), Some(b)) = (cqueue::buffer_select(cqe.flags()), bufs.as_mut()) {
-                // SAFETY: a recv completion on the group, seen once.
-                unsafe { b.discard(bid, cqe.result().max(0) as usize, false, false) };
-            }
-        });
+        let left = ledger.finish(ring, bufs, false, &mut eng.counters.syscalls, |_| {});
         if left > 0 {
-            // The kernel may still use the provided buffers: leak them, never free them (the
-            // ledger leaked its slots already).
+            // The ledger leaked its slots and the provided buffers: the kernel may still use them.
             eprintln!(
                 "ringlab-client: {left} io_uring operations still in flight at exit; leaking their buffers"
             );
-            if let Some(b) = self.bufs.take() {
-                b.leak();
-            }
         }
     }
 }

@@ -17,23 +17,27 @@
 //! only after a write hit `EAGAIN`), one read per readiness report, and interest changes are
 //! `EPOLL_CTL_MOD` calls. `--busy-poll` sets the epoll instance's busy-poll time
 //! (`EPIOCSPARAMS`, 6.9).
+//!
+//! The loop itself (turn, timers, shutdown and grace, accept back-off, `--max-conns`) is
+//! [`crate::event_loop`]; this file holds only the epoll IO.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ringlab_proto::Action;
 use ringlab_runtime::epoll::{Epoll, Event, EventFlags};
 use ringlab_runtime::slab::Slab;
+use ringlab_runtime::wake::Waker;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketFlags};
 
 use crate::config::AcceptMode;
-use crate::core::{
-    accept_error_needs_backoff, timer_key, timer_key_parts, ConnCore, LoopCore, LoopCtx,
-};
+use crate::core::{timer_key, timer_key_parts, ConnCore, LoopCore, LoopCtx};
+use crate::event_loop::{admit_held, setup_failed, Driver, EventLoop};
 use crate::stats::LoopStats;
 
 const LISTENER: u64 = u64::MAX - 1;
@@ -61,17 +65,23 @@ struct Conn {
     hup: bool,
 }
 
-struct Loop {
-    ctx: LoopCtx,
-    core: LoopCore,
+impl AsMut<ConnCore> for Conn {
+    fn as_mut(&mut self) -> &mut ConnCore {
+        &mut self.core
+    }
+}
+
+/// The IO of one epoll loop.
+struct EpollIo {
     epoll: Epoll,
+    listener: Arc<OwnedFd>,
+    waker: Waker,
     conns: Slab<Conn>,
     buf: Vec<u8>,
     events: Vec<Event>,
     /// Connections that still had input when their read budget ran out.
     again: Vec<(u32, u32)>,
     listening: bool,
-    shutting_down: bool,
     /// `--level-triggered`.
     lt: bool,
 }
@@ -103,171 +113,94 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         }
         Ok(epoll)
     })();
-    let epoll = match setup {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = ctx.ready.send(Err(format!("epoll setup: {e}")));
-            return Err(e);
-        }
-    };
-    let ctx_lt = ctx.args.level_triggered;
-    let mut lp = Loop {
-        core: LoopCore::new(&ctx),
+    let epoll = setup.map_err(|e| setup_failed(&ctx, "epoll setup", e))?;
+    let io = EpollIo {
+        epoll,
+        listener: ctx.listener.clone(),
+        waker: ctx.waker.clone(),
+        conns: Slab::default(),
         buf: vec![0; ctx.args.read_buf.max(512)],
         events: Vec::with_capacity(ctx.args.max_events.max(1)),
-        ctx,
-        epoll,
-        conns: Slab::default(),
         again: Vec::new(),
         listening: true,
-        shutting_down: false,
-        lt: ctx_lt,
+        lt: ctx.args.level_triggered,
     };
+    let mut lp = EventLoop::new(ctx, io);
     lp.core.stats.syscalls.epoll_ctl += 2;
-    let _ = lp.ctx.ready.send(Ok(()));
     lp.run()?;
-    Ok(lp.core.stats.clone())
+    Ok(lp.stats())
 }
 
-impl Loop {
-    fn run(&mut self) -> io::Result<()> {
-        loop {
-            if !self.shutting_down && self.ctx.shutdown_requested() {
-                self.start_shutdown();
-            }
-            if self.shutting_down {
-                if self.conns.is_empty() {
-                    return Ok(());
-                }
-                if self.core.grace_over() {
-                    self.abort_all();
-                    return Ok(());
-                }
-            }
-            let timeout = if self.again.is_empty() {
-                self.core.wait_timeout()
-            } else {
-                Some(Duration::ZERO)
-            };
-            let mut events = std::mem::take(&mut self.events);
-            self.epoll
-                .wait(&mut events, timeout, &mut self.core.stats.syscalls)?;
-            self.core.tick();
-            for (slot, gen) in std::mem::take(&mut self.again) {
-                if self.conns.get(slot, gen).is_some() {
-                    self.pump(slot);
-                }
-            }
-            for ev in events.iter() {
-                let key = ev.data.u64();
-                match key {
-                    WAKER => self.ctx.waker.drain(),
-                    LISTENER => self.accept_all(),
-                    _ => {
-                        let (slot, gen) = timer_key_parts(key);
-                        let f = ev.flags;
-                        let lt = self.lt;
-                        if let Some(c) = self.conns.get(slot, gen) {
-                            if lt && f.intersects(EventFlags::HUP | EventFlags::ERR) {
-                                c.hup = true;
-                            }
-                            if f.intersects(
-                                EventFlags::IN
-                                    | EventFlags::RDHUP
-                                    | EventFlags::HUP
-                                    | EventFlags::ERR,
-                            ) {
-                                c.readable = true;
-                            }
-                            if f.intersects(EventFlags::RDHUP | EventFlags::HUP) {
-                                c.rdhup = true;
-                            }
-                            if f.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR) {
-                                c.writable = true;
-                            }
-                            self.pump(slot);
-                        }
-                    }
-                }
-            }
-            self.events = events;
-            let expired = self.core.take_expired();
-            for &(deadline, key) in &expired {
-                let (slot, gen) = timer_key_parts(key);
-                if let Some(c) = self.conns.get(slot, gen) {
-                    if self.core.fire(&mut c.core, deadline) {
-                        self.pump(slot);
-                    }
-                }
-            }
-            self.core.put_expired(expired);
-            if self.listening && self.core.accept.retry_at.is_some() {
-                let now = self.core.clock.now();
-                if self.core.accept.ready(now) {
-                    self.accept_all();
-                }
-            }
-        }
+impl Driver for EpollIo {
+    type Conn = Conn;
+    type Conns = Slab<Conn>;
+
+    fn conns(&mut self) -> &mut Slab<Conn> {
+        &mut self.conns
     }
 
-    fn start_shutdown(&mut self) {
-        self.shutting_down = true;
-        self.core.begin_shutdown();
-        if self.listening {
-            self.listening = false;
-            let _ = self
-                .epoll
-                .delete(&*self.ctx.listener, &mut self.core.stats.syscalls);
-        }
-        for slot in 0..self.conns.capacity_slots() {
-            if let Some((_, c)) = self.conns.get_slot(slot) {
-                c.core.session.begin_shutdown();
-                self.pump(slot);
-            }
-        }
+    fn wait(&mut self, core: &mut LoopCore, timeout: Option<Duration>) -> io::Result<()> {
+        // Connections with input left over from their read budget: look again at once.
+        let timeout = if self.again.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        self.epoll
+            .wait(&mut self.events, timeout, &mut core.stats.syscalls)
     }
 
-    fn abort_all(&mut self) {
-        for slot in 0..self.conns.capacity_slots() {
-            if let Some((_, c)) = self.conns.get_slot(slot) {
-                c.core.session.abort();
-                self.pump(slot);
+    fn dispatch(&mut self, core: &mut LoopCore) {
+        for (slot, gen) in std::mem::take(&mut self.again) {
+            if self.conns.get(slot, gen).is_some() {
+                self.pump(core, slot);
             }
         }
+        let events = std::mem::take(&mut self.events);
+        for ev in events.iter() {
+            match ev.data.u64() {
+                WAKER => self.waker.drain(),
+                LISTENER => self.accept(core),
+                key => self.ready(core, key, ev.flags),
+            }
+        }
+        self.events = events;
     }
 
-    fn accept_all(&mut self) {
-        if !self.listening || self.core.accept.retry_at.is_some() {
+    fn pump(&mut self, core: &mut LoopCore, slot: u32) {
+        EpollIo::pump(self, core, slot);
+    }
+
+    fn add(&mut self, core: &mut LoopCore, fd: OwnedFd, conn: ConnCore) {
+        self.add_conn(core, fd, conn);
+    }
+
+    fn accept(&mut self, core: &mut LoopCore) {
+        if !self.listening || core.accept.retry_at.is_some() {
             return;
         }
         // Connections accepted while at --max-conns go first, once there is room.
-        while let Some((fd, core)) = self.core.unhold() {
-            self.add_conn(fd, core);
-        }
+        admit_held(self, core);
         loop {
-            if !self.core.may_accept() {
+            if !core.may_accept() {
                 return; // at --max-conns (echo): the listen backlog holds the rest
             }
-            self.core.stats.syscalls.accept += 1;
+            core.stats.syscalls.accept += 1;
             match rustix::net::accept_with(
-                &*self.ctx.listener,
+                &*self.listener,
                 SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
             ) {
-                Ok(fd) => match self.core.admit() {
-                    Some(core) => self.add_conn(fd, core),
+                Ok(fd) => match core.admit() {
+                    Some(conn) => self.add_conn(core, fd, conn),
                     None => {
                         // Another loop took the last slot meanwhile.
-                        self.core.hold(fd);
+                        core.hold(fd);
                         return;
                     }
                 },
                 Err(Errno::AGAIN) => return,
                 Err(e) => {
-                    let err = io::Error::from(e);
-                    if accept_error_needs_backoff(&err) {
-                        self.core.stats.accept_errors += 1;
-                        let now = self.core.clock.now();
-                        self.core.accept.on_error(&err, self.ctx.cpu, now);
+                    if core.accept_failed(&io::Error::from(e)) {
                         return;
                     }
                 }
@@ -275,11 +208,46 @@ impl Loop {
         }
     }
 
+    fn accept_idle(&self) -> bool {
+        self.listening
+    }
+
+    fn stop_accepting(&mut self, core: &mut LoopCore) {
+        if self.listening {
+            self.listening = false;
+            let _ = self.epoll.delete(&*self.listener, &mut core.stats.syscalls);
+        }
+    }
+}
+
+impl EpollIo {
+    /// The kernel reported `flags` for the connection with timer key `key`.
+    fn ready(&mut self, core: &mut LoopCore, key: u64, f: EventFlags) {
+        let (slot, gen) = timer_key_parts(key);
+        let lt = self.lt;
+        let Some(c) = self.conns.get(slot, gen) else {
+            return;
+        };
+        if lt && f.intersects(EventFlags::HUP | EventFlags::ERR) {
+            c.hup = true;
+        }
+        if f.intersects(EventFlags::IN | EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR) {
+            c.readable = true;
+        }
+        if f.intersects(EventFlags::RDHUP | EventFlags::HUP) {
+            c.rdhup = true;
+        }
+        if f.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR) {
+            c.writable = true;
+        }
+        self.pump(core, slot);
+    }
+
     /// Register an accepted connection.
-    fn add_conn(&mut self, fd: OwnedFd, core: ConnCore) {
+    fn add_conn(&mut self, core: &mut LoopCore, fd: OwnedFd, conn: ConnCore) {
         let conn = Conn {
             fd,
-            core,
+            core: conn,
             readable: false,
             writable: true, // a new socket has an empty send buffer
             rdhup: false,
@@ -298,37 +266,33 @@ impl Loop {
         } else {
             EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET
         };
-        if let Err(e) = self.epoll.add(
-            &c.fd,
-            timer_key(slot, gen),
-            flags,
-            &mut self.core.stats.syscalls,
-        ) {
+        if let Err(e) = self
+            .epoll
+            .add(&c.fd, timer_key(slot, gen), flags, &mut core.stats.syscalls)
+        {
             eprintln!("ringlab-server: epoll_ctl(ADD) for a new connection: {e}");
-            self.core.stats.conn_errors += 1;
-            self.close(slot);
+            core.stats.conn_errors += 1;
+            self.close(core, slot);
             return;
         }
         // A refused connection (HTTP at --max-conns) has its 503 ready: send it now.
-        self.pump(slot);
+        self.pump(core, slot);
     }
 
-    fn close(&mut self, slot: u32) {
+    fn close(&mut self, core: &mut LoopCore, slot: u32) {
         if let Some(c) = self.conns.remove(slot) {
             // Closing the last reference removes it from the epoll set as well.
-            self.core.stats.syscalls.close += 1;
-            self.core.stats.closed += 1;
+            core.stats.syscalls.close += 1;
+            core.stats.closed += 1;
             drop(c.fd);
         }
     }
 
     /// Move bytes until the connection would block, then do what its session asks.
-    fn pump(&mut self, slot: u32) {
+    fn pump(&mut self, core: &mut LoopCore, slot: u32) {
         let mut reads = 0;
         loop {
-            let Loop {
-                conns, core, buf, ..
-            } = self;
+            let EpollIo { conns, buf, .. } = self;
             let Some((gen, c)) = conns.get_slot(slot) else {
                 return;
             };
@@ -337,7 +301,7 @@ impl Loop {
             }
             match c.core.session.action() {
                 Action::Close => {
-                    self.close(slot);
+                    self.close(core, slot);
                     return;
                 }
                 Action::ShutdownWrite if !c.shut => {
@@ -384,9 +348,7 @@ impl Loop {
             }
             break;
         }
-        let Loop {
-            conns, core, epoll, ..
-        } = self;
+        let EpollIo { conns, epoll, .. } = self;
         let mut failed = false;
         if let Some((gen, c)) = conns.get_slot(slot) {
             if self.lt {
@@ -430,7 +392,7 @@ impl Loop {
         }
         if failed {
             // The session now asks for the close.
-            self.pump(slot);
+            self.pump(core, slot);
         }
     }
 }

@@ -15,6 +15,11 @@
 //! * arm the session's deadline in the shared timer wheel after every session call;
 //! * on shutdown: stop accepting, `begin_shutdown` every session, exit when no connection is
 //!   left or the grace period is over, and report its statistics.
+//!
+//! The readiness and completion backends (`epoll`, `uring`) get all of that from the one loop in
+//! [`crate::event_loop`]: each is a [`crate::event_loop::Driver`] that holds only its IO (how it
+//! lowers accept, receive, send, shut down the write side and close to syscalls or ring
+//! operations). The pool backends (`tokio`, `tokio-uring`, `blocking`) run their runtimes' loops.
 
 pub mod blocking;
 pub mod epoll;

@@ -1,3 +1,7 @@
+//! (Over 800 lines: one driver with every io_uring technique the bench measures on and off —
+//! multishot accept into fixed files, buffer rings, bundles, zero-copy sends — kept in one file
+//! so the completion model's IO reads in one place.)
+//!
 //! The io_uring backend: the completion model at its best.
 //!
 //! * One multishot accept per listener (`IORING_ACCEPT_MULTISHOT`, 5.19), re-armed when it ends.
@@ -16,74 +20,49 @@
 //! * CQ overflow: `IORING_FEAT_NODROP` keeps overflowed completions in the kernel; they are
 //!   flushed by the next enter, counted, and nothing is lost.
 //!
-//! Ownership: a connection slot, its fd, its send buffer and its single-shot recv buffer stay
-//! alive while any operation on them is in flight (`Conn::inflight`); the slot is freed only
-//! when its close completes. User data encodes (op, slot generation, slot).
+//! Ownership: the connections live in the ring's operation ledger
+//! ([`ringlab_runtime::ledger`]): a slot, its fd, its send buffer and its single-shot recv
+//! buffer stay alive while any operation on them is in flight; the slot is freed only when its
+//! close completes (cancel-then-close). A zero-copy send lends its buffer to the ledger under
+//! its own identity until its notification. User data encodes (op, slot generation, slot).
+//!
+//! The loop itself (turn, timers, shutdown and grace, accept back-off, `--max-conns`) is
+//! [`crate::event_loop`]; this file holds only the io_uring IO.
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types};
 use ringlab_proto::Action;
-use ringlab_runtime::slab::Slab;
-use ringlab_runtime::stats::SyscallCounters;
+use ringlab_runtime::ledger::{user_data, Done, Ledger, SlotSock, Sock, NO_SLOT, OP_LENT};
+use ringlab_runtime::on_sock;
 use ringlab_runtime::uring::{
     build_ring, with_optlen, BufRing, Piece, Ring, RingConfig, SqPoll, UserData, PBUF_RING_INC,
 };
+use ringlab_runtime::wake::Waker;
 
-use crate::core::{
-    accept_error_needs_backoff, timer_key, timer_key_parts, ConnCore, LoopCore, LoopCtx,
-};
+use crate::config::Args;
+use crate::core::{timer_key, ConnCore, LoopCore, LoopCtx};
+use crate::event_loop::{admit_held, setup_failed, Driver, EventLoop};
 use crate::stats::LoopStats;
 
 const OP_ACCEPT: u8 = 1;
 const OP_RECV: u8 = 2;
 const OP_SEND: u8 = 3;
-const OP_CLOSE: u8 = 5;
 const OP_CANCEL_RECV: u8 = 6;
-const OP_CANCEL_FD: u8 = 7;
 const OP_WAKE: u8 = 8;
 const OP_CANCEL_ACCEPT: u8 = 9;
-const OP_CANCEL_ANY: u8 = 10;
 const OP_SHUTDOWN: u8 = 11;
-const OP_SEND_ZC: u8 = 12;
 
-const NO_SLOT: u32 = u32::MAX;
 /// `IORING_NOTIF_USAGE_ZC_COPIED`: set in a zero-copy notification's result when the kernel
 /// copied the data after all.
 const ZC_COPIED: u32 = 1 << 31;
 const POLLIN: u32 = rustix::event::PollFlags::IN.bits() as u32;
 const BGID: u16 = 0;
-
-fn ud(op: u8, slot: u32, gen: u32) -> u64 {
-    UserData { op, gen, slot }.encode()
-}
-
-/// How operations name a connection's socket: a descriptor, or an index in the ring's
-/// fixed-file table (`--fixed-files`).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Sock {
-    Fd(RawFd),
-    Fixed(u32),
-}
-
-/// Build an entry for `$sock`, with `$t` bound to `types::Fd` or `types::Fixed` (the io-uring
-/// crate takes either, but its target type is private, so the choice is made here).
-macro_rules! on_sock {
-    ($sock:expr, |$t:ident| $build:expr) => {
-        match $sock {
-            Sock::Fd(fd) => {
-                let $t = types::Fd(fd);
-                $build
-            }
-            Sock::Fixed(i) => {
-                let $t = types::Fixed(i);
-                $build
-            }
-        }
-    };
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Recv {
@@ -92,11 +71,10 @@ enum Recv {
 }
 
 struct Conn {
-    /// The socket, when it is a descriptor; `None` for a fixed file.
+    /// The socket, when it is a descriptor; `None` for a fixed file (or once given up to the
+    /// ring's close).
     fd: Option<OwnedFd>,
     sock: Sock,
-    /// The close has been submitted.
-    closing: bool,
     core: ConnCore,
     recv: Recv,
     /// The armed recv is multishot (else single-shot, one buffer).
@@ -104,16 +82,17 @@ struct Conn {
     /// Reading is paused by backpressure (for the statistics).
     paused: bool,
     recv_cancel_inflight: bool,
-    cancel_all_sent: bool,
     /// Single-shot recv mode only: this connection's own read buffer.
     recv_buf: Option<Box<[u8]>>,
     /// The send in flight: the buffer and how much of it was already sent.
     send: Option<(Bytes, usize)>,
-    /// Zero-copy sends whose bytes the kernel may still read: held until their notification.
-    zc_held: std::collections::VecDeque<Bytes>,
     shutdown_sent: bool,
-    /// Operations in flight on this connection (multishot recv counts once).
-    inflight: u32,
+}
+
+impl AsMut<ConnCore> for Conn {
+    fn as_mut(&mut self) -> &mut ConnCore {
+        &mut self.core
+    }
 }
 
 impl Conn {
@@ -121,34 +100,45 @@ impl Conn {
         Conn {
             fd,
             sock,
-            closing: false,
             core,
             recv: Recv::Idle,
             multishot: false,
             paused: false,
             recv_cancel_inflight: false,
-            cancel_all_sent: false,
             recv_buf: None,
             send: None,
-            zc_held: Default::default(),
             shutdown_sent: false,
-            inflight: 0,
         }
     }
 }
 
-struct Loop<'r> {
-    ctx: LoopCtx,
-    core: LoopCore,
+impl SlotSock for Conn {
+    fn sock(&self) -> Sock {
+        self.sock
+    }
+
+    fn release(&mut self) -> Sock {
+        match self.fd.take().map(IntoRawFd::into_raw_fd) {
+            Some(fd) => Sock::Fd(fd),
+            None => self.sock,
+        }
+    }
+}
+
+/// The IO of one io_uring loop.
+struct UringIo<'r> {
     ring: Ring<'r>,
     bufs: Option<BufRing<'r>>,
-    conns: Slab<Conn>,
+    /// The connections and every operation in flight.
+    conns: Ledger<Conn, Bytes>,
+    listener: Arc<OwnedFd>,
+    waker: Waker,
+    args: Arc<Args>,
+    cqes: Vec<cqueue::Entry>,
     accept_armed: bool,
     accept_cancel_sent: bool,
-    /// A cancel of the multishot accept is in flight (back-off or --max-conns).
-    shutting_down: bool,
-    /// Operations in flight on the whole ring.
-    ops: u64,
+    /// Shutting down: no more accepting.
+    stopped: bool,
     multishot_accept: bool,
     buf_size: usize,
     /// The kernel takes a total byte limit for multishot recv (`sqe->optlen`); cleared on the
@@ -162,7 +152,7 @@ struct Loop<'r> {
     /// Accepting waits for a fixed-file slot to free.
     accept_full: bool,
     /// Fixed files accepted at --max-conns (echo), waiting for a slot.
-    held_fixed: std::collections::VecDeque<u32>,
+    held_fixed: VecDeque<u32>,
     /// Sends of at least this many bytes are zero-copy (0: none).
     send_zc: usize,
     /// Multishot recvs are bundles.
@@ -186,23 +176,9 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
                 .or(if a.no_pin { None } else { Some(ctx.cpu as u32) }),
         }),
     };
-    let setup = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{what}: {e}"));
-    let mut uring = match build_ring(&rcfg) {
-        Ok(r) => r,
-        Err(e) => {
-            let e = setup(e, "io_uring_setup");
-            let _ = ctx.ready.send(Err(e.to_string()));
-            return Err(e);
-        }
-    };
-    let ring = match Ring::new(&mut uring, &rcfg) {
-        Ok(r) => r,
-        Err(e) => {
-            let e = setup(e, "io_uring_register(RING_FDS)");
-            let _ = ctx.ready.send(Err(e.to_string()));
-            return Err(e);
-        }
-    };
+    let mut uring = build_ring(&rcfg).map_err(|e| setup_failed(&ctx, "io_uring_setup", e))?;
+    let ring = Ring::new(&mut uring, &rcfg)
+        .map_err(|e| setup_failed(&ctx, "io_uring_register(RING_FDS)", e))?;
     let mut fixed_cap = 0;
     if a.fixed_files {
         let n = if a.fixed_table > 0 {
@@ -213,45 +189,37 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
                 .unwrap_or(1 << 20)
                 .min(1 << 20) as u32
         };
-        if let Err(e) = ring.submitter().register_files_sparse(n) {
-            let e = setup(e, &format!("io_uring_register(FILES_SPARSE, {n})"));
-            let _ = ctx.ready.send(Err(e.to_string()));
-            return Err(e);
-        }
+        ring.submitter()
+            .register_files_sparse(n)
+            .map_err(|e| setup_failed(&ctx, &format!("io_uring_register(FILES_SPARSE, {n})"), e))?;
         fixed_cap = n as usize;
     }
     if !a.napi_busy_poll.is_zero() {
         let mut napi = types::Napi::new()
             .set_busy_poll_timeout(a.napi_busy_poll.as_micros().min(u128::from(u32::MAX)) as u32);
-        if let Err(e) = ring.submitter().register_napi(&mut napi) {
-            let e = setup(e, "io_uring_register(NAPI)");
-            let _ = ctx.ready.send(Err(e.to_string()));
-            return Err(e);
-        }
+        ring.submitter()
+            .register_napi(&mut napi)
+            .map_err(|e| setup_failed(&ctx, "io_uring_register(NAPI)", e))?;
     }
     let bufs = if a.no_multishot_recv {
         None
     } else {
         let flags = if a.buf_incremental { PBUF_RING_INC } else { 0 };
-        match BufRing::with_flags(ring.uring(), BGID, a.buf_count, a.buf_size, flags) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                let e = setup(e, "io_uring_register(PBUF_RING)");
-                let _ = ctx.ready.send(Err(e.to_string()));
-                return Err(e);
-            }
-        }
+        let b = BufRing::with_flags(ring.uring(), BGID, a.buf_count, a.buf_size, flags)
+            .map_err(|e| setup_failed(&ctx, "io_uring_register(PBUF_RING)", e))?;
+        Some(b)
     };
-    let mut lp = Loop {
-        core: LoopCore::new(&ctx),
-        ctx,
+    let io = UringIo {
         ring,
         bufs,
-        conns: Slab::default(),
+        conns: Ledger::default(),
+        listener: ctx.listener.clone(),
+        waker: ctx.waker.clone(),
+        args: a.clone(),
+        cqes: Vec::with_capacity(1024),
         accept_armed: false,
         accept_cancel_sent: false,
-        shutting_down: false,
-        ops: 0,
+        stopped: false,
         multishot_accept: !a.no_multishot_accept,
         buf_size: a.buf_size as usize,
         mshot_limit: !a.no_recv_limit,
@@ -259,78 +227,74 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         fixed_cap,
         accept_multi: false,
         accept_full: false,
-        held_fixed: Default::default(),
+        held_fixed: VecDeque::new(),
         send_zc: a.send_zc,
         bundle: a.recv_bundle,
         pieces: Vec::new(),
     };
+    let mut lp = EventLoop::new(ctx, io);
     lp.core.stats.syscalls.io_uring_register += 1
         + u64::from(!a.no_register_ring_fd)
         + u64::from(a.fixed_files)
         + u64::from(!a.napi_busy_poll.is_zero());
-    lp.arm_wake();
-    lp.arm_accept();
-    let _ = lp.ctx.ready.send(Ok(()));
+    lp.io.arm_wake(&mut lp.core);
+    lp.io.accept(&mut lp.core);
     let r = lp.run();
-    lp.finish();
+    lp.io.finish(&mut lp.core);
     r.map(|()| {
-        let mut s = lp.core.stats.clone();
-        s.cq_overflows = lp.ring.cq_overflow_events;
+        let mut s = lp.stats();
+        s.cq_overflows = lp.io.ring.cq_overflow_events;
         s
     })
 }
 
-impl Loop<'_> {
-    /// Queue an entry whose resources the caller keeps alive until its final completion.
-    fn push(&mut self, e: squeue::Entry) {
-        push_to(
-            &mut self.ring,
-            &mut self.ops,
-            &mut self.core.stats.syscalls,
-            e,
-        );
+impl Driver for UringIo<'_> {
+    type Conn = Conn;
+    type Conns = Ledger<Conn, Bytes>;
+
+    fn conns(&mut self) -> &mut Ledger<Conn, Bytes> {
+        &mut self.conns
     }
 
-    /// Watch the waker with a multishot poll (an eventfd read would be punted to an io-wq
-    /// worker thread); the eventfd itself is drained only when it fires, at shutdown.
-    fn arm_wake(&mut self) {
-        let e = opcode::PollAdd::new(types::Fd(self.ctx.waker_fd()), POLLIN)
-            .multi(true)
-            .build()
-            .user_data(ud(OP_WAKE, NO_SLOT, 0));
-        self.push(e);
+    fn wait(&mut self, core: &mut LoopCore, timeout: Option<Duration>) -> io::Result<()> {
+        self.ring
+            .submit_and_wait(1, timeout, &mut core.stats.syscalls)
     }
 
-    /// With `--fixed-files`: free slots in the table, and how many a multishot accept may take
-    /// before the loop can stop it. An accept that finds the table full has already taken the
-    /// connection off the listen queue, and the kernel then drops (resets) it; so near a full
-    /// table only single-shot accepts run, one per free slot. A multishot accept takes at most
-    /// the listen queue (`--backlog`) per turn, and its cancel is submitted before the next
-    /// turn's accepts run, so it is kept only while more slots than that are free.
-    fn fixed_room(&self) -> (usize, usize) {
-        let free = self.fixed_cap.saturating_sub(self.conns.len());
-        (free, self.ctx.args.backlog.max(0) as usize + 1)
+    fn dispatch(&mut self, core: &mut LoopCore) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        self.ring.reap(&mut cqes);
+        for cqe in cqes.drain(..) {
+            self.handle(core, cqe);
+        }
+        self.cqes = cqes;
     }
 
-    fn arm_accept(&mut self) {
-        if self.accept_armed || self.shutting_down {
+    fn pump(&mut self, core: &mut LoopCore, slot: u32) {
+        UringIo::pump(self, core, slot);
+    }
+
+    fn add(&mut self, core: &mut LoopCore, fd: OwnedFd, conn: ConnCore) {
+        let sock = Sock::Fd(fd.as_raw_fd());
+        let (slot, _) = self.conns.insert(Conn::new(Some(fd), sock, conn));
+        self.pump(core, slot);
+    }
+
+    fn accept(&mut self, core: &mut LoopCore) {
+        if self.accept_armed || self.stopped {
             return;
         }
         // Connections accepted while at --max-conns go first, once there is room.
-        while let Some((fd, core)) = self.core.unhold() {
-            let sock = Sock::Fd(fd.as_raw_fd());
-            let (slot, _) = self.conns.insert(Conn::new(Some(fd), sock, core));
-            self.pump(slot);
-        }
+        admit_held(self, core);
         while !self.held_fixed.is_empty() {
-            let Some(core) = self.core.admit() else { break };
+            let Some(conn) = core.admit() else { break };
             let Some(i) = self.held_fixed.pop_front() else {
                 break;
             };
-            let (slot, _) = self.conns.insert(Conn::new(None, Sock::Fixed(i), core));
-            self.pump(slot);
+            let (slot, _) = self.conns.insert(Conn::new(None, Sock::Fixed(i), conn));
+            self.pump(core, slot);
         }
-        if !self.held_fixed.is_empty() || !self.core.may_accept() {
+        if !self.held_fixed.is_empty() || !core.may_accept() {
             return; // at --max-conns (echo): retried at `accept.retry_at`
         }
         let mut multishot = self.multishot_accept;
@@ -343,7 +307,7 @@ impl Loop<'_> {
             multishot &= free > burst;
         }
         self.accept_full = false;
-        let fd = types::Fd(self.ctx.listener.as_raw_fd());
+        let fd = types::Fd(self.listener.as_raw_fd());
         // A fixed file is no descriptor, so it has no close-on-exec flag (the kernel refuses it).
         let flags = if self.fixed {
             0
@@ -363,232 +327,170 @@ impl Loop<'_> {
             }
             a.build()
         };
-        self.push(e.user_data(ud(OP_ACCEPT, NO_SLOT, 0)));
+        self.push(core, OP_ACCEPT, e);
         self.accept_armed = true;
         self.accept_multi = multishot;
     }
 
-    fn run(&mut self) -> io::Result<()> {
-        let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(1024);
-        loop {
-            if !self.shutting_down && self.ctx.shutdown_requested() {
-                self.start_shutdown();
-            }
-            if self.shutting_down {
-                if self.conns.is_empty() {
-                    return Ok(());
-                }
-                if self.core.grace_over() {
-                    self.abort_all();
-                    if self.core.grace_deadline.is_some_and(|d| {
-                        self.core.clock.now() > d + std::time::Duration::from_secs(1)
-                    }) {
-                        return Ok(());
-                    }
-                }
-            }
-            let timeout = self.core.wait_timeout();
-            self.ring
-                .submit_and_wait(1, timeout, &mut self.core.stats.syscalls)?;
-            self.core.tick();
-            self.ring.reap(&mut cqes);
-            for cqe in cqes.drain(..) {
-                self.handle(cqe);
-            }
-            let expired = self.core.take_expired();
-            for &(deadline, key) in &expired {
-                let (slot, gen) = timer_key_parts(key);
-                if let Some(c) = self.conns.get(slot, gen) {
-                    if self.core.fire(&mut c.core, deadline) {
-                        self.pump(slot);
-                    }
-                }
-            }
-            self.core.put_expired(expired);
-            if !self.accept_armed && self.core.accept.retry_at.is_some() {
-                let now = self.core.clock.now();
-                if self.core.accept.ready(now) {
-                    self.arm_accept();
-                }
-            }
-        }
+    fn accept_idle(&self) -> bool {
+        !self.accept_armed
     }
 
-    fn start_shutdown(&mut self) {
-        self.shutting_down = true;
-        self.core.begin_shutdown();
-        if self.accept_armed {
-            self.cancel_accept();
-        }
-        for slot in 0..self.conns.capacity_slots() {
-            if let Some((_, c)) = self.conns.get_slot(slot) {
-                c.core.session.begin_shutdown();
-                self.pump(slot);
-            }
-        }
+    fn stop_accepting(&mut self, core: &mut LoopCore) {
+        self.stopped = true;
+        self.cancel_accept(core);
+    }
+}
+
+impl UringIo<'_> {
+    /// Queue an operation on no connection (the listener, the waker).
+    fn push(&mut self, core: &mut LoopCore, op: u8, e: squeue::Entry) {
+        // SAFETY: such entries refer only to the listener and the waker, which outlive the
+        // ring's operations (the loop drains or leaks all of them before it returns), or to
+        // no resource at all (cancels).
+        unsafe {
+            self.conns
+                .push(&mut self.ring, op, e, &mut core.stats.syscalls)
+        };
     }
 
-    fn abort_all(&mut self) {
-        for slot in 0..self.conns.capacity_slots() {
-            if let Some((_, c)) = self.conns.get_slot(slot) {
-                if c.fd.is_some() {
-                    c.core.session.abort();
-                    self.pump(slot);
-                }
-            }
-        }
+    /// Queue operation `op` on connection `slot`.
+    fn push_for(&mut self, core: &mut LoopCore, slot: u32, op: u8, e: squeue::Entry) {
+        // SAFETY: every entry built in this file for a connection refers only to its socket
+        // and to buffers its `Conn` owns (the single-shot recv buffer) or the loop owns (the
+        // provided-buffer ring); the ledger frees a `Conn` only when its close completes, and
+        // the loop drains or leaks every operation before the buffer ring goes.
+        unsafe {
+            self.conns
+                .push_for(&mut self.ring, slot, op, e, &mut core.stats.syscalls)
+        };
+    }
+
+    /// Watch the waker with a multishot poll (an eventfd read would be punted to an io-wq
+    /// worker thread); the eventfd itself is drained only when it fires, at shutdown.
+    fn arm_wake(&mut self, core: &mut LoopCore) {
+        use std::os::fd::AsFd;
+        let fd = self.waker.as_fd().as_raw_fd();
+        let e = opcode::PollAdd::new(types::Fd(fd), POLLIN)
+            .multi(true)
+            .build();
+        self.push(core, OP_WAKE, e);
+    }
+
+    /// With `--fixed-files`: free slots in the table, and how many a multishot accept may take
+    /// before the loop can stop it. An accept that finds the table full has already taken the
+    /// connection off the listen queue, and the kernel then drops (resets) it; so near a full
+    /// table only single-shot accepts run, one per free slot. A multishot accept takes at most
+    /// the listen queue (`--backlog`) per turn, and its cancel is submitted before the next
+    /// turn's accepts run, so it is kept only while more slots than that are free.
+    fn fixed_room(&self) -> (usize, usize) {
+        let free = self.fixed_cap.saturating_sub(self.conns.len());
+        (free, self.args.backlog.max(0) as usize + 1)
     }
 
     /// Cancel whatever is still in flight and wait (briefly) for it, so that no buffer is freed
-    /// while the kernel may still use it.
-    fn finish(&mut self) {
-        if self.ops > 0 {
-            let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-                .build()
-                .user_data(ud(OP_CANCEL_ANY, NO_SLOT, 0));
-            self.push(e);
-        }
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let mut cqes = Vec::new();
-        while self.ops > 0 && std::time::Instant::now() < until {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if self
-                .ring
-                .submit_and_wait(1, Some(left), &mut self.core.stats.syscalls)
-                .is_err()
-            {
-                break;
+    /// while the kernel may still use it; leak what never completes.
+    fn finish(&mut self, core: &mut LoopCore) {
+        let UringIo {
+            ring,
+            bufs,
+            conns,
+            fixed,
+            bundle,
+            ..
+        } = self;
+        let left = conns.finish(ring, bufs, *bundle, &mut core.stats.syscalls, |cqe| {
+            // A connection accepted in the last moment: close it.
+            let u = UserData::decode(cqe.user_data());
+            if u.op == OP_ACCEPT && cqe.result() >= 0 && !*fixed {
+                // SAFETY: a non-negative accept result (without --fixed-files) is a new
+                // descriptor we own. Fixed files go with the ring.
+                drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
             }
-            self.ring.reap(&mut cqes);
-            for cqe in cqes.drain(..) {
-                if !cqueue::more(cqe.flags()) {
-                    self.ops -= 1;
-                }
-                // A connection accepted in the last moment: close it.
-                let u = UserData::decode(cqe.user_data());
-                if u.op == OP_ACCEPT && cqe.result() >= 0 && !self.fixed {
-                    // SAFETY: a non-negative accept result (without --fixed-files) is a new
-                    // descriptor we own. Fixed files go with the ring.
-                    drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
-                }
-                if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
-                    if let Some(b) = self.bufs.as_mut() {
-                        let (n, more) = (
-                            cqe.result().max(0) as usize,
-                            cqueue::buffer_more(cqe.flags()),
-                        );
-                        // SAFETY: a recv completion on the group, seen once.
-                        unsafe { b.discard(bid, n, self.bundle, more) };
-                    }
-                }
-            }
-        }
-        if self.ops > 0 {
-            // The kernel may still write into these buffers: leak them rather than free them.
-            eprintln!(
-                "ringlab-server: {} io_uring operations still in flight at exit; leaking their buffers",
-                self.ops
-            );
-            if let Some(b) = self.bufs.take() {
-                b.leak();
-            }
-            for c in self.conns.drain() {
-                std::mem::forget(c);
-            }
+        });
+        if left > 0 {
+            eprintln!("ringlab-server: {left} io_uring operations still in flight at exit; leaking their buffers");
         }
     }
 
-    fn handle(&mut self, cqe: cqueue::Entry) {
-        let u = UserData::decode(cqe.user_data());
-        let res = cqe.result();
-        let flags = cqe.flags();
-        let more = cqueue::more(flags);
-        if !more {
-            self.ops -= 1;
-        }
-        match u.op {
-            OP_ACCEPT => self.on_accept(res, more),
-            OP_RECV => self.on_recv(u, res, flags, more),
-            OP_SEND => self.on_send(u, res),
-            OP_SEND_ZC => {
-                if cqueue::notif(flags) {
-                    // The kernel no longer reads the oldest zero-copy buffer.
-                    if res as u32 & ZC_COPIED != 0 {
-                        self.core.stats.zc_copied += 1;
-                    }
-                    if let Some(c) = self.conns.get(u.slot, u.gen) {
-                        c.zc_held.pop_front();
-                        c.inflight -= 1;
-                        self.pump(u.slot);
-                    }
-                } else {
-                    // The result; with F_MORE a notification follows and the buffer is held.
-                    self.core.stats.zc_sends += 1;
-                    if more {
-                        if let Some(c) = self.conns.get(u.slot, u.gen) {
-                            if let Some((b, _)) = &c.send {
-                                c.zc_held.push_back(b.clone());
-                                c.inflight += 1;
-                            }
-                        }
-                    }
-                    self.on_send(u, res);
+    fn handle(&mut self, core: &mut LoopCore, cqe: cqueue::Entry) {
+        let (ud, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+        match self.conns.complete(ud, res, flags) {
+            Done::Op {
+                ud,
+                res,
+                flags,
+                more,
+            } => self.on_op(core, ud, res, flags, more),
+            Done::Returned { slot, res } => {
+                // The kernel no longer reads the buffer of that zero-copy send.
+                if res as u32 & ZC_COPIED != 0 {
+                    core.stats.zc_copied += 1;
                 }
+                self.pump(core, slot);
+            }
+            Done::Pump(slot) => self.pump(core, slot),
+            Done::Closed(_) => {
+                core.stats.closed += 1;
+                // A fixed-file slot is free again.
+                if self.accept_full && core.accept.retry_at.is_none() {
+                    self.accept(core);
+                }
+            }
+            Done::Nothing => {}
+        }
+    }
+
+    fn on_op(&mut self, core: &mut LoopCore, u: UserData, res: i32, flags: u32, more: bool) {
+        match u.op {
+            OP_ACCEPT => self.on_accept(core, res, more),
+            OP_RECV => self.on_recv(core, u, res, flags, more),
+            OP_SEND => self.on_send(core, u, res),
+            OP_LENT => {
+                // A zero-copy send's result; with F_MORE its notification follows, and the
+                // ledger holds the buffer until then.
+                core.stats.zc_sends += 1;
+                self.on_send(core, u, res);
             }
             OP_SHUTDOWN => {
                 if let Some(c) = self.conns.get(u.slot, u.gen) {
-                    c.inflight -= 1;
-                    self.core.write_shutdown(&mut c.core);
-                    self.pump(u.slot);
+                    core.write_shutdown(&mut c.core);
+                    self.pump(core, u.slot);
                 }
             }
-            OP_CLOSE => {
-                if self.conns.get(u.slot, u.gen).is_some() {
-                    self.core.stats.closed += 1;
-                    self.conns.remove(u.slot);
-                    // A fixed-file slot is free again.
-                    if self.accept_full && self.core.accept.retry_at.is_none() {
-                        self.arm_accept();
-                    }
-                }
-            }
-            OP_CANCEL_RECV | OP_CANCEL_FD => {
+            OP_CANCEL_RECV => {
                 if let Some(c) = self.conns.get(u.slot, u.gen) {
-                    c.inflight -= 1;
-                    if u.op == OP_CANCEL_RECV {
-                        c.recv_cancel_inflight = false;
-                    }
-                    self.pump(u.slot);
+                    c.recv_cancel_inflight = false;
+                    self.pump(core, u.slot);
                 }
             }
             OP_WAKE => {
                 if res >= 0 {
-                    self.core.stats.syscalls.other += 1;
-                    self.ctx.waker.drain();
+                    core.stats.syscalls.other += 1;
+                    self.waker.drain();
                 }
                 if !more && res != -rustix::io::Errno::CANCELED.raw_os_error() {
-                    self.arm_wake();
+                    self.arm_wake(core);
                 }
             }
-            OP_CANCEL_ACCEPT | OP_CANCEL_ANY => {}
+            OP_CANCEL_ACCEPT => {}
             _ => eprintln!("ringlab-server: unexpected completion {u:?} res={res}"),
         }
     }
 
-    /// Stop the multishot accept (once): for a back-off, --max-conns, or to go single-shot
-    /// near a full fixed-file table.
-    fn cancel_accept(&mut self) {
+    /// Stop the multishot accept (once): for a back-off, --max-conns, shutdown, or to go
+    /// single-shot near a full fixed-file table.
+    fn cancel_accept(&mut self, core: &mut LoopCore) {
         if !self.accept_armed || self.accept_cancel_sent {
             return;
         }
         self.accept_cancel_sent = true;
-        let e = opcode::AsyncCancel::new(ud(OP_ACCEPT, NO_SLOT, 0))
-            .build()
-            .user_data(ud(OP_CANCEL_ACCEPT, NO_SLOT, 0));
-        self.push(e);
+        let target = user_data(OP_ACCEPT, NO_SLOT, 0);
+        let e = opcode::AsyncCancel::new(target).build();
+        self.push(core, OP_CANCEL_ACCEPT, e);
     }
 
-    fn on_accept(&mut self, res: i32, more: bool) {
+    fn on_accept(&mut self, core: &mut LoopCore, res: i32, more: bool) {
         if !more {
             self.accept_armed = false;
             self.accept_cancel_sent = false;
@@ -596,62 +498,52 @@ impl Loop<'_> {
         if res >= 0 && self.fixed {
             // A fixed-file index the kernel allocated: the connection lives in the ring's table.
             let i = res as u32;
-            if self.shutting_down {
+            if self.stopped {
                 // Accepted in the last moment: answer nothing, just close it.
-                let e = opcode::Close::new(types::Fixed(i))
-                    .build()
-                    .user_data(ud(OP_CLOSE, NO_SLOT, 0));
-                self.push(e);
+                self.conns
+                    .close_unowned(&mut self.ring, Sock::Fixed(i), &mut core.stats.syscalls);
             } else {
-                match self.core.admit() {
-                    Some(core) => {
-                        let (slot, _) = self.conns.insert(Conn::new(None, Sock::Fixed(i), core));
-                        self.pump(slot);
+                match core.admit() {
+                    Some(conn) => {
+                        let (slot, _) = self.conns.insert(Conn::new(None, Sock::Fixed(i), conn));
+                        self.pump(core, slot);
                     }
                     // At --max-conns (echo): held in the table until a slot frees.
                     None => self.held_fixed.push_back(i),
                 }
-                if !self.core.may_accept() {
-                    self.cancel_accept();
+                if !core.may_accept() {
+                    self.cancel_accept(core);
                 }
             }
         } else if res >= 0 {
             // SAFETY: a non-negative accept result is a new descriptor that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(res) };
-            if self.shutting_down {
-                self.core.stats.syscalls.close += 1;
+            if self.stopped {
+                core.stats.syscalls.close += 1;
                 drop(fd);
             } else {
-                match self.core.admit() {
-                    Some(core) => {
-                        let sock = Sock::Fd(fd.as_raw_fd());
-                        let (slot, _) = self.conns.insert(Conn::new(Some(fd), sock, core));
-                        self.pump(slot);
-                    }
+                match core.admit() {
+                    Some(conn) => self.add(core, fd, conn),
                     // At --max-conns (echo): completions of the multishot already under way.
-                    None => self.core.hold(fd),
+                    None => core.hold(fd),
                 }
-                if !self.core.may_accept() {
-                    self.cancel_accept();
+                if !core.may_accept() {
+                    self.cancel_accept(core);
                 }
             }
         } else {
-            let err = io::Error::from_raw_os_error(-res);
             if res == -rustix::io::Errno::CANCELED.raw_os_error() {
                 // Stopped for a back-off (it re-arms when that is over), for shutdown, or to
                 // go single-shot near a full fixed-file table (re-arm at once).
-                if !self.accept_armed && self.core.accept.retry_at.is_none() {
-                    self.arm_accept();
+                if !self.accept_armed && core.accept.retry_at.is_none() {
+                    self.accept(core);
                 }
                 return;
             }
-            if accept_error_needs_backoff(&err) {
-                self.core.stats.accept_errors += 1;
-                let now = self.core.clock.now();
-                self.core.accept.on_error(&err, self.ctx.cpu, now);
+            if core.accept_failed(&io::Error::from_raw_os_error(-res)) {
                 if more {
                     // Stop the multishot accept until the back-off is over.
-                    self.cancel_accept();
+                    self.cancel_accept(core);
                 }
                 return;
             }
@@ -660,21 +552,20 @@ impl Loop<'_> {
             let (free, burst) = self.fixed_room();
             if free <= burst {
                 // Near a full table: single-shot accepts from here (re-armed on the cancel).
-                self.cancel_accept();
+                self.cancel_accept(core);
             }
         }
-        if !self.accept_armed && self.core.accept.retry_at.is_none() {
+        if !self.accept_armed && core.accept.retry_at.is_none() {
             if self.accept_multi {
-                self.core.stats.multishot_rearms += u64::from(!self.shutting_down);
+                core.stats.multishot_rearms += u64::from(!self.stopped);
             }
-            self.arm_accept();
+            self.accept(core);
         }
     }
 
-    fn on_recv(&mut self, u: UserData, res: i32, flags: u32, more: bool) {
-        let Loop {
+    fn on_recv(&mut self, core: &mut LoopCore, u: UserData, res: i32, flags: u32, more: bool) {
+        let UringIo {
             conns,
-            core,
             bufs,
             pieces,
             ..
@@ -703,7 +594,6 @@ impl Loop<'_> {
         };
         if !more {
             c.recv = Recv::Idle;
-            c.inflight -= 1;
         }
         if res > 0 {
             let n = res as usize;
@@ -743,146 +633,113 @@ impl Loop<'_> {
                 _ => core.conn_error(&mut c.core),
             }
         }
-        self.pump(u.slot);
+        self.pump(core, u.slot);
     }
 
-    fn on_send(&mut self, u: UserData, res: i32) {
+    fn on_send(&mut self, core: &mut LoopCore, u: UserData, res: i32) {
         let Some(c) = self.conns.get(u.slot, u.gen) else {
             return;
         };
-        c.inflight -= 1;
         let Some((buf, off)) = c.send.take() else {
             return;
         };
         if res >= 0 {
             let off = off + res as usize;
-            self.core.sent(&mut c.core, res as usize);
+            core.sent(&mut c.core, res as usize);
             if off < buf.len() {
-                self.core.stats.short_sends += 1;
-                self.submit_send(u.slot, buf, off);
+                core.stats.short_sends += 1;
+                self.submit_send(core, u.slot, buf, off);
             }
         } else {
             if res != -rustix::io::Errno::CANCELED.raw_os_error() {
-                self.core.conn_error(&mut c.core);
+                core.conn_error(&mut c.core);
             }
             c.core.session.on_send_failed();
         }
-        self.pump(u.slot);
+        self.pump(core, u.slot);
     }
 
-    fn submit_send(&mut self, slot: u32, buf: Bytes, off: usize) {
-        let Some((gen, c)) = self.conns.get_slot(slot) else {
+    fn submit_send(&mut self, core: &mut LoopCore, slot: u32, buf: Bytes, off: usize) {
+        let Some((_, c)) = self.conns.open(slot) else {
             return;
         };
         let len = (buf.len() - off).min(u32::MAX as usize) as u32;
         // SAFETY (pointer arithmetic): `off < buf.len()`, so the pointer stays in the buffer.
         let ptr = buf[off..].as_ptr();
         let zc = self.send_zc > 0 && len as usize >= self.send_zc;
-        let e = if zc {
-            on_sock!(c.sock, |t| opcode::SendZc::new(t, ptr, len)
-                .flags(libc_flags::MSG_NOSIGNAL)
-                .build()
-                .user_data(ud(OP_SEND_ZC, slot, gen)))
-        } else {
-            on_sock!(c.sock, |t| opcode::Send::new(t, ptr, len)
-                .flags(libc_flags::MSG_NOSIGNAL)
-                .build()
-                .user_data(ud(OP_SEND, slot, gen)))
-        };
+        let sock = c.sock;
+        let lend = zc.then(|| buf.clone());
         c.send = Some((buf, off));
-        c.inflight += 1;
-        self.push(e);
+        if let Some(buf) = lend {
+            let e = on_sock!(sock, |t| opcode::SendZc::new(t, ptr, len)
+                .flags(libc_flags::MSG_NOSIGNAL)
+                .build());
+            let sc = &mut core.stats.syscalls;
+            // SAFETY: the entry reads `len` bytes of `buf` from `ptr`; the ledger holds `buf`
+            // (a reference-counted buffer whose bytes never move) under this send's own
+            // identity until its last completion, the notification; the socket is the
+            // connection's, open until its close, which waits for this send.
+            unsafe { self.conns.push_lent(&mut self.ring, slot, buf, e, sc) };
+        } else {
+            let e = on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
+                .flags(libc_flags::MSG_NOSIGNAL)
+                .build());
+            self.push_for(core, slot, OP_SEND, e);
+        }
     }
 
     /// Bring the connection's operations in line with what its session wants.
-    fn pump(&mut self, slot: u32) {
-        let Some((gen, c)) = self.conns.get_slot(slot) else {
+    /// Bring the connection's operations in line with what its session wants.
+    fn pump(&mut self, core: &mut LoopCore, slot: u32) {
+        let Some((gen, c)) = self.conns.open(slot) else {
             return;
         };
-        if c.closing {
-            return;
-        }
         let sock = c.sock;
         match c.core.session.action() {
             Action::Close => {
-                if c.inflight > 0 {
-                    if !c.cancel_all_sent {
-                        c.cancel_all_sent = true;
-                        c.inflight += 1;
-                        let e = on_sock!(sock, |t| opcode::AsyncCancel2::new(
-                            types::CancelBuilder::fd(t).all()
-                        )
-                        .build()
-                        .user_data(ud(OP_CANCEL_FD, slot, gen)));
-                        push_to(
-                            &mut self.ring,
-                            &mut self.ops,
-                            &mut self.core.stats.syscalls,
-                            e,
-                        );
-                    }
-                    return;
-                }
-                // Nothing in flight: the socket can go. The slot is freed when the close
-                // completes; the descriptor is the ring's to close from here.
-                c.closing = true;
-                let sock = match c.fd.take().map(IntoRawFd::into_raw_fd) {
-                    Some(fd) => Sock::Fd(fd),
-                    None => sock,
-                };
-                c.inflight += 1;
-                let e = on_sock!(sock, |t| opcode::Close::new(t)
-                    .build()
-                    .user_data(ud(OP_CLOSE, slot, gen)));
-                push_to(
-                    &mut self.ring,
-                    &mut self.ops,
-                    &mut self.core.stats.syscalls,
-                    e,
-                );
+                // Cancel what is in flight on the socket, then (once it all completed) close it;
+                // the slot is freed when the close completes.
+                self.conns
+                    .close(&mut self.ring, slot, &mut core.stats.syscalls);
                 return;
             }
             Action::ShutdownWrite => {
                 if !c.shutdown_sent && c.send.is_none() && c.fd.is_none() {
                     // A fixed file has no descriptor for shutdown(2): the ring does it.
                     c.shutdown_sent = true;
-                    c.inflight += 1;
                     let e = on_sock!(sock, |t| opcode::Shutdown::new(t, libc_flags::SHUT_WR)
-                        .build()
-                        .user_data(ud(OP_SHUTDOWN, slot, gen)));
-                    push_to(
-                        &mut self.ring,
-                        &mut self.ops,
-                        &mut self.core.stats.syscalls,
-                        e,
-                    );
+                        .build());
+                    self.push_for(core, slot, OP_SHUTDOWN, e);
                 } else if !c.shutdown_sent && c.send.is_none() {
                     // A direct shutdown(2), not IORING_OP_SHUTDOWN: the kernel always runs that
                     // opcode in an io-wq worker thread (its prep forces async), a thread hop
                     // per graceful close for what is a cheap, non-blocking call.
                     c.shutdown_sent = true;
-                    self.core.stats.syscalls.shutdown += 1;
+                    core.stats.syscalls.shutdown += 1;
                     if let Some(fd) = c.fd.as_ref() {
                         let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Write);
                     }
-                    self.core.write_shutdown(&mut c.core);
+                    core.write_shutdown(&mut c.core);
                     // The session moved on (lingering, or done): act on its new state.
-                    return self.pump(slot);
+                    return self.pump(core, slot);
                 }
             }
             Action::Continue => {}
         }
-        if c.send.is_none() {
-            if let Some(b) = c.core.session.take_output() {
-                self.submit_send(slot, b, 0);
-            }
-        }
-        let Some((_, c)) = self.conns.get_slot(slot) else {
+        let Some((_, c)) = self.conns.open(slot) else {
             return;
         };
-        let want = c.core.session.wants_read(&self.core.cfg);
+        if c.send.is_none() {
+            if let Some(b) = c.core.session.take_output() {
+                self.submit_send(core, slot, b, 0);
+            }
+        }
+        let Some((_, c)) = self.conns.open(slot) else {
+            return;
+        };
+        let want = c.core.session.wants_read(&core.cfg);
         let pending = c.core.session.pending_output();
-        let high_water = self.core.cfg.out_high_water;
+        let high_water = core.cfg.out_high_water;
         match c.recv {
             Recv::Idle if want && !c.recv_cancel_inflight => {
                 // What the connection may still take in before backpressure: a multishot recv
@@ -926,13 +783,7 @@ impl Loop<'_> {
                     }
                 };
                 c.recv = Recv::Armed;
-                c.inflight += 1;
-                push_to(
-                    &mut self.ring,
-                    &mut self.ops,
-                    &mut self.core.stats.syscalls,
-                    e.user_data(ud(OP_RECV, slot, gen)),
-                );
+                self.push_for(core, slot, OP_RECV, e);
             }
             // Stop a multishot recv when the session stops reading (backpressure, closing).
             // Without the kernel's byte limit, also at a quarter of the high-water mark: such a
@@ -945,29 +796,22 @@ impl Loop<'_> {
                     && !c.recv_cancel_inflight =>
             {
                 c.recv_cancel_inflight = true;
-                c.inflight += 1;
-                let e = opcode::AsyncCancel::new(ud(OP_RECV, slot, gen))
-                    .build()
-                    .user_data(ud(OP_CANCEL_RECV, slot, gen));
-                push_to(
-                    &mut self.ring,
-                    &mut self.ops,
-                    &mut self.core.stats.syscalls,
-                    e,
-                );
+                let target = user_data(OP_RECV, slot, gen);
+                let e = opcode::AsyncCancel::new(target).build();
+                self.push_for(core, slot, OP_CANCEL_RECV, e);
             }
             _ => {}
         }
+        let Some((_, c)) = self.conns.open(slot) else {
+            return;
+        };
         // A pause: reading stops because the peer has not taken its output.
         let paused = !want && pending >= high_water;
         if paused && !c.paused {
-            self.core.stats.backpressure_pauses += 1;
+            core.stats.backpressure_pauses += 1;
         }
         c.paused = paused;
-        let Some((_, c)) = self.conns.get_slot(slot) else {
-            return;
-        };
-        self.core.sync_timer(&mut c.core, timer_key(slot, gen));
+        core.sync_timer(&mut c.core, timer_key(slot, gen));
     }
 }
 
@@ -978,17 +822,6 @@ fn recv_multi(sock: Sock, bundle: bool) -> squeue::Entry {
     } else {
         on_sock!(sock, |t| opcode::RecvMulti::new(t, BGID).build())
     }
-}
-
-/// Queue an entry on `ring`, counting it in `ops` until its final completion.
-fn push_to(ring: &mut Ring<'_>, ops: &mut u64, sc: &mut SyscallCounters, e: squeue::Entry) {
-    *ops += 1;
-    // SAFETY: every entry built in this file refers only to (a) fds owned by a live slot, the
-    // listener or the waker, all of which outlive their operations because a slot is freed only
-    // after its close completes and the loop drains all operations before it returns; (b)
-    // buffers owned by the slot (send buffer, single-shot recv buffer) or by the loop (the
-    // provided-buffer ring), kept under the same rule.
-    unsafe { ring.push(e, sc) };
 }
 
 /// Flag values the kernel interface needs, taken from rustix's definitions.
