@@ -101,11 +101,12 @@ io_tests! {
         let s = r.summary();
         assert_eq!(r.exit_code, 0, "{s}");
         // The schedule: the requests it means to send in the measured 2.5 s (2500), each one
-        // measured or reported unsent, not one more or less; and all of them sent.
+        // measured or reported unsent, not one more or less. (How many went unsent depends on
+        // whether the loop woke in time at the very end, a matter of the machine's load: the
+        // bench measures that as send lag; here only the exact count is a property.)
         let intended = scheduled(&args);
         assert_eq!(intended, 2500, "1000/s for 2.5 s");
         assert_eq!(r.requests + r.counters.unsent, intended, "{s}\n{:?}", r.counters);
-        assert_eq!(r.counters.unsent, 0, "{s}");
 
         let text = std::fs::read(&log).expect("log written");
         let mut corrected = Histogram::<u64>::new(3).expect("hist");
