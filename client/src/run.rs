@@ -231,19 +231,7 @@ pub fn run_partial(
     }
     drop(ready_tx);
     drop(iv_tx);
-    let mut failure = None;
-    for _ in 0..threads {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(_) => {
-                failure.get_or_insert_with(|| "a loop exited during setup".to_string());
-            }
-        }
-    }
-    if let Some(e) = failure {
+    if let Some(e) = ringlab_runtime::event_loop::setup_failure(&ready_rx, threads) {
         for g in &go {
             let _ = g.send(None);
         }

@@ -106,6 +106,27 @@ pub fn run(t: &mut impl Turn) -> io::Result<()> {
     }
 }
 
+/// Wait for the setup reports of `loops` loop threads (each sends one on `ready`, or drops its
+/// sender when it dies first); the first failure, if any, once all have reported.
+pub fn setup_failure(
+    ready: &std::sync::mpsc::Receiver<Result<(), String>>,
+    loops: usize,
+) -> Option<String> {
+    let mut failure = None;
+    for _ in 0..loops {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| "a loop exited during setup".to_string());
+            }
+        }
+    }
+    failure
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //! * [`epoll`]: a counted epoll instance.
 //! * [`event_loop`]: the skeleton of every loop: the turn and the phases of shutdown.
 //! * [`ledger`]: the io_uring operation ledger (slots, operations in flight, lent buffers, close).
+//! * [`procgroup`]: `--processes N`: a group of processes started, released and watched together.
 //! * [`net`]: socket options the wrappers lack (`IP_BIND_ADDRESS_NO_PORT`).
 //! * [`slab`]: connection slots with generations.
 //! * [`wake`]: an eventfd that other threads use to wake a loop.

@@ -20,6 +20,28 @@ use ringlab_runtime::wake::Waker;
 use crate::config::Args;
 use crate::stats::LoopStats;
 
+/// What every loop or pool is started with, whatever its backend.
+#[derive(Clone)]
+pub struct Shared {
+    /// Command-line settings.
+    pub args: Arc<Args>,
+    /// Protocol settings.
+    pub cfg: Arc<ServerConfig>,
+    /// Set when the server must shut down; the loop's or pool's waker tells it to look.
+    pub shutdown: Arc<AtomicBool>,
+    /// Each loop (or the pool) reports here once it is set up (or why it could not be).
+    pub ready: SyncSender<Result<(), String>>,
+    /// The server-wide connection limit.
+    pub limit: Arc<ConnLimit>,
+}
+
+impl Shared {
+    /// Whether shutdown was requested.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
 /// Everything a loop thread is started with.
 pub struct LoopCtx {
     /// Loop index (0..number of loops).
@@ -28,18 +50,9 @@ pub struct LoopCtx {
     pub cpu: usize,
     /// The listener this loop accepts on (its own with SO_REUSEPORT, or the shared one).
     pub listener: Arc<OwnedFd>,
-    /// Command-line settings.
-    pub args: Arc<Args>,
-    /// Protocol settings.
-    pub cfg: Arc<ServerConfig>,
-    /// Set when the server must shut down; the waker tells the loop to look.
-    pub shutdown: Arc<AtomicBool>,
     /// Wakes this loop.
     pub waker: Waker,
-    /// The loop reports here once it is set up (or why it could not be).
-    pub ready: SyncSender<Result<(), String>>,
-    /// The server-wide connection limit.
-    pub limit: Arc<ConnLimit>,
+    pub shared: Shared,
 }
 
 impl LoopCtx {
@@ -48,10 +61,12 @@ impl LoopCtx {
         use std::os::fd::{AsFd, AsRawFd};
         self.waker.as_fd().as_raw_fd()
     }
+}
 
-    /// Whether shutdown was requested.
-    pub fn shutdown_requested(&self) -> bool {
-        self.shutdown.load(Ordering::Acquire)
+impl std::ops::Deref for LoopCtx {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
     }
 }
 
@@ -61,24 +76,15 @@ pub struct PoolCtx {
     pub cores: Vec<usize>,
     /// The listeners to accept on.
     pub listeners: Vec<Arc<OwnedFd>>,
-    /// Command-line settings.
-    pub args: Arc<Args>,
-    /// Protocol settings.
-    pub cfg: Arc<ServerConfig>,
-    /// Set when the server must shut down; the waker tells the pool to look.
-    pub shutdown: Arc<AtomicBool>,
     /// Wakes the pool's shutdown watcher.
     pub waker: Waker,
-    /// The pool reports here once it accepts (or why it could not start).
-    pub ready: SyncSender<Result<(), String>>,
-    /// The server-wide connection limit.
-    pub limit: Arc<ConnLimit>,
+    pub shared: Shared,
 }
 
-impl PoolCtx {
-    /// Whether shutdown was requested.
-    pub fn shutdown_requested(&self) -> bool {
-        self.shutdown.load(Ordering::Acquire)
+impl std::ops::Deref for PoolCtx {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
     }
 }
 

@@ -173,6 +173,13 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
     let shutdown = Arc::new(AtomicBool::new(false));
     let limit = core::ConnLimit::new(usize::try_from(args.max_conns).unwrap_or(usize::MAX));
     let (ready_tx, ready_rx) = mpsc::sync_channel(cores.len() + 1);
+    let shared = core::Shared {
+        args: args.clone(),
+        cfg: cfg.clone(),
+        shutdown: shutdown.clone(),
+        ready: ready_tx,
+        limit,
+    };
     let mut wakers = Vec::new();
     let mut threads = Vec::new();
     if pool {
@@ -181,12 +188,8 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
         let ctx = core::PoolCtx {
             cores: cores.ids().to_vec(),
             listeners,
-            args: args.clone(),
-            cfg: cfg.clone(),
-            shutdown: shutdown.clone(),
             waker,
-            ready: ready_tx.clone(),
-            limit: limit.clone(),
+            shared: shared.clone(),
         };
         let io = args.io;
         let t = thread::Builder::new()
@@ -208,12 +211,8 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
                 index,
                 cpu,
                 listener,
-                args: args.clone(),
-                cfg: cfg.clone(),
-                shutdown: shutdown.clone(),
                 waker,
-                ready: ready_tx.clone(),
-                limit: limit.clone(),
+                shared: shared.clone(),
             };
             let pin = !args.no_pin;
             let io = args.io;
@@ -238,7 +237,7 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
             threads.push(t);
         }
     }
-    drop(ready_tx);
+    drop(shared); // only the loops hold the ready sender now
     let running = Running {
         listen,
         cores,
@@ -247,19 +246,8 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
         threads,
         args,
     };
-    let mut failure = None;
-    for _ in 0..running.threads.len() {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(_) => {
-                failure.get_or_insert_with(|| "a loop exited during setup".to_string());
-            }
-        }
-    }
-    if let Some(e) = failure {
+    let loops = running.threads.len();
+    if let Some(e) = ringlab_runtime::event_loop::setup_failure(&ready_rx, loops) {
         running.stopper().stop();
         let _ = running.join();
         return Err(anyhow::anyhow!(e).into());
