@@ -13,6 +13,7 @@ mod procs;
 mod report;
 mod run;
 mod scenario;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
