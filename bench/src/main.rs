@@ -1,6 +1,7 @@
 //! `ringlab-bench`: the io_uring vs epoll comparison as one command. See `--help`. This file
 //! only parses the command line and dispatches: the scenarios are in [`scenario`].
 
+mod cgroup;
 mod ctx;
 mod doctor;
 mod hold;
@@ -10,10 +11,12 @@ mod opts;
 mod peers;
 mod plot;
 mod procs;
+mod profile;
 mod report;
 mod run;
 mod scenario;
 mod stats;
+mod verdict;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -50,4 +50,19 @@ pub struct Opts {
     /// first (root needed); the wrk and nginx rows are skipped.
     #[arg(long, global = true)]
     pub netns: bool,
+    /// compare: how long the repetitions may run (e.g. 90s, 5m). Repetitions continue until
+    /// every headline interval is narrower than ±3% or this runs out. Default: about two
+    /// minutes (30 s with --quick).
+    #[arg(long, global = true, value_parser = ringlab_runtime::duration::parse_duration)]
+    pub budget: Option<std::time::Duration>,
+    /// compare: offered loads, in percent of the slowest backend's measured capacity.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub loads: Option<Vec<f64>>,
+    /// compare: the server's CPU cap for the server-bound capacity, as a share of one CPU.
+    #[arg(long, global = true, default_value_t = 0.5)]
+    pub server_share: f64,
+    /// compare: also record where the server's CPU goes, per backend, with
+    /// `perf record -e cpu-clock` on the server's CPUs (one extra run per backend).
+    #[arg(long, global = true)]
+    pub profile: bool,
 }

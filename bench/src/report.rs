@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::run::RunResult;
+use crate::verdict::Verdict;
 
 /// The machine the bench ran on.
 #[derive(Clone, Debug, Serialize)]
@@ -163,8 +164,15 @@ pub fn seeds_lines(rows: &[RunResult]) -> String {
 /// A report directory: `report.md`, `results.json`, charts.
 pub struct Report {
     pub dir: PathBuf,
+    /// The title, machine and command.
+    head: String,
+    /// The scenarios' sections.
     pub md: String,
     pub json: serde_json::Map<String, serde_json::Value>,
+    /// Every verdict, printed first in report.md and under `verdicts` in results.json.
+    pub verdicts: Vec<Verdict>,
+    /// The verdict section's text (per scenario: how the repetitions ended, the floor, ...).
+    verdict_md: String,
 }
 
 impl Report {
@@ -177,16 +185,31 @@ impl Report {
         let _ = writeln!(md, "Command: `{argv}`\n");
         let _ = writeln!(
             md,
-            "Every figure is the median of the repetitions, run interleaved (A B A B ...), each on a fresh server. Server CPU is user + system time from /proc over the measured window; syscalls/req are the server's own counters (tokio backends: perf only, with --perf)."
+            "Every figure is the median of the repetitions, run interleaved (A B A B ...), each on a fresh server. Server CPU is the server's threads' time on a CPU from /proc (schedstat, nanoseconds; user + system ticks where there is none) over the client's measured window; syscalls/req are the server's own counters (tokio backends: perf only, with --perf)."
         );
         let mut json = serde_json::Map::new();
         json.insert("machine".into(), serde_json::to_value(machine)?);
         json.insert("command".into(), argv.into());
         Ok(Report {
             dir: dir.to_path_buf(),
-            md,
+            head: md,
+            md: String::new(),
             json,
+            verdicts: Vec::new(),
+            verdict_md: String::new(),
         })
+    }
+
+    /// Add a scenario's verdicts (their lines first in report.md) with `notes` below them.
+    pub fn add_verdicts(&mut self, scenario: &str, vs: &[Verdict], notes: &str) {
+        let _ = writeln!(self.verdict_md, "\n### {scenario}\n");
+        for v in vs {
+            let _ = writeln!(self.verdict_md, "- {}", v.line());
+        }
+        if !notes.is_empty() {
+            let _ = writeln!(self.verdict_md, "\n{notes}");
+        }
+        self.verdicts.extend(vs.iter().cloned());
     }
 
     /// Add a section with its table and data.
@@ -198,12 +221,23 @@ impl Report {
         );
     }
 
-    /// Write `report.md` and `results.json`.
+    /// Write `report.md` (the verdicts first) and `results.json`.
     pub fn write(&self) -> Result<()> {
-        std::fs::write(self.dir.join("report.md"), &self.md)?;
+        let mut md = self.head.clone();
+        if !self.verdict_md.is_empty() {
+            let _ = write!(
+                md,
+                "\n## Verdicts\n\nEach ratio is candidate ÷ baseline over repetitions run interleaved and paired (rep i of one with rep i of the other), with its 95% interval (Hodges–Lehmann); the A/A floor is the baseline against a second instance of itself in the same interleaving. *Significant* means the interval excludes 1 and lies outside the floor.\n{}",
+                self.verdict_md
+            );
+        }
+        md += &self.md;
+        std::fs::write(self.dir.join("report.md"), md)?;
+        let mut json = self.json.clone();
+        json.insert("verdicts".into(), serde_json::to_value(&self.verdicts)?);
         std::fs::write(
             self.dir.join("results.json"),
-            serde_json::to_string_pretty(&self.json)? + "\n",
+            serde_json::to_string_pretty(&json)? + "\n",
         )?;
         Ok(())
     }

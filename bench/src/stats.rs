@@ -39,11 +39,6 @@ impl Interval {
         (self.hi / self.ratio - 1.0).max(1.0 - self.lo / self.ratio)
     }
 
-    /// A real 95% interval, at most ±`tol` wide.
-    pub fn narrower_than(&self, tol: f64) -> bool {
-        self.confidence >= LEVEL && self.half_width() <= tol
-    }
-
     /// Whether the interval contains `v`.
     pub fn contains(&self, v: f64) -> bool {
         self.lo <= v && v <= self.hi
@@ -196,7 +191,8 @@ mod tests {
         let iv = paired(&pairs).unwrap();
         assert_eq!((iv.ratio, iv.lo, iv.hi), (1.0, 1.0, 1.0));
         assert_eq!(call(&iv, None), Call::WithinNoise);
-        assert!(iv.narrower_than(0.03));
+        assert_eq!(iv.half_width(), 0.0);
+        assert!(iv.confidence >= LEVEL);
     }
 
     #[test]
@@ -242,7 +238,6 @@ mod tests {
         // Two pairs, both clearly above 1: the range, worth 50%, not a verdict.
         let iv = paired(&[(110.0, 100.0), (112.0, 100.0)]).unwrap();
         assert_eq!(iv.confidence, 0.5);
-        assert!(!iv.narrower_than(0.5));
         assert_eq!(call(&iv, None), Call::TooFewReps);
         let five = paired(&reps(5, 1.2, 0.01, 5)).unwrap();
         assert_eq!(five.confidence, 1.0 - 2.0 / 32.0);
