@@ -526,7 +526,7 @@ fn profile_text(profiles: &[(String, Breakdown)]) -> String {
     if profiles.is_empty() {
         return String::new();
     }
-    let mut t = String::from("\n`perf record -e cpu-clock` on the server's CPU over the measured window; shares of the server's own samples.\n\n| run | samples |");
+    let mut t = String::from("\n`perf record -g -e cpu-clock` on the server's CPU over the measured window, one extra run per backend; shares of the server's own samples. A sample whose leaf is generic (a lock, an allocation, the scheduler) counts in the area of its first caller that has one. The ceiling is what an IO model could remove at most: syscall entry/exit and the readiness machinery.\n\n| run | samples |");
     for a in Area::ALL {
         t += &format!(" {} |", a.name());
     }
@@ -546,7 +546,7 @@ fn profile_text(profiles: &[(String, Breakdown)]) -> String {
             .top
             .iter()
             .take(4)
-            .map(|(s, _, n)| format!("`{s}` {:.1}%", *n as f64 * 100.0 / b.samples.max(1) as f64))
+            .map(|(s, n)| format!("`{s}` {:.1}%", *n as f64 * 100.0 / b.samples.max(1) as f64))
             .collect();
         let _ = writeln!(t, " {} |", top.join(", "));
     }
