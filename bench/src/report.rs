@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::run::RunResult;
-use crate::verdict::Verdict;
+use crate::verdict::{self, Metric, Verdict};
 
 /// The machine the bench ran on.
 #[derive(Clone, Debug, Serialize)]
@@ -67,12 +67,14 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-/// The main comparison table: one row per (x, backend), with ratios against `baseline`.
-pub fn table(rows: &[RunResult], x_name: &str, baseline: &str) -> String {
+/// The main comparison table: one row per (x, backend), with ratios against `baseline`: paired
+/// over the repetitions in `raw` with their 95% interval (bracketed: the range, fewer than 6
+/// pairs; `*`: significant), or of the medians where `raw` has no pairs.
+pub fn table(rows: &[RunResult], raw: &[RunResult], x_name: &str, baseline: &str) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| {x_name} | backend | req/s | vs {baseline} | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | vs {baseline} | syscalls/req | ctx switches/req | note |"
+        "| {x_name} | backend | req/s | vs {baseline} (95% CI) | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | vs {baseline} (95% CI) | syscalls/req | ctx switches/req | note |"
     );
     let _ = writeln!(
         t,
@@ -90,8 +92,12 @@ pub fn table(rows: &[RunResult], x_name: &str, baseline: &str) -> String {
                 None => baseline.to_string(),
             };
             let base = rows.iter().find(|b| b.x == x && b.label == own_baseline);
-            let ratio = |a: f64, b: Option<f64>| match b {
-                Some(b) if b > 0.0 && r.label != own_baseline => format!("{:.2}×", a / b),
+            let ratio = |m: Metric, b: Option<f64>| match b {
+                _ if r.label == own_baseline => "".into(),
+                Some(b) if b > 0.0 => match verdict::interval(raw, &r.label, &own_baseline, x, m) {
+                    Some(iv) => verdict::cell(Some(&iv), None),
+                    None => format!("{:.2}×", (m.get)(r) / b),
+                },
                 _ => "".into(),
             };
             let sys = match (r.syscalls_per_req, r.perf_syscalls_per_req) {
@@ -113,7 +119,7 @@ pub fn table(rows: &[RunResult], x_name: &str, baseline: &str) -> String {
                 fmt_num(x),
                 r.label,
                 fmt_num(r.rps),
-                ratio(r.rps, base.map(|b| b.rps)),
+                ratio(verdict::RPS, base.map(|b| b.rps)),
                 fmt_num(r.p50_us),
                 fmt_num(r.p99_us),
                 if r.p999_us > 0.0 {
@@ -122,7 +128,7 @@ pub fn table(rows: &[RunResult], x_name: &str, baseline: &str) -> String {
                     "–".into()
                 },
                 fmt_num(r.cpu_per_req_us),
-                ratio(r.cpu_per_req_us, base.map(|b| b.cpu_per_req_us)),
+                ratio(verdict::CPU_PER_REQ, base.map(|b| b.cpu_per_req_us)),
                 sys,
                 fmt_num(r.ctx_switches_per_req),
                 note.join(", ")
@@ -200,11 +206,20 @@ impl Report {
         })
     }
 
-    /// Add a scenario's verdicts (their lines first in report.md) with `notes` below them.
+    /// Add a scenario's verdicts (their lines first in report.md) with `notes` below them. Past
+    /// a dozen, only the significant ones are listed (every one is in results.json).
     pub fn add_verdicts(&mut self, scenario: &str, vs: &[Verdict], notes: &str) {
         let _ = writeln!(self.verdict_md, "\n### {scenario}\n");
-        for v in vs {
+        let many = vs.len() > 12;
+        for v in vs.iter().filter(|v| !many || v.significant) {
             let _ = writeln!(self.verdict_md, "- {}", v.line());
+        }
+        if many {
+            let rest = vs.iter().filter(|v| !v.significant).count();
+            let _ = writeln!(
+                self.verdict_md,
+                "- {rest} more comparisons within noise or with too few repetitions (the table below, and results.json)"
+            );
         }
         if !notes.is_empty() {
             let _ = writeln!(self.verdict_md, "\n{notes}");

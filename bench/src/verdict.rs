@@ -115,14 +115,82 @@ pub fn judge(
     })
 }
 
+/// One comparison to judge: the candidate row, its baseline row, and where (`x`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pair {
+    pub candidate: String,
+    pub baseline: String,
+    pub x: f64,
+}
+
+/// Every row of `raw` at every x against `base_of(row)`, where that baseline ran at the same x
+/// (a row that is its own baseline is left out), in the order the rows first ran.
+pub fn pairs_of(raw: &[RunResult], base_of: impl Fn(&str) -> Option<String>) -> Vec<Pair> {
+    let mut out: Vec<Pair> = Vec::new();
+    for r in raw {
+        let Some(b) = base_of(&r.label) else {
+            continue;
+        };
+        let p = Pair {
+            candidate: r.label.clone(),
+            baseline: b,
+            x: r.x,
+        };
+        if p.candidate != p.baseline
+            && !out.contains(&p)
+            && raw.iter().any(|o| o.label == p.baseline && o.x == r.x)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A backend row's baseline: the same row with `baseline` for its backend (its first word):
+/// `uring` → `epoll`, `uring (wrk)` → `epoll (wrk)`, `uring pinned` → `epoll pinned`.
+pub fn same_row_of(label: &str, baseline: &str) -> String {
+    match label.find(' ') {
+        Some(i) => format!("{baseline}{}", &label[i..]),
+        None => baseline.to_string(),
+    }
+}
+
+/// The verdicts on every pair for each metric; `at(x)` says where x is (conns, load), `floor`
+/// gives a pair's A/A interval where the scenario has one.
+pub fn judge_all(
+    raw: &[RunResult],
+    scenario: &str,
+    pairs: &[Pair],
+    at: impl Fn(f64) -> (u32, String),
+    floor: impl Fn(&Pair, Metric) -> Option<Interval>,
+    metrics: &[Metric],
+) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    for m in metrics {
+        for p in pairs {
+            let (conns, load) = at(p.x);
+            let a = At {
+                scenario: scenario.into(),
+                conns,
+                load,
+                x: p.x,
+            };
+            let f = floor(p, *m);
+            out.extend(judge(raw, &a, &p.candidate, &p.baseline, f.as_ref(), *m));
+        }
+    }
+    out
+}
+
 /// `0.96× (95% CI 0.93–0.99)`, or with fewer than 6 pairs the range and what it is worth.
 pub fn interval_text(ratio: f64, lo: f64, hi: f64, n: usize, confidence: f64) -> String {
     if confidence >= stats::LEVEL {
         format!("{ratio:.2}× (95% CI {lo:.2}–{hi:.2})")
+    } else if n < 2 {
+        format!("{ratio:.2}× (one repetition: no interval)")
     } else {
         format!(
-            "{ratio:.2}× (range {lo:.2}–{hi:.2} over {n} rep{}, {:.0}% confidence)",
-            if n == 1 { "" } else { "s" },
+            "{ratio:.2}× (range {lo:.2}–{hi:.2} over {n} reps, {:.0}% confidence)",
             confidence * 100.0
         )
     }
@@ -190,6 +258,7 @@ mod tests {
             x,
             rep,
             cpu_per_req_us: cpu,
+            rps: 1000.0,
             ..RunResult::default()
         }
     }
@@ -243,6 +312,49 @@ mod tests {
     }
 
     #[test]
+    fn every_row_against_the_same_row_of_the_baseline() {
+        let mut raw = Vec::new();
+        for rep in 0..6 {
+            for (l, x) in [
+                ("uring", 64.0),
+                ("epoll", 64.0),
+                ("uring (wrk)", 64.0),
+                ("epoll (wrk)", 64.0),
+                ("uring", 128.0),
+                ("nginx", 64.0),
+            ] {
+                raw.push(run(l, x, rep, 10.0));
+            }
+        }
+        let p = pairs_of(&raw, |l| (l != "nginx").then(|| same_row_of(l, "epoll")));
+        let got: Vec<(&str, &str, f64)> = p
+            .iter()
+            .map(|p| (p.candidate.as_str(), p.baseline.as_str(), p.x))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("uring", "epoll", 64.0),
+                ("uring (wrk)", "epoll (wrk)", 64.0)
+            ]
+        );
+        assert_eq!(same_row_of("uring pinned", "epoll"), "epoll pinned");
+        let v = judge_all(
+            &raw,
+            "http",
+            &p,
+            |x| (x as u32, String::new()),
+            |_, _| None,
+            &[CPU_PER_REQ, RPS],
+        );
+        assert_eq!(v.len(), 4);
+        assert!(v
+            .iter()
+            .all(|v| v.call == "within noise" && v.noise_floor.is_none()));
+        assert_eq!(v[3].metric, "requests_per_s");
+    }
+
+    #[test]
     fn few_reps_print_a_range_not_a_95_percent_interval() {
         let raw = vec![run("a", 1.0, 0, 11.0), run("b", 1.0, 0, 10.0)];
         let at = At {
@@ -253,9 +365,13 @@ mod tests {
         };
         let v = judge(&raw, &at, "a", "b", None, CPU_PER_REQ).unwrap();
         assert!(!v.significant);
+        assert_eq!(
+            interval_text(1.1, 1.05, 1.2, 3, 0.75),
+            "1.10× (range 1.05–1.20 over 3 reps, 75% confidence)"
+        );
         assert!(
             v.line()
-                .contains("1.10× (range 1.10–1.10 over 1 rep, 0% confidence), too few"),
+                .contains("1.10× (one repetition: no interval), too few"),
             "{}",
             v.line()
         );
