@@ -312,3 +312,25 @@ pub fn perf_syscalls(pid: u32, secs: f64) -> Option<std::thread::JoinHandle<Opti
             .and_then(|v| v.trim().parse().ok())
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_comes_from_schedstat_where_there_is_one() {
+        let at = |ticks: f64, ns| ProcSample {
+            user_s: ticks,
+            sys_s: ticks,
+            ctx_switches: 0,
+            run_ns: ns,
+        };
+        // Ticks say 20 ms (two of 10 ms); the scheduler says 13.5 ms: the scheduler wins.
+        let d = at(0.02, Some(1_013_500_000)).since(&at(0.01, Some(1_000_000_000)));
+        assert!((d.cpu_s() - 0.0135).abs() < 1e-12, "{d:?}");
+        let d = at(0.02, None).since(&at(0.01, Some(1)));
+        assert!((d.cpu_s() - 0.02).abs() < 1e-12, "{d:?}");
+        let me = ProcSample::read_all(&[std::process::id()]).unwrap();
+        assert!(me.run_ns.is_some_and(|ns| ns > 0), "{me:?}");
+    }
+}

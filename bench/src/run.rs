@@ -319,7 +319,8 @@ pub fn run_interleaved(
 ) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
     let mut all: Vec<Vec<RunResult>> = vec![Vec::new(); specs.len()];
     for rep in 0..reps {
-        run_rep(bins, specs, rep, opts, &mut all, &mut |i, s| {
+        let order: Vec<usize> = (0..specs.len()).collect();
+        run_rep(bins, specs, &order, rep, opts, &mut all, &mut |i, s| {
             progress(&format!(
                 "[{}/{}] rep {} {} x={}",
                 rep * specs.len() + i + 1,
@@ -333,18 +334,20 @@ pub fn run_interleaved(
     Ok(medians_and_raw(all))
 }
 
-/// Repetition `rep`: every spec once, in order, each run added to its spec's list in `all`
-/// (a failed run is reported and left out: its rep then has no pair).
+/// Repetition `rep`: every spec once, in `order` (indices into `specs`), each run added to its
+/// spec's list in `all` (a failed run is reported and left out: its rep then has no pair).
 pub fn run_rep(
     bins: &Bins,
     specs: &[RunSpec],
+    order: &[usize],
     rep: usize,
     opts: &RunOpts,
     all: &mut [Vec<RunResult>],
     progress: &mut dyn FnMut(usize, &RunSpec),
 ) {
-    for (i, s) in specs.iter().enumerate() {
-        progress(i, s);
+    for (k, &i) in order.iter().enumerate() {
+        let s = &specs[i];
+        progress(k, s);
         match run(bins, s, opts) {
             Ok(mut r) => {
                 r.rep = rep;

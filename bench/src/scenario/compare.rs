@@ -74,9 +74,11 @@ impl Scenario for Compare {
                 k += 1;
                 eprintln!("  rep {} [{k}/{n}] {} x={:.0}", reps + 1, s.label, s.x);
             };
+            let per = plan.rows.len();
             run::run_rep(
                 &ctx.bins,
                 &load_specs,
+                &rotated(load_specs.len(), per, reps),
                 reps,
                 &ctx.run,
                 &mut load_runs,
@@ -85,6 +87,7 @@ impl Scenario for Compare {
             run::run_rep(
                 &ctx.bins,
                 &cap_specs,
+                &rotated(cap_specs.len(), per, reps),
                 reps,
                 &ctx.run,
                 &mut cap_runs,
@@ -164,7 +167,7 @@ impl Scenario for Compare {
             "\nequal offered load\n\n{load_table}\nserver-bound capacity\n\n{cap_table}{prof}"
         );
         let mut text = format!(
-            "Echo {SIZE} B. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({}), {reps} repetitions; figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.\n\n### Equal offered load\n\n{load_table}\n### Server-bound capacity\n\n{cap_note}\n\n{cap_table}",
+            "Echo {SIZE} B. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({}; each repetition starts one row later), {reps} repetitions; figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.\n\n### Equal offered load\n\n{load_table}\n### Server-bound capacity\n\n{cap_note}\n\n{cap_table}",
             plan.loads.iter().map(|l| format!("{l}%")).collect::<Vec<_>>().join(", "),
             ctx.o.server_share,
             plan.rows.join(", "),
@@ -485,9 +488,16 @@ fn probe(ctx: &Ctx, plan: &Plan) -> Result<Vec<Probe>> {
             specs.push(s);
         }
         let mut runs = vec![Vec::new(); specs.len()];
-        run::run_rep(&ctx.bins, &specs, 0, &ctx.run, &mut runs, &mut |_, s| {
-            eprintln!("  probe {} {c} conns", s.label)
-        });
+        let order: Vec<usize> = (0..specs.len()).collect();
+        run::run_rep(
+            &ctx.bins,
+            &specs,
+            &order,
+            0,
+            &ctx.run,
+            &mut runs,
+            &mut |_, s| eprintln!("  probe {} {c} conns", s.label),
+        );
         let slowest = runs.iter().flatten().min_by(|a, b| a.rps.total_cmp(&b.rps));
         match slowest {
             Some(r) => out.push(Probe {
@@ -499,6 +509,18 @@ fn probe(ctx: &Ctx, plan: &Plan) -> Result<Vec<Probe>> {
         }
     }
     Ok(out)
+}
+
+/// The run order of repetition `rep` over `n` specs in groups of `k` rows: each group starts
+/// one row later than in the repetition before (A B A' · B A' A · A' A B ...), so that no row
+/// always runs first, or always right after the same other row.
+fn rotated(n: usize, k: usize, rep: usize) -> Vec<usize> {
+    (0..n)
+        .map(|i| {
+            let (g, j) = (i / k, i % k);
+            g * k + (j + rep) % k
+        })
+        .collect()
 }
 
 fn note(r: &RunResult) -> String {
@@ -599,6 +621,13 @@ mod tests {
         assert!(profile_text(&p).contains(
             "| epoll, 512 conns, 50% load | 100 | 6.0% | 4.0% | 0.0% | 80.0% | 10.0% | 0.0% |"
         ));
+    }
+
+    #[test]
+    fn each_repetition_starts_one_row_later() {
+        assert_eq!(rotated(6, 3, 0), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(rotated(6, 3, 1), [1, 2, 0, 4, 5, 3]);
+        assert_eq!(rotated(6, 3, 5), [2, 0, 1, 5, 3, 4]);
     }
 
     #[test]
