@@ -101,33 +101,15 @@ impl Scenario for Compare {
                 .cloned()
                 .collect();
             let widest = plan.widest(&raw, &load_at, &cap_at);
-            if ctx.o.reps.is_none() && widest.is_some_and(|(w, all95)| all95 && w <= TARGET) {
-                break format!(
-                    "Stopped after {reps} repetitions: every headline interval is within ±3%."
-                );
-            }
-            let w = match widest {
-                None => "some headline has no pair of runs yet".to_string(),
-                Some((w, true)) => format!("the widest headline interval is ±{:.1}%", w * 100.0),
-                Some((w, false)) => format!(
-                    "the widest headline range is ±{:.1}% (fewer than {MIN_REPS} pairs: no 95% interval)",
-                    w * 100.0
-                ),
+            let stop = Stop {
+                fixed: ctx.o.reps.is_some(),
+                max_reps,
+                budget,
             };
-            if reps >= max_reps {
-                break format!("Stopped after {reps} repetitions (--reps or --quick); {w}.");
-            }
             // Another repetition would take about as long as this one.
-            if started.elapsed() + t.elapsed() > budget {
-                break format!(
-                    "The budget ({:.0} s, --budget) ran out after {reps} repetitions; {w}{}.",
-                    budget.as_secs_f64(),
-                    if reps < MIN_REPS {
-                        " (a 95% interval needs 6: give a larger --budget)"
-                    } else {
-                        ""
-                    }
-                );
+            let next_end = started.elapsed() + t.elapsed();
+            if let Some(e) = stop.ending(reps, widest, next_end) {
+                break e;
             }
         };
         let cap_note = match &cap {
@@ -211,6 +193,57 @@ impl Scenario for Compare {
             obj.insert("capacity_probe".into(), serde_json::to_value(&caps)?);
         }
         Ok(())
+    }
+}
+
+/// When the repetitions end.
+struct Stop {
+    /// `--reps` given: run exactly `max_reps`.
+    fixed: bool,
+    max_reps: usize,
+    budget: Duration,
+}
+
+impl Stop {
+    /// After `reps` repetitions whose widest headline interval is `widest` (and whether every
+    /// one is a real 95% interval), with the next one expected to end at `next_end`: why they
+    /// end, or none to run another.
+    fn ending(
+        &self,
+        reps: usize,
+        widest: Option<(f64, bool)>,
+        next_end: Duration,
+    ) -> Option<String> {
+        if !self.fixed && widest.is_some_and(|(w, all95)| all95 && w <= TARGET) {
+            return Some(format!(
+                "Stopped after {reps} repetitions: every headline interval is within ±3%."
+            ));
+        }
+        let w = match widest {
+            None => "some headline has no pair of runs yet".to_string(),
+            Some((w, true)) => format!("the widest headline interval is ±{:.1}%", w * 100.0),
+            Some((w, false)) => format!(
+                "the widest headline range is ±{:.1}% (fewer than {MIN_REPS} pairs: no 95% interval)",
+                w * 100.0
+            ),
+        };
+        if reps >= self.max_reps {
+            return Some(format!(
+                "Stopped after {reps} repetitions (--reps or --quick); {w}."
+            ));
+        }
+        if !self.fixed && next_end > self.budget {
+            return Some(format!(
+                "The budget ({:.0} s, --budget) ran out after {reps} repetitions; {w}{}.",
+                self.budget.as_secs_f64(),
+                if reps < MIN_REPS {
+                    " (a 95% interval needs 6: give a larger --budget)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        None
     }
 }
 
@@ -621,6 +654,41 @@ mod tests {
         assert!(profile_text(&p).contains(
             "| epoll, 512 conns, 50% load | 100 | 6.0% | 4.0% | 0.0% | 80.0% | 10.0% | 0.0% |"
         ));
+    }
+
+    #[test]
+    fn repetitions_end_at_3_percent_or_when_the_budget_runs_out() {
+        let s = |fixed, max_reps| Stop {
+            fixed,
+            max_reps,
+            budget: Duration::from_secs(120),
+        };
+        let early = Duration::from_secs(30);
+        let late = Duration::from_secs(121);
+        let adaptive = s(false, usize::MAX);
+        // Narrow but fewer than 6 pairs: not a 95% interval yet, go on.
+        assert_eq!(adaptive.ending(3, Some((0.01, false)), early), None);
+        assert_eq!(adaptive.ending(6, Some((0.031, true)), early), None);
+        assert_eq!(adaptive.ending(6, None, early), None);
+        let done = adaptive.ending(6, Some((0.029, true)), early).unwrap();
+        assert!(
+            done.starts_with("Stopped after 6 repetitions: every headline"),
+            "{done}"
+        );
+        let out = adaptive.ending(4, Some((0.08, false)), late).unwrap();
+        assert!(
+            out.contains("budget (120 s, --budget) ran out after 4")
+                && out.contains("±8.0%")
+                && out.contains("give a larger --budget"),
+            "{out}"
+        );
+        // --reps N runs exactly N, whatever the intervals and the budget.
+        assert_eq!(s(true, 8).ending(6, Some((0.01, true)), late), None);
+        let fixed = s(true, 8).ending(8, Some((0.01, true)), early).unwrap();
+        assert!(
+            fixed.starts_with("Stopped after 8 repetitions (--reps"),
+            "{fixed}"
+        );
     }
 
     #[test]
