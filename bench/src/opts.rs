@@ -6,7 +6,7 @@ use std::path::PathBuf;
 // a doc comment here would be clap help text.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Opts {
-    /// Shorten every scenario (one repetition, short runs): a smoke run.
+    /// Shorten every scenario (one repetition, compare: up to three; short runs): a smoke run.
     #[arg(long, global = true)]
     pub quick: bool,
     /// Backends to compare: a comma list of uring, epoll, tokio-uring, tokio, blocking, or `all`.
@@ -18,7 +18,8 @@ pub struct Opts {
     /// Measured seconds per run instead of the scenario's.
     #[arg(long, global = true)]
     pub duration: Option<f64>,
-    /// Repetitions of every run (medians are reported).
+    /// Repetitions of every run (medians are reported; compare: exactly this many, instead of
+    /// until every interval is within ±3%).
     #[arg(long, global = true)]
     pub reps: Option<usize>,
     /// CPU list for the server.

@@ -286,6 +286,9 @@ impl Plan {
         if loads.iter().any(|l| !(*l > 0.0 && *l <= 100.0)) {
             bail!("--loads takes percentages in (0, 100]");
         }
+        if !(ctx.o.server_share >= 0.01 && ctx.o.server_share <= 64.0) {
+            bail!("--server-share is a share of one CPU, from 0.01 (0.5: half a CPU)");
+        }
         Ok(Plan {
             conns: ctx.o.conns.clone().unwrap_or(vec![512]),
             rows,
