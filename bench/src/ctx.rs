@@ -116,6 +116,7 @@ impl Ctx {
             client_cores: self.o.client_cores.clone(),
             duration_s: dur,
             warmup_s: self.warmup(),
+            ..RunSpec::default()
         }
     }
 

@@ -1,6 +1,7 @@
 //! `ringlab-bench`: the io_uring vs epoll comparison as one command. See `--help`. This file
 //! only parses the command line and dispatches: the scenarios are in [`scenario`].
 
+mod cgroup;
 mod ctx;
 mod doctor;
 mod hold;
@@ -10,9 +11,12 @@ mod opts;
 mod peers;
 mod plot;
 mod procs;
+mod profile;
 mod report;
 mod run;
 mod scenario;
+mod stats;
+mod verdict;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,7 +31,7 @@ use opts::Opts;
 /// medians: throughput, latency percentiles, server CPU per request, syscalls per request,
 /// context switches, and each backend's ratio to epoll.
 ///
-/// With no subcommand it runs `compare` (about a minute). Reports go to
+/// With no subcommand it runs `compare` (about two minutes; `--budget` buys precision with time). Reports go to
 /// target/ringlab/<scenario>-<unix time>/ (report.md, results.json, SVG charts).
 #[derive(Parser, Debug)]
 #[command(name = "ringlab-bench", version, about, long_about)]
@@ -40,7 +44,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug, Clone)]
 enum Cmd {
-    /// Echo 64 B over 1, 16, 128, 512 connections: every backend side by side (default).
+    /// The verdict (default): echo 64 B at 512 connections, uring against epoll and an A/A
+    /// control, at equal offered load (25/50/75% of the slowest backend's capacity: server CPU
+    /// per request, latency) and server-bound (CPU capped by a cgroup: capacity); repetitions
+    /// until every ratio's 95% interval is within ±3% or --budget runs out. --profile: where
+    /// the server's CPU goes.
     Compare,
     /// The seed notes' tables: every request held 100 ms; clients 1 → 10,000; blocking pools of
     /// 1, 64 and 128 workers against uring and epoll.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 // a doc comment here would be clap help text.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Opts {
-    /// Shorten every scenario (one repetition, short runs): a smoke run.
+    /// Shorten every scenario (one repetition, compare: up to three; short runs): a smoke run.
     #[arg(long, global = true)]
     pub quick: bool,
     /// Backends to compare: a comma list of uring, epoll, tokio-uring, tokio, blocking, or `all`.
@@ -18,7 +18,8 @@ pub struct Opts {
     /// Measured seconds per run instead of the scenario's.
     #[arg(long, global = true)]
     pub duration: Option<f64>,
-    /// Repetitions of every run (medians are reported).
+    /// Repetitions of every run (medians are reported; compare: exactly this many, instead of
+    /// until every interval is within ±3%).
     #[arg(long, global = true)]
     pub reps: Option<usize>,
     /// CPU list for the server.
@@ -50,4 +51,19 @@ pub struct Opts {
     /// first (root needed); the wrk and nginx rows are skipped.
     #[arg(long, global = true)]
     pub netns: bool,
+    /// compare: how long the repetitions may run (e.g. 90s, 5m). Repetitions continue until
+    /// every headline interval is narrower than ±3% or this runs out. Default: about two
+    /// minutes (30 s with --quick).
+    #[arg(long, global = true, value_parser = ringlab_runtime::duration::parse_duration)]
+    pub budget: Option<std::time::Duration>,
+    /// compare: offered loads, in percent of the slowest backend's measured capacity.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub loads: Option<Vec<f64>>,
+    /// compare: the server's CPU cap for the server-bound capacity, as a share of one CPU.
+    #[arg(long, global = true, default_value_t = 0.5)]
+    pub server_share: f64,
+    /// compare: also record where the server's CPU goes, per backend, with
+    /// `perf record -e cpu-clock` on the server's CPUs (one extra run per backend).
+    #[arg(long, global = true)]
+    pub profile: bool,
 }

@@ -131,11 +131,11 @@ pub fn wrk_rows(
                     p90_us: get(90.0),
                     p99_us: get(99.0),
                     errors,
-                    server_cpu_s: d.user_s + d.sys_s,
+                    server_cpu_s: d.cpu_s(),
                     server_user_s: d.user_s,
                     server_sys_s: d.sys_s,
                     cpu_per_req_us: if reqs > 0.0 {
-                        (d.user_s + d.sys_s) * 1e6 / reqs
+                        d.cpu_s() * 1e6 / reqs
                     } else {
                         0.0
                     },
@@ -288,6 +288,7 @@ pub fn nginx_rows(
                 client_cores: client_cores.into(),
                 duration_s: dur,
                 warmup_s: 0.5,
+                ..RunSpec::default()
             };
             let mut r = drive(bins, &addr, &[worker], &spec, opts)?;
             r.server_cmd = "nginx (1 worker, pinned, return 200 \"Hello, World!\")".into();

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::run::RunResult;
+use crate::verdict::{self, Metric, Verdict};
 
 /// The machine the bench ran on.
 #[derive(Clone, Debug, Serialize)]
@@ -66,12 +67,14 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-/// The main comparison table: one row per (x, backend), with ratios against `baseline`.
-pub fn table(rows: &[RunResult], x_name: &str, baseline: &str) -> String {
+/// The main comparison table: one row per (x, backend), with ratios against `baseline`: paired
+/// over the repetitions in `raw` with their 95% interval (bracketed: the range, fewer than 6
+/// pairs; `*`: significant), or of the medians where `raw` has no pairs.
+pub fn table(rows: &[RunResult], raw: &[RunResult], x_name: &str, baseline: &str) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| {x_name} | backend | req/s | vs {baseline} | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | vs {baseline} | syscalls/req | ctx switches/req | note |"
+        "| {x_name} | backend | req/s | vs {baseline} (95% CI) | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | vs {baseline} (95% CI) | syscalls/req | ctx switches/req | note |"
     );
     let _ = writeln!(
         t,
@@ -89,8 +92,12 @@ pub fn table(rows: &[RunResult], x_name: &str, baseline: &str) -> String {
                 None => baseline.to_string(),
             };
             let base = rows.iter().find(|b| b.x == x && b.label == own_baseline);
-            let ratio = |a: f64, b: Option<f64>| match b {
-                Some(b) if b > 0.0 && r.label != own_baseline => format!("{:.2}×", a / b),
+            let ratio = |m: Metric, b: Option<f64>| match b {
+                _ if r.label == own_baseline => "".into(),
+                Some(b) if b > 0.0 => match verdict::interval(raw, &r.label, &own_baseline, x, m) {
+                    Some(iv) => verdict::cell(Some(&iv), None),
+                    None => format!("{:.2}×", (m.get)(r) / b),
+                },
                 _ => "".into(),
             };
             let sys = match (r.syscalls_per_req, r.perf_syscalls_per_req) {
@@ -112,7 +119,7 @@ pub fn table(rows: &[RunResult], x_name: &str, baseline: &str) -> String {
                 fmt_num(x),
                 r.label,
                 fmt_num(r.rps),
-                ratio(r.rps, base.map(|b| b.rps)),
+                ratio(verdict::RPS, base.map(|b| b.rps)),
                 fmt_num(r.p50_us),
                 fmt_num(r.p99_us),
                 if r.p999_us > 0.0 {
@@ -121,7 +128,7 @@ pub fn table(rows: &[RunResult], x_name: &str, baseline: &str) -> String {
                     "–".into()
                 },
                 fmt_num(r.cpu_per_req_us),
-                ratio(r.cpu_per_req_us, base.map(|b| b.cpu_per_req_us)),
+                ratio(verdict::CPU_PER_REQ, base.map(|b| b.cpu_per_req_us)),
                 sys,
                 fmt_num(r.ctx_switches_per_req),
                 note.join(", ")
@@ -163,8 +170,15 @@ pub fn seeds_lines(rows: &[RunResult]) -> String {
 /// A report directory: `report.md`, `results.json`, charts.
 pub struct Report {
     pub dir: PathBuf,
+    /// The title, machine and command.
+    head: String,
+    /// The scenarios' sections.
     pub md: String,
     pub json: serde_json::Map<String, serde_json::Value>,
+    /// Every verdict, printed first in report.md and under `verdicts` in results.json.
+    pub verdicts: Vec<Verdict>,
+    /// The verdict section's text (per scenario: how the repetitions ended, the floor, ...).
+    verdict_md: String,
 }
 
 impl Report {
@@ -177,16 +191,40 @@ impl Report {
         let _ = writeln!(md, "Command: `{argv}`\n");
         let _ = writeln!(
             md,
-            "Every figure is the median of the repetitions, run interleaved (A B A B ...), each on a fresh server. Server CPU is user + system time from /proc over the measured window; syscalls/req are the server's own counters (tokio backends: perf only, with --perf)."
+            "Every figure is the median of the repetitions, run interleaved (A B A B ...), each on a fresh server. Server CPU is the server's threads' time on a CPU from /proc (schedstat, nanoseconds; user + system ticks where there is none) over the client's measured window; syscalls/req are the server's own counters (tokio backends: perf only, with --perf)."
         );
         let mut json = serde_json::Map::new();
         json.insert("machine".into(), serde_json::to_value(machine)?);
         json.insert("command".into(), argv.into());
         Ok(Report {
             dir: dir.to_path_buf(),
-            md,
+            head: md,
+            md: String::new(),
             json,
+            verdicts: Vec::new(),
+            verdict_md: String::new(),
         })
+    }
+
+    /// Add a scenario's verdicts (their lines first in report.md) with `notes` below them. Past
+    /// a dozen, only the significant ones are listed (every one is in results.json).
+    pub fn add_verdicts(&mut self, scenario: &str, vs: &[Verdict], notes: &str) {
+        let _ = writeln!(self.verdict_md, "\n### {scenario}\n");
+        let many = vs.len() > 12;
+        for v in vs.iter().filter(|v| !many || v.significant) {
+            let _ = writeln!(self.verdict_md, "- {}", v.line());
+        }
+        if many {
+            let rest = vs.iter().filter(|v| !v.significant).count();
+            let _ = writeln!(
+                self.verdict_md,
+                "- {rest} more comparisons within noise or with too few repetitions (the table below, and results.json)"
+            );
+        }
+        if !notes.is_empty() {
+            let _ = writeln!(self.verdict_md, "\n{notes}");
+        }
+        self.verdicts.extend(vs.iter().cloned());
     }
 
     /// Add a section with its table and data.
@@ -198,12 +236,23 @@ impl Report {
         );
     }
 
-    /// Write `report.md` and `results.json`.
+    /// Write `report.md` (the verdicts first) and `results.json`.
     pub fn write(&self) -> Result<()> {
-        std::fs::write(self.dir.join("report.md"), &self.md)?;
+        let mut md = self.head.clone();
+        if !self.verdict_md.is_empty() {
+            let _ = write!(
+                md,
+                "\n## Verdicts\n\nEach ratio is candidate ÷ baseline over repetitions run interleaved and paired (rep i of one with rep i of the other), with its 95% interval (Hodges–Lehmann); the A/A floor is the baseline against a second instance of itself in the same interleaving. *Significant* means the interval excludes 1 and lies outside the floor.\n{}",
+                self.verdict_md
+            );
+        }
+        md += &self.md;
+        std::fs::write(self.dir.join("report.md"), md)?;
+        let mut json = self.json.clone();
+        json.insert("verdicts".into(), serde_json::to_value(&self.verdicts)?);
         std::fs::write(
             self.dir.join("results.json"),
-            serde_json::to_string_pretty(&self.json)? + "\n",
+            serde_json::to_string_pretty(&json)? + "\n",
         )?;
         Ok(())
     }

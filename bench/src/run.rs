@@ -13,7 +13,7 @@ use crate::netns::Netns;
 use crate::procs::{perf_syscalls, Bins, ProcSample, Server};
 
 /// What to run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct RunSpec {
     /// Row label (backend, or backend and variant).
     pub label: String,
@@ -25,6 +25,12 @@ pub struct RunSpec {
     pub client_cores: String,
     pub duration_s: f64,
     pub warmup_s: f64,
+    /// Put the server in this cgroup (its directory) before the client starts: its CPU cap.
+    #[serde(skip)]
+    pub cgroup: Option<std::path::PathBuf>,
+    /// Record a CPU profile of the server's CPUs over the measured window into this file.
+    #[serde(skip)]
+    pub profile: Option<std::path::PathBuf>,
 }
 
 /// What one run measured.
@@ -32,6 +38,8 @@ pub struct RunSpec {
 pub struct RunResult {
     pub label: String,
     pub x: f64,
+    /// The repetition it belongs to (runs of one repetition are paired in the statistics).
+    pub rep: usize,
     pub requests: f64,
     pub rps: f64,
     pub mean_us: f64,
@@ -60,6 +68,9 @@ pub struct RunResult {
     /// The commands, to rerun by hand.
     pub server_cmd: String,
     pub client_cmd: String,
+    /// Where the server's CPU went (runs with a profile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::Breakdown>,
 }
 
 /// Options that apply to every run.
@@ -76,6 +87,9 @@ pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
     let server = Server::start(bins, &spec.server_args, &opts.tmp, opts.netns.as_ref())?;
     let server_cmd = format!("{} {}", bins.server.display(), spec.server_args.join(" "));
     let addr = server.addr.clone();
+    if let Some(dir) = &spec.cgroup {
+        crate::cgroup::enter(dir, &server.pids)?;
+    }
     let mut r = match drive(bins, &addr, &server.pids, spec, opts) {
         Ok(r) => r,
         Err(e) => {
@@ -140,16 +154,26 @@ pub fn drive(
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", bins.client.display()))?;
+    // The server is measured over the client's measured window only: from the end of its
+    // warm-up to the end of its duration, not its start-up or its connections' teardown.
     std::thread::sleep(Duration::from_secs_f64(spec.warmup_s));
     let before = ProcSample::read_all(pids)?;
+    let window_end = std::time::Instant::now() + Duration::from_secs_f64(spec.duration_s);
     let perf = if opts.perf {
         perf_syscalls(pid, spec.duration_s * 0.9)
     } else {
         None
     };
+    let profile = spec
+        .profile
+        .as_ref()
+        .map(|f| crate::profile::record(f, &server_cpus(spec), spec.duration_s * 0.9));
+    std::thread::sleep(window_end.saturating_duration_since(std::time::Instant::now()));
+    let after = ProcSample::read_all(pids);
     let out = child.wait_with_output()?;
-    let after = ProcSample::read_all(pids)?;
+    let after = after?;
     let perf_count = perf.and_then(|h| h.join().ok().flatten());
+    let profile = profile.map(|p| p.finish(pids));
     let cj = std::fs::read_to_string(&json_path);
     let _ = std::fs::remove_file(&json_path);
     let cj: ClientReport = match cj {
@@ -160,7 +184,8 @@ pub fn drive(
             String::from_utf8_lossy(&out.stderr).trim()
         ),
     };
-    let r = measured(spec, &cj, &after.since(&before), perf_count, client_cmd);
+    let mut r = measured(spec, &cj, &after.since(&before), perf_count, client_cmd);
+    r.profile = profile;
     if r.requests == 0.0 {
         bail!(
             "no request completed (client {}): {}",
@@ -187,6 +212,7 @@ fn measured(
     RunResult {
         label: spec.label.clone(),
         x: spec.x,
+        rep: 0,
         requests,
         rps: cj.requests_per_sec,
         mean_us: lat.mean,
@@ -196,10 +222,10 @@ fn measured(
         p999_us: pct(99.9),
         max_us: lat.max as f64,
         errors: cj.errors_total as f64,
-        server_cpu_s: d.user_s + d.sys_s,
+        server_cpu_s: d.cpu_s(),
         server_user_s: d.user_s,
         server_sys_s: d.sys_s,
-        cpu_per_req_us: per_req((d.user_s + d.sys_s) * 1e6),
+        cpu_per_req_us: per_req(d.cpu_s() * 1e6),
         syscalls_per_req: None,
         perf_syscalls_per_req: perf
             .filter(|_| requests > 0.0)
@@ -215,6 +241,7 @@ fn measured(
             .collect(),
         server_cmd: String::new(),
         client_cmd,
+        profile: None,
     }
 }
 
@@ -255,6 +282,7 @@ pub fn combine(runs: &[RunResult]) -> RunResult {
     RunResult {
         label: first.label.clone(),
         x: first.x,
+        rep: 0,
         requests: m(|r| r.requests),
         rps: m(|r| r.rps),
         mean_us: m(|r| r.mean_us),
@@ -276,6 +304,7 @@ pub fn combine(runs: &[RunResult]) -> RunResult {
         percentiles: curve,
         server_cmd: first.server_cmd.clone(),
         client_cmd: first.client_cmd.clone(),
+        profile: runs.iter().find_map(|r| r.profile.clone()),
     }
 }
 
@@ -289,23 +318,48 @@ pub fn run_interleaved(
     progress: &mut dyn FnMut(&str),
 ) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
     let mut all: Vec<Vec<RunResult>> = vec![Vec::new(); specs.len()];
-    let total = specs.len() * reps;
-    let mut done = 0;
     for rep in 0..reps {
-        for (i, s) in specs.iter().enumerate() {
-            done += 1;
+        let order: Vec<usize> = (0..specs.len()).collect();
+        run_rep(bins, specs, &order, rep, opts, &mut all, &mut |i, s| {
             progress(&format!(
-                "[{done}/{total}] rep {} {} x={}",
+                "[{}/{}] rep {} {} x={}",
+                rep * specs.len() + i + 1,
+                specs.len() * reps,
                 rep + 1,
                 s.label,
                 s.x
-            ));
-            match run(bins, s, opts) {
-                Ok(r) => all[i].push(r),
-                Err(e) => eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x),
+            ))
+        });
+    }
+    Ok(medians_and_raw(all))
+}
+
+/// Repetition `rep`: every spec once, in `order` (indices into `specs`), each run added to its
+/// spec's list in `all` (a failed run is reported and left out: its rep then has no pair).
+pub fn run_rep(
+    bins: &Bins,
+    specs: &[RunSpec],
+    order: &[usize],
+    rep: usize,
+    opts: &RunOpts,
+    all: &mut [Vec<RunResult>],
+    progress: &mut dyn FnMut(usize, &RunSpec),
+) {
+    for (k, &i) in order.iter().enumerate() {
+        let s = &specs[i];
+        progress(k, s);
+        match run(bins, s, opts) {
+            Ok(mut r) => {
+                r.rep = rep;
+                all[i].push(r);
             }
+            Err(e) => eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x),
         }
     }
+}
+
+/// The median of each spec's runs (specs with none left out) and every run.
+pub fn medians_and_raw(all: Vec<Vec<RunResult>>) -> (Vec<RunResult>, Vec<RunResult>) {
     let mut medians = Vec::new();
     let mut raw = Vec::new();
     for runs in all {
@@ -314,7 +368,21 @@ pub fn run_interleaved(
             raw.extend(runs);
         }
     }
-    Ok((medians, raw))
+    (medians, raw)
+}
+
+/// The server's CPU list of `spec` (its `--cores`).
+fn server_cpus(spec: &RunSpec) -> String {
+    let mut cpus = "0".to_string();
+    let mut it = spec.server_args.iter();
+    while let Some(a) = it.next() {
+        if a == "--cores" {
+            if let Some(v) = it.next() {
+                cpus = v.clone();
+            }
+        }
+    }
+    cpus
 }
 
 /// A scratch directory for a bench run.
@@ -354,6 +422,7 @@ mod tests {
             client_cores: "1".into(),
             duration_s: 2.0,
             warmup_s: 0.5,
+            ..RunSpec::default()
         }
     }
 
@@ -364,6 +433,7 @@ mod tests {
             user_s: 0.01,
             sys_s: 0.03,
             ctx_switches: 500,
+            run_ns: None,
         };
         let r = measured(&spec(), &cj, &d, Some(900), "cmd".into());
         assert_eq!(r.requests, 1000.0);

@@ -1,14 +1,35 @@
-//! `compare`: echo 64 B over 1, 16, 128, 512 connections, every backend side by side.
+//! `compare` (the default): the verdict. Echo 64 B, per connection count, measured two ways that
+//! are stable enough to decide from:
+//! - **equal offered load**: open loop at the same rates for every backend (percentages of the
+//!   slowest backend's capacity, probed first): server CPU per request and latency;
+//! - **server-bound capacity**: the server's CPU capped by a cgroup, a closed-loop client:
+//!   requests/s is then the server's capacity at that share, never the client's.
+//!
+//! Repetitions run interleaved (candidate, baseline, A/A control), paired by repetition, and
+//! continue until every headline interval is narrower than ±3% or `--budget` runs out.
 
-use anyhow::Result;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
+use anyhow::{bail, Result};
+
+use crate::cgroup::CpuCap;
 use crate::ctx::{Ctx, Scenario};
 use crate::plot;
-use crate::report::{self, Report};
-use crate::run::RunResult;
+use crate::profile::{Area, Breakdown};
+use crate::report::Report;
+use crate::run::{self, RunResult, RunSpec};
+use crate::stats;
+use crate::verdict::{self, At, Metric, Verdict, CPU_PER_REQ, P99, RPS};
 
 /// `ringlab-bench compare`.
 pub struct Compare;
+
+/// The headline precision the repetitions aim for: ±3%.
+const TARGET: f64 = 0.03;
+/// Pairs needed for a 95% interval (Wilcoxon: 6).
+const MIN_REPS: usize = 6;
+const SIZE: &str = "64";
 
 impl Scenario for Compare {
     fn name(&self) -> &'static str {
@@ -16,87 +37,591 @@ impl Scenario for Compare {
     }
 
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
-        let conns = ctx.o.conns.clone().unwrap_or(vec![1, 16, 128, 512]);
-        let backends = ctx.backends(&["uring", "epoll"]);
-        echo_sweep(
-            ctx,
-            rep,
-            "compare: echo 64 B",
-            "Closed loop, one request in flight per connection, echo of 64-byte messages.",
-            &conns,
-            64,
-            &backends,
-        )?;
+        let plan = Plan::new(ctx)?;
+        let started = Instant::now();
+        eprintln!(
+            "compare: probing capacity ({} at {:?} conns)",
+            plan.rows.join(", "),
+            plan.conns
+        );
+        let caps = probe(ctx, &plan)?;
+        let (load_specs, load_at) = plan.load_specs(ctx, &caps)?;
+        let cap = if ctx.run.netns.is_some() {
+            Err("not under --netns (the server runs in another namespace's cgroup view)".into())
+        } else {
+            CpuCap::create(ctx.o.server_share).map_err(|e| format!("{e:#}"))
+        };
+        let (cap_specs, cap_at) = match &cap {
+            Ok(c) => plan.capacity_specs(ctx, c)?,
+            Err(_) => (Vec::new(), Vec::new()),
+        };
+        let mut load_runs = vec![Vec::new(); load_specs.len()];
+        let mut cap_runs = vec![Vec::new(); cap_specs.len()];
+        let budget =
+            ctx.o
+                .budget
+                .unwrap_or(Duration::from_secs(if ctx.o.quick { 30 } else { 120 }));
+        let max_reps = ctx
+            .o
+            .reps
+            .unwrap_or(if ctx.o.quick { 3 } else { usize::MAX });
+        let mut reps = 0;
+        let ending = loop {
+            let t = Instant::now();
+            let n = load_specs.len() + cap_specs.len();
+            let mut k = 0;
+            let mut progress = |_: usize, s: &RunSpec| {
+                k += 1;
+                eprintln!("  rep {} [{k}/{n}] {} x={:.0}", reps + 1, s.label, s.x);
+            };
+            let per = plan.rows.len();
+            run::run_rep(
+                &ctx.bins,
+                &load_specs,
+                &rotated(load_specs.len(), per, reps),
+                reps,
+                &ctx.run,
+                &mut load_runs,
+                &mut progress,
+            );
+            run::run_rep(
+                &ctx.bins,
+                &cap_specs,
+                &rotated(cap_specs.len(), per, reps),
+                reps,
+                &ctx.run,
+                &mut cap_runs,
+                &mut progress,
+            );
+            reps += 1;
+            let raw: Vec<RunResult> = load_runs
+                .iter()
+                .chain(&cap_runs)
+                .flatten()
+                .cloned()
+                .collect();
+            let widest = plan.widest(&raw, &load_at, &cap_at);
+            let stop = Stop {
+                fixed: ctx.o.reps.is_some(),
+                max_reps,
+                budget,
+            };
+            // Another repetition would take about as long as this one.
+            let next_end = started.elapsed() + t.elapsed();
+            if let Some(e) = stop.ending(reps, widest, next_end) {
+                break e;
+            }
+        };
+        let cap_note = match &cap {
+            Ok(c) => format!(
+                "Server-bound capacity: the server in cgroup {}, capped at {} of a CPU.",
+                c.what, c.share
+            ),
+            Err(e) => format!("Server-bound capacity skipped: no cgroup could be written ({e})."),
+        };
+        drop(cap);
+        let (load_m, load_raw) = run::medians_and_raw(load_runs);
+        let (cap_m, cap_raw) = run::medians_and_raw(cap_runs);
+        let profiles = if ctx.o.profile {
+            plan.profile(ctx, &caps)?
+        } else {
+            Vec::new()
+        };
+
+        let verdicts = plan.verdicts(&load_raw, &load_at, &cap_raw, &cap_at);
+        let lines: Vec<String> = verdicts.iter().map(Verdict::line).collect();
+        println!("\ncompare: the verdict\n");
+        for l in &lines {
+            println!("{l}");
+        }
+        println!("\n{ending}\n{cap_note}");
+        let mut notes = format!("{ending}\n\n{cap_note}\n");
+        let prof = profile_text(&profiles);
+        if let Some(ceiling) = ceiling_line(&profiles) {
+            println!("{ceiling}");
+            notes += &format!("\n{ceiling}\n");
+        }
+        rep.add_verdicts("compare", &verdicts, &notes);
+
+        let load_table = plan.load_table(&load_m, &load_raw, &load_at);
+        let cap_table = plan.cap_table(&cap_m, &cap_raw, &cap_at);
+        println!(
+            "\nequal offered load\n\n{load_table}\nserver-bound capacity\n\n{cap_table}{prof}"
+        );
+        let mut text = format!(
+            "Echo {SIZE} B. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({}; each repetition starts one row later), {reps} repetitions; figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.\n\n### Equal offered load\n\n{load_table}\n### Server-bound capacity\n\n{cap_note}\n\n{cap_table}",
+            plan.loads.iter().map(|l| format!("{l}%")).collect::<Vec<_>>().join(", "),
+            ctx.o.server_share,
+            plan.rows.join(", "),
+        );
+        if !prof.is_empty() {
+            text += &format!("\n### Where the server's CPU goes\n{prof}");
+        }
+        for (file, t, yd, f) in [
+            (
+                "compare-cpu.svg",
+                "server CPU per request at equal load",
+                "µs CPU / request",
+                (|r: &RunResult| r.cpu_per_req_us) as fn(&RunResult) -> f64,
+            ),
+            (
+                "compare-p99.svg",
+                "p99 latency at equal load",
+                "p99 µs",
+                |r: &RunResult| r.p99_us,
+            ),
+        ] {
+            if !load_m.is_empty() {
+                plot::lines(
+                    &rep.dir.join(file),
+                    t,
+                    "offered load, requests/s",
+                    yd,
+                    &load_m,
+                    f,
+                )?;
+                text += &format!("\n![{t}]({file})\n");
+            }
+        }
+        let mut all_m = load_m;
+        all_m.extend(cap_m);
+        let mut all_raw = load_raw;
+        all_raw.extend(cap_raw);
+        rep.section("compare", &text, &all_m, &all_raw);
+        if let Some(obj) = rep.json.get_mut("compare").and_then(|v| v.as_object_mut()) {
+            obj.insert("profiles".into(), serde_json::to_value(&profiles)?);
+            obj.insert("capacity_probe".into(), serde_json::to_value(&caps)?);
+        }
         Ok(())
     }
 }
 
-fn echo_sweep(
-    ctx: &Ctx,
-    rep: &mut Report,
-    title: &str,
-    blurb: &str,
-    conns: &[u32],
-    size: usize,
-    backends: &[String],
-) -> Result<Vec<RunResult>> {
-    let dur = ctx.duration(2.0);
-    let mut specs = Vec::new();
-    for &c in conns {
-        for b in backends {
-            let client = ["--size", &size.to_string(), "--conns", &c.to_string()];
-            specs.push(ctx.proto_spec(b, c as f64, "echo", &client, dur)?);
-        }
-    }
-    let (m, raw) = ctx.go(&specs, ctx.reps(3))?;
-    let table = report::table(&m, "conns", "epoll");
-    println!("\n{title}\n\n{table}");
-    let mut text = format!("{blurb}\n\n{table}");
-    if m.iter().any(|r| r.client_saturated) {
-        text += "\n*client saturated*: the client, not the server, was the bottleneck on that row; the server's figures there are a lower bound.\n";
-    }
-    let slug = chart_prefix(title);
-    for (file, t, yd, f) in [
-        (
-            format!("{slug}-throughput.svg"),
-            "throughput vs connections",
-            "requests/s",
-            (|r: &RunResult| r.rps) as fn(&RunResult) -> f64,
-        ),
-        (
-            format!("{slug}-p99.svg"),
-            "p99 latency vs connections",
-            "p99 µs",
-            |r: &RunResult| r.p99_us,
-        ),
-        (
-            format!("{slug}-cpu.svg"),
-            "server CPU per request",
-            "µs CPU / request",
-            |r: &RunResult| r.cpu_per_req_us,
-        ),
-    ] {
-        plot::lines(&rep.dir.join(&file), t, "connections", yd, &m, f)?;
-        text += &format!("\n![{t}]({file})\n");
-    }
-    rep.section(title, &text, &m, &raw);
-    Ok(m)
+/// When the repetitions end.
+struct Stop {
+    /// `--reps` given: run exactly `max_reps`.
+    fixed: bool,
+    max_reps: usize,
+    budget: Duration,
 }
 
-/// The chart files' prefix: the title's first word, letters and digits only
-/// (`compare: echo 64 B` → `compare`, so `compare-cpu.svg`).
-fn chart_prefix(title: &str) -> String {
-    let word = title.split_whitespace().next().unwrap_or("x");
-    let p: String = word
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect::<String>()
-        .to_lowercase();
-    if p.is_empty() {
-        "x".into()
-    } else {
-        p
+impl Stop {
+    /// After `reps` repetitions whose widest headline interval is `widest` (and whether every
+    /// one is a real 95% interval), with the next one expected to end at `next_end`: why they
+    /// end, or none to run another.
+    fn ending(
+        &self,
+        reps: usize,
+        widest: Option<(f64, bool)>,
+        next_end: Duration,
+    ) -> Option<String> {
+        if !self.fixed && widest.is_some_and(|(w, all95)| all95 && w <= TARGET) {
+            return Some(format!(
+                "Stopped after {reps} repetitions: every headline interval is within ±3%."
+            ));
+        }
+        let w = match widest {
+            None => "some headline has no pair of runs yet".to_string(),
+            Some((w, true)) => format!("the widest headline interval is ±{:.1}%", w * 100.0),
+            Some((w, false)) => format!(
+                "the widest headline range is ±{:.1}% (fewer than {MIN_REPS} pairs: no 95% interval)",
+                w * 100.0
+            ),
+        };
+        if reps >= self.max_reps {
+            return Some(format!(
+                "Stopped after {reps} repetitions (--reps or --quick); {w}."
+            ));
+        }
+        if !self.fixed && next_end > self.budget {
+            return Some(format!(
+                "The budget ({:.0} s, --budget) ran out after {reps} repetitions; {w}{}.",
+                self.budget.as_secs_f64(),
+                if reps < MIN_REPS {
+                    " (a 95% interval needs 6: give a larger --budget)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        None
     }
+}
+
+/// What compare runs: connection counts, rows (candidates, baseline, A/A), loads.
+struct Plan {
+    conns: Vec<u32>,
+    /// Every row in run order: the candidates, the baseline, the A/A control.
+    rows: Vec<String>,
+    candidates: Vec<String>,
+    baseline: String,
+    aa: String,
+    loads: Vec<f64>,
+    dur: f64,
+}
+
+impl Plan {
+    fn new(ctx: &Ctx) -> Result<Plan> {
+        let backends = ctx.backends(&["uring", "epoll"]);
+        let Some(last) = backends.last() else {
+            bail!("compare: no backends");
+        };
+        let baseline = if backends.iter().any(|b| b == "epoll") {
+            "epoll".to_string()
+        } else {
+            last.clone()
+        };
+        let candidates: Vec<String> = backends
+            .iter()
+            .filter(|b| **b != baseline)
+            .cloned()
+            .collect();
+        let aa = format!("{baseline} A/A");
+        let mut rows = candidates.clone();
+        rows.extend([baseline.clone(), aa.clone()]);
+        let loads = ctx.o.loads.clone().unwrap_or(if ctx.o.quick {
+            vec![50.0]
+        } else {
+            vec![25.0, 50.0, 75.0]
+        });
+        if loads.iter().any(|l| !(*l > 0.0 && *l <= 100.0)) {
+            bail!("--loads takes percentages in (0, 100]");
+        }
+        if !(ctx.o.server_share >= 0.01 && ctx.o.server_share <= 64.0) {
+            bail!("--server-share is a share of one CPU, from 0.01 (0.5: half a CPU)");
+        }
+        Ok(Plan {
+            conns: ctx.o.conns.clone().unwrap_or(vec![512]),
+            rows,
+            candidates,
+            baseline,
+            aa,
+            loads,
+            dur: ctx.duration(0.8),
+        })
+    }
+
+    /// The run of row `row` (the A/A row is its baseline's backend) with `client` arguments.
+    fn spec(&self, ctx: &Ctx, row: &str, x: f64, client: &[&str]) -> Result<RunSpec> {
+        let backend = if row == self.aa { &self.baseline } else { row };
+        let mut s = ctx.proto_spec(backend, x, "echo", client, self.dur)?;
+        s.label = row.into();
+        Ok(s)
+    }
+
+    /// Equal-load specs: per conns and load, every row at the same rate; x is the rate.
+    fn load_specs(&self, ctx: &Ctx, caps: &[Probe]) -> Result<(Vec<RunSpec>, Vec<At>)> {
+        let mut specs = Vec::new();
+        let mut at: Vec<At> = Vec::new();
+        for p in caps {
+            for &l in &self.loads {
+                let mut rate = (p.capacity_rps * l / 100.0).round().max(1.0);
+                while at.iter().any(|a| a.x == rate) {
+                    rate += 1.0; // one x per (conns, load): runs are paired by it
+                }
+                at.push(At {
+                    scenario: "compare".into(),
+                    conns: p.conns,
+                    load: format!("{l}% load ({})", rate_text(rate)),
+                    x: rate,
+                });
+                let (c, r) = (p.conns.to_string(), rate.to_string());
+                for row in &self.rows {
+                    specs.push(self.spec(
+                        ctx,
+                        row,
+                        rate,
+                        &["--size", SIZE, "--conns", &c, "--rate", &r],
+                    )?);
+                }
+            }
+        }
+        Ok((specs, at))
+    }
+
+    /// Server-bound specs: per conns, every row closed loop with the server in `cap`.
+    fn capacity_specs(&self, ctx: &Ctx, cap: &CpuCap) -> Result<(Vec<RunSpec>, Vec<At>)> {
+        let mut specs = Vec::new();
+        let mut at = Vec::new();
+        for &c in &self.conns {
+            at.push(At {
+                scenario: "compare".into(),
+                conns: c,
+                load: format!("server-bound ({} CPU)", cap.share),
+                x: c as f64,
+            });
+            for row in &self.rows {
+                let mut s = self.spec(
+                    ctx,
+                    row,
+                    c as f64,
+                    &["--size", SIZE, "--conns", &c.to_string()],
+                )?;
+                s.cgroup = Some(cap.dir.clone());
+                specs.push(s);
+            }
+        }
+        Ok((specs, at))
+    }
+
+    /// The headline intervals' widest half-width (A/A controls included), and whether every one
+    /// is a real 95% interval (6 pairs or more); none before every headline has a pair.
+    fn widest(&self, raw: &[RunResult], load_at: &[At], cap_at: &[At]) -> Option<(f64, bool)> {
+        let (mut w, mut all95) = (0.0f64, true);
+        for (ats, m) in [(load_at, CPU_PER_REQ), (cap_at, RPS)] {
+            for a in ats {
+                for c in self.candidates.iter().chain([&self.aa]) {
+                    let iv = verdict::interval(raw, c, &self.baseline, a.x, m)?;
+                    all95 &= iv.confidence >= stats::LEVEL;
+                    w = w.max(iv.half_width());
+                }
+            }
+        }
+        Some((w, all95))
+    }
+
+    /// Every candidate's verdict: CPU per request at each equal load, capacity when bound.
+    fn verdicts(
+        &self,
+        load_raw: &[RunResult],
+        load_at: &[At],
+        cap_raw: &[RunResult],
+        cap_at: &[At],
+    ) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        for (raw, ats, m) in [(load_raw, load_at, CPU_PER_REQ), (cap_raw, cap_at, RPS)] {
+            for a in ats {
+                let floor = verdict::interval(raw, &self.aa, &self.baseline, a.x, m);
+                for c in &self.candidates {
+                    out.extend(verdict::judge(raw, a, c, &self.baseline, floor.as_ref(), m));
+                }
+            }
+        }
+        out
+    }
+
+    /// The ratio cell of `row` against the baseline at `x` (the A/A row is its own floor).
+    fn cell(&self, raw: &[RunResult], row: &str, x: f64, m: Metric) -> String {
+        if row == self.baseline {
+            return "1".into();
+        }
+        let floor = (row != self.aa)
+            .then(|| verdict::interval(raw, &self.aa, &self.baseline, x, m))
+            .flatten();
+        verdict::cell(
+            verdict::interval(raw, row, &self.baseline, x, m).as_ref(),
+            floor.as_ref(),
+        )
+    }
+
+    fn load_table(&self, m: &[RunResult], raw: &[RunResult], at: &[At]) -> String {
+        let b = &self.baseline;
+        let mut t = format!("| conns | load | backend | achieved req/s | server CPU µs/req | ×{b} (95% CI) | p50 µs | p99 µs | ×{b} p99 (95% CI) | p99.9 µs | note |\n|---:|---|---|---:|---:|---|---:|---:|---|---:|---|\n");
+        for a in at {
+            for r in m.iter().filter(|r| r.x == a.x) {
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {} | {:.0} | {:.2} | {} | {:.0} | {:.0} | {} | {:.0} | {} |",
+                    a.conns,
+                    a.load,
+                    r.label,
+                    r.rps,
+                    r.cpu_per_req_us,
+                    self.cell(raw, &r.label, a.x, CPU_PER_REQ),
+                    r.p50_us,
+                    r.p99_us,
+                    self.cell(raw, &r.label, a.x, P99),
+                    r.p999_us,
+                    note(r)
+                );
+            }
+        }
+        t
+    }
+
+    fn cap_table(&self, m: &[RunResult], raw: &[RunResult], at: &[At]) -> String {
+        if at.is_empty() {
+            return String::new();
+        }
+        let b = &self.baseline;
+        let mut t = format!("| conns | backend | req/s (capacity) | ×{b} (95% CI) | server CPU µs/req | p99 µs | note |\n|---:|---|---:|---|---:|---:|---|\n");
+        for a in at {
+            for r in m.iter().filter(|r| r.x == a.x) {
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {:.0} | {} | {:.2} | {:.0} | {} |",
+                    a.conns,
+                    r.label,
+                    r.rps,
+                    self.cell(raw, &r.label, a.x, RPS),
+                    r.cpu_per_req_us,
+                    r.p99_us,
+                    note(r)
+                );
+            }
+        }
+        t
+    }
+
+    /// One profiled run per backend (not the A/A) at the middle load of the first conns.
+    fn profile(&self, ctx: &Ctx, caps: &[Probe]) -> Result<Vec<(String, Breakdown)>> {
+        let Some(p) = caps.first() else {
+            return Ok(Vec::new());
+        };
+        let l = self.loads[self.loads.len() / 2];
+        let rate = (p.capacity_rps * l / 100.0).round().max(1.0).to_string();
+        let mut out = Vec::new();
+        for row in self.rows.iter().filter(|r| **r != self.aa) {
+            eprintln!("  profile {row}");
+            let mut s = self.spec(
+                ctx,
+                row,
+                0.0,
+                &[
+                    "--size",
+                    SIZE,
+                    "--conns",
+                    &p.conns.to_string(),
+                    "--rate",
+                    &rate,
+                ],
+            )?;
+            s.profile = Some(ctx.run.tmp.join(format!("perf-{row}.data")));
+            match run::run(&ctx.bins, &s, &ctx.run) {
+                Ok(r) => out.extend(
+                    r.profile
+                        .map(|b| (format!("{row}, {} conns, {l}% load", p.conns), b)),
+                ),
+                Err(e) => eprintln!("ringlab-bench: profile run {row} failed: {e:#}"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The capacity probe of one connection count: the slowest backend's closed-loop req/s.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Probe {
+    conns: u32,
+    capacity_rps: f64,
+    slowest: String,
+}
+
+/// A short closed-loop run of every backend per connection count: the slowest one's req/s is
+/// the capacity the loads are percentages of (the client's limit if it is lower: then every
+/// load is one the client can also keep).
+fn probe(ctx: &Ctx, plan: &Plan) -> Result<Vec<Probe>> {
+    let mut out = Vec::new();
+    for &c in &plan.conns {
+        let mut specs = Vec::new();
+        for row in plan.rows.iter().filter(|r| **r != plan.aa) {
+            let mut s = plan.spec(
+                ctx,
+                row,
+                c as f64,
+                &["--size", SIZE, "--conns", &c.to_string()],
+            )?;
+            s.duration_s = s.duration_s.min(1.0);
+            specs.push(s);
+        }
+        let mut runs = vec![Vec::new(); specs.len()];
+        let order: Vec<usize> = (0..specs.len()).collect();
+        run::run_rep(
+            &ctx.bins,
+            &specs,
+            &order,
+            0,
+            &ctx.run,
+            &mut runs,
+            &mut |_, s| eprintln!("  probe {} {c} conns", s.label),
+        );
+        let slowest = runs.iter().flatten().min_by(|a, b| a.rps.total_cmp(&b.rps));
+        match slowest {
+            Some(r) => out.push(Probe {
+                conns: c,
+                capacity_rps: r.rps,
+                slowest: r.label.clone(),
+            }),
+            None => bail!("compare: every capacity probe at {c} connections failed (see above)"),
+        }
+    }
+    Ok(out)
+}
+
+/// The run order of repetition `rep` over `n` specs in groups of `k` rows: each group starts
+/// one row later than in the repetition before (A B A' · B A' A · A' A B ...), so that no row
+/// always runs first, or always right after the same other row.
+fn rotated(n: usize, k: usize, rep: usize) -> Vec<usize> {
+    (0..n)
+        .map(|i| {
+            let (g, j) = (i / k, i % k);
+            g * k + (j + rep) % k
+        })
+        .collect()
+}
+
+fn note(r: &RunResult) -> String {
+    let mut n = Vec::new();
+    if r.client_saturated {
+        n.push("client saturated or behind schedule".to_string());
+    }
+    if r.errors > 0.0 {
+        n.push(format!("{} errors", r.errors));
+    }
+    n.join(", ")
+}
+
+/// `30k req/s`.
+fn rate_text(r: f64) -> String {
+    if r >= 10_000.0 {
+        format!("{:.0}k req/s", r / 1000.0)
+    } else {
+        format!("{r:.0} req/s")
+    }
+}
+
+/// The profile table: per backend, the share of the server's samples per area.
+fn profile_text(profiles: &[(String, Breakdown)]) -> String {
+    if profiles.is_empty() {
+        return String::new();
+    }
+    let mut t = String::from("\n`perf record -g -e cpu-clock` on the server's CPU over the measured window, one extra run per backend; shares of the server's own samples. A sample whose leaf is generic (a lock, an allocation, the scheduler) counts in the area of its first caller that has one. The ceiling is what an IO model could remove at most: syscall entry/exit and the readiness machinery.\n\n| run | samples |");
+    for a in Area::ALL {
+        t += &format!(" {} |", a.name());
+    }
+    t += " heaviest symbols |\n|---|---:|";
+    t += &"---:|".repeat(Area::ALL.len());
+    t += "---|\n";
+    for (what, b) in profiles {
+        if let Some(n) = &b.note {
+            let _ = writeln!(t, "| {what} | – | {} |", n);
+            continue;
+        }
+        let _ = write!(t, "| {what} | {} |", b.samples);
+        for a in Area::ALL {
+            let _ = write!(t, " {:.1}% |", b.share(&[a]) * 100.0);
+        }
+        let top: Vec<String> = b
+            .top
+            .iter()
+            .take(4)
+            .map(|(s, n)| format!("`{s}` {:.1}%", *n as f64 * 100.0 / b.samples.max(1) as f64))
+            .collect();
+        let _ = writeln!(t, " {} |", top.join(", "));
+    }
+    t
+}
+
+/// From the epoll row: the largest share any IO model could remove.
+fn ceiling_line(profiles: &[(String, Breakdown)]) -> Option<String> {
+    let (what, b) = profiles
+        .iter()
+        .find(|(w, b)| w.starts_with("epoll,") && b.samples > 0)?;
+    let sys = b.share(&[Area::Syscall]) * 100.0;
+    let ready = b.share(&[Area::Readiness]) * 100.0;
+    Some(format!(
+        "Ceiling ({what}): syscall entry/exit {sys:.1}% + readiness machinery {ready:.1}% of the epoll server's samples: no IO model can remove more than {:.0}% of its CPU here; read the CPU verdicts against that.",
+        b.ceiling() * 100.0
+    ))
 }
 
 #[cfg(test)]
@@ -104,9 +629,81 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chart_files_are_plain_words() {
-        assert_eq!(chart_prefix("compare: echo 64 B"), "compare");
-        assert_eq!(chart_prefix("Sizes"), "sizes");
-        assert_eq!(chart_prefix(": odd"), "x");
+    fn ceiling_comes_from_the_epoll_row() {
+        let b = Breakdown {
+            samples: 100,
+            by_area: vec![
+                (Area::Syscall, 6),
+                (Area::Readiness, 4),
+                (Area::Tcp, 80),
+                (Area::User, 10),
+            ],
+            ..Breakdown::default()
+        };
+        let p = vec![
+            (
+                "uring, 512 conns, 50% load".to_string(),
+                Breakdown::default(),
+            ),
+            ("epoll, 512 conns, 50% load".to_string(), b),
+        ];
+        let l = ceiling_line(&p).unwrap();
+        assert!(
+            l.contains("syscall entry/exit 6.0% + readiness machinery 4.0%"),
+            "{l}"
+        );
+        assert!(l.contains("more than 10%"), "{l}");
+        assert!(ceiling_line(&p[..1]).is_none());
+        assert!(profile_text(&p).contains(
+            "| epoll, 512 conns, 50% load | 100 | 6.0% | 4.0% | 0.0% | 80.0% | 10.0% | 0.0% |"
+        ));
+    }
+
+    #[test]
+    fn repetitions_end_at_3_percent_or_when_the_budget_runs_out() {
+        let s = |fixed, max_reps| Stop {
+            fixed,
+            max_reps,
+            budget: Duration::from_secs(120),
+        };
+        let early = Duration::from_secs(30);
+        let late = Duration::from_secs(121);
+        let adaptive = s(false, usize::MAX);
+        // Narrow but fewer than 6 pairs: not a 95% interval yet, go on.
+        assert_eq!(adaptive.ending(3, Some((0.01, false)), early), None);
+        assert_eq!(adaptive.ending(6, Some((0.031, true)), early), None);
+        assert_eq!(adaptive.ending(6, None, early), None);
+        let done = adaptive.ending(6, Some((0.029, true)), early).unwrap();
+        assert!(
+            done.starts_with("Stopped after 6 repetitions: every headline"),
+            "{done}"
+        );
+        let out = adaptive.ending(4, Some((0.08, false)), late).unwrap();
+        assert!(
+            out.contains("budget (120 s, --budget) ran out after 4")
+                && out.contains("±8.0%")
+                && out.contains("give a larger --budget"),
+            "{out}"
+        );
+        // --reps N runs exactly N, whatever the intervals and the budget.
+        assert_eq!(s(true, 8).ending(6, Some((0.01, true)), late), None);
+        let fixed = s(true, 8).ending(8, Some((0.01, true)), early).unwrap();
+        assert!(
+            fixed.starts_with("Stopped after 8 repetitions (--reps"),
+            "{fixed}"
+        );
+    }
+
+    #[test]
+    fn each_repetition_starts_one_row_later() {
+        assert_eq!(rotated(6, 3, 0), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(rotated(6, 3, 1), [1, 2, 0, 4, 5, 3]);
+        assert_eq!(rotated(6, 3, 5), [2, 0, 1, 5, 3, 4]);
+    }
+
+    #[test]
+    fn rates_read_plainly() {
+        assert_eq!(rate_text(30_400.0), "30k req/s");
+        assert_eq!(rate_text(950.0), "950 req/s");
     }
 }

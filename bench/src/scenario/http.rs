@@ -5,6 +5,7 @@ use anyhow::Result;
 use crate::ctx::{Ctx, Scenario};
 use crate::peers;
 use crate::report::{self, Report};
+use crate::verdict;
 
 /// `ringlab-bench http`.
 pub struct Http;
@@ -45,7 +46,19 @@ impl Scenario for Http {
             }
             Err(e) => notes += &format!("\n- nginx reference row skipped: {e:#}\n"),
         }
-        let table = report::table(&m, "conns", "epoll");
+        let table = report::table(&m, &raw, "conns", "epoll");
+        let pairs = verdict::pairs_of(&raw, |l| {
+            (l != "nginx").then(|| verdict::same_row_of(l, "epoll"))
+        });
+        let vs = verdict::judge_all(
+            &raw,
+            "http",
+            &pairs,
+            |x| (x as u32, "closed loop".into()),
+            |_, _| None,
+            &[verdict::CPU_PER_REQ, verdict::RPS],
+        );
+        rep.add_verdicts("http", &vs, "");
         println!("\nhttp: GET / (Hello, World!), keep-alive\n\n{table}{notes}");
         rep.section(
                 "http",

@@ -46,7 +46,7 @@ impl Scenario for Latency {
             }
         }
         let (m, raw) = ctx.go(&specs, ctx.reps(3))?;
-        let table = report::table(&m, "% of max", "epoll");
+        let table = report::table(&m, &raw, "% of max", "epoll");
         println!(
             "\nlatency: open loop, {conns} connections, rates as % of {max:.0} req/s\n\n{table}"
         );

@@ -4,6 +4,8 @@ use anyhow::Result;
 
 use crate::ctx::{Ctx, Scenario};
 use crate::report::Report;
+use crate::run::RunResult;
+use crate::verdict;
 
 /// `ringlab-bench pinning`.
 pub struct Pinning;
@@ -75,14 +77,27 @@ impl Scenario for Pinning {
             }
         }
         let (m, raw) = ctx.go(&specs, ctx.reps(3))?;
-        let mut t = String::from("| variant | req/s | p99 µs | server CPU µs/req | ctx switches/req | note |\n|---|---:|---:|---:|---:|---|\n");
+        let ci = |r: &RunResult, m: verdict::Metric| {
+            let base = verdict::same_row_of(&r.label, "epoll");
+            if base == r.label {
+                String::new()
+            } else {
+                verdict::cell(
+                    verdict::interval(&raw, &r.label, &base, r.x, m).as_ref(),
+                    None,
+                )
+            }
+        };
+        let mut t = String::from("| variant | req/s | vs epoll (95% CI) | p99 µs | server CPU µs/req | vs epoll (95% CI) | ctx switches/req | note |\n|---|---:|---|---:|---:|---|---:|---|\n");
         for r in &m {
             t += &format!(
-                "| {} | {:.0} | {:.1} | {:.2} | {:.3} | {} |\n",
+                "| {} | {:.0} | {} | {:.1} | {:.2} | {} | {:.3} | {} |\n",
                 r.label,
                 r.rps,
+                ci(r, verdict::RPS),
                 r.p99_us,
                 r.cpu_per_req_us,
+                ci(r, verdict::CPU_PER_REQ),
                 r.ctx_switches_per_req,
                 if r.client_saturated {
                     "client saturated"
@@ -91,6 +106,17 @@ impl Scenario for Pinning {
                 }
             );
         }
+        let pairs = verdict::pairs_of(&raw, |l| Some(verdict::same_row_of(l, "epoll")));
+        let names: Vec<&str> = variants.iter().map(|v| v.0).collect();
+        let vs = verdict::judge_all(
+            &raw,
+            "pinning",
+            &pairs,
+            |x| (conns, names.get(x as usize).unwrap_or(&"").to_string()),
+            |_, _| None,
+            &[verdict::CPU_PER_REQ, verdict::RPS],
+        );
+        rep.add_verdicts("pinning", &vs, "");
         println!("\npinning: echo 64 B, {conns} connections\n\n{t}");
         rep.section(
                 "pinning",

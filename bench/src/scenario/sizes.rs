@@ -5,6 +5,7 @@ use anyhow::Result;
 use crate::ctx::{Ctx, Scenario};
 use crate::plot;
 use crate::report::{self, Report};
+use crate::verdict;
 
 /// `ringlab-bench sizes`.
 pub struct Sizes;
@@ -31,7 +32,17 @@ impl Scenario for Sizes {
             }
         }
         let (m, raw) = ctx.go(&specs, ctx.reps(3))?;
-        let table = report::table(&m, "bytes", "epoll");
+        let table = report::table(&m, &raw, "bytes", "epoll");
+        let pairs = verdict::pairs_of(&raw, |l| Some(verdict::same_row_of(l, "epoll")));
+        let vs = verdict::judge_all(
+            &raw,
+            "sizes",
+            &pairs,
+            |x| (conns, format!("{x} B closed loop")),
+            |_, _| None,
+            &[verdict::CPU_PER_REQ, verdict::RPS],
+        );
+        rep.add_verdicts("sizes", &vs, "");
         println!("\nsizes: echo, {conns} connections\n\n{table}");
         plot::lines(
             &rep.dir.join("sizes-throughput.svg"),

@@ -1,0 +1,270 @@
+//! The verdict's statistics: paired ratios from interleaved repetitions, their 95% interval,
+//! the A/A control's interval as the noise floor, and the call. Pure: numbers in, numbers out.
+//!
+//! Repetition `i` runs every row once, interleaved (A B A' B ...), so run `i` of the candidate
+//! and run `i` of the baseline saw the same machine: their ratio `candidate_i / baseline_i` is
+//! the paired measurement, and the analysis works on the logs of those ratios (a ratio of 0.5
+//! and one of 2 are equally far from 1).
+//!
+//! The interval is **Hodges–Lehmann** on the paired log ratios (the median of the Walsh
+//! averages, its 95% interval from the exact Wilcoxon signed-rank distribution), not a
+//! bootstrap, for three reasons that matter on a shared machine:
+//! - it is robust: one repetition disturbed by someone else's compile moves a bootstrap of the
+//!   mean with it, and barely moves the median of the Walsh averages;
+//! - it is exact and deterministic: no resampling, no seed, the same data give the same
+//!   interval;
+//! - it is honest with few repetitions: below 6 pairs no 95% interval exists at all, and
+//!   [`Interval::confidence`] says what the range of the data is worth (5 pairs: 93.75%, 2 pairs:
+//!   50%), where a bootstrap would print a too-narrow interval labelled 95%.
+
+/// The confidence the verdict asks for.
+pub const LEVEL: f64 = 0.95;
+
+/// A ratio with its interval.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Interval {
+    /// The point estimate (Hodges–Lehmann), as a ratio.
+    pub ratio: f64,
+    pub lo: f64,
+    pub hi: f64,
+    /// Pairs it rests on.
+    pub n: usize,
+    /// The interval's real coverage: [`LEVEL`] or a little more from 6 pairs on, less below.
+    pub confidence: f64,
+}
+
+impl Interval {
+    /// The larger of its two half-widths, relative to the ratio (0.03: ±3%).
+    pub fn half_width(&self) -> f64 {
+        (self.hi / self.ratio - 1.0).max(1.0 - self.lo / self.ratio)
+    }
+
+    /// Whether the interval contains `v`.
+    pub fn contains(&self, v: f64) -> bool {
+        self.lo <= v && v <= self.hi
+    }
+
+    /// Whether it overlaps `other`.
+    pub fn overlaps(&self, other: &Interval) -> bool {
+        self.lo <= other.hi && other.lo <= self.hi
+    }
+}
+
+/// What a comparison says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// The interval excludes 1 and lies outside the noise floor, at 95%.
+    Significant,
+    /// The interval contains 1 or overlaps the noise floor.
+    WithinNoise,
+    /// It would be a difference, but too few pairs for a 95% interval.
+    TooFewReps,
+}
+
+impl Call {
+    pub fn text(self) -> &'static str {
+        match self {
+            Call::Significant => "significant",
+            Call::WithinNoise => "within noise",
+            Call::TooFewReps => "too few repetitions for a 95% interval",
+        }
+    }
+}
+
+/// The call on `iv` against the noise floor (the A/A interval, where the scenario has one).
+pub fn call(iv: &Interval, floor: Option<&Interval>) -> Call {
+    if iv.contains(1.0) || floor.is_some_and(|f| iv.overlaps(f)) {
+        Call::WithinNoise
+    } else if iv.confidence < LEVEL {
+        Call::TooFewReps
+    } else {
+        Call::Significant
+    }
+}
+
+/// `ln(candidate_i / baseline_i)` for every rep where both were measured and positive.
+pub fn log_ratios(pairs: &[(f64, f64)]) -> Vec<f64> {
+    pairs
+        .iter()
+        .filter(|(c, b)| *c > 0.0 && *b > 0.0 && c.is_finite() && b.is_finite())
+        .map(|(c, b)| (c / b).ln())
+        .collect()
+}
+
+/// The paired ratio of `(candidate_i, baseline_i)` with its interval; none without a pair.
+pub fn paired(pairs: &[(f64, f64)]) -> Option<Interval> {
+    hodges_lehmann(&log_ratios(pairs))
+}
+
+/// Hodges–Lehmann on the paired differences `d` (logs): the estimate and interval, as ratios.
+pub fn hodges_lehmann(d: &[f64]) -> Option<Interval> {
+    let n = d.len();
+    if n == 0 {
+        return None;
+    }
+    let mut walsh = Vec::with_capacity(n * (n + 1) / 2);
+    for i in 0..n {
+        for j in i..n {
+            walsh.push((d[i] + d[j]) / 2.0);
+        }
+    }
+    walsh.sort_by(f64::total_cmp);
+    let m = walsh.len();
+    let est = if m % 2 == 1 {
+        walsh[m / 2]
+    } else {
+        (walsh[m / 2 - 1] + walsh[m / 2]) / 2.0
+    };
+    let (k, confidence) = wilcoxon_k(n, 1.0 - LEVEL);
+    Some(Interval {
+        ratio: est.exp(),
+        lo: walsh[k - 1].exp(),
+        hi: walsh[m - k].exp(),
+        n,
+        confidence,
+    })
+}
+
+/// The rank `k` (1-based) of the Walsh averages that bound the interval, `[W(k), W(M+1-k)]`,
+/// and its coverage: the largest `k` with `P(T+ <= k-1) <= alpha/2` under the signed-rank null;
+/// 1 (the whole range) when even that is more likely, as below 6 pairs.
+pub fn wilcoxon_k(n: usize, alpha: f64) -> (usize, f64) {
+    let cdf = signed_rank_cdf(n);
+    let mut k = 1;
+    while k < cdf.len() && cdf[k] <= alpha / 2.0 {
+        k += 1;
+    }
+    // cdf[k-1] = P(T <= k-1): the two tails left out.
+    (k, (1.0 - 2.0 * cdf[k - 1]).max(0.0))
+}
+
+/// `P(T+ <= t)` for t = 0 ..= n(n+1)/2 under the null (every sign equally likely). Exact by
+/// counting subsets of the ranks 1..=n with each sum (doubles: exact to n = 50 or so, and
+/// accurate far beyond).
+fn signed_rank_cdf(n: usize) -> Vec<f64> {
+    let max = n * (n + 1) / 2;
+    let mut ways = vec![0.0f64; max + 1];
+    ways[0] = 1.0;
+    for r in 1..=n {
+        for s in (r..=max).rev() {
+            ways[s] += ways[s - r];
+        }
+    }
+    let total = 2f64.powi(n as i32);
+    let mut acc = 0.0;
+    ways.iter()
+        .map(|w| {
+            acc += w;
+            acc / total
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic noise in [-1, 1): a small LCG, so the tests need no seed crate.
+    fn noise(seed: &mut u64) -> f64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+
+    /// `n` reps of a baseline around 100 and a candidate around `100 * shift`, each with
+    /// uniform noise of ±`pct` (its standard deviation is pct/√3).
+    fn reps(n: usize, shift: f64, pct: f64, seed: u64) -> Vec<(f64, f64)> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                let b = 100.0 * (1.0 + pct * noise(&mut s));
+                let c = 100.0 * shift * (1.0 + pct * noise(&mut s));
+                (c, b)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn identical_samples_are_within_noise() {
+        let pairs: Vec<(f64, f64)> = (0..8).map(|i| (50.0 + i as f64, 50.0 + i as f64)).collect();
+        let iv = paired(&pairs).unwrap();
+        assert_eq!((iv.ratio, iv.lo, iv.hi), (1.0, 1.0, 1.0));
+        assert_eq!(call(&iv, None), Call::WithinNoise);
+        assert_eq!(iv.half_width(), 0.0);
+        assert!(iv.confidence >= LEVEL);
+    }
+
+    #[test]
+    fn a_clear_shift_is_significant_with_its_interval_around_it() {
+        let floor = paired(&reps(12, 1.0, 0.02, 7)).unwrap();
+        assert!(floor.contains(1.0), "{floor:?}");
+        let iv = paired(&reps(12, 1.10, 0.02, 8)).unwrap();
+        assert!((iv.ratio - 1.10).abs() < 0.01, "{iv:?}");
+        assert!(iv.lo > 1.06 && iv.hi < 1.14 && iv.contains(1.10), "{iv:?}");
+        assert!(iv.confidence >= LEVEL);
+        assert_eq!(call(&iv, Some(&floor)), Call::Significant);
+    }
+
+    #[test]
+    fn a_difference_inside_the_noise_floor_is_within_noise() {
+        // An A/A floor of 0.95-1.05 (a noisy machine) swallows a real but small 3% shift.
+        let floor = Interval {
+            ratio: 1.0,
+            lo: 0.95,
+            hi: 1.05,
+            n: 8,
+            confidence: 0.95,
+        };
+        let iv = paired(&reps(20, 1.03, 0.005, 3)).unwrap();
+        assert!(!iv.contains(1.0), "{iv:?}");
+        assert_eq!(call(&iv, None), Call::Significant);
+        assert_eq!(call(&iv, Some(&floor)), Call::WithinNoise);
+    }
+
+    #[test]
+    fn the_interval_narrows_as_reps_grow() {
+        let few = paired(&reps(8, 1.10, 0.05, 11)).unwrap();
+        let many = paired(&reps(64, 1.10, 0.05, 11)).unwrap();
+        assert!(
+            many.half_width() < few.half_width() * 0.6,
+            "{few:?} {many:?}"
+        );
+        assert!(many.contains(1.10), "{many:?}");
+    }
+
+    #[test]
+    fn too_few_pairs_give_no_95_percent_interval() {
+        // Two pairs, both clearly above 1: the range, worth 50%, not a verdict.
+        let iv = paired(&[(110.0, 100.0), (112.0, 100.0)]).unwrap();
+        assert_eq!(iv.confidence, 0.5);
+        assert_eq!(call(&iv, None), Call::TooFewReps);
+        let five = paired(&reps(5, 1.2, 0.01, 5)).unwrap();
+        assert_eq!(five.confidence, 1.0 - 2.0 / 32.0);
+        assert_eq!(call(&five, None), Call::TooFewReps);
+        assert_eq!(paired(&[]), None);
+        assert_eq!(paired(&[(1.0, 0.0)]), None, "a zero baseline is no pair");
+    }
+
+    #[test]
+    fn wilcoxon_ranks_match_the_tables() {
+        // Two-sided 5% critical values of T: n=6 → 0, n=10 → 8, n=20 → 52 (k = T + 1).
+        assert_eq!(wilcoxon_k(6, 0.05).0, 1);
+        assert_eq!(wilcoxon_k(10, 0.05).0, 9);
+        assert_eq!(wilcoxon_k(20, 0.05).0, 53);
+        assert!((wilcoxon_k(6, 0.05).1 - (1.0 - 2.0 / 64.0)).abs() < 1e-12);
+        assert_eq!(wilcoxon_k(1, 0.05), (1, 0.0));
+    }
+
+    #[test]
+    fn one_wild_rep_barely_moves_the_estimate() {
+        let mut pairs = reps(10, 1.10, 0.01, 21);
+        let calm = paired(&pairs).unwrap();
+        pairs[3].0 *= 3.0; // someone's compile landed on this candidate run
+        let wild = paired(&pairs).unwrap();
+        assert!(
+            (wild.ratio / calm.ratio - 1.0).abs() < 0.02,
+            "{calm:?} {wild:?}"
+        );
+    }
+}

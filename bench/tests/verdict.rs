@@ -1,0 +1,112 @@
+//! ringlab-bench compare end to end: the verdict comes first, results.json carries it, and the
+//! CPU-cap cgroup does not outlive the run. Runs the real binaries on a short schedule; asserts
+//! what the report says and holds, never a timing.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringlab-bench");
+
+fn out_dir(what: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("verdict-{what}-{}", std::process::id()))
+}
+
+/// This bench process's CPU-cap cgroups, wherever the cpu controller is mounted.
+fn leftover_cgroups(bench_pid: u32) -> Vec<String> {
+    let name = format!("ringlab-bench-{bench_pid}");
+    [
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/cpu,cpuacct",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(|d| std::path::Path::new(d).join(&name))
+    .filter(|p| p.exists())
+    .map(|p| p.display().to_string())
+    .collect()
+}
+
+#[test]
+fn compare_quick_prints_the_verdict_first_and_writes_it_to_results_json() {
+    let dir = out_dir("compare");
+    let child = Command::new(BIN)
+        .args(["compare", "--quick", "--reps", "2", "--duration", "0.3"])
+        .arg("--out")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        leftover_cgroups(pid).is_empty(),
+        "cgroup left behind: {:?}",
+        leftover_cgroups(pid)
+    );
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first_verdict = stdout.find("uring vs epoll, 512 conns, 50% load (");
+    let first_table = stdout.find("| conns |");
+    assert!(
+        first_verdict.is_some() && first_verdict < first_table,
+        "the verdict is printed first:\n{stdout}"
+    );
+
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let verdicts = report.find("## Verdicts").expect("a verdict section");
+    let tables = report.find("### Equal offered load").expect("the tables");
+    assert!(verdicts < tables, "{report}");
+    assert!(
+        report.contains(": server CPU/request ") && report.contains("(A/A floor "),
+        "{report}"
+    );
+    // Two reps are too few for a 95% interval, and the report says so instead of a call.
+    assert!(report.contains("over 2 reps, 50% confidence"), "{report}");
+    assert!(!report.contains(", significant ("), "{report}");
+    assert!(
+        report.contains("Stopped after 2 repetitions"),
+        "how the repetitions ended:\n{report}"
+    );
+    assert!(
+        report.contains("Server-bound capacity: the server in cgroup")
+            || report.contains("Server-bound capacity skipped: no cgroup could be written"),
+        "{report}"
+    );
+    assert!(dir.join("compare-cpu.svg").is_file());
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    assert!(json.get("machine").is_some() && json.get("compare").is_some());
+    let vs = json["verdicts"].as_array().expect("verdicts");
+    assert!(!vs.is_empty());
+    let v = &vs[0];
+    assert_eq!(v["scenario"], "compare");
+    assert_eq!(v["candidate"], "uring");
+    assert_eq!(v["baseline"], "epoll");
+    assert_eq!(v["conns"], 512);
+    assert_eq!(v["metric"], "server_cpu_us_per_request");
+    assert_eq!(v["significant"], false);
+    let ci = v["ci95"].as_array().unwrap();
+    let (lo, hi) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+    let ratio = v["ratio"].as_f64().unwrap();
+    assert!(lo <= ratio && ratio <= hi, "{v}");
+    assert_eq!(v["noise_floor"].as_array().map(Vec::len), Some(2), "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_load_is_refused_in_one_line() {
+    let out = Command::new(BIN)
+        .args(["compare", "--quick", "--loads", "150"])
+        .arg("--out")
+        .arg(out_dir("badload"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--loads takes percentages"), "{err}");
+    let _ = std::fs::remove_dir_all(out_dir("badload"));
+}
