@@ -19,11 +19,20 @@ fn report_row(report: &str, start: &str) -> Vec<String> {
     line.split('|').map(|c| c.trim().to_string()).collect()
 }
 
-/// A number cell of a report row.
+/// A number cell of a report row: its leading number (a ratio cell reads `R [LO–HI]`).
 fn num(row: &[String], i: usize) -> f64 {
     row[i]
-        .parse()
-        .unwrap_or_else(|_| panic!("cell {i} is not a number: {row:?}"))
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("cell {i} is not a number: {row:?}"))
+}
+
+/// The interval of a ratio cell `R [LO–HI]`, if it has one.
+fn interval(cell: &str) -> Option<(f64, f64)> {
+    let inner = cell.split_once('[')?.1.strip_suffix(']')?;
+    let (lo, hi) = inner.split_once('–')?;
+    Some((lo.parse().ok()?, hi.parse().ok()?))
 }
 
 #[test]
@@ -63,6 +72,8 @@ fn features_writes_a_ratio_row_per_technique() {
             "epoll",
             "--duration",
             "0.3",
+            "--reps",
+            "1",
         ])
         .arg("--out")
         .arg(&dir)
@@ -87,12 +98,19 @@ fn features_writes_a_ratio_row_per_technique() {
                 if b > 0.0 {
                     let want = a / b;
                     let got = num(&row, figure + 1);
+                    // One repetition: the paired ratio is this row's figure over the default's.
                     // The figures are rounded in the table: allow that much.
                     assert!(
                         (got - want).abs() <= 0.005 + 0.02 * want,
                         "{size} B {technique}: ×default {got} in cell {}, but {a} / {b} = {want:.3}\n{report}",
                         figure + 1
                     );
+                    if let Some((lo, hi)) = interval(cell) {
+                        assert!(
+                            lo <= got && got <= hi,
+                            "{size} B {technique}: ratio {got} outside its interval {cell}"
+                        );
+                    }
                 } else {
                     assert_eq!(
                         cell, "–",
