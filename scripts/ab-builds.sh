@@ -42,7 +42,7 @@ server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null; rm -rf "$out"; }
 trap cleanup EXIT
 
-cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {print s}'; }
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
 # run BUILD_DIR IO LABEL REP: one server, one client run; appends "label io rep cpu_us requests".
 run() {
