@@ -77,7 +77,7 @@ pub fn merge(files: &[PathBuf]) -> Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
-    use ringlab_client::report::IntervalLog;
+    use ringlab_client::intervals::IntervalLog;
     use std::time::{Duration, SystemTime};
 
     /// An open-loop client's log: `n` requests a second for `secs` seconds, corrected latency

@@ -1,6 +1,6 @@
-//! Interval logs read and merged, once: in the client library because the client writes them
-//! ([`crate::report::IntervalLog`]) and merges its processes' logs, and the bench, which
-//! depends on this library for the report types, merges clients' logs with the same code.
+//! Interval logs written, read and merged, once: in the client library because the client
+//! writes them ([`IntervalLog`]) and merges its processes' logs, and the bench, which depends
+//! on this library for the report types, merges clients' logs with the same code.
 //!
 //! A log holds one interval a second (the format of Java's `HistogramLogWriter`): the
 //! untagged histogram is the corrected latency, the `Tag=raw` one (open loop only) the raw
@@ -9,18 +9,117 @@
 //! raw histogram is never added to a corrected one, which would count every request twice.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::serialization::interval_log::{
+    IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, Tag,
+};
+use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 
 use crate::args::RunConfig;
-use crate::report::IntervalLog;
 use crate::stats::new_hist;
+
+/// An HdrHistogram interval log (the format of Java's `HistogramLogWriter`, V2 compressed
+/// histograms in base64), one interval a second. Values are microseconds; the untagged
+/// histograms are the corrected latency, `Tag=raw` ones the raw latency (open loop only).
+pub struct IntervalLog {
+    out: BufWriter<File>,
+    serializer: V2DeflateSerializer,
+    line: Vec<u8>,
+    raw: bool,
+}
+
+impl IntervalLog {
+    /// Create `path` and write the header; `base` is the wall-clock time of the start of
+    /// measurement (interval timestamps count from it).
+    pub fn create(path: &Path, base: SystemTime, cfg: &RunConfig) -> io::Result<IntervalLog> {
+        let mut out = BufWriter::new(File::create(path)?);
+        let mut head = Vec::new();
+        {
+            let mut ser = V2DeflateSerializer::new();
+            let mut b = IntervalLogWriterBuilder::new();
+            b.add_comment(&format!(
+                "ringlab-client {} @ {} ({}, io {}, {} connections, {}); values in microseconds (HistogramLogProcessor: -outputValueUnitRatio 1000 for ms); Interval_Max in ms",
+                env!("CARGO_PKG_VERSION"),
+                cfg.target_name,
+                cfg.proto.name(),
+                cfg.io.name(),
+                cfg.conns,
+                match cfg.rate {
+                    Some(r) => format!("open loop at {r}/s; untagged = corrected, Tag=raw = uncorrected"),
+                    None => "closed loop".to_string(),
+                }
+            ))
+            .add_comment("[Histogram log format version 1.3]")
+            .with_start_time(base)
+            .with_base_time(base)
+            .with_max_value_divisor(1000.0);
+            b.begin_log_with(&mut head, &mut ser)?;
+        }
+        head.extend_from_slice(
+            b"\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
+        );
+        out.write_all(&head)?;
+        Ok(IntervalLog {
+            out,
+            serializer: V2DeflateSerializer::new(),
+            line: Vec::new(),
+            raw: cfg.open_loop(),
+        })
+    }
+
+    fn write_one(
+        &mut self,
+        h: &Histogram<u64>,
+        start: Duration,
+        length: Duration,
+        tag: Option<Tag<'_>>,
+    ) -> io::Result<()> {
+        self.line.clear();
+        {
+            let mut w = IntervalLogWriterBuilder::new()
+                .with_max_value_divisor(1000.0)
+                .begin_log_with(&mut self.line, &mut self.serializer)?;
+            w.write_histogram(h, start, length, tag)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        // The per-line builder repeats the divisor comment; keep only the histogram line.
+        let text = std::mem::take(&mut self.line);
+        for l in text.split_inclusive(|b| *b == b'\n') {
+            if !l.starts_with(b"#") {
+                self.out.write_all(l)?;
+            }
+        }
+        self.line = text;
+        Ok(())
+    }
+
+    /// Write interval `index` (seconds from the start of measurement) of length `length`.
+    pub fn write(
+        &mut self,
+        index: u64,
+        length: Duration,
+        corrected: &Histogram<u64>,
+        raw: &Histogram<u64>,
+    ) -> io::Result<()> {
+        let start = Duration::from_secs(index);
+        self.write_one(corrected, start, length, None)?;
+        if self.raw {
+            self.write_one(raw, start, length, Tag::new("raw"))?;
+        }
+        Ok(())
+    }
+
+    /// Flush to the file.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
 
 /// One interval of the merged logs: each tag's histograms added.
 #[derive(Debug)]

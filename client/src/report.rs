@@ -1,16 +1,11 @@
-//! Results: per-thread histograms merged, the wrk-like summary, the JSON document, and the
-//! HdrHistogram interval log. The summary and the JSON are rendered from one [`Report`], so
-//! they cannot disagree.
+//! Results: per-thread histograms merged, the wrk-like summary and the JSON document (the
+//! HdrHistogram interval log is [`crate::intervals`]'s). The summary and the JSON are rendered
+//! from one [`Report`], so they cannot disagree.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -660,103 +655,6 @@ impl Report {
     /// The JSON document.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-    }
-}
-
-/// An HdrHistogram interval log (the format of Java's `HistogramLogWriter`, V2 compressed
-/// histograms in base64), one interval a second. Values are microseconds; the untagged
-/// histograms are the corrected latency, `Tag=raw` ones the raw latency (open loop only).
-pub struct IntervalLog {
-    out: BufWriter<File>,
-    serializer: V2DeflateSerializer,
-    line: Vec<u8>,
-    raw: bool,
-}
-
-impl IntervalLog {
-    /// Create `path` and write the header; `base` is the wall-clock time of the start of
-    /// measurement (interval timestamps count from it).
-    pub fn create(path: &Path, base: SystemTime, cfg: &RunConfig) -> io::Result<IntervalLog> {
-        let mut out = BufWriter::new(File::create(path)?);
-        let mut head = Vec::new();
-        {
-            let mut ser = V2DeflateSerializer::new();
-            let mut b = IntervalLogWriterBuilder::new();
-            b.add_comment(&format!(
-                "ringlab-client {} @ {} ({}, io {}, {} connections, {}); values in microseconds (HistogramLogProcessor: -outputValueUnitRatio 1000 for ms); Interval_Max in ms",
-                env!("CARGO_PKG_VERSION"),
-                cfg.target_name,
-                cfg.proto.name(),
-                cfg.io.name(),
-                cfg.conns,
-                match cfg.rate {
-                    Some(r) => format!("open loop at {r}/s; untagged = corrected, Tag=raw = uncorrected"),
-                    None => "closed loop".to_string(),
-                }
-            ))
-            .add_comment("[Histogram log format version 1.3]")
-            .with_start_time(base)
-            .with_base_time(base)
-            .with_max_value_divisor(1000.0);
-            b.begin_log_with(&mut head, &mut ser)?;
-        }
-        head.extend_from_slice(
-            b"\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
-        );
-        out.write_all(&head)?;
-        Ok(IntervalLog {
-            out,
-            serializer: V2DeflateSerializer::new(),
-            line: Vec::new(),
-            raw: cfg.open_loop(),
-        })
-    }
-
-    fn write_one(
-        &mut self,
-        h: &Histogram<u64>,
-        start: Duration,
-        length: Duration,
-        tag: Option<Tag<'_>>,
-    ) -> io::Result<()> {
-        self.line.clear();
-        {
-            let mut w = IntervalLogWriterBuilder::new()
-                .with_max_value_divisor(1000.0)
-                .begin_log_with(&mut self.line, &mut self.serializer)?;
-            w.write_histogram(h, start, length, tag)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-        }
-        // The per-line builder repeats the divisor comment; keep only the histogram line.
-        let text = std::mem::take(&mut self.line);
-        for l in text.split_inclusive(|b| *b == b'\n') {
-            if !l.starts_with(b"#") {
-                self.out.write_all(l)?;
-            }
-        }
-        self.line = text;
-        Ok(())
-    }
-
-    /// Write interval `index` (seconds from the start of measurement) of length `length`.
-    pub fn write(
-        &mut self,
-        index: u64,
-        length: Duration,
-        corrected: &Histogram<u64>,
-        raw: &Histogram<u64>,
-    ) -> io::Result<()> {
-        let start = Duration::from_secs(index);
-        self.write_one(corrected, start, length, None)?;
-        if self.raw {
-            self.write_one(raw, start, length, Tag::new("raw"))?;
-        }
-        Ok(())
-    }
-
-    /// Flush to the file.
-    pub fn finish(mut self) -> io::Result<()> {
-        self.out.flush()
     }
 }
 

@@ -15,7 +15,8 @@ use ringlab_runtime::cpus::{even_shares, pin_current_thread};
 use crate::args::{Io, RunConfig, SetupError};
 use crate::driver::{self, ThreadCtx};
 use crate::engine::{Interval, ThreadPlan, ThreadResult, Timeline};
-use crate::report::{self, fmt_bytes, fmt_us, IntervalLog, Partial, Report};
+use crate::intervals::IntervalLog;
+use crate::report::{self, fmt_bytes, fmt_us, Partial, Report};
 use crate::stats::new_hist;
 
 /// Why a run could not be done.
