@@ -450,20 +450,11 @@ fn grace_over_aborts_a_peer_that_never_reads(io: &str, extra: &[&str]) {
     drop(conns);
 }
 
-/// See [`grace_over_aborts_a_peer_that_never_reads`]. (The pool backends, whose runtimes keep
-/// the connections, do not count an aborted connection as closed yet: not run on them.)
-#[test]
-fn grace_over_aborts_a_stuck_peer_epoll() {
-    grace_over_aborts_a_peer_that_never_reads("epoll", &[]);
-}
-
-/// See [`grace_over_aborts_a_peer_that_never_reads`].
-#[test]
-fn grace_over_aborts_a_stuck_peer_uring() {
-    if common::skip_backend("uring") {
-        return;
+backend_tests! {
+    /// See [`grace_over_aborts_a_peer_that_never_reads`]: on every backend.
+    fn grace_over_aborts_a_stuck_peer(io: &str) {
+        grace_over_aborts_a_peer_that_never_reads(io, &[]);
     }
-    grace_over_aborts_a_peer_that_never_reads("uring", &[]);
 }
 
 /// The same with `--fixed-files` (uring): such a connection has no process descriptor, and

@@ -149,7 +149,12 @@ fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream, mut conn: ConnCor
         core.tick();
         if !stopping && ctx.shutdown_requested() {
             stopping = true;
+            core.begin_shutdown();
             conn.session.begin_shutdown();
+        }
+        if stopping && core.grace_over() {
+            // The grace period is over: abort, as the event loops do.
+            conn.session.abort();
         }
         if out.is_none() {
             out = conn.session.take_output().map(|b| (b, 0));

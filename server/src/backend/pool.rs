@@ -9,7 +9,9 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use ringlab_runtime::event_loop::ABORT_MARGIN;
 
 use tokio::sync::watch;
 
@@ -110,5 +112,32 @@ pub async fn accept_loop<C: CoreAccess, L: Acceptor>(
                 }
             }
         }
+    }
+}
+
+/// What a connection task watches: shutdown (finish what is in flight, accept nothing new) and
+/// the end of the grace period (abort what is left).
+#[derive(Clone)]
+pub struct Phases {
+    pub stop: watch::Receiver<bool>,
+    pub abort: watch::Receiver<bool>,
+}
+
+/// After shutdown: wait up to `grace` for the connections (`live()` of them) to finish, then
+/// tell the rest to abort through `abort` and wait up to [`ABORT_MARGIN`] for them to close,
+/// as the event loops do.
+pub async fn drain(grace: Duration, live: impl Fn() -> usize, abort: &watch::Sender<bool>) {
+    let tick = Duration::from_millis(5);
+    let deadline = Instant::now() + grace;
+    while live() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(tick).await;
+    }
+    if live() == 0 {
+        return;
+    }
+    let _ = abort.send(true);
+    let until = Instant::now() + ABORT_MARGIN;
+    while live() > 0 && Instant::now() < until {
+        tokio::time::sleep(tick).await;
     }
 }

@@ -18,7 +18,7 @@ use ringlab_runtime::cpus::pin_current_thread;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::pool::{accept_loop, CoreAccess};
+use super::pool::{accept_loop, drain, CoreAccess, Phases};
 use crate::core::{shutdown_watch, stopped, ConnCore, LoopCore, PoolCtx};
 use crate::stats::LoopStats;
 
@@ -102,12 +102,14 @@ pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
     let r = rt.block_on(async move {
         let rx = shutdown_watch(ctx.waker.clone(), ctx.shutdown.clone())?;
         let mut stop = rx.clone();
+        let (abort_tx, abort) = watch::channel(false);
+        let phases = Phases { stop: rx, abort };
         let live = Arc::new(AtomicUsize::new(0));
         let mut accepts = Vec::new();
         for l in &ctx.listeners {
             let std_l = std::net::TcpListener::from(l.as_fd().try_clone_to_owned()?);
             let l = tokio::net::TcpListener::from_std(std_l)?;
-            accepts.push(tokio::spawn(accept_conns(l, rx.clone(), live.clone())));
+            accepts.push(tokio::spawn(accept_conns(l, phases.clone(), live.clone())));
         }
         // Ready means every worker is pinned and named: wait (briefly) for them to start.
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
@@ -124,11 +126,8 @@ pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
         for a in accepts {
             let _ = a.await;
         }
-        // Connections finish on their own (the sessions drain); wait for them up to --grace.
-        let deadline = Instant::now() + grace;
-        while live.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        // Connections finish on their own (the sessions drain) within --grace, or are aborted.
+        drain(grace, || live.load(Ordering::Acquire), &abort_tx).await;
         Ok::<(), io::Error>(())
     });
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -146,15 +145,10 @@ impl CoreAccess for WorkerCore {
     }
 }
 
-async fn accept_conns(
-    l: tokio::net::TcpListener,
-    stop: watch::Receiver<bool>,
-    live: Arc<AtomicUsize>,
-) {
-    let for_conns = stop.clone();
-    accept_loop(&WorkerCore, &l, stop, |s, conn| {
+async fn accept_conns(l: tokio::net::TcpListener, phases: Phases, live: Arc<AtomicUsize>) {
+    accept_loop(&WorkerCore, &l, phases.stop.clone(), |s, conn| {
         live.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(serve(s, conn, for_conns.clone(), live.clone()));
+        tokio::spawn(serve(s, conn, phases.clone(), live.clone()));
     })
     .await
 }
@@ -162,12 +156,12 @@ async fn accept_conns(
 async fn serve(
     mut s: tokio::net::TcpStream,
     mut conn: ConnCore,
-    mut stop: watch::Receiver<bool>,
+    mut phases: Phases,
     live: Arc<AtomicUsize>,
 ) {
     let cfg = with_core(|c| c.cfg.clone());
     let mut buf = vec![0u8; 16 * 1024];
-    let mut stopping = false;
+    let (mut stopping, mut aborting) = (false, false);
     // Output taken from the session and not yet written, and how much of it was.
     let mut out: Option<(bytes::Bytes, usize)> = None;
     let (mut rd, mut wr) = s.split();
@@ -213,9 +207,13 @@ async fn serve(
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
                 with_core(|c| c.timeout(&mut conn));
             }
-            _ = stopped(&mut stop), if !stopping => {
+            _ = stopped(&mut phases.stop), if !stopping => {
                 stopping = true;
                 conn.session.begin_shutdown();
+            }
+            _ = stopped(&mut phases.abort), if !aborting => {
+                aborting = true;
+                conn.session.abort();
             }
             else => break,
         }

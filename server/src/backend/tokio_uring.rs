@@ -26,7 +26,7 @@ use ringlab_proto::Action;
 use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use super::pool::{accept_loop, CoreAccess};
+use super::pool::{accept_loop, drain, CoreAccess, Phases};
 use crate::core::{shutdown_watch, stopped, ConnCore, LoopCore, LoopCtx};
 use crate::stats::LoopStats;
 
@@ -53,28 +53,25 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         let listener = TcpListener::from_std(std_l);
         let rx = shutdown_watch(ctx.waker.clone(), ctx.shutdown.clone())?;
         let mut stop = rx.clone();
+        let (abort_tx, abort) = watch::channel(false);
+        let phases = Phases {
+            stop: rx.clone(),
+            abort,
+        };
         let live = Rc::new(RefCell::new(0usize));
-        let (core, live2, for_conns) = (c2.clone(), live.clone(), rx.clone());
+        let (core, live2) = (c2.clone(), live.clone());
         let accept = tokio_uring::spawn(async move {
             accept_loop(&core, &listener, rx, |s, conn| {
                 *live2.borrow_mut() += 1;
-                tokio_uring::spawn(serve(
-                    s,
-                    conn,
-                    core.clone(),
-                    for_conns.clone(),
-                    live2.clone(),
-                ));
+                tokio_uring::spawn(serve(s, conn, core.clone(), phases.clone(), live2.clone()));
             })
             .await
         });
         let _ = ctx.ready.send(Ok(()));
         let _ = stopped(&mut stop).await;
         let _ = accept.await;
-        let deadline = Instant::now() + grace;
-        while *live.borrow() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        // Connections finish on their own (the sessions drain) within --grace, or are aborted.
+        drain(grace, || *live.borrow(), &abort_tx).await;
         Ok::<(), io::Error>(())
     })?;
     let stats = core.borrow().stats.clone();
@@ -88,7 +85,7 @@ async fn serve(
     s: TcpStream,
     mut conn: ConnCore,
     core: Core,
-    mut stop: watch::Receiver<bool>,
+    mut phases: Phases,
     live: Rc<RefCell<usize>>,
 ) {
     let with = |f: &mut dyn FnMut(&mut LoopCore)| core.with(f);
@@ -99,7 +96,7 @@ async fn serve(
     let mut write: Option<(WriteFut<'_>, usize)> = None;
     // Output taken from the session and not yet written (the part after a short write).
     let mut out: Option<Bytes> = None;
-    let mut stopping = false;
+    let (mut stopping, mut aborting) = (false, false);
     loop {
         if out.is_none() && write.is_none() {
             out = conn.session.take_output();
@@ -154,9 +151,13 @@ async fn serve(
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
                 with(&mut |c| c.timeout(&mut conn));
             }
-            _ = stopped(&mut stop), if !stopping => {
+            _ = stopped(&mut phases.stop), if !stopping => {
                 stopping = true;
                 conn.session.begin_shutdown();
+            }
+            _ = stopped(&mut phases.abort), if !aborting => {
+                aborting = true;
+                conn.session.abort();
             }
             else => break,
         }
