@@ -3,7 +3,9 @@
 //! threads and shares the accept-error handling ([`accept_failed`]). The accept loop keeps the
 //! backend contract of [`crate::backend`]: accept only while [`LoopCore::may_accept`] allows
 //! (echo at `--max-conns`), wait for a slot when another loop took the last one, and back off
-//! after EMFILE-like errors, all racing the shutdown signal.
+//! after EMFILE-like errors, all racing the shutdown signal. At shutdown the async pools
+//! [`drain`]: connections finish within `--grace`, and what is left is aborted through
+//! [`Phases::abort`] (the blocking workers check the grace deadline themselves).
 
 use std::cell::RefCell;
 use std::future::Future;
