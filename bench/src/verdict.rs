@@ -182,10 +182,10 @@ pub fn judge_all(
     out
 }
 
-/// `0.96× (95% CI 0.93–0.99)`, or with fewer than 6 pairs the range and what it is worth.
+/// `0.96× (95% CI 0.93–0.99, 8 pairs)`, or with fewer than 6 pairs the range and what it is worth.
 pub fn interval_text(ratio: f64, lo: f64, hi: f64, n: usize, confidence: f64) -> String {
     if confidence >= stats::LEVEL {
-        format!("{ratio:.2}× (95% CI {lo:.2}–{hi:.2})")
+        format!("{ratio:.2}× (95% CI {lo:.2}–{hi:.2}, {n} pairs)")
     } else if n < 2 {
         format!("{ratio:.2}× (one repetition: no interval)")
     } else {
@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(v.noise_floor, Some([1.0, 1.0]));
         let line = v.line();
         assert!(
-            line.starts_with("uring vs epoll, 512 conns, 50% load (30k req/s): server CPU/request 0.90× (95% CI 0.90–0.91), significant (A/A floor 1.00–1.00)"),
+            line.starts_with("uring vs epoll, 512 conns, 50% load (30k req/s): server CPU/request 0.90× (95% CI 0.90–0.91, 7 pairs), significant (A/A floor 1.00–1.00)"),
             "{line}"
         );
         let json = serde_json::to_value(&v).unwrap();

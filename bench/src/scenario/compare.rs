@@ -57,28 +57,37 @@ impl Scenario for Compare {
         };
         let mut load_runs = vec![Vec::new(); load_specs.len()];
         let mut cap_runs = vec![Vec::new(); cap_specs.len()];
-        let budget =
-            ctx.o
-                .budget
-                .unwrap_or(Duration::from_secs(if ctx.o.quick { 30 } else { 120 }));
+        let budget = plan.budget;
         let max_reps = ctx
             .o
             .reps
             .unwrap_or(if ctx.o.quick { 3 } else { usize::MAX });
+        let fixed = ctx.o.reps.is_some();
+        eprintln!(
+            "compare: {:.1} s measured per run, repetitions until every headline interval is within ±3% or {:.0} s have passed",
+            plan.dur,
+            budget.as_secs_f64()
+        );
         let mut reps = 0;
+        // Points whose every headline interval is already within ±3% (a real 95% interval)
+        // run no more: the rest of the budget goes to the points still short of it.
+        let mut done: Vec<f64> = Vec::new();
         let ending = loop {
             let t = Instant::now();
-            let n = load_specs.len() + cap_specs.len();
+            let per = plan.rows.len();
+            let skip: &[f64] = if fixed { &[] } else { &done };
+            let load_order = running(&load_specs, per, reps, skip);
+            let cap_order = running(&cap_specs, per, reps, skip);
+            let n = load_order.len() + cap_order.len();
             let mut k = 0;
             let mut progress = |_: usize, s: &RunSpec| {
                 k += 1;
                 eprintln!("  rep {} [{k}/{n}] {} x={:.0}", reps + 1, s.label, s.x);
             };
-            let per = plan.rows.len();
             run::run_rep(
                 &ctx.bins,
                 &load_specs,
-                &rotated(load_specs.len(), per, reps),
+                &load_order,
                 reps,
                 &ctx.run,
                 &mut load_runs,
@@ -87,7 +96,7 @@ impl Scenario for Compare {
             run::run_rep(
                 &ctx.bins,
                 &cap_specs,
-                &rotated(cap_specs.len(), per, reps),
+                &cap_order,
                 reps,
                 &ctx.run,
                 &mut cap_runs,
@@ -100,15 +109,24 @@ impl Scenario for Compare {
                 .flatten()
                 .cloned()
                 .collect();
+            for a in plan.converged(&raw, &load_at, &cap_at) {
+                if !done.contains(&a) {
+                    done.push(a);
+                }
+            }
             let widest = plan.widest(&raw, &load_at, &cap_at);
             let stop = Stop {
-                fixed: ctx.o.reps.is_some(),
+                fixed,
                 max_reps,
                 budget,
             };
-            // Another repetition would take about as long as this one.
-            let next_end = started.elapsed() + t.elapsed();
-            if let Some(e) = stop.ending(reps, widest, next_end) {
+            // Another repetition takes about as long per run as this one, over the runs of
+            // the points still running.
+            let skip: &[f64] = if fixed { &[] } else { &done };
+            let left = running(&load_specs, per, reps, skip).len()
+                + running(&cap_specs, per, reps, skip).len();
+            let next = t.elapsed().mul_f64(left as f64 / n.max(1) as f64);
+            if let Some(e) = stop.ending(reps, widest, started.elapsed() + next) {
                 break e;
             }
         };
@@ -149,10 +167,11 @@ impl Scenario for Compare {
             "\nequal offered load\n\n{load_table}\nserver-bound capacity\n\n{cap_table}{prof}"
         );
         let mut text = format!(
-            "Echo {SIZE} B. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({}; each repetition starts one row later), {reps} repetitions; figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.\n\n### Equal offered load\n\n{load_table}\n### Server-bound capacity\n\n{cap_note}\n\n{cap_table}",
+            "Echo {SIZE} B. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({}; each repetition starts one row later), up to {reps} repetitions of {:.1} s measured each (a point stops once all its intervals are within ±3%); figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.\n\n### Equal offered load\n\n{load_table}\n### Server-bound capacity\n\n{cap_note}\n\n{cap_table}",
             plan.loads.iter().map(|l| format!("{l}%")).collect::<Vec<_>>().join(", "),
             ctx.o.server_share,
             plan.rows.join(", "),
+            plan.dur,
         );
         if !prof.is_empty() {
             text += &format!("\n### Where the server's CPU goes\n{prof}");
@@ -256,7 +275,9 @@ struct Plan {
     baseline: String,
     aa: String,
     loads: Vec<f64>,
+    /// Measured seconds per run.
     dur: f64,
+    budget: Duration,
 }
 
 impl Plan {
@@ -289,14 +310,27 @@ impl Plan {
         if !(ctx.o.server_share >= 0.01 && ctx.o.server_share <= 64.0) {
             bail!("--server-share is a share of one CPU, from 0.01 (0.5: half a CPU)");
         }
+        let conns = ctx.o.conns.clone().unwrap_or(vec![512]);
+        let budget =
+            ctx.o
+                .budget
+                .unwrap_or(Duration::from_secs(if ctx.o.quick { 30 } else { 120 }));
+        // Runs per repetition: every row at each load, and server-bound, per conns.
+        let runs = conns.len() * (loads.len() + 1) * rows.len();
+        let dur = match (ctx.o.duration, ctx.o.quick) {
+            (Some(d), _) => d,
+            (None, true) => ctx.duration(0.5),
+            (None, false) => window(budget, runs, ctx.warmup()),
+        };
         Ok(Plan {
-            conns: ctx.o.conns.clone().unwrap_or(vec![512]),
+            conns,
             rows,
             candidates,
             baseline,
             aa,
             loads,
-            dur: ctx.duration(0.8),
+            dur,
+            budget,
         })
     }
 
@@ -363,17 +397,51 @@ impl Plan {
         Ok((specs, at))
     }
 
+    /// Each point's headline intervals (every candidate's and the A/A control's against the
+    /// baseline, at `x`): none before every one has a pair.
+    fn headline(
+        &self,
+        raw: &[RunResult],
+        load_at: &[At],
+        cap_at: &[At],
+    ) -> Vec<(f64, Option<Vec<stats::Interval>>)> {
+        let mut out = Vec::new();
+        for (ats, m) in [(load_at, CPU_PER_REQ), (cap_at, RPS)] {
+            for a in ats {
+                let ivs = self
+                    .candidates
+                    .iter()
+                    .chain([&self.aa])
+                    .map(|c| verdict::interval(raw, c, &self.baseline, a.x, m))
+                    .collect();
+                out.push((a.x, ivs));
+            }
+        }
+        out
+    }
+
+    /// The points (their x) whose headline intervals are all real 95% intervals within ±3%.
+    fn converged(&self, raw: &[RunResult], load_at: &[At], cap_at: &[At]) -> Vec<f64> {
+        self.headline(raw, load_at, cap_at)
+            .into_iter()
+            .filter(|(_, ivs)| {
+                ivs.as_ref().is_some_and(|v| {
+                    v.iter()
+                        .all(|iv| iv.confidence >= stats::LEVEL && iv.half_width() <= TARGET)
+                })
+            })
+            .map(|(x, _)| x)
+            .collect()
+    }
+
     /// The headline intervals' widest half-width (A/A controls included), and whether every one
     /// is a real 95% interval (6 pairs or more); none before every headline has a pair.
     fn widest(&self, raw: &[RunResult], load_at: &[At], cap_at: &[At]) -> Option<(f64, bool)> {
         let (mut w, mut all95) = (0.0f64, true);
-        for (ats, m) in [(load_at, CPU_PER_REQ), (cap_at, RPS)] {
-            for a in ats {
-                for c in self.candidates.iter().chain([&self.aa]) {
-                    let iv = verdict::interval(raw, c, &self.baseline, a.x, m)?;
-                    all95 &= iv.confidence >= stats::LEVEL;
-                    w = w.max(iv.half_width());
-                }
+        for (_, ivs) in self.headline(raw, load_at, cap_at) {
+            for iv in ivs? {
+                all95 &= iv.confidence >= stats::LEVEL;
+                w = w.max(iv.half_width());
             }
         }
         Some((w, all95))
@@ -547,6 +615,23 @@ fn probe(ctx: &Ctx, plan: &Plan) -> Result<Vec<Probe>> {
     Ok(out)
 }
 
+/// The run order of repetition `rep` (see [`rotated`]) without the points (x) in `skip`.
+fn running(specs: &[RunSpec], per: usize, rep: usize, skip: &[f64]) -> Vec<usize> {
+    rotated(specs.len(), per, rep)
+        .into_iter()
+        .filter(|&i| !skip.contains(&specs[i].x))
+        .collect()
+}
+
+/// Measured seconds per run when `runs` runs make a repetition: enough that `budget` holds
+/// about 8 repetitions (a 95% interval needs 6), with each run's warm-up and start-up on top,
+/// between 0.8 s and 3 s. Longer windows are worth more than more runs: on a 2-vCPU VM a 3 s
+/// window halves the run-to-run spread of CPU per request against a 0.8 s one.
+fn window(budget: Duration, runs: usize, warmup: f64) -> f64 {
+    let per_run = budget.as_secs_f64() / (8 * runs.max(1)) as f64;
+    ((per_run - warmup - 0.15) * 10.0).floor().clamp(8.0, 30.0) / 10.0
+}
+
 /// The run order of repetition `rep` over `n` specs in groups of `k` rows: each group starts
 /// one row later than in the repetition before (A B A' · B A' A · A' A B ...), so that no row
 /// always runs first, or always right after the same other row.
@@ -692,6 +777,67 @@ mod tests {
             fixed.starts_with("Stopped after 8 repetitions (--reps"),
             "{fixed}"
         );
+    }
+
+    #[test]
+    fn windows_grow_with_the_budget() {
+        let w = |secs, runs| window(Duration::from_secs(secs), runs, 0.5);
+        // Default (120 s, 12 runs a repetition): the shortest window.
+        assert_eq!(w(120, 12), 0.8);
+        // 5 minutes: 8 repetitions of 12 runs of 3.1 s, 2.4 s of it measured.
+        assert_eq!(w(300, 12), 2.4);
+        assert_eq!(w(3600, 12), 3.0);
+        assert_eq!(w(300, 0), 3.0);
+    }
+
+    #[test]
+    fn a_point_within_3_percent_stops_running() {
+        let plan = Plan {
+            conns: vec![512],
+            rows: vec!["uring".into(), "epoll".into(), "epoll A/A".into()],
+            candidates: vec!["uring".into()],
+            baseline: "epoll".into(),
+            aa: "epoll A/A".into(),
+            loads: vec![50.0],
+            dur: 1.0,
+            budget: Duration::from_secs(60),
+        };
+        let at = |x: f64| At {
+            scenario: "compare".into(),
+            conns: 512,
+            load: String::new(),
+            x,
+        };
+        let (load_at, cap_at) = (vec![at(1000.0)], vec![at(512.0)]);
+        let mut raw = Vec::new();
+        for rep in 0..8 {
+            let wobble = 1.0 + 0.004 * (rep % 3) as f64;
+            for (label, cpu) in [("uring", 9.0), ("epoll", 10.0), ("epoll A/A", 10.0)] {
+                raw.push(RunResult {
+                    label: label.into(),
+                    x: 1000.0,
+                    rep,
+                    cpu_per_req_us: cpu * wobble,
+                    ..RunResult::default()
+                });
+                // Server-bound: far apart from one repetition to the next.
+                let rps = if rep % 2 == 0 { 1e5 } else { 1.4e5 };
+                let rps = if label == "uring" && rep % 4 == 1 { 0.8e5 } else { rps };
+                raw.push(RunResult {
+                    label: label.into(),
+                    x: 512.0,
+                    rep,
+                    rps: rps * if label == "epoll" { 1.0 } else { 1.0 + 0.1 * (rep % 3) as f64 },
+                    ..RunResult::default()
+                });
+            }
+        }
+        assert_eq!(plan.converged(&raw, &load_at, &cap_at), [1000.0]);
+        let (w, all95) = plan.widest(&raw, &load_at, &cap_at).unwrap();
+        assert!(all95 && w > TARGET, "{w}");
+        // Before six pairs there is no 95% interval, however narrow.
+        let few: Vec<RunResult> = raw.iter().filter(|r| r.rep < 3).cloned().collect();
+        assert!(plan.converged(&few, &load_at, &cap_at).is_empty());
     }
 
     #[test]
