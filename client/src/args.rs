@@ -311,6 +311,12 @@ impl Args {
         if self.pipeline == 0 {
             return Err(setup("--pipeline must be at least 1"));
         }
+        if self.cq_entries < self.sq_entries {
+            return Err(setup(format!(
+                "--cq-entries ({}) must be at least --sq-entries ({})",
+                self.cq_entries, self.sq_entries
+            )));
+        }
         if self.size == 0 && self.proto == ProtoArg::Echo {
             return Err(setup("--size must be at least 1"));
         }

@@ -74,6 +74,7 @@ fn usage_errors_exit_2_with_one_line() {
         vec!["127.0.0.1", "-d", "1s"],
         vec!["127.0.0.1:1", "--bind", "10.0.0.9-10.0.0.1"],
         vec!["127.0.0.1:1", "--cores", "4000"],
+        vec!["127.0.0.1:1", "--sq-entries", "16384"],
     ] {
         let out = Command::new(BIN).args(&args).output().expect("runs");
         let err = String::from_utf8_lossy(&out.stderr);

@@ -156,6 +156,15 @@ impl Default for RingConfig {
 
 /// Build a ring in the calling thread (with `SINGLE_ISSUER`, the only thread that may submit).
 pub fn build_ring(cfg: &RingConfig) -> io::Result<IoUring> {
+    if cfg.cq_entries < cfg.sq_entries {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the completion queue ({} entries) must be at least as large as the submission queue ({})",
+                cfg.cq_entries, cfg.sq_entries
+            ),
+        ));
+    }
     let mut b = IoUring::builder();
     b.setup_cqsize(cfg.cq_entries).setup_submit_all();
     if let Some(sq) = cfg.sqpoll {
@@ -165,7 +174,11 @@ pub fn build_ring(cfg: &RingConfig) -> io::Result<IoUring> {
             b.setup_sqpoll_cpu(cpu);
         }
     } else if cfg.defer_taskrun {
-        b.setup_single_issuer().setup_defer_taskrun();
+        // TASKRUN_FLAG: the kernel flags deferred work left over in the SQ ring's flags, which
+        // [`Ring::submit_and_wait`] reads (see there).
+        b.setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag();
     } else {
         b.setup_coop_taskrun().setup_taskrun_flag();
     }
@@ -188,6 +201,10 @@ pub struct Ring<'a> {
     backlog: VecDeque<squeue::Entry>,
     /// Times the kernel flagged CQ overflow (entries kept by `IORING_FEAT_NODROP`, not lost).
     pub cq_overflow_events: u64,
+    /// `DEFER_TASKRUN` (with `TASKRUN_FLAG`): completions wait as task work until an enter.
+    deferred: bool,
+    /// Enters that found deferred task work left over and ran a batch of it without waiting.
+    pub taskrun_batches: u64,
 }
 
 impl<'a> Ring<'a> {
@@ -211,6 +228,8 @@ impl<'a> Ring<'a> {
             cq,
             backlog: VecDeque::new(),
             cq_overflow_events: 0,
+            taskrun_batches: 0,
+            deferred: cfg.defer_taskrun && cfg.sqpoll.is_none(),
         })
     }
 
@@ -262,16 +281,30 @@ impl<'a> Ring<'a> {
 
     /// One `io_uring_enter` that submits everything queued and waits for at least `want`
     /// completions or `timeout`. Interruptions, timeouts and a busy CQ are not errors.
+    ///
+    /// On a `DEFER_TASKRUN` ring an enter runs at most `max(20, want)` deferred task-work items
+    /// per pass (`IO_LOCAL_TW_DEFAULT_MAX`, Linux 6.13) and keeps the rest for the next one, so
+    /// a loop that always waits for one completion runs a few dozen receives per turn: at 10,000
+    /// connections the deferred work then grows faster than it runs and the oldest connections
+    /// wait seconds for data that has long arrived. The kernel flags leftover work
+    /// (`IORING_SQ_TASKRUN`); when it is flagged and the call has a timeout (a loop's turn), this
+    /// enter asks for up to half the CQ and does not wait, so all of it runs within a turn or
+    /// two (the call may then return with fewer than `want` completions, as on a timeout).
     pub fn submit_and_wait(
         &mut self,
-        want: usize,
-        timeout: Option<Duration>,
+        mut want: usize,
+        mut timeout: Option<Duration>,
         counters: &mut SyscallCounters,
     ) -> io::Result<()> {
         self.drain_backlog();
         self.sq.sync();
         if self.sq.cq_overflow() {
             self.cq_overflow_events += 1;
+        }
+        if want > 0 && timeout.is_some() && self.deferred && self.sq.taskrun() {
+            want = want.max(self.cq.capacity() / 2);
+            timeout = Some(Duration::ZERO);
+            self.taskrun_batches += 1;
         }
         counters.io_uring_enter += 1;
         let r = match timeout {
@@ -398,6 +431,23 @@ fn sqe_bytes(e: squeue::Entry) -> [u8; 64] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_completion_queue_smaller_than_the_submission_queue_is_refused_with_a_reason() {
+        let cfg = RingConfig {
+            sq_entries: 16384,
+            cq_entries: 8192,
+            ..RingConfig::default()
+        };
+        let e = build_ring(&cfg).err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            e.to_string().contains(
+                "(8192 entries) must be at least as large as the submission queue (16384)"
+            ),
+            "{e}"
+        );
+    }
 
     /// A scratch ring, or `None` where io_uring is unavailable (a failure with
     /// RINGLAB_REQUIRE_URING=1).

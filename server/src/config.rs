@@ -281,6 +281,12 @@ impl Args {
     /// Reject switches that do not apply to the chosen backend or cannot be combined, and
     /// switches the running kernel is too old for. One line each, naming the flag.
     pub fn validate(&self) -> Result<(), String> {
+        if self.cq_entries < self.sq_entries {
+            return Err(format!(
+                "--cq-entries ({}) must be at least --sq-entries ({})",
+                self.cq_entries, self.sq_entries
+            ));
+        }
         let uring_only: [(&str, bool); 7] = [
             ("--fixed-files", self.fixed_files),
             ("--sqpoll", self.sqpoll),

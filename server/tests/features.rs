@@ -366,6 +366,17 @@ fn switches_for_another_backend_are_refused_with_one_line() {
             "--sqpoll applies to --io uring only",
         ),
         (
+            &[
+                "--io",
+                "uring",
+                "--sq-entries",
+                "4096",
+                "--cq-entries",
+                "2048",
+            ][..],
+            "--cq-entries (2048) must be at least --sq-entries (4096)",
+        ),
+        (
             &["--io", "tokio", "--fixed-files"][..],
             "--fixed-files applies to --io uring only",
         ),

@@ -397,8 +397,9 @@ impl Plan {
         Ok((specs, at))
     }
 
-    /// Each point's headline intervals (every candidate's and the A/A control's against the
-    /// baseline, at `x`): none before every one has a pair.
+    /// Each point's headline intervals (every candidate's against the baseline, at `x`; the A/A
+    /// control is the noise floor printed beside them, not a headline): none before every one
+    /// has a pair.
     fn headline(
         &self,
         raw: &[RunResult],
@@ -411,7 +412,6 @@ impl Plan {
                 let ivs = self
                     .candidates
                     .iter()
-                    .chain([&self.aa])
                     .map(|c| verdict::interval(raw, c, &self.baseline, a.x, m))
                     .collect();
                 out.push((a.x, ivs));
@@ -434,8 +434,8 @@ impl Plan {
             .collect()
     }
 
-    /// The headline intervals' widest half-width (A/A controls included), and whether every one
-    /// is a real 95% interval (6 pairs or more); none before every headline has a pair.
+    /// The headline intervals' widest half-width, and whether every one is a real 95% interval
+    /// (6 pairs or more); none before every headline has a pair.
     fn widest(&self, raw: &[RunResult], load_at: &[At], cap_at: &[At]) -> Option<(f64, bool)> {
         let (mut w, mut all95) = (0.0f64, true);
         for (_, ivs) in self.headline(raw, load_at, cap_at) {
@@ -822,12 +822,21 @@ mod tests {
                 });
                 // Server-bound: far apart from one repetition to the next.
                 let rps = if rep % 2 == 0 { 1e5 } else { 1.4e5 };
-                let rps = if label == "uring" && rep % 4 == 1 { 0.8e5 } else { rps };
+                let rps = if label == "uring" && rep % 4 == 1 {
+                    0.8e5
+                } else {
+                    rps
+                };
                 raw.push(RunResult {
                     label: label.into(),
                     x: 512.0,
                     rep,
-                    rps: rps * if label == "epoll" { 1.0 } else { 1.0 + 0.1 * (rep % 3) as f64 },
+                    rps: rps
+                        * if label == "epoll" {
+                            1.0
+                        } else {
+                            1.0 + 0.1 * (rep % 3) as f64
+                        },
                     ..RunResult::default()
                 });
             }
