@@ -27,7 +27,7 @@ pub struct Ctx {
 pub fn backend_args(label: &str) -> Result<Vec<String>> {
     let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     Ok(match label {
-        "uring" | "epoll" | "tokio-uring" | "tokio" => v(&["--io", label]),
+        "uring" | "epoll" | "tokio-uring" | "tokio" | "poll" | "select" => v(&["--io", label]),
         "blocking" => v(&["--io", "blocking", "--workers", "64"]),
         l if l.starts_with("blocking-") => {
             let w: usize = l["blocking-".len()..]
@@ -41,7 +41,7 @@ pub fn backend_args(label: &str) -> Result<Vec<String>> {
             ]
         }
         other => bail!(
-            "unknown backend {other:?} (uring, epoll, tokio-uring, tokio, blocking, blocking-N)"
+            "unknown backend {other:?} (uring, epoll, tokio-uring, tokio, blocking, blocking-N, poll, select)"
         ),
     })
 }
@@ -50,12 +50,18 @@ impl Ctx {
     /// `--backends` (`all`: every one), or the scenario's `default`.
     pub fn backends(&self, default: &[&str]) -> Vec<String> {
         match &self.o.backends {
-            Some(b) if b.iter().any(|x| x == "all") => {
-                ["uring", "epoll", "tokio-uring", "tokio", "blocking"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            }
+            Some(b) if b.iter().any(|x| x == "all") => [
+                "uring",
+                "epoll",
+                "tokio-uring",
+                "tokio",
+                "blocking",
+                "poll",
+                "select",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             Some(b) => b.clone(),
             None => default.iter().map(|s| s.to_string()).collect(),
         }

@@ -64,6 +64,11 @@ enum Cmd {
     /// Ablation: every io_uring technique (and the epoll twin's options) switched off or on
     /// alone, as a ratio against its backend's default, at 64 B and 32 KiB echo.
     Features,
+    /// Seed 004's claims on select, poll and epoll (uring beside them): server CPU per request
+    /// of 16 active connections at 10k req/s as idle ones grow (0, 100, 1k, 10k; --conns sets
+    /// them; select only below FD_SETSIZE), and 1-8 very active connections in a closed loop;
+    /// verdicts against epoll with an A/A floor.
+    Multiplex,
     /// Hold N idle connections (default 1k, 10k, 50k, 100k; --conns sets them) while 64 active
     /// connections run echo; per backend: active throughput and p99, server RSS and kernel
     /// memory per connection, connect time. Checks the descriptor and port limits first and
@@ -71,7 +76,7 @@ enum Cmd {
     C10k,
     /// Every scenario above (c10k excluded: run it on its own).
     All,
-    /// Internal (used by c10k): open --count idle connections to ADDR and hold them.
+    /// Internal (used by c10k and multiplex): open --count idle connections to ADDR and hold them.
     #[command(hide = true)]
     Hold {
         addr: std::net::SocketAddr,
@@ -135,6 +140,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Pinning => "pinning",
         Cmd::Http => "http",
         Cmd::Features => "features",
+        Cmd::Multiplex => "multiplex",
         Cmd::C10k => "c10k",
         Cmd::All => "all",
     };

@@ -9,7 +9,8 @@ pub struct Opts {
     /// Shorten every scenario (one repetition, compare: up to three; short runs): a smoke run.
     #[arg(long, global = true)]
     pub quick: bool,
-    /// Backends to compare: a comma list of uring, epoll, tokio-uring, tokio, blocking, or `all`.
+    /// Backends to compare: a comma list of uring, epoll, tokio-uring, tokio, blocking,
+    /// blocking-N (N workers), poll, select, or `all`.
     #[arg(long, global = true, value_delimiter = ',')]
     pub backends: Option<Vec<String>>,
     /// Connection counts (comma list) instead of the scenario's.

@@ -6,6 +6,7 @@
 //! * [`stats`]: syscall counters and the per-loop clock.
 //! * [`uring`]: io_uring availability, ring setup, provided-buffer ring, user data, backlog.
 //! * [`epoll`]: a counted epoll instance.
+//! * [`poller`]: one readiness-set interface over epoll, poll(2) and select(2).
 //! * [`event_loop`]: the skeleton of every loop: the turn and the phases of shutdown.
 //! * [`ledger`]: the io_uring operation ledger (slots, operations in flight, lent buffers, close).
 //! * [`procgroup`]: `--processes N`: a group of processes started, released and watched together.
@@ -19,6 +20,7 @@ pub mod epoll;
 pub mod event_loop;
 pub mod ledger;
 pub mod net;
+pub mod poller;
 pub mod procgroup;
 pub mod slab;
 pub mod stats;

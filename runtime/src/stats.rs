@@ -11,6 +11,10 @@ pub struct SyscallCounters {
     pub io_uring_register: u64,
     pub epoll_wait: u64,
     pub epoll_ctl: u64,
+    /// `poll(2)` waits (the poll backend).
+    pub poll: u64,
+    /// `select(2)` waits (the select backend).
+    pub select: u64,
     pub accept: u64,
     pub recv: u64,
     pub send: u64,
@@ -27,6 +31,8 @@ impl SyscallCounters {
             + self.io_uring_register
             + self.epoll_wait
             + self.epoll_ctl
+            + self.poll
+            + self.select
             + self.accept
             + self.recv
             + self.send
@@ -42,6 +48,8 @@ impl SyscallCounters {
         self.io_uring_register += o.io_uring_register;
         self.epoll_wait += o.epoll_wait;
         self.epoll_ctl += o.epoll_ctl;
+        self.poll += o.poll;
+        self.select += o.select;
         self.accept += o.accept;
         self.recv += o.recv;
         self.send += o.send;

@@ -22,6 +22,12 @@ pub enum Io {
     Tokio,
     /// A pool of --workers OS threads doing blocking IO, one connection per worker at a time.
     Blocking,
+    /// poll(2) readiness: the epoll loop's level-triggered discipline over a pollfd array that
+    /// the kernel walks whole on every wait.
+    Poll,
+    /// select(2) readiness: as poll, over FD_SETSIZE-bit sets; refuses (closes) a connection whose
+    /// descriptor is 1024 or more.
+    Select,
 }
 
 impl Io {
@@ -33,6 +39,8 @@ impl Io {
             Io::TokioUring => "tokio-uring",
             Io::Tokio => "tokio",
             Io::Blocking => "blocking",
+            Io::Poll => "poll",
+            Io::Select => "select",
         }
     }
 
@@ -41,17 +49,20 @@ impl Io {
         match self {
             Io::TokioUring => "tu",
             Io::Blocking => "blk",
+            Io::Select => "sel",
             other => other.name(),
         }
     }
 
     /// Every backend, in the order reports list them.
-    pub const ALL: [Io; 5] = [
+    pub const ALL: [Io; 7] = [
         Io::Uring,
         Io::Epoll,
         Io::TokioUring,
         Io::Tokio,
         Io::Blocking,
+        Io::Poll,
+        Io::Select,
     ];
 
     /// Whether the backend needs io_uring.
@@ -301,13 +312,17 @@ impl Args {
                 return Err(format!("{flag} applies to --io uring only"));
             }
         }
-        for (flag, set) in [
-            ("--busy-poll", !self.busy_poll.is_zero()),
-            ("--level-triggered", self.level_triggered),
-        ] {
-            if set && self.io != Io::Epoll {
-                return Err(format!("{flag} applies to --io epoll only"));
-            }
+        if !self.busy_poll.is_zero() && self.io != Io::Epoll {
+            return Err("--busy-poll applies to --io epoll only".into());
+        }
+        if self.level_triggered && self.io != Io::Epoll {
+            return Err(match self.io {
+                Io::Poll | Io::Select => format!(
+                    "--level-triggered applies to --io epoll only ({} is always level-triggered)",
+                    self.io.name()
+                ),
+                _ => "--level-triggered applies to --io epoll only".into(),
+            });
         }
         if self.fixed_table > 0 && !self.fixed_files {
             return Err("--fixed-table needs --fixed-files".into());

@@ -229,6 +229,8 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
                     let one = match io {
                         Io::Uring => backend::uring::run(ctx),
                         Io::Epoll => backend::epoll::run(ctx),
+                        Io::Poll => backend::epoll::run_poll(ctx),
+                        Io::Select => backend::epoll::run_select(ctx),
                         _ => backend::tokio_uring::run(ctx),
                     };
                     one.map(|s| vec![s])

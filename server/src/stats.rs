@@ -170,8 +170,8 @@ impl ServerStats {
             t.refused, t.limit_pauses, t.header_timeouts, t.idle_timeouts
         );
         out += &format!(
-            "syscalls total={} per_request={:.3} io_uring_enter={} epoll_wait={} epoll_ctl={} accept={} recv={} send={} writev={} shutdown={} close={}\n",
-            s.total(), per_req(s.total()), s.io_uring_enter, s.epoll_wait, s.epoll_ctl, s.accept,
+            "syscalls total={} per_request={:.3} io_uring_enter={} epoll_wait={} epoll_ctl={} poll={} select={} accept={} recv={} send={} writev={} shutdown={} close={}\n",
+            s.total(), per_req(s.total()), s.io_uring_enter, s.epoll_wait, s.epoll_ctl, s.poll, s.select, s.accept,
             s.recv, s.send, s.writev, s.shutdown, s.close
         );
         if self.io == "uring" {

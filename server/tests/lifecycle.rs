@@ -22,6 +22,7 @@ fn loop_thread_name(io: &str, cpu: usize) -> String {
     let tag = match io {
         "tokio-uring" => "tu",
         "blocking" => "blk",
+        "select" => "sel",
         other => other,
     };
     format!("ringlab-{tag}-{cpu}")
@@ -416,6 +417,14 @@ backend_tests! {
             "epoll" => {
                 assert!(json_u64(&st, "total.syscalls.recv") > 0, "{st:#}");
                 assert!(json_u64(&st, "total.syscalls.epoll_wait") > 0, "{st:#}");
+            }
+            "poll" | "select" => {
+                // The loop waits in its own syscall, never in epoll_wait, and registers
+                // nothing with the kernel between waits.
+                assert!(json_u64(&st, &format!("total.syscalls.{io}")) > 0, "{st:#}");
+                assert_eq!(json_u64(&st, "total.syscalls.epoll_wait"), 0, "{st:#}");
+                assert_eq!(json_u64(&st, "total.syscalls.epoll_ctl"), 0, "{st:#}");
+                assert!(json_u64(&st, "total.syscalls.recv") > 0, "{st:#}");
             }
             _ => {}
         }

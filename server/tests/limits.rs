@@ -269,3 +269,64 @@ fn limits_are_documented_in_help() {
     assert!(help.contains("503 Service Unavailable"), "{help}");
     assert!(help.contains("408 Request Timeout"), "{help}");
 }
+
+/// select(2) cannot watch a descriptor at or above FD_SETSIZE (1024): once the server's
+/// descriptors reach it, a new connection is closed at once, stderr says why (once), and the
+/// connections below the limit are still served. poll has no such limit.
+#[test]
+fn select_closes_connections_past_fd_setsize_and_says_why() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // This process holds the client ends: room for them.
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current.unwrap_or(u64::MAX) < 2400 {
+        let hard = lim.maximum.unwrap_or(u64::MAX);
+        assert!(
+            hard >= 2400,
+            "this test needs 2400 descriptors; the hard limit is {hard}"
+        );
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(hard),
+                maximum: lim.maximum,
+            },
+        )
+        .expect("raise RLIMIT_NOFILE");
+    }
+    for io in ["select", "poll"] {
+        let srv = Server::start(io, &["--cores", "0", "--max-conns", "5000"]);
+        let mut conns = Vec::new();
+        let (mut served, mut closed) = (0, 0);
+        for i in 0..1100u32 {
+            let mut s = srv.connect();
+            s.write_all(&i.to_le_bytes()).unwrap();
+            let mut got = [0u8; 4];
+            match s.read_exact(&mut got) {
+                Ok(()) => {
+                    assert_eq!(got, i.to_le_bytes());
+                    served += 1;
+                }
+                Err(_) => closed += 1,
+            }
+            conns.push(s);
+        }
+        let said = "select cannot watch descriptor";
+        if io == "select" {
+            assert!(
+                served > 900 && closed > 50,
+                "{io}: served {served}, closed {closed}"
+            );
+            assert!(
+                srv.wait_stderr(said, Duration::from_secs(5)),
+                "{}",
+                srv.stderr_now()
+            );
+            assert_eq!(srv.stderr_now().matches(said).count(), 1, "said once");
+        } else {
+            assert_eq!((served, closed), (1100, 0), "{io}");
+            assert!(!srv.stderr_now().contains(said));
+        }
+        // The first connection is still served.
+        echo(&mut conns[0], b"still here");
+    }
+}

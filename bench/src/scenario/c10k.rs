@@ -18,7 +18,7 @@ use crate::run::{drive, RunResult};
 const ACTIVE: usize = 64;
 /// Echo, a full listen backlog, and no connection limit or idle timeout that would close the
 /// idle connections this scenario holds on purpose.
-const SERVER_ARGS: [&str; 8] = [
+pub(super) const SERVER_ARGS: [&str; 8] = [
     "--proto",
     "echo",
     "--backlog",
@@ -123,12 +123,12 @@ fn kernel_mem() -> (u64, u64) {
     (slab, pages * rustix::param::page_size() as u64 / 1024)
 }
 
-struct Holder {
+pub(super) struct Holder {
     child: Child,
     line: String,
 }
 
-fn start_holders(
+pub(super) fn start_holders(
     addr: &str,
     n: u64,
     per: u64,
@@ -185,7 +185,7 @@ fn start_holders(
     Ok((holders, failed))
 }
 
-fn stop_holders(holders: Vec<Holder>, failed: Vec<Child>) -> Vec<String> {
+pub(super) fn stop_holders(holders: Vec<Holder>, failed: Vec<Child>) -> Vec<String> {
     let mut errors = Vec::new();
     let mut all: Vec<Child> = holders.into_iter().map(|h| h.child).collect();
     let nfailed = failed.len();

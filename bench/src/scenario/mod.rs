@@ -6,6 +6,7 @@ mod compare;
 mod features;
 mod http;
 mod latency;
+mod multiplex;
 mod pinning;
 mod seeds;
 mod sizes;
@@ -22,7 +23,7 @@ use crate::report::{Machine, Report};
 use crate::run::{self, RunOpts};
 
 /// Every scenario, in the order `all` runs them (c10k last: `all` leaves it out).
-const SCENARIOS: [&dyn Scenario; 8] = [
+const SCENARIOS: [&dyn Scenario; 9] = [
     &compare::Compare,
     &seeds::Seeds,
     &latency::Latency,
@@ -30,6 +31,7 @@ const SCENARIOS: [&dyn Scenario; 8] = [
     &pinning::Pinning,
     &http::Http,
     &features::Features,
+    &multiplex::Multiplex,
     &c10k::C10k,
 ];
 
@@ -111,7 +113,16 @@ mod tests {
         let names: Vec<&str> = named("all").unwrap().iter().map(|s| s.name()).collect();
         assert_eq!(
             names,
-            ["compare", "seeds", "latency", "sizes", "pinning", "http", "features"]
+            [
+                "compare",
+                "seeds",
+                "latency",
+                "sizes",
+                "pinning",
+                "http",
+                "features",
+                "multiplex"
+            ]
         );
         assert_eq!(named("c10k").unwrap()[0].name(), "c10k");
         assert!(named("nosuch").is_err());

@@ -1,4 +1,5 @@
-//! The epoll backend: the readiness model at its best.
+//! The readiness backends: epoll (the readiness model at its best), and poll(2) and select(2)
+//! (the same loop, with the interest set handed to the kernel on every wait).
 //!
 //! * Every socket is registered once, edge-triggered, for `EPOLLIN | EPOLLOUT | EPOLLRDHUP`:
 //!   no `epoll_ctl` is ever needed to arm or disarm writes (one per connection in all).
@@ -18,8 +19,15 @@
 //! `EPOLL_CTL_MOD` calls. `--busy-poll` sets the epoll instance's busy-poll time
 //! (`EPIOCSPARAMS`, 6.9).
 //!
+//! `--io poll` and `--io select` run this same IO over a [`PollSet`] or a [`SelectSet`]
+//! (see [`ringlab_runtime::poller`]): both are level-triggered by nature, so they run the
+//! `--level-triggered` discipline, with interest changes made in this process's arrays rather
+//! than by syscalls, and every wait walking every watched socket. select cannot watch a
+//! descriptor at or above `FD_SETSIZE` (1024): such a connection is closed with a message that
+//! says so.
+//!
 //! The loop itself (turn, timers, shutdown and grace, accept back-off, `--max-conns`) is
-//! [`crate::event_loop`]; this file holds only the epoll IO.
+//! [`crate::event_loop`]; this file holds only the readiness IO.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -30,6 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringlab_proto::Action;
 use ringlab_runtime::epoll::{Epoll, Event, EventFlags};
+use ringlab_runtime::poller::{PollSet, Poller, SelectSet};
 use ringlab_runtime::slab::Slab;
 use ringlab_runtime::wake::Waker;
 use rustix::io::Errno;
@@ -71,9 +80,9 @@ impl AsMut<ConnCore> for Conn {
     }
 }
 
-/// The IO of one epoll loop.
-struct EpollIo {
-    epoll: Epoll,
+/// The IO of one readiness loop over the set `P` (epoll, poll or select).
+struct EpollIo<P> {
+    epoll: P,
     listener: Arc<OwnedFd>,
     waker: Waker,
     conns: Slab<Conn>,
@@ -82,20 +91,56 @@ struct EpollIo {
     /// Connections that still had input when their read budget ran out.
     again: Vec<(u32, u32)>,
     listening: bool,
-    /// `--level-triggered`.
+    /// `--level-triggered`, or a set that has no edges (poll, select).
     lt: bool,
+    /// A new connection the set could not watch was reported (once per loop).
+    told_unwatchable: bool,
+    /// The listener's registration flags, and whether it is out of the set while accepting
+    /// backs off (level-triggered: a listener with a backlog would otherwise report readiness
+    /// on every wait, and the loop would spin until the retry time).
+    listener_flags: EventFlags,
+    listener_muted: bool,
 }
 
 /// Run one epoll loop until shutdown; returns its statistics.
 pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
-    let setup = (|| -> io::Result<Epoll> {
+    let busy_poll = ctx.args.busy_poll;
+    run_on(ctx, "epoll setup", move || {
         let epoll = Epoll::new()?;
-        let mut dummy = Default::default();
-        epoll.add(
-            &ctx.waker,
+        if !busy_poll.is_zero() {
+            let us = busy_poll.as_micros().min(u128::from(u32::MAX)) as u32;
+            epoll
+                .set_busy_poll(us, 64, false)
+                .map_err(|e| io::Error::new(e.kind(), format!("ioctl(EPIOCSPARAMS): {e}")))?;
+        }
+        Ok(epoll)
+    })
+}
+
+/// Run one poll(2) loop until shutdown.
+pub fn run_poll(ctx: LoopCtx) -> io::Result<LoopStats> {
+    run_on(ctx, "poll setup", || Ok(PollSet::new()))
+}
+
+/// Run one select(2) loop until shutdown.
+pub fn run_select(ctx: LoopCtx) -> io::Result<LoopStats> {
+    run_on(ctx, "select setup", || Ok(SelectSet::new()))
+}
+
+/// Run one readiness loop over the set `make` builds.
+fn run_on<P: Poller>(
+    ctx: LoopCtx,
+    what: &str,
+    make: impl FnOnce() -> io::Result<P>,
+) -> io::Result<LoopStats> {
+    let mut sc = Default::default();
+    let setup = (|| -> io::Result<(P, EventFlags)> {
+        let mut set = make()?;
+        set.add(
+            ctx.waker.as_fd(),
             WAKER,
             EventFlags::IN | EventFlags::ET,
-            &mut dummy,
+            &mut sc,
         )?;
         let mut lflags = EventFlags::IN;
         if !ctx.args.level_triggered {
@@ -104,18 +149,13 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         if ctx.args.accept == AcceptMode::Shared {
             lflags |= EventFlags::EXCLUSIVE;
         }
-        epoll.add(&*ctx.listener, LISTENER, lflags, &mut dummy)?;
-        if !ctx.args.busy_poll.is_zero() {
-            let us = ctx.args.busy_poll.as_micros().min(u128::from(u32::MAX)) as u32;
-            epoll
-                .set_busy_poll(us, 64, false)
-                .map_err(|e| io::Error::new(e.kind(), format!("ioctl(EPIOCSPARAMS): {e}")))?;
-        }
-        Ok(epoll)
+        set.add(ctx.listener.as_fd(), LISTENER, lflags, &mut sc)?;
+        Ok((set, lflags))
     })();
-    let epoll = setup.map_err(|e| setup_failed(&ctx, "epoll setup", e))?;
+    let (set, listener_flags) = setup.map_err(|e| setup_failed(&ctx, what, e))?;
     let io = EpollIo {
-        epoll,
+        lt: ctx.args.level_triggered || !set.edge_triggered(),
+        epoll: set,
         listener: ctx.listener.clone(),
         waker: ctx.waker.clone(),
         conns: Slab::default(),
@@ -123,15 +163,17 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         events: Vec::with_capacity(ctx.args.max_events.max(1)),
         again: Vec::new(),
         listening: true,
-        lt: ctx.args.level_triggered,
+        told_unwatchable: false,
+        listener_flags,
+        listener_muted: false,
     };
     let mut lp = EventLoop::new(ctx, io);
-    lp.core.stats.syscalls.epoll_ctl += 2;
+    lp.core.stats.syscalls.add(&sc);
     lp.run()?;
     Ok(lp.stats())
 }
 
-impl Driver for EpollIo {
+impl<P: Poller> Driver for EpollIo<P> {
     type Conn = Conn;
     type Conns = Slab<Conn>;
 
@@ -168,7 +210,7 @@ impl Driver for EpollIo {
     }
 
     fn pump(&mut self, core: &mut LoopCore, slot: u32) {
-        EpollIo::pump(self, core, slot);
+        EpollIo::<P>::pump(self, core, slot);
     }
 
     fn add(&mut self, core: &mut LoopCore, fd: OwnedFd, conn: ConnCore) {
@@ -179,11 +221,14 @@ impl Driver for EpollIo {
         if !self.listening || core.accept.retry_at.is_some() {
             return;
         }
+        self.mute_listener(core, false);
         // Connections accepted while at --max-conns go first, once there is room.
         admit_held(self, core);
         loop {
             if !core.may_accept() {
-                return; // at --max-conns (echo): the listen backlog holds the rest
+                // At --max-conns (echo): the listen backlog holds the rest.
+                self.mute_listener(core, true);
+                return;
             }
             core.stats.syscalls.accept += 1;
             match rustix::net::accept_with(
@@ -201,6 +246,7 @@ impl Driver for EpollIo {
                 Err(Errno::AGAIN) => return,
                 Err(e) => {
                     if core.accept_failed(&io::Error::from(e)) {
+                        self.mute_listener(core, true);
                         return;
                     }
                 }
@@ -215,12 +261,39 @@ impl Driver for EpollIo {
     fn stop_accepting(&mut self, core: &mut LoopCore) {
         if self.listening {
             self.listening = false;
-            let _ = self.epoll.delete(&*self.listener, &mut core.stats.syscalls);
+            let _ = self
+                .epoll
+                .delete(self.listener.as_fd(), &mut core.stats.syscalls);
         }
     }
 }
 
-impl EpollIo {
+impl<P: Poller> EpollIo<P> {
+    /// Level-triggered: take the listener out of the set while accepting backs off (`mute`), and
+    /// put it back when accepting resumes. Edge-triggered needs neither: no new edge, no report.
+    fn mute_listener(&mut self, core: &mut LoopCore, mute: bool) {
+        if !self.lt || !self.listening || self.listener_muted == mute {
+            return;
+        }
+        let sc = &mut core.stats.syscalls;
+        let fd = self.listener.as_fd();
+        // Out and back in rather than a change of interest: EPOLLEXCLUSIVE (shared accept) may
+        // only be given when adding.
+        let r = if mute {
+            self.epoll.delete(fd, sc)
+        } else {
+            self.epoll.add(fd, LISTENER, self.listener_flags, sc)
+        };
+        match r {
+            Ok(()) => self.listener_muted = mute,
+            Err(e) => eprintln!(
+                "ringlab-server: {}: cannot {} the listener: {e}",
+                self.epoll.name(),
+                if mute { "pause" } else { "resume" }
+            ),
+        }
+    }
+
     /// The kernel reported `flags` for the connection with timer key `key`.
     fn ready(&mut self, core: &mut LoopCore, key: u64, f: EventFlags) {
         let (slot, gen) = timer_key_parts(key);
@@ -266,11 +339,19 @@ impl EpollIo {
         } else {
             EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET
         };
-        if let Err(e) = self
-            .epoll
-            .add(&c.fd, timer_key(slot, gen), flags, &mut core.stats.syscalls)
-        {
-            eprintln!("ringlab-server: epoll_ctl(ADD) for a new connection: {e}");
+        if let Err(e) = self.epoll.add(
+            c.fd.as_fd(),
+            timer_key(slot, gen),
+            flags,
+            &mut core.stats.syscalls,
+        ) {
+            if !self.told_unwatchable {
+                self.told_unwatchable = true;
+                eprintln!(
+                    "ringlab-server: {} cannot watch a new connection, closing it (and others like it, without saying so again): {e}",
+                    self.epoll.name()
+                );
+            }
             core.stats.conn_errors += 1;
             self.close(core, slot);
             return;
@@ -281,7 +362,9 @@ impl EpollIo {
 
     fn close(&mut self, core: &mut LoopCore, slot: u32) {
         if let Some(c) = self.conns.remove(slot) {
-            // Closing the last reference removes it from the epoll set as well.
+            // Closing the last reference removes it from an epoll set as well; a poll or
+            // select set holds the number, which the next socket may reuse.
+            self.epoll.closing(c.fd.as_fd());
             core.stats.syscalls.close += 1;
             core.stats.closed += 1;
             drop(c.fd);
@@ -367,7 +450,7 @@ impl EpollIo {
                     // every wait: with nothing to do until a timer fires, leave the set rather
                     // than spin on them.
                     let r = if c.registered {
-                        epoll.delete(&c.fd, sc)
+                        epoll.delete(c.fd.as_fd(), sc)
                     } else {
                         Ok(())
                     };
@@ -376,10 +459,10 @@ impl EpollIo {
                 } else if !c.registered {
                     c.registered = true;
                     c.interest = want;
-                    epoll.add(&c.fd, key, want, sc)
+                    epoll.add(c.fd.as_fd(), key, want, sc)
                 } else if want != c.interest {
                     c.interest = want;
-                    epoll.modify(&c.fd, key, want, sc)
+                    epoll.modify(c.fd.as_fd(), key, want, sc)
                 } else {
                     Ok(())
                 };

@@ -79,6 +79,8 @@ macro_rules! for_each_backend {
         $crate::backend_test!(tokio_uring, "tokio-uring", $body $(#[$meta])*);
         $crate::backend_test!(tokio, "tokio", $body $(#[$meta])*);
         $crate::backend_test!(blocking, "blocking", $body $(#[$meta])*);
+        $crate::backend_test!(poll, "poll", $body $(#[$meta])*);
+        $crate::backend_test!(select, "select", $body $(#[$meta])*);
     };
 }
 
