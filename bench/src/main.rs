@@ -69,6 +69,11 @@ enum Cmd {
     /// them; select only below FD_SETSIZE), and 1-8 very active connections in a closed loop;
     /// verdicts against epoll with an A/A floor.
     Multiplex,
+    /// Paying for wake-ups: the server's --coalesce D (0-200 µs) at 10/25/50/75% of capacity,
+    /// echo 64 B at 64 connections: server CPU per request and latency, uring vs epoll at each
+    /// D and each against itself at D = 0 (A/A floor per load); a chart of CPU per request
+    /// against p99.
+    Coalesce,
     /// Hold N idle connections (default 1k, 10k, 50k, 100k; --conns sets them) while 64 active
     /// connections run echo; per backend: active throughput and p99, server RSS and kernel
     /// memory per connection, connect time. Checks the descriptor and port limits first and
@@ -141,6 +146,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Http => "http",
         Cmd::Features => "features",
         Cmd::Multiplex => "multiplex",
+        Cmd::Coalesce => "coalesce",
         Cmd::C10k => "c10k",
         Cmd::All => "all",
     };

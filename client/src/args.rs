@@ -186,6 +186,16 @@ pub struct Args {
     #[arg(long, default_value_t = 16 * 1024, help_heading = "io_uring")]
     pub buf_size: u32,
 
+    /// Coalesce wake-ups: a loop turn that woke for fewer than --coalesce-batch completions
+    /// or events waits up to this long for more before it runs (e.g. 50us; 0: off): uring in
+    /// the kernel (min_wait_usec, Linux 6.12), epoll with a precise sleep and a second wait that
+    /// does not block. As the server's --coalesce; latency then includes up to this much.
+    #[arg(long, value_parser = parse_duration, default_value = "0s", help_heading = "Wake-ups")]
+    pub coalesce: Duration,
+    /// With --coalesce: a turn with this many completions or events runs at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(2..=65536), help_heading = "Wake-ups")]
+    pub coalesce_batch: u32,
+
     /// epoll: bytes of the one read buffer per loop.
     #[arg(long, default_value_t = 64 * 1024, help_heading = "epoll")]
     pub read_buf: usize,
@@ -245,6 +255,8 @@ pub struct RunConfig {
     pub buf_size: u32,
     pub read_buf: usize,
     pub max_events: usize,
+    /// `--coalesce` / `--coalesce-batch` (none when off).
+    pub coalesce: Option<ringlab_runtime::poller::Coalesce>,
     /// `--processes`: client processes in all.
     pub processes: usize,
     /// Set in a `--processes` worker.
@@ -310,6 +322,11 @@ impl Args {
         }
         if self.pipeline == 0 {
             return Err(setup("--pipeline must be at least 1"));
+        }
+        if self.coalesce > Duration::from_secs(1) {
+            return Err(setup(
+                "--coalesce is a wait of microseconds to milliseconds: at most 1s",
+            ));
         }
         if self.cq_entries < self.sq_entries {
             return Err(setup(format!(
@@ -488,6 +505,10 @@ impl Args {
             buf_size: self.buf_size,
             read_buf: self.read_buf.max(512),
             max_events: self.max_events.max(1),
+            coalesce: ringlab_runtime::poller::Coalesce::of(
+                self.coalesce,
+                self.coalesce_batch as usize,
+            ),
             processes: usize::from(self.processes),
             worker: match (self.worker_of, &self.worker_out) {
                 (Some(parent), Some(out)) => Some(WorkerRole {

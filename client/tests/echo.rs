@@ -46,6 +46,23 @@ io_tests! {
         }
     }
 
+    fn coalesced_wakeups_lose_nothing(io: &str) {
+        // --coalesce: each turn waits up to 300 µs for more completions or events; every
+        // request is still answered and verified.
+        let srv = RinglabServer::start("echo", &[]);
+        let addr = srv.addr.to_string();
+        let r = run_client(
+            &[&addr, "--io", io, "--no-pin", "-c", "8", "--size", "200", "-n", "4000",
+              "--coalesce", "300us", "--coalesce-batch", "4"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(r.exit_code, 0, "{}", r.summary());
+        assert_eq!(r.requests, 4000);
+        assert_eq!(r.errors_total, 0, "{}", r.summary());
+        assert_eq!(r.data_errors, 0);
+        assert_eq!(r.counters.responses, r.counters.requests_sent, "{}", r.summary());
+    }
+
     fn warmup_is_excluded(io: &str) {
         let srv = RinglabServer::start("echo", &[]);
         let addr = srv.addr.to_string();

@@ -205,6 +205,8 @@ pub struct Ring<'a> {
     deferred: bool,
     /// Enters that found deferred task work left over and ran a batch of it without waiting.
     pub taskrun_batches: u64,
+    /// `--coalesce`: the turn's wait asks for a batch with a minimum wait.
+    coalesce: Option<crate::poller::Coalesce>,
 }
 
 impl<'a> Ring<'a> {
@@ -229,6 +231,7 @@ impl<'a> Ring<'a> {
             backlog: VecDeque::new(),
             cq_overflow_events: 0,
             taskrun_batches: 0,
+            coalesce: None,
             deferred: cfg.defer_taskrun && cfg.sqpoll.is_none(),
         })
     }
@@ -279,6 +282,29 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// `--coalesce`: from now on a loop turn's wait (a [`Ring::submit_and_wait`] for one
+    /// completion) asks for `c.batch` completions with a minimum wait of
+    /// `c.wait`: the kernel returns once the batch is there, or after `c.wait` if at least one
+    /// completion is, or at the timeout (`min_wait_usec`, `IORING_FEAT_MIN_TIMEOUT`, Linux 6.12).
+    pub fn set_coalesce(&mut self, c: Option<crate::poller::Coalesce>) -> io::Result<()> {
+        if c.is_some() && !self.uring.params().is_feature_min_timeout() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "--coalesce needs io_uring's minimum wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12)",
+            ));
+        }
+        if let Some(c) = c {
+            if c.wait.as_micros() > u128::from(u32::MAX) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "--coalesce must be below 4294 s",
+                ));
+            }
+        }
+        self.coalesce = c;
+        Ok(())
+    }
+
     /// Run deferred task work the kernel held back (see [`Ring::submit_and_wait`]).
     fn run_deferred(&mut self, counters: &mut SyscallCounters) {
         /// Deferred items an enter runs per pass when asked for fewer completions.
@@ -325,15 +351,25 @@ impl<'a> Ring<'a> {
             self.cq_overflow_events += 1;
         }
         counters.io_uring_enter += 1;
-        let r = match timeout {
-            Some(t) => {
+        let co = self.coalesce.filter(|_| want == 1);
+        let r = match (timeout, co) {
+            (Some(t), co) => {
                 let ts = types::Timespec::new()
                     .sec(t.as_secs())
                     .nsec(t.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.submitter.submit_with_args(want, &args)
+                match co {
+                    Some(c) => self
+                        .submitter
+                        .submit_with_args(c.batch, &args.min_wait_usec(c.wait.as_micros() as u32)),
+                    None => self.submitter.submit_with_args(want, &args),
+                }
             }
-            None => self.submitter.submit_and_wait(want),
+            (None, Some(c)) => self.submitter.submit_with_args(
+                c.batch,
+                &types::SubmitArgs::new().min_wait_usec(c.wait.as_micros() as u32),
+            ),
+            (None, None) => self.submitter.submit_and_wait(want),
         };
         self.sq.sync();
         if timeout.is_some() && self.deferred {

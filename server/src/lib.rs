@@ -57,6 +57,29 @@ impl Running {
         )
     }
 
+    /// What `--coalesce` does on this backend and kernel, in words (none when it is off).
+    pub fn coalesce_line(&self) -> Option<String> {
+        let a = &self.args;
+        if a.coalesce.is_zero() {
+            return None;
+        }
+        let how = match a.io {
+            Io::Uring => "in the kernel: each io_uring_enter waits for the batch with a minimum wait (min_wait_usec, Linux 6.12)".to_string(),
+            io => format!(
+                "{} has no minimum wait: a turn that woke for fewer sleeps that long (1 ns timer slack), then collects what is ready without blocking",
+                io.name()
+            ),
+        };
+        let kernel = rustix::system::uname();
+        Some(format!(
+            "--coalesce {:?}: a turn that woke for fewer than {} completions or events waits up to {:?} for more; {how}; kernel {}",
+            a.coalesce,
+            a.coalesce_batch,
+            a.coalesce,
+            kernel.release().to_string_lossy()
+        ))
+    }
+
     /// A handle that asks the loops to shut down gracefully.
     pub fn stopper(&self) -> Stopper {
         Stopper {

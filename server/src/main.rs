@@ -45,6 +45,11 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail_tagged(&tag, &e),
     };
+    if let Some(line) = running.coalesce_line() {
+        if !worker {
+            eprintln!("ringlab-server: {line}");
+        }
+    }
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", running.ready_line());

@@ -644,7 +644,7 @@ fn rotated(n: usize, k: usize, rep: usize) -> Vec<usize> {
         .collect()
 }
 
-fn note(r: &RunResult) -> String {
+pub(super) fn note(r: &RunResult) -> String {
     let mut n = Vec::new();
     if r.client_saturated {
         n.push("client saturated or behind schedule".to_string());
@@ -656,7 +656,7 @@ fn note(r: &RunResult) -> String {
 }
 
 /// `30k req/s`.
-fn rate_text(r: f64) -> String {
+pub(super) fn rate_text(r: f64) -> String {
     if r >= 10_000.0 {
         format!("{:.0}k req/s", r / 1000.0)
     } else {

@@ -2,6 +2,7 @@
 //! report directory.
 
 mod c10k;
+mod coalesce;
 mod compare;
 mod features;
 mod http;
@@ -23,7 +24,7 @@ use crate::report::{Machine, Report};
 use crate::run::{self, RunOpts};
 
 /// Every scenario, in the order `all` runs them (c10k last: `all` leaves it out).
-const SCENARIOS: [&dyn Scenario; 9] = [
+const SCENARIOS: [&dyn Scenario; 10] = [
     &compare::Compare,
     &seeds::Seeds,
     &latency::Latency,
@@ -32,6 +33,7 @@ const SCENARIOS: [&dyn Scenario; 9] = [
     &http::Http,
     &features::Features,
     &multiplex::Multiplex,
+    &coalesce::Coalesce,
     &c10k::C10k,
 ];
 
@@ -121,7 +123,8 @@ mod tests {
                 "pinning",
                 "http",
                 "features",
-                "multiplex"
+                "multiplex",
+                "coalesce"
             ]
         );
         assert_eq!(named("c10k").unwrap()[0].name(), "c10k");

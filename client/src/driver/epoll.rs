@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringlab_runtime::epoll::{Epoll, Event, EventFlags, Readiness};
+use ringlab_runtime::poller::{precise_sleeps, wait_coalesced, Coalesce};
 use ringlab_runtime::uring::UserData;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
@@ -46,6 +47,9 @@ struct Loop {
     events: Vec<Event>,
     /// Slots that still had input when their read budget ran out.
     again: Vec<(u32, u32)>,
+    /// `--coalesce`, and scratch space for its second wait.
+    coalesce: Option<Coalesce>,
+    more: Vec<Event>,
 }
 
 fn key(slot: u32, gen: u32) -> u64 {
@@ -59,6 +63,11 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
         Ok(e) => e,
         Err(e) => return Err(ctx.setup_failed(e, "epoll_create")),
     };
+    if cfg.coalesce.is_some() {
+        if let Err(e) = precise_sleeps() {
+            return Err(ctx.setup_failed(e, "prctl(PR_SET_TIMERSLACK)"));
+        }
+    }
     let Some(eng) = ctx.start(Ok(())) else {
         return Ok(None);
     };
@@ -70,6 +79,8 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
         buf: vec![0; cfg.read_buf],
         events: Vec::with_capacity(cfg.max_events),
         again: Vec::new(),
+        coalesce: cfg.coalesce,
+        more: Vec::with_capacity(cfg.max_events),
     };
     let r = run_loop(&mut lp);
     if r.is_err() {
@@ -180,14 +191,23 @@ impl Driver for Loop {
     }
 
     fn turn(&mut self, deadline: Instant) -> io::Result<()> {
-        let timeout = if self.again.is_empty() {
-            deadline.saturating_duration_since(Instant::now())
+        let (timeout, co) = if self.again.is_empty() {
+            (
+                deadline.saturating_duration_since(Instant::now()),
+                self.coalesce,
+            )
         } else {
-            Duration::ZERO
+            (Duration::ZERO, None)
         };
         let mut events = std::mem::take(&mut self.events);
-        self.epoll
-            .wait(&mut events, Some(timeout), &mut self.eng.counters.syscalls)?;
+        wait_coalesced(
+            &mut self.epoll,
+            &mut events,
+            &mut self.more,
+            Some(timeout),
+            co,
+            &mut self.eng.counters.syscalls,
+        )?;
         self.eng.tick(Instant::now());
         for (slot, gen) in std::mem::take(&mut self.again) {
             if self.live(slot, gen) {

@@ -91,10 +91,13 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
         Ok(r) => r,
         Err(e) => return Err(ctx.setup_failed(e, "io_uring_setup")),
     };
-    let ring = match Ring::new(&mut uring, &rcfg) {
+    let mut ring = match Ring::new(&mut uring, &rcfg) {
         Ok(r) => r,
         Err(e) => return Err(ctx.setup_failed(e, "io_uring_register(RING_FDS)")),
     };
+    if let Err(e) = ring.set_coalesce(cfg.coalesce) {
+        return Err(ctx.setup_failed(e, "--coalesce"));
+    }
     let bufs = match BufRing::new(ring.uring(), BGID, cfg.buf_count, cfg.buf_size) {
         Ok(b) => b,
         Err(e) => return Err(ctx.setup_failed(e, "io_uring_register(PBUF_RING)")),

@@ -38,7 +38,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringlab_proto::Action;
 use ringlab_runtime::epoll::{Epoll, Event, EventFlags};
-use ringlab_runtime::poller::{PollSet, Poller, SelectSet};
+use ringlab_runtime::poller::{
+    precise_sleeps, wait_coalesced, Coalesce, PollSet, Poller, SelectSet,
+};
 use ringlab_runtime::slab::Slab;
 use ringlab_runtime::wake::Waker;
 use rustix::io::Errno;
@@ -100,6 +102,9 @@ struct EpollIo<P> {
     /// on every wait, and the loop would spin until the retry time).
     listener_flags: EventFlags,
     listener_muted: bool,
+    /// `--coalesce`, and scratch space for its second wait.
+    coalesce: Option<Coalesce>,
+    more: Vec<Event>,
 }
 
 /// Run one epoll loop until shutdown; returns its statistics.
@@ -153,6 +158,10 @@ fn run_on<P: Poller>(
         Ok((set, lflags))
     })();
     let (set, listener_flags) = setup.map_err(|e| setup_failed(&ctx, what, e))?;
+    let coalesce = Coalesce::of(ctx.args.coalesce, ctx.args.coalesce_batch as usize);
+    if coalesce.is_some() {
+        precise_sleeps().map_err(|e| setup_failed(&ctx, "prctl(PR_SET_TIMERSLACK)", e))?;
+    }
     let io = EpollIo {
         lt: ctx.args.level_triggered || !set.edge_triggered(),
         epoll: set,
@@ -166,6 +175,8 @@ fn run_on<P: Poller>(
         told_unwatchable: false,
         listener_flags,
         listener_muted: false,
+        coalesce,
+        more: Vec::with_capacity(ctx.args.max_events.max(1)),
     };
     let mut lp = EventLoop::new(ctx, io);
     lp.core.stats.syscalls.add(&sc);
@@ -182,14 +193,21 @@ impl<P: Poller> Driver for EpollIo<P> {
     }
 
     fn wait(&mut self, core: &mut LoopCore, timeout: Option<Duration>) -> io::Result<()> {
-        // Connections with input left over from their read budget: look again at once.
-        let timeout = if self.again.is_empty() {
-            timeout
+        // Connections with input left over from their read budget: look again at once (and do
+        // not hold them back to coalesce).
+        let (timeout, co) = if self.again.is_empty() {
+            (timeout, self.coalesce)
         } else {
-            Some(Duration::ZERO)
+            (Some(Duration::ZERO), None)
         };
-        self.epoll
-            .wait(&mut self.events, timeout, &mut core.stats.syscalls)
+        wait_coalesced(
+            &mut self.epoll,
+            &mut self.events,
+            &mut self.more,
+            timeout,
+            co,
+            &mut core.stats.syscalls,
+        )
     }
 
     fn dispatch(&mut self, core: &mut LoopCore) {

@@ -40,6 +40,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 use ringlab_proto::Action;
 use ringlab_runtime::ledger::{user_data, Done, Ledger, SlotSock, Sock, NO_SLOT, OP_LENT};
 use ringlab_runtime::on_sock;
+use ringlab_runtime::poller::Coalesce;
 use ringlab_runtime::uring::{
     build_ring, with_optlen, BufRing, Piece, Ring, RingConfig, SqPoll, UserData, PBUF_RING_INC,
 };
@@ -177,8 +178,10 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         }),
     };
     let mut uring = build_ring(&rcfg).map_err(|e| setup_failed(&ctx, "io_uring_setup", e))?;
-    let ring = Ring::new(&mut uring, &rcfg)
+    let mut ring = Ring::new(&mut uring, &rcfg)
         .map_err(|e| setup_failed(&ctx, "io_uring_register(RING_FDS)", e))?;
+    ring.set_coalesce(Coalesce::of(a.coalesce, a.coalesce_batch as usize))
+        .map_err(|e| setup_failed(&ctx, "--coalesce", e))?;
     let mut fixed_cap = 0;
     if a.fixed_files {
         let n = if a.fixed_table > 0 {
