@@ -518,3 +518,95 @@ fn exists() -> io::Error {
 fn not_found() -> io::Error {
     io::Error::from(rustix::io::Errno::NOENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    fn tags(events: &[Event]) -> Vec<(u64, bool, bool)> {
+        let mut v: Vec<_> = events
+            .iter()
+            .map(|e| {
+                let f = e.flags;
+                (
+                    e.data.u64(),
+                    f.contains(EventFlags::IN),
+                    f.contains(EventFlags::OUT),
+                )
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Every set reports what each socket is registered for, with its tag; a changed interest
+    /// and a deleted socket are honoured; `closing` forgets a socket.
+    fn reports_by_interest(set: &mut dyn Poller) {
+        let mut sc = SyscallCounters::default();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let (c, _d) = UnixStream::pair().unwrap();
+        set.add(b.as_fd(), 7, EventFlags::IN, &mut sc).unwrap();
+        set.add(c.as_fd(), 9, EventFlags::IN, &mut sc).unwrap();
+        assert!(
+            set.add(b.as_fd(), 7, EventFlags::IN, &mut sc).is_err(),
+            "{}: added twice",
+            set.name()
+        );
+        let mut ev = Vec::with_capacity(16);
+        set.wait(&mut ev, Some(Duration::ZERO), &mut sc).unwrap();
+        assert_eq!(tags(&ev), [], "{}: nothing to read yet", set.name());
+        a.write_all(b"x").unwrap();
+        set.wait(&mut ev, Some(Duration::from_secs(5)), &mut sc)
+            .unwrap();
+        assert_eq!(tags(&ev), [(7, true, false)], "{}", set.name());
+        // Writable interest on c (its buffer is empty), none on b.
+        set.modify(c.as_fd(), 10, EventFlags::OUT, &mut sc).unwrap();
+        set.modify(b.as_fd(), 7, EventFlags::empty(), &mut sc)
+            .unwrap();
+        set.wait(&mut ev, Some(Duration::ZERO), &mut sc).unwrap();
+        assert_eq!(tags(&ev), [(10, false, true)], "{}", set.name());
+        set.delete(c.as_fd(), &mut sc).unwrap();
+        set.modify(b.as_fd(), 8, EventFlags::IN, &mut sc).unwrap();
+        set.wait(&mut ev, Some(Duration::ZERO), &mut sc).unwrap();
+        assert_eq!(tags(&ev), [(8, true, false)], "{}", set.name());
+        set.closing(b.as_fd());
+        if set.name() != "epoll" {
+            set.wait(&mut ev, Some(Duration::ZERO), &mut sc).unwrap();
+            assert_eq!(tags(&ev), [], "{}: forgotten", set.name());
+        }
+    }
+
+    #[test]
+    fn poll_select_and_epoll_report_the_same() {
+        reports_by_interest(&mut Epoll::new().unwrap());
+        reports_by_interest(&mut PollSet::new());
+        reports_by_interest(&mut SelectSet::new());
+    }
+
+    /// A coalesced wait adds what became ready during the sleep, and reports a socket once.
+    #[test]
+    fn a_coalesced_wait_merges_by_socket() {
+        let mut sc = SyscallCounters::default();
+        let mut set = PollSet::new();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let (mut c, d) = UnixStream::pair().unwrap();
+        set.add(b.as_fd(), 1, EventFlags::IN, &mut sc).unwrap();
+        set.add(d.as_fd(), 2, EventFlags::IN, &mut sc).unwrap();
+        a.write_all(b"x").unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            c.write_all(b"y").unwrap();
+            c
+        });
+        let co = Coalesce::of(Duration::from_millis(200), 8);
+        let (mut ev, mut more) = (Vec::with_capacity(8), Vec::with_capacity(8));
+        wait_coalesced(&mut set, &mut ev, &mut more, None, co, &mut sc).unwrap();
+        let _c = writer.join().unwrap();
+        // Socket 1 was ready at once and again in the second wait (level-triggered): once.
+        assert_eq!(tags(&ev), [(1, true, false), (2, true, false)]);
+        assert_eq!(Coalesce::of(Duration::ZERO, 8), None);
+    }
+}
