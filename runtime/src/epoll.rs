@@ -38,6 +38,14 @@ impl Readiness {
     }
 }
 
+/// A wait's timeout as the kernel takes it (epoll_pwait2, poll, select).
+pub(crate) fn timespec(t: Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec {
+        tv_sec: t.as_secs() as _,
+        tv_nsec: t.subsec_nanos() as _,
+    }
+}
+
 /// An epoll instance.
 pub struct Epoll {
     fd: OwnedFd,
@@ -123,10 +131,7 @@ impl Epoll {
     ) -> io::Result<()> {
         events.clear();
         counters.epoll_wait += 1;
-        let ts = timeout.map(|t| rustix::time::Timespec {
-            tv_sec: t.as_secs() as _,
-            tv_nsec: t.subsec_nanos() as _,
-        });
+        let ts = timeout.map(timespec);
         match epoll::wait(
             &self.fd,
             rustix::buffer::spare_capacity(events),

@@ -18,12 +18,12 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
-use rustix::event::{FdSetElement, PollFd, PollFlags, Timespec};
+use rustix::event::{FdSetElement, PollFd, PollFlags};
 
-use crate::epoll::{Epoll, Event, EventData, EventFlags};
+use crate::epoll::{timespec, Epoll, Event, EventData, EventFlags};
 use crate::stats::SyscallCounters;
 
 /// `--coalesce D` (`--coalesce-batch N`): a loop turn that woke for fewer than `batch`
@@ -170,13 +170,6 @@ impl Poller for Epoll {
     }
 }
 
-fn timespec(t: Duration) -> Timespec {
-    Timespec {
-        tv_sec: t.as_secs() as _,
-        tv_nsec: t.subsec_nanos() as _,
-    }
-}
-
 fn poll_flags(f: EventFlags) -> PollFlags {
     let mut p = PollFlags::empty();
     for (e, q) in [
@@ -222,15 +215,6 @@ impl PollSet {
         PollSet::default()
     }
 
-    /// Watched descriptors.
-    pub fn len(&self) -> usize {
-        self.fds.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.fds.is_empty()
-    }
-
     fn entry(fd: BorrowedFd<'_>, flags: EventFlags) -> PollFd<'static> {
         // SAFETY: the number is only handed to poll(2), never used to reach a file, and the
         // caller removes it from the set (`delete` or `closing`) before closing it, so every
@@ -246,21 +230,9 @@ impl PollSet {
         self.fds.swap_remove(i);
         self.tags.swap_remove(i);
         if let Some(moved) = self.fds.get(i) {
-            self.at.insert(moved.as_fd_raw(), i);
+            self.at.insert(moved.as_fd().as_raw_fd(), i);
         }
         true
-    }
-}
-
-/// The descriptor number of a `pollfd` entry.
-trait RawOf {
-    fn as_fd_raw(&self) -> RawFd;
-}
-
-impl RawOf for PollFd<'_> {
-    fn as_fd_raw(&self) -> RawFd {
-        use std::os::fd::AsFd;
-        self.as_fd().as_raw_fd()
     }
 }
 
@@ -523,7 +495,6 @@ fn not_found() -> io::Error {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
 
     fn tags(events: &[Event]) -> Vec<(u64, bool, bool)> {

@@ -39,7 +39,7 @@ impl Scenario for Multiplex {
         if !backends.iter().any(|b| b == BASE) {
             bail!("multiplex measures against epoll: include it in --backends");
         }
-        let mut rows = backends.clone();
+        let mut rows = backends;
         rows.push(AA.into());
         let idle: Vec<u64> = match &ctx.o.conns {
             Some(c) => c.iter().map(|&x| u64::from(x)).collect(),
@@ -92,7 +92,7 @@ impl Scenario for Multiplex {
             bail!("every multiplex run failed (see the messages above)");
         }
         let floor = |p: &Pair, m| verdict::interval(&idle_raw, AA, BASE, p.x, m);
-        let pairs = candidates(&backends, &idle_m);
+        let pairs = verdict::pairs_of(&idle_raw, against_epoll);
         let mut vs = verdict::judge_all(
             &idle_raw,
             "multiplex",
@@ -117,7 +117,7 @@ impl Scenario for Multiplex {
         }
         let (few_m, few_raw) = ctx.go(&specs, reps)?;
         let floor = |p: &Pair, m| verdict::interval(&few_raw, AA, BASE, p.x, m);
-        let pairs = candidates(&backends, &few_m);
+        let pairs = verdict::pairs_of(&few_raw, against_epoll);
         vs.extend(verdict::judge_all(
             &few_raw,
             "multiplex",
@@ -166,19 +166,9 @@ impl Scenario for Multiplex {
     }
 }
 
-/// Every backend but epoll against epoll, at each x it has a median for.
-fn candidates(backends: &[String], m: &[RunResult]) -> Vec<Pair> {
-    let mut out = Vec::new();
-    for r in m {
-        if r.label != BASE && r.label != AA && backends.contains(&r.label) {
-            out.push(Pair {
-                candidate: r.label.clone(),
-                baseline: BASE.into(),
-                x: r.x,
-            });
-        }
-    }
-    out
+/// Every row but epoll and its A/A control is measured against epoll.
+fn against_epoll(label: &str) -> Option<String> {
+    (label != BASE && label != AA).then(|| BASE.to_string())
 }
 
 /// One run: a fresh `backend` server, `n` idle connections held, the active ones measured.
