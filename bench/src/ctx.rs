@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 
 use crate::opts::Opts;
+use crate::peers::Peer;
 use crate::procs::Bins;
 use crate::report::Report;
 use crate::run::{self, RunOpts, RunResult, RunSpec};
@@ -14,6 +15,11 @@ pub trait Scenario {
     fn name(&self) -> &'static str;
     /// Run it, adding its section (tables, charts, data) to `rep`.
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()>;
+    /// Whether it measures `--peer` rows beside the backends (echo scenarios that compare
+    /// backends do; those that vary ringlab-server's own flags, or speak HTTP, do not).
+    fn takes_peers(&self) -> bool {
+        false
+    }
 }
 
 /// What every scenario runs with: the binaries, the flags, the options of every run.
@@ -21,6 +27,8 @@ pub struct Ctx {
     pub bins: Bins,
     pub o: Opts,
     pub run: RunOpts,
+    /// `--peer` servers, measured beside the backends where the scenario takes them.
+    pub peers: Vec<Peer>,
 }
 
 /// A backend row: label, the server arguments that make it.
@@ -65,6 +73,18 @@ impl Ctx {
             Some(b) => b.clone(),
             None => default.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// The rows of a scenario that takes peers: `backends(default)`, then each `--peer`.
+    pub fn rows(&self, default: &[&str]) -> Vec<String> {
+        let mut v = self.backends(default);
+        v.extend(self.peers.iter().map(Peer::label));
+        v
+    }
+
+    /// The peer whose row is `label`.
+    pub fn peer(&self, label: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.label() == label)
     }
 
     /// `--reps`, or one with `--quick`, or the scenario's `normal`.
@@ -113,8 +133,12 @@ impl Ctx {
         }
         client_args.extend(client);
         let mut server_args = vec!["--cores".to_string(), self.o.server_cores.clone()];
-        server_args.extend(server);
+        let peer = self.peer(label).cloned();
+        if peer.is_none() {
+            server_args.extend(server);
+        }
         RunSpec {
+            peer,
             label: label.into(),
             x,
             server_args,
@@ -136,7 +160,11 @@ impl Ctx {
         client: &[&str],
         dur: f64,
     ) -> Result<RunSpec> {
-        let server = [backend_args(b)?, vec!["--proto".into(), proto.into()]].concat();
+        let server = if self.peer(b).is_some() {
+            Vec::new()
+        } else {
+            [backend_args(b)?, vec!["--proto".into(), proto.into()]].concat()
+        };
         let client = ["--proto", proto].into_iter().chain(client.iter().copied());
         Ok(self.spec(b, x, server, client.map(String::from).collect(), dur))
     }

@@ -97,11 +97,39 @@ enum Cmd {
     /// What this machine allows (kernel, io_uring, limits, CPUs) and what will hold a
     /// benchmark back.
     Doctor,
+    /// Reference peers to measure beside the backends with --peer: `peers build` compiles a
+    /// plain-C edge-triggered epoll echo and a minimal multishot io_uring echo (liburing) from
+    /// this repository's bench/peers/ with the system C compiler, and prints their --peer
+    /// arguments.
+    Peers {
+        #[command(subcommand)]
+        cmd: PeersCmd,
+    },
     /// Merge HdrHistogram interval logs from several clients and print combined percentiles.
     Merge {
         /// Interval log files (ringlab-client --hist-log).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum PeersCmd {
+    /// Compile the reference peers (and --with files) into --out and print the --peer
+    /// arguments for them. Needs a C compiler; the io_uring one also liburing's headers
+    /// (Debian: liburing-dev). Nothing is downloaded.
+    Build {
+        /// Where the binaries go (default target/ringlab/peers).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The C compiler.
+        #[arg(long, default_value = "cc")]
+        cc: String,
+        /// Also build a single-file C server of your own, as NAME=FILE.c (linked with
+        /// liburing when it includes liburing.h); its --peer line passes the port as the
+        /// first argument: edit it if your server takes it otherwise.
+        #[arg(long, value_name = "NAME=FILE.c")]
+        with: Vec<String>,
     },
 }
 
@@ -132,6 +160,15 @@ fn real_main(cli: Cli) -> Result<()> {
                 bind: hold::parse_bind(&bind)?,
                 cpu,
                 best_effort,
+            })
+        }
+        Cmd::Peers {
+            cmd: PeersCmd::Build { out, cc, with },
+        } => {
+            return peers::build(&peers::BuildArgs {
+                out: out.unwrap_or_else(|| scenario::default_target_dir().join("peers")),
+                cc,
+                with,
             })
         }
         Cmd::Doctor => {

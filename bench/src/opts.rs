@@ -63,6 +63,16 @@ pub struct Opts {
     /// compare: the server's CPU cap for the server-bound capacity, as a share of one CPU.
     #[arg(long, global = true, default_value_t = 0.5)]
     pub server_share: f64,
+    /// A server of your own measured beside the backends, as NAME=COMMAND (repeatable): an
+    /// echo server that listens on 127.0.0.1:{port}; `{port}`, `{cpu}` (the first server CPU)
+    /// and `{cores}` (the server CPU list) are filled in; run with `sh -c`, pinned to the
+    /// server CPUs, started fresh for every run, measured from outside like the backends (CPU
+    /// over all its processes and threads), stopped by SIGTERM to its process group. Its rows
+    /// are `peer:NAME`, compared against epoll. compare, latency, sizes and multiplex take
+    /// peers. A peer that fails to start, dies or answers wrongly is reported on one line and
+    /// left out of later runs. `ringlab-bench peers build` makes two reference peers.
+    #[arg(long, global = true, value_name = "NAME=COMMAND")]
+    pub peer: Vec<String>,
     /// compare: also record where the server's CPU goes, per backend, with
     /// `perf record -e cpu-clock` on the server's CPUs (one extra run per backend).
     #[arg(long, global = true)]

@@ -303,3 +303,431 @@ pub fn nginx_rows(
         .collect();
     Ok((medians, groups.into_iter().flatten().collect()))
 }
+
+/// A server of the user's measured beside the backends (`--peer NAME=COMMAND`): started fresh
+/// for every run, pinned to the server CPUs, measured from outside like the backends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peer {
+    pub name: String,
+    /// The command, with `{port}`, `{cpu}` and `{cores}` still to fill in; run by `sh -c`.
+    pub command: String,
+}
+
+/// Row labels of peers start with this: `peer:c-epoll`. No space, so that a peer's baseline
+/// is the plain baseline row (`verdict::same_row_of`).
+pub const PEER_PREFIX: &str = "peer:";
+
+impl Peer {
+    /// Parse `NAME=COMMAND`.
+    pub fn parse(s: &str) -> Result<Peer> {
+        let Some((name, command)) = s.split_once('=') else {
+            bail!("--peer takes NAME=COMMAND (e.g. --peer c-epoll='./c-epoll-echo {{port}}'), not {s:?}");
+        };
+        let (name, command) = (name.trim(), command.trim());
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            bail!("--peer {s:?}: a peer's name is letters, digits, '-', '_' and '.'");
+        }
+        if command.is_empty() {
+            bail!("--peer {name}: no command");
+        }
+        if !command.contains("{port}") {
+            bail!("--peer {name}: the command must contain {{port}}, the port the bench gives it to listen on (127.0.0.1:{{port}})");
+        }
+        Ok(Peer {
+            name: name.into(),
+            command: command.into(),
+        })
+    }
+
+    /// Its row label.
+    pub fn label(&self) -> String {
+        format!("{PEER_PREFIX}{}", self.name)
+    }
+
+    /// The command with `{port}`, `{cpu}` (the first server CPU) and `{cores}` (the list).
+    pub fn command_for(&self, port: u16, cores: &str) -> String {
+        let cpu = cores
+            .split([',', '-'])
+            .next()
+            .unwrap_or("0")
+            .trim()
+            .to_string();
+        self.command
+            .replace("{port}", &port.to_string())
+            .replace("{cpu}", &cpu)
+            .replace("{cores}", cores)
+    }
+}
+
+/// `--peer` values, checked: unique names, none named like a backend.
+pub fn parse_peers(specs: &[String]) -> Result<Vec<Peer>> {
+    let mut out: Vec<Peer> = Vec::new();
+    for s in specs {
+        let p = Peer::parse(s)?;
+        if out.iter().any(|o| o.name == p.name) {
+            bail!("--peer {}: given twice", p.name);
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Peers that failed, with why: they are left out of every later run.
+#[derive(Clone, Debug, Default)]
+pub struct Dropped(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl Dropped {
+    /// Whether the row `label` was dropped.
+    pub fn has(&self, label: &str) -> bool {
+        self.0
+            .lock()
+            .map(|v| v.iter().any(|(l, _)| l == label))
+            .unwrap_or(false)
+    }
+
+    /// Drop `label` for `why`, saying so on one line (once).
+    pub fn drop_row(&self, label: &str, why: &str) {
+        if let Ok(mut v) = self.0.lock() {
+            if !v.iter().any(|(l, _)| l == label) {
+                eprintln!("ringlab-bench: {label} left out from here on: {why}");
+                v.push((label.into(), why.into()));
+            }
+        }
+    }
+
+    /// Every dropped row and why.
+    pub fn all(&self) -> Vec<(String, String)> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The report's lines on dropped peers, empty if none.
+    pub fn notes(&self) -> String {
+        self.all()
+            .iter()
+            .map(|(l, why)| format!("- {l} left out: {why}\n"))
+            .collect()
+    }
+}
+
+/// A running peer: its own process group (so that whatever it forks is stopped with it), its
+/// output in a log file.
+pub struct PeerProc {
+    child: Child,
+    pub addr: String,
+    pub pids: Vec<u32>,
+    log: std::path::PathBuf,
+    pub cmd: String,
+}
+
+impl PeerProc {
+    /// Start `peer` pinned to `cores` (taskset) on a free loopback port and wait (10 s at most)
+    /// until it accepts a connection.
+    pub fn start(peer: &Peer, cores: &str, tmp: &Path) -> Result<PeerProc> {
+        use std::os::unix::process::CommandExt;
+        if !have("taskset") {
+            bail!("taskset is not installed (Debian: `apt-get install util-linux`)");
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let cmd = peer.command_for(port, cores);
+        let log = tmp.join(format!("peer-{}-{port}.log", peer.name));
+        let out = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
+        let child = Command::new("taskset")
+            .args(["-c", cores, "sh", "-c"])
+            .arg(&cmd)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .context("starting taskset")?;
+        let mut p = PeerProc {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            pids: Vec::new(),
+            log,
+            cmd: format!("taskset -c {cores} sh -c '{cmd}'"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = p.child.try_wait()? {
+                bail!("it exited at start ({st}){}", p.output_tail());
+            }
+            if std::net::TcpStream::connect(&p.addr).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "it did not accept on {} within 10 s{}",
+                    p.addr,
+                    p.output_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        p.pids = group_pids(p.child.id());
+        Ok(p)
+    }
+
+    /// `: <its last line of output>`, or nothing.
+    fn output_tail(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            })
+            .map_or(String::new(), |l| format!(": {}", l.trim()))
+    }
+
+    /// Stop it (SIGTERM to its group, SIGKILL after 5 s); an error if it had already exited,
+    /// which means it died during the run.
+    pub fn stop(mut self) -> Result<()> {
+        if let Some(st) = self.child.try_wait()? {
+            bail!("it exited during the run ({st}){}", self.output_tail());
+        }
+        self.signal_group(rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                self.signal_group(rustix::process::Signal::KILL);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.signal_group(rustix::process::Signal::KILL);
+        let _ = self.child.wait();
+        Ok(())
+    }
+
+    /// Signal its process group (the group of the process the bench started: its PID).
+    fn signal_group(&self, sig: rustix::process::Signal) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, sig);
+        }
+    }
+}
+
+impl Drop for PeerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal_group(rustix::process::Signal::KILL);
+            let _ = self.child.wait();
+        } else {
+            // Anything it forked that outlived it.
+            self.signal_group(rustix::process::Signal::KILL);
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The processes in process group `pgid`: the leader first.
+fn group_pids(pgid: u32) -> Vec<u32> {
+    let mut v = vec![pgid];
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let grp = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, r)| r.split_whitespace().nth(2)?.parse::<u32>().ok())
+                });
+            if grp == Some(pgid) && pid != pgid {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// A reference peer this repository carries (bench/peers/), compiled by `peers build`.
+struct Reference {
+    name: &'static str,
+    file: &'static str,
+    source: &'static str,
+    /// Link liburing.
+    uring: bool,
+    what: &'static str,
+}
+
+const REFERENCES: [Reference; 2] = [
+    Reference {
+        name: "c-epoll",
+        file: "c-epoll-echo.c",
+        source: include_str!("../peers/c-epoll-echo.c"),
+        uring: false,
+        what: "plain C, edge-triggered epoll, one thread",
+    },
+    Reference {
+        name: "uring-min",
+        file: "uring-min-echo.c",
+        source: include_str!("../peers/uring-min-echo.c"),
+        uring: true,
+        what: "plain C and liburing: multishot accept and recv, a provided-buffer ring, one thread",
+    },
+];
+
+/// What `peers build` was asked.
+pub struct BuildArgs {
+    pub out: std::path::PathBuf,
+    pub cc: String,
+    /// `NAME=FILE.c`: the user's own single-file C servers, built the same way.
+    pub with: Vec<String>,
+}
+
+/// `ringlab-bench peers build`: compile the reference peers (and the user's own C files) with
+/// the system C compiler, say what could not be built and why, and print the `--peer`
+/// arguments. Nothing is downloaded.
+pub fn build(a: &BuildArgs) -> Result<()> {
+    std::fs::create_dir_all(a.out.join("src"))
+        .with_context(|| format!("creating {}", a.out.display()))?;
+    let out = std::fs::canonicalize(&a.out)?;
+    let mut jobs: Vec<(String, std::path::PathBuf, bool, String)> = Vec::new();
+    for r in &REFERENCES {
+        let src = out.join("src").join(r.file);
+        std::fs::write(&src, r.source)?;
+        jobs.push((r.name.into(), src, r.uring, r.what.into()));
+    }
+    for w in &a.with {
+        let Some((name, file)) = w.split_once('=') else {
+            bail!("--with takes NAME=FILE.c, not {w:?}");
+        };
+        let src = std::fs::canonicalize(file).with_context(|| format!("--with {name}: {file}"))?;
+        let text = std::fs::read_to_string(&src).with_context(|| format!("reading {file}"))?;
+        jobs.push((
+            name.into(),
+            src,
+            text.contains("liburing.h"),
+            format!("your {file}"),
+        ));
+    }
+    let mut peers = Vec::new();
+    let mut failed = 0;
+    for (name, src, uring, what) in jobs {
+        let bin = out.join(&name);
+        let mut cmd = Command::new(&a.cc);
+        cmd.args(["-O2", "-Wall", "-Wextra", "-o"])
+            .arg(&bin)
+            .arg(&src);
+        if uring {
+            cmd.arg("-luring");
+        }
+        let res = cmd.output();
+        match res {
+            Err(e) => {
+                bail!(
+                    "cannot run the C compiler {:?}: {e} (Debian: `apt-get install gcc`, or --cc)",
+                    a.cc
+                )
+            }
+            Ok(o) if o.status.success() => {
+                println!("built {name} ({what}): {}", bin.display());
+                peers.push(format!("--peer '{name}={} {{port}}'", bin.display()));
+            }
+            Ok(o) => {
+                failed += 1;
+                let err = String::from_utf8_lossy(&o.stderr);
+                let why = if uring && err.contains("liburing.h") {
+                    "liburing's headers are missing (Debian: `apt-get install liburing-dev`)"
+                        .to_string()
+                } else {
+                    err.lines()
+                        .find(|l| l.contains("error"))
+                        .unwrap_or(err.trim())
+                        .to_string()
+                };
+                println!("not built {name}: {why}");
+            }
+        }
+    }
+    if have("nginx") || Path::new("/usr/sbin/nginx").is_file() {
+        println!("nginx is installed: `ringlab-bench http` measures it (it serves HTTP, not echo)");
+    } else {
+        println!("nginx is not installed: `ringlab-bench http` runs without its row (Debian: `apt-get install nginx-light`)");
+    }
+    if peers.is_empty() {
+        bail!("no peer could be built (see above)");
+    }
+    println!("\nringlab-bench compare {}", peers.join(" "));
+    if failed > 0 {
+        println!("({failed} peer(s) not built: see above)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_fill_in() {
+        let p = Peer::parse("c-epoll=./c-epoll-echo {port} --cpu {cpu}").unwrap();
+        assert_eq!(p.name, "c-epoll");
+        assert_eq!(p.label(), "peer:c-epoll");
+        assert_eq!(p.command_for(7001, "2,3"), "./c-epoll-echo 7001 --cpu 2");
+        assert_eq!(
+            Peer::parse("x=srv {port} {cores}")
+                .unwrap()
+                .command_for(1, "0-3"),
+            "srv 1 0-3"
+        );
+        for bad in ["noequals", "=cmd {port}", "a b=cmd {port}", "x=", "x=cmd"] {
+            assert!(Peer::parse(bad).is_err(), "{bad}");
+        }
+        let e = parse_peers(&["a=x {port}".into(), "a=y {port}".into()]).unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
+    }
+
+    #[test]
+    fn a_peer_that_exits_at_start_says_why() {
+        let tmp = std::env::temp_dir();
+        let p = Peer::parse("bad=echo cannot bind {port} >&2; exit 3").unwrap();
+        let e = PeerProc::start(&p, "0", &tmp).err().unwrap().to_string();
+        assert!(
+            e.contains("exited at start") && e.contains("cannot bind"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_peer_is_stopped_with_whatever_it_forked() {
+        let tmp = std::env::temp_dir();
+        // The peer is a shell that forks `sleep` and runs ringlab-server (built beside the
+        // tests by `cargo test --workspace`) as the listener.
+        let server = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent()?.parent().map(|d| d.join("ringlab-server")))
+            .filter(|s| s.is_file());
+        let Some(server) = server else {
+            assert!(
+                std::env::var_os("RINGLAB_REQUIRE_PEERS").is_none(),
+                "ringlab-server is not built beside the tests (run `cargo test --workspace`)"
+            );
+            eprintln!("ringlab-server is not built beside the tests: skipped");
+            return;
+        };
+        let p = Peer::parse(&format!(
+            "x=sleep 600 & {} --io epoll --listen 127.0.0.1:{{port}}; wait",
+            server.display()
+        ))
+        .unwrap();
+        let proc = PeerProc::start(&p, "0", &tmp).unwrap();
+        let pids = proc.pids.clone();
+        assert!(pids.len() >= 3, "{pids:?}"); // sh, sleep, ringlab-server
+        proc.stop().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        for p in pids {
+            let alive = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "));
+            assert!(!alive, "{p} still running");
+        }
+    }
+}

@@ -10,7 +10,8 @@ use ringlab_server::ServerStats;
 use serde::Serialize;
 
 use crate::netns::Netns;
-use crate::procs::{perf_syscalls, Bins, ProcSample, Server};
+use crate::peers::{Dropped, Peer, PeerProc};
+use crate::procs::{perf_syscalls, rss_kib, Bins, ProcSample, Server};
 
 /// What to run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -31,6 +32,10 @@ pub struct RunSpec {
     /// Record a CPU profile of the server's CPUs over the measured window into this file.
     #[serde(skip)]
     pub profile: Option<std::path::PathBuf>,
+    /// Run this peer (`--peer`) instead of ringlab-server (`server_args` then only give its
+    /// `--cores`).
+    #[serde(skip)]
+    pub peer: Option<Peer>,
 }
 
 /// What one run measured.
@@ -49,6 +54,10 @@ pub struct RunResult {
     pub p999_us: f64,
     pub max_us: f64,
     pub errors: f64,
+    /// Responses that were not what was sent (echo bytes that differ, malformed HTTP).
+    pub data_errors: f64,
+    /// Resident memory of the server's processes at the end of the window, KiB.
+    pub server_rss_kib: f64,
     /// Server CPU (user + system) over the measured window.
     pub server_cpu_s: f64,
     pub server_user_s: f64,
@@ -80,26 +89,100 @@ pub struct RunOpts {
     pub tmp: std::path::PathBuf,
     /// Run server and client in these network namespaces (`--netns`).
     pub netns: Option<Netns>,
+    /// Peers that failed once and are left out of every later run.
+    pub dropped: Dropped,
 }
 
-/// Run `spec` once on a fresh server.
-pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
-    let server = Server::start(bins, &spec.server_args, &opts.tmp, opts.netns.as_ref())?;
-    let server_cmd = format!("{} {}", bins.server.display(), spec.server_args.join(" "));
-    let addr = server.addr.clone();
-    if let Some(dir) = &spec.cgroup {
-        crate::cgroup::enter(dir, &server.pids)?;
-    }
-    let mut r = match drive(bins, &addr, &server.pids, spec, opts) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = server.stop();
-            return Err(e);
+/// What a run measures: ringlab-server, or a peer.
+pub enum Target {
+    Ringlab(Server),
+    Peer(PeerProc),
+}
+
+impl Target {
+    /// Start the server of `spec`: its peer, or ringlab-server with its arguments.
+    pub fn start(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<Target> {
+        match &spec.peer {
+            Some(_) if opts.netns.is_some() => {
+                bail!("peers run on the host: they are not measured under --netns")
+            }
+            Some(p) => Ok(Target::Peer(PeerProc::start(
+                p,
+                &server_cpus(spec),
+                &opts.tmp,
+            )?)),
+            None => Ok(Target::Ringlab(Server::start(
+                bins,
+                &spec.server_args,
+                &opts.tmp,
+                opts.netns.as_ref(),
+            )?)),
         }
+    }
+
+    pub fn addr(&self) -> &str {
+        match self {
+            Target::Ringlab(s) => &s.addr,
+            Target::Peer(p) => &p.addr,
+        }
+    }
+
+    /// Its processes (measured together).
+    pub fn pids(&self) -> &[u32] {
+        match self {
+            Target::Ringlab(s) => &s.pids,
+            Target::Peer(p) => &p.pids,
+        }
+    }
+
+    /// The command that started it, to rerun by hand.
+    pub fn cmd(&self, bins: &Bins, spec: &RunSpec) -> String {
+        match self {
+            Target::Ringlab(_) => {
+                format!("{} {}", bins.server.display(), spec.server_args.join(" "))
+            }
+            Target::Peer(p) => p.cmd.clone(),
+        }
+    }
+
+    /// Stop it: ringlab-server's statistics; for a peer, an error if it had died.
+    pub fn stop(self) -> Result<Option<ServerStats>> {
+        match self {
+            Target::Ringlab(s) => s.stop().map(Some),
+            Target::Peer(p) => p.stop().map(|()| None),
+        }
+    }
+}
+
+/// Run `spec` once on a fresh server (or peer).
+pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
+    let target = Target::start(bins, spec, opts)?;
+    let server_cmd = target.cmd(bins, spec);
+    if let Some(dir) = &spec.cgroup {
+        crate::cgroup::enter(dir, target.pids())?;
+    }
+    let r = drive(bins, target.addr(), target.pids(), spec, opts);
+    let (stats, mut r) = match (target.stop(), r) {
+        // A peer that died explains the client's failure better than the client does.
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+        (Ok(stats), Ok(r)) => (stats, r),
     };
+    checked(spec, &r)?;
     r.server_cmd = server_cmd;
-    r.syscalls_per_req = syscalls_per_req(&server.stop()?);
+    r.syscalls_per_req = stats.as_ref().and_then(syscalls_per_req);
     Ok(r)
+}
+
+/// A peer's run with wrong answers is an error (a ringlab backend's counts as errors in its
+/// row, where a test would have caught it first).
+pub fn checked(spec: &RunSpec, r: &RunResult) -> Result<()> {
+    if spec.peer.is_some() && r.data_errors > 0.0 {
+        bail!(
+            "it answered wrongly: {} responses were not what was sent (ringlab-client verifies every echoed byte)",
+            r.data_errors
+        );
+    }
+    Ok(())
 }
 
 /// The server's own syscall count per request it served, over its whole life; none for the
@@ -170,6 +253,7 @@ pub fn drive(
         .map(|f| crate::profile::record(f, &server_cpus(spec), spec.duration_s * 0.9));
     std::thread::sleep(window_end.saturating_duration_since(std::time::Instant::now()));
     let after = ProcSample::read_all(pids);
+    let rss: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
     let out = child.wait_with_output()?;
     let after = after?;
     let perf_count = perf.and_then(|h| h.join().ok().flatten());
@@ -186,6 +270,13 @@ pub fn drive(
     };
     let mut r = measured(spec, &cj, &after.since(&before), perf_count, client_cmd);
     r.profile = profile;
+    r.server_rss_kib = rss as f64;
+    if r.requests == 0.0 && r.data_errors > 0.0 {
+        bail!(
+            "it answered wrongly: none of its responses was what was sent ({} wrong; ringlab-client verifies every echoed byte)",
+            r.data_errors
+        );
+    }
     if r.requests == 0.0 {
         bail!(
             "no request completed (client {}): {}",
@@ -222,6 +313,8 @@ fn measured(
         p999_us: pct(99.9),
         max_us: lat.max as f64,
         errors: cj.errors_total as f64,
+        data_errors: cj.data_errors as f64,
+        server_rss_kib: 0.0,
         server_cpu_s: d.cpu_s(),
         server_user_s: d.user_s,
         server_sys_s: d.sys_s,
@@ -292,6 +385,8 @@ pub fn combine(runs: &[RunResult]) -> RunResult {
         p999_us: m(|r| r.p999_us),
         max_us: m(|r| r.max_us),
         errors: m(|r| r.errors),
+        data_errors: m(|r| r.data_errors),
+        server_rss_kib: m(|r| r.server_rss_kib),
         server_cpu_s: m(|r| r.server_cpu_s),
         server_user_s: m(|r| r.server_user_s),
         server_sys_s: m(|r| r.server_sys_s),
@@ -347,12 +442,17 @@ pub fn run_rep(
 ) {
     for (k, &i) in order.iter().enumerate() {
         let s = &specs[i];
+        if opts.dropped.has(&s.label) {
+            continue;
+        }
         progress(k, s);
         match run(bins, s, opts) {
             Ok(mut r) => {
                 r.rep = rep;
                 all[i].push(r);
             }
+            // A peer that fails is left out from here on, with one line saying why.
+            Err(e) if s.peer.is_some() => opts.dropped.drop_row(&s.label, &format!("{e:#}")),
             Err(e) => eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x),
         }
     }

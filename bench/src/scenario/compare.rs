@@ -15,6 +15,7 @@ use anyhow::{bail, Result};
 
 use crate::cgroup::CpuCap;
 use crate::ctx::{Ctx, Scenario};
+use crate::peers::{Dropped, Peer};
 use crate::plot;
 use crate::profile::{Area, Breakdown};
 use crate::report::Report;
@@ -34,6 +35,10 @@ const SIZE: &str = "64";
 impl Scenario for Compare {
     fn name(&self) -> &'static str {
         "compare"
+    }
+
+    fn takes_peers(&self) -> bool {
+        true
     }
 
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
@@ -154,6 +159,11 @@ impl Scenario for Compare {
         }
         println!("\n{ending}\n{cap_note}");
         let mut notes = format!("{ending}\n\n{cap_note}\n");
+        let dropped = ctx.run.dropped.notes();
+        if !dropped.is_empty() {
+            println!("{dropped}");
+            notes += &format!("\n{dropped}");
+        }
         let prof = profile_text(&profiles);
         if let Some(ceiling) = ceiling_line(&profiles) {
             println!("{ceiling}");
@@ -166,8 +176,13 @@ impl Scenario for Compare {
         println!(
             "\nequal offered load\n\n{load_table}\nserver-bound capacity\n\n{cap_table}{prof}"
         );
+        let peers_note = if ctx.peers.is_empty() {
+            String::new()
+        } else {
+            "\n\nRows `peer:NAME` are `--peer` servers, started fresh for every run like the backends, pinned to the server CPUs with taskset and measured from outside the same way (CPU over all their processes and threads).".to_string()
+        };
         let mut text = format!(
-            "Echo {SIZE} B. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({}; each repetition starts one row later), up to {reps} repetitions of {:.1} s measured each (a point stops once all its intervals are within ±3%); figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.\n\n### Equal offered load\n\n{load_table}\n### Server-bound capacity\n\n{cap_note}\n\n{cap_table}",
+            "Echo {SIZE} B. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({}; each repetition starts one row later), up to {reps} repetitions of {:.1} s measured each (a point stops once all its intervals are within ±3%); figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.{peers_note}\n\n### Equal offered load\n\n{load_table}\n### Server-bound capacity\n\n{cap_note}\n\n{cap_table}",
             plan.loads.iter().map(|l| format!("{l}%")).collect::<Vec<_>>().join(", "),
             ctx.o.server_share,
             plan.rows.join(", "),
@@ -271,7 +286,10 @@ struct Plan {
     conns: Vec<u32>,
     /// Every row in run order: the candidates, the baseline, the A/A control.
     rows: Vec<String>,
+    /// The other backends, then the peers.
     candidates: Vec<String>,
+    /// Peers that failed (their rows are no headline any more).
+    dropped: Dropped,
     baseline: String,
     aa: String,
     loads: Vec<f64>,
@@ -295,6 +313,7 @@ impl Plan {
             .iter()
             .filter(|b| **b != baseline)
             .cloned()
+            .chain(ctx.peers.iter().map(Peer::label))
             .collect();
         let aa = format!("{baseline} A/A");
         let mut rows = candidates.clone();
@@ -326,6 +345,7 @@ impl Plan {
             conns,
             rows,
             candidates,
+            dropped: ctx.run.dropped.clone(),
             baseline,
             aa,
             loads,
@@ -412,6 +432,7 @@ impl Plan {
                 let ivs = self
                     .candidates
                     .iter()
+                    .filter(|c| !self.dropped.has(c))
                     .map(|c| verdict::interval(raw, c, &self.baseline, a.x, m))
                     .collect();
                 out.push((a.x, ivs));
@@ -511,18 +532,19 @@ impl Plan {
             return String::new();
         }
         let b = &self.baseline;
-        let mut t = format!("| conns | backend | req/s (capacity) | ×{b} (95% CI) | server CPU µs/req | p99 µs | note |\n|---:|---|---:|---|---:|---:|---|\n");
+        let mut t = format!("| conns | backend | req/s (capacity) | ×{b} (95% CI) | server CPU µs/req | p99 µs | server RSS MiB | note |\n|---:|---|---:|---|---:|---:|---:|---|\n");
         for a in at {
             for r in m.iter().filter(|r| r.x == a.x) {
                 let _ = writeln!(
                     t,
-                    "| {} | {} | {:.0} | {} | {:.2} | {:.0} | {} |",
+                    "| {} | {} | {:.0} | {} | {:.2} | {:.0} | {:.1} | {} |",
                     a.conns,
                     r.label,
                     r.rps,
                     self.cell(raw, &r.label, a.x, RPS),
                     r.cpu_per_req_us,
                     r.p99_us,
+                    r.server_rss_kib / 1024.0,
                     note(r)
                 );
             }
@@ -538,7 +560,11 @@ impl Plan {
         let l = self.loads[self.loads.len() / 2];
         let rate = (p.capacity_rps * l / 100.0).round().max(1.0).to_string();
         let mut out = Vec::new();
-        for row in self.rows.iter().filter(|r| **r != self.aa) {
+        for row in self
+            .rows
+            .iter()
+            .filter(|r| **r != self.aa && !self.dropped.has(r))
+        {
             eprintln!("  profile {row}");
             let mut s = self.spec(
                 ctx,
@@ -796,6 +822,7 @@ mod tests {
             conns: vec![512],
             rows: vec!["uring".into(), "epoll".into(), "epoll A/A".into()],
             candidates: vec!["uring".into()],
+            dropped: Dropped::default(),
             baseline: "epoll".into(),
             aa: "epoll A/A".into(),
             loads: vec![50.0],

@@ -15,9 +15,13 @@ impl Scenario for Latency {
         "latency"
     }
 
+    fn takes_peers(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
         let conns = ctx.one_conns(64);
-        let backends = ctx.backends(&["uring", "epoll"]);
+        let backends = ctx.rows(&["uring", "epoll"]);
         let dur = ctx.duration(3.0);
         // 1. The maximum each backend reaches, closed loop.
         let mut specs = Vec::new();

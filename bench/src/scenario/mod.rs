@@ -14,11 +14,12 @@ mod sizes;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::ctx::{Ctx, Scenario};
 use crate::netns::Netns;
 use crate::opts::Opts;
+use crate::peers;
 use crate::procs::Bins;
 use crate::report::{Machine, Report};
 use crate::run::{self, RunOpts};
@@ -72,6 +73,10 @@ pub fn run(name: &str, o: &Opts) -> Result<()> {
             n.server_ns, n.client_ns
         );
     }
+    let peers = peers::parse_peers(&o.peer)?;
+    if !peers.is_empty() && netns.is_some() {
+        bail!("--peer and --netns do not go together: peers run on the host");
+    }
     let ctx = Ctx {
         bins,
         o: o.clone(),
@@ -79,13 +84,35 @@ pub fn run(name: &str, o: &Opts) -> Result<()> {
             perf: o.perf,
             tmp: run::tmpdir(&out)?,
             netns,
+            dropped: peers::Dropped::default(),
         },
+        peers,
     };
     println!("ringlab-bench {name}: {}", machine.line());
     for s in scenarios {
+        if !ctx.peers.is_empty() && !s.takes_peers() {
+            println!(
+                "{}: --peer rows are not measured here (peers are echo servers; this scenario varies ringlab-server's own flags or speaks HTTP)",
+                s.name()
+            );
+        }
         let r = s.run(&ctx, &mut rep);
         rep.write()?;
         r.with_context(|| format!("scenario {}", s.name()))?;
+    }
+    if !ctx.peers.is_empty() {
+        let mut t = String::from("Servers measured beside the backends (`--peer NAME=COMMAND`; rows `peer:NAME`), each started fresh for every run with `{port}` and `{cpu}` filled in, pinned to the server CPUs with taskset, stopped by signalling its own process group:\n\n");
+        for p in &ctx.peers {
+            t += &format!("- `{}`: `{}`\n", p.name, p.command);
+        }
+        let dropped = ctx.run.dropped.notes();
+        if !dropped.is_empty() {
+            t += &format!(
+                "\nLeft out after failing (their earlier runs stay in the tables):\n\n{dropped}"
+            );
+        }
+        rep.section("peers", &t, &[], &[]);
+        rep.write()?;
     }
     let _ = std::fs::remove_dir_all(&ctx.run.tmp);
     rep.write()?;
@@ -94,7 +121,7 @@ pub fn run(name: &str, o: &Opts) -> Result<()> {
 }
 
 /// `target/ringlab` of the workspace this binary was built in, or of the current directory.
-fn default_target_dir() -> PathBuf {
+pub fn default_target_dir() -> PathBuf {
     if let Ok(exe) = std::env::current_exe() {
         // .../target/<profile>/ringlab-bench
         if let Some(target) = exe.parent().and_then(|p| p.parent()) {

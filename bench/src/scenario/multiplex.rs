@@ -10,9 +10,8 @@ use anyhow::{bail, Result};
 
 use crate::ctx::{backend_args, Ctx, Scenario};
 use crate::plot;
-use crate::procs::Server;
 use crate::report::{self, Report};
-use crate::run::{self, drive, RunResult};
+use crate::run::{self, drive, RunResult, Target};
 use crate::scenario::c10k::{start_holders, stop_holders, Limits, SERVER_ARGS};
 use crate::verdict::{self, Pair, CPU_PER_REQ, RPS};
 
@@ -34,8 +33,12 @@ impl Scenario for Multiplex {
         "multiplex"
     }
 
+    fn takes_peers(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
-        let backends = ctx.backends(&["select", "poll", "epoll", "uring"]);
+        let backends = ctx.rows(&["select", "poll", "epoll", "uring"]);
         if !backends.iter().any(|b| b == BASE) {
             bail!("multiplex measures against epoll: include it in --backends");
         }
@@ -74,11 +77,17 @@ impl Scenario for Multiplex {
                         }
                         continue;
                     }
+                    if ctx.run.dropped.has(row) {
+                        continue;
+                    }
                     eprintln!("  rep {}/{reps} {n} idle {row}", r + 1);
                     match idle_run(ctx, row, backend, n, &lim, dur, client_cpu) {
                         Ok(mut x) => {
                             x.rep = r;
                             runs[i * rows.len() + j].push(x);
+                        }
+                        Err(e) if ctx.peer(row).is_some() => {
+                            ctx.run.dropped.drop_row(row, &format!("{e:#}"))
                         }
                         Err(e) => {
                             eprintln!("ringlab-bench: multiplex {row} with {n} idle: {e:#}")
@@ -181,24 +190,19 @@ fn idle_run(
     dur: f64,
     client_cpu: Option<usize>,
 ) -> Result<RunResult> {
-    let mut args = vec!["--cores".to_string(), ctx.o.server_cores.clone()];
-    args.extend(backend_args(backend)?);
-    args.extend(SERVER_ARGS.map(String::from));
-    let server = Server::start(&ctx.bins, &args, &ctx.run.tmp, ctx.run.netns.as_ref())?;
-    let (holders, failed) = if n > 0 {
-        start_holders(&server.addr, n, lim.per_holder(), client_cpu, false)?
+    let server = if ctx.peer(backend).is_some() {
+        Vec::new()
     } else {
-        (Vec::new(), Vec::new())
+        [
+            backend_args(backend)?,
+            SERVER_ARGS.map(String::from).to_vec(),
+        ]
+        .concat()
     };
-    if !failed.is_empty() {
-        let errs = stop_holders(holders, failed);
-        let _ = server.stop();
-        bail!("a holder failed: {}", errs.join("; "));
-    }
     let spec = ctx.spec(
         label,
         n as f64,
-        Vec::new(),
+        server,
         ["--proto", "echo", "--size", "64", "--conns"]
             .into_iter()
             .map(String::from)
@@ -206,14 +210,27 @@ fn idle_run(
             .collect(),
         dur,
     );
-    let r = drive(&ctx.bins, &server.addr, &server.pids, &spec, &ctx.run);
+    let target = Target::start(&ctx.bins, &spec, &ctx.run)?;
+    let (holders, failed) = if n > 0 {
+        start_holders(target.addr(), n, lim.per_holder(), client_cpu, false)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    if !failed.is_empty() {
+        let errs = stop_holders(holders, failed);
+        let _ = target.stop();
+        bail!("a holder failed: {}", errs.join("; "));
+    }
+    let r = drive(&ctx.bins, target.addr(), target.pids(), &spec, &ctx.run);
     let errs = stop_holders(holders, Vec::new());
-    let stopped = server.stop();
-    let mut r = r?;
+    let cmd = target.cmd(&ctx.bins, &spec);
+    let stopped = target.stop();
     stopped?;
+    let mut r = r?;
+    run::checked(&spec, &r)?;
     if !errs.is_empty() {
         bail!("a holder failed: {}", errs.join("; "));
     }
-    r.server_cmd = args.join(" ");
+    r.server_cmd = cmd;
     Ok(r)
 }

@@ -15,9 +15,13 @@ impl Scenario for Sizes {
         "sizes"
     }
 
+    fn takes_peers(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
         let conns = ctx.one_conns(64);
-        let backends = ctx.backends(&["uring", "epoll"]);
+        let backends = ctx.rows(&["uring", "epoll"]);
         let sizes: &[usize] = if ctx.o.quick {
             &[64, 4096, 65536]
         } else {
