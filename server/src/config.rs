@@ -8,6 +8,13 @@ use ringlab_proto::{Proto, ServerConfig};
 use ringlab_runtime::cpus::CpuSpec;
 
 /// IO backends. Every one runs the same protocol code; they differ only in how they do IO.
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Io {
     /// io_uring completion model (raw io-uring crate): multishot accept, multishot recv into a
@@ -129,6 +136,18 @@ pub struct Args {
     /// Write statistics as JSON to this file on exit.
     #[arg(long)]
     pub stats_json: Option<std::path::PathBuf>,
+    /// Serve live metrics at http://ADDR/metrics in the Prometheus text format (per core and
+    /// for the whole server: requests, bytes, connections, timeouts, syscalls by kind, io_uring
+    /// counters, a histogram of request service time in the loop), from a thread outside the
+    /// loops; each loop copies its counters there once per turn. E.g. 127.0.0.1:9100 (port 0
+    /// picks one: the ready line says which). Not with --processes.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// How log lines on stderr are written: text, or json (one object a line). RUST_LOG
+    /// filters them (default: info). The ready line and the exit statistics on stdout are the
+    /// same either way.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Stop reading from a connection while this many bytes wait to be sent to it.
     #[arg(long, default_value_t = 256 * 1024)]
     pub out_high_water: usize,
@@ -303,6 +322,9 @@ impl Args {
     /// Reject switches that do not apply to the chosen backend or cannot be combined, and
     /// switches the running kernel is too old for. One line each, naming the flag.
     pub fn validate(&self) -> Result<(), String> {
+        if self.metrics.is_some() && self.processes > 1 {
+            return Err("--metrics serves one process's loops: not with --processes (give each server process its own --metrics address by running them separately)".into());
+        }
         if self.cq_entries < self.sq_entries {
             return Err(format!(
                 "--cq-entries ({}) must be at least --sq-entries ({})",

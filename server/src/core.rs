@@ -18,6 +18,7 @@ use ringlab_runtime::timer::TimerWheel;
 use ringlab_runtime::wake::Waker;
 
 use crate::config::Args;
+use crate::metrics::{Board, ServiceHist, Slot};
 use crate::stats::LoopStats;
 
 /// What every loop or pool is started with, whatever its backend.
@@ -33,6 +34,8 @@ pub struct Shared {
     pub ready: SyncSender<Result<(), String>>,
     /// The server-wide connection limit.
     pub limit: Arc<ConnLimit>,
+    /// `--metrics`: where each loop publishes its figures.
+    pub board: Option<Arc<Board>>,
 }
 
 impl Shared {
@@ -203,12 +206,48 @@ pub struct LoopCore {
     /// accept already in flight), held unserved until a slot frees.
     held: VecDeque<OwnedFd>,
     limit_paused: bool,
+    /// `--metrics`: this loop's slot on the board, its service-time histogram, and where the
+    /// current turn started (time, requests done by then).
+    metrics: Option<Slot>,
+    service: ServiceHist,
+    turn_start: Instant,
+    turn_requests: u64,
 }
 
 impl LoopCore {
     /// State for the loop described by `ctx`.
     pub fn new(ctx: &LoopCtx) -> Self {
-        Self::with(ctx.cfg.clone(), &ctx.args, ctx.cpu, ctx.limit.clone())
+        let mut core = Self::with(ctx.cfg.clone(), &ctx.args, ctx.cpu, ctx.limit.clone());
+        core.attach(ctx.board.as_ref());
+        core
+    }
+
+    /// Publish this loop's figures on `board` (`--metrics`), if there is one.
+    pub fn attach(&mut self, board: Option<&Arc<Board>>) {
+        self.metrics = board.map(|b| b.register(self.stats.cpu));
+    }
+
+    /// Copy the statistics (and service times) to the board, unless the scraper is reading
+    /// them this very instant: the next turn will.
+    pub fn publish(&self) {
+        if let Some(Ok(mut m)) = self.metrics.as_ref().map(|m| m.try_lock()) {
+            m.stats.clone_from(&self.stats);
+            m.service = self.service;
+        }
+    }
+
+    /// The end of a turn (before the loop waits): count its requests at the turn's duration,
+    /// and publish.
+    pub fn end_turn(&mut self) {
+        if self.metrics.is_none() {
+            return;
+        }
+        let n = self.stats.requests - self.turn_requests;
+        if n > 0 {
+            self.service.record(self.turn_start.elapsed(), n);
+            self.turn_requests = self.stats.requests;
+        }
+        self.publish();
     }
 
     /// State for a loop (or worker thread) on `cpu` with these settings.
@@ -231,6 +270,10 @@ impl LoopCore {
             limit,
             held: VecDeque::new(),
             limit_paused: false,
+            metrics: None,
+            service: ServiceHist::default(),
+            turn_start: now,
+            turn_requests: 0,
         }
     }
 
@@ -308,6 +351,11 @@ impl LoopCore {
     /// Read the clock; once per loop turn.
     pub fn tick(&mut self) {
         self.clock.update();
+        if self.metrics.is_some() {
+            self.turn_start = self.clock.now();
+            self.turn_requests = self.stats.requests;
+            self.publish();
+        }
     }
 
     /// The time as the sessions see it.
@@ -482,7 +530,7 @@ impl AcceptBackoff {
                 }
                 _ => "",
             };
-            eprintln!(
+            tracing::warn!(
                 "ringlab-server: loop on CPU {cpu}: accept failed: {err}{hint}; {} refused since last report, backing off {} ms",
                 self.refused,
                 ACCEPT_BACKOFF.as_millis()

@@ -78,7 +78,9 @@ impl<D: Driver> EventLoop<D> {
     /// Tell the starter the loop is ready, then run until it has shut down.
     pub fn run(&mut self) -> io::Result<()> {
         let _ = self.ctx.ready.send(Ok(()));
-        ringlab_runtime::event_loop::run(self)
+        let r = ringlab_runtime::event_loop::run(self);
+        self.core.publish();
+        r
     }
 
     /// The loop's statistics.
@@ -125,6 +127,7 @@ impl<D: Driver> Turn for EventLoop<D> {
 
     fn wait(&mut self) -> io::Result<()> {
         let timeout = self.core.wait_timeout();
+        self.core.end_turn();
         self.io.wait(&mut self.core, timeout)?;
         self.core.tick();
         Ok(())

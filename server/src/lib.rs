@@ -7,6 +7,7 @@ pub mod config;
 pub mod core;
 pub mod event_loop;
 pub mod listener;
+pub mod metrics;
 pub mod procs;
 pub mod stats;
 
@@ -21,6 +22,9 @@ use ringlab_runtime::wake::Waker;
 
 pub use config::{Args, Io};
 pub use stats::{LoopStats, ServerStats};
+
+/// What SIGHUP does: nothing can be re-read, so it changes nothing, and the server says so.
+pub const HUP_LINE: &str = "SIGHUP: nothing to re-read (ringlab-server has no configuration file, and its flags cannot change while it runs); nothing changed: restart it to apply new flags";
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -43,18 +47,24 @@ pub struct Running {
     wakers: Vec<Waker>,
     threads: Vec<thread::JoinHandle<std::io::Result<Vec<LoopStats>>>>,
     args: Arc<Args>,
+    /// Where `--metrics` is served.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Running {
     /// The line scripts wait for.
     pub fn ready_line(&self) -> String {
-        format!(
+        let mut l = format!(
             "ready listen={} io={} cores={} pid={}",
             self.listen,
             self.args.io.name(),
             self.cores,
             std::process::id()
-        )
+        );
+        if let Some(m) = self.metrics {
+            l += &format!(" metrics=http://{m}/metrics");
+        }
+        l
     }
 
     /// What `--coalesce` does on this backend and kernel, in words (none when it is off).
@@ -193,6 +203,19 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
             )
         }
     };
+    let proto = match args.proto {
+        config::ProtoArg::Echo => "echo",
+        config::ProtoArg::Http => "http",
+    };
+    let (board, metrics) = match args.metrics {
+        Some(addr) => {
+            let b = metrics::Board::new(args.io.name(), proto);
+            let at =
+                metrics::serve(addr, b.clone()).with_context(|| format!("--metrics {addr}"))?;
+            (Some(b), Some(at))
+        }
+        None => (None, None),
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     let limit = core::ConnLimit::new(usize::try_from(args.max_conns).unwrap_or(usize::MAX));
     let (ready_tx, ready_rx) = mpsc::sync_channel(cores.len() + 1);
@@ -202,6 +225,7 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
         shutdown: shutdown.clone(),
         ready: ready_tx,
         limit,
+        board,
     };
     let mut wakers = Vec::new();
     let mut threads = Vec::new();
@@ -270,6 +294,7 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
         wakers,
         threads,
         args,
+        metrics,
     };
     let loops = running.threads.len();
     if let Some(e) = ringlab_runtime::event_loop::setup_failure(&ready_rx, loops) {

@@ -5,31 +5,33 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ringlab_runtime::procgroup;
-use ringlab_server::{procs, start, Args, ServerError};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use ringlab_server::config::LogFormat;
+use ringlab_server::{procs, start, Args, ServerError, HUP_LINE};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    init_logs(args.log_format);
     if let Some(parent) = args.worker_of {
         if args.processes > 1 {
-            eprintln!("ringlab-server: --worker-of is internal to --processes; drop it");
+            tracing::error!("ringlab-server: --worker-of is internal to --processes; drop it");
             return ExitCode::from(1);
         }
         if let Err(e) = procgroup::become_worker(parent) {
             return fail(&anyhow::Error::from(e).into());
         }
     } else if !args.listen_fds.is_empty() {
-        eprintln!("ringlab-server: --listen-fds is internal to --processes; drop it");
+        tracing::error!("ringlab-server: --listen-fds is internal to --processes; drop it");
         return ExitCode::from(1);
     }
     let worker = args.worker_of.is_some();
     let stats_json = args.stats_json.clone();
     // Register the handlers before the ready line, so a signal right after it is not lost.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ringlab-server: cannot install signal handlers: {e}");
+            tracing::error!("ringlab-server: cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
     };
@@ -47,7 +49,7 @@ fn main() -> ExitCode {
     };
     if let Some(line) = running.coalesce_line() {
         if !worker {
-            eprintln!("ringlab-server: {line}");
+            tracing::info!("ringlab-server: {line}");
         }
     }
     {
@@ -62,12 +64,18 @@ fn main() -> ExitCode {
         .spawn(move || {
             let mut seen = false;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    tracing::info!("{signal_tag}: {HUP_LINE}");
+                    continue;
+                }
                 if seen {
-                    eprintln!("{signal_tag}: second signal, exiting at once");
+                    tracing::warn!("{signal_tag}: second signal, exiting at once");
                     std::process::exit(128 + sig);
                 }
                 seen = true;
-                eprintln!("{signal_tag}: signal {sig}: draining (send it again to exit at once)");
+                tracing::info!(
+                    "{signal_tag}: signal {sig}: draining (send it again to exit at once)"
+                );
                 stopper.stop();
             }
         })
@@ -85,7 +93,7 @@ fn main() -> ExitCode {
     if let Some(path) = stats_json {
         let json = serde_json::to_string_pretty(&stats).expect("stats serialize");
         if let Err(e) = std::fs::write(&path, json + "\n") {
-            eprintln!("{tag}: cannot write {}: {e}", path.display());
+            tracing::error!("{tag}: cannot write {}: {e}", path.display());
             return ExitCode::from(1);
         }
     }
@@ -97,9 +105,39 @@ fn fail(e: &ServerError) -> ExitCode {
 }
 
 fn fail_tagged(tag: &str, e: &ServerError) -> ExitCode {
-    eprintln!("{tag}: {e}");
+    tracing::error!("{tag}: {e}");
     match e {
         ServerError::Uring(_) => ExitCode::from(2),
         ServerError::Other(_) => ExitCode::from(1),
+    }
+}
+
+/// Log lines go to stderr through `tracing`: `--log-format text|json`, filtered by RUST_LOG
+/// (default `info`; a RUST_LOG that does not parse is said and ignored).
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
+            Ok(f) => (f, None),
+            Err(e) => (
+                EnvFilter::new("info"),
+                Some(format!("RUST_LOG={v:?} ignored: {e}")),
+            ),
+        },
+        _ => (EnvFilter::new("info"), None),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let set = match format {
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+    };
+    if set.is_ok() {
+        if let Some(b) = bad {
+            tracing::warn!("ringlab-server: {b}");
+        }
     }
 }

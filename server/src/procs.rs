@@ -145,7 +145,7 @@ impl Layout {
 /// Run a group of `--processes` servers as its first process; returns the exit code.
 pub fn parent_main(args: Args, signals: Signals) -> ExitCode {
     let fail = |e: &ServerError| {
-        eprintln!("ringlab-server: {e}");
+        tracing::error!("ringlab-server: {e}");
         ExitCode::from(err_code(e))
     };
     let mut layout = match Layout::bind(&args) {
@@ -184,12 +184,12 @@ pub fn parent_main(args: Args, signals: Signals) -> ExitCode {
     print!("{}", stats.summary());
     let _ = std::io::stdout().flush();
     for p in &outcome.problems {
-        eprintln!("ringlab-server: {p}");
+        tracing::warn!("ringlab-server: {p}");
     }
     if let Some(path) = &args.stats_json {
         let json = serde_json::to_string_pretty(&stats).unwrap_or_default();
         if let Err(e) = std::fs::write(path, json + "\n") {
-            eprintln!("ringlab-server: cannot write {}: {e}", path.display());
+            tracing::error!("ringlab-server: cannot write {}: {e}", path.display());
             outcome.worst = outcome.worst.max(1);
         }
     }
@@ -221,7 +221,7 @@ fn start_workers(layout: &mut Layout) -> Result<(Group, Vec<Worker>), u8> {
     // The workers hold their listeners now; ours must not keep them open.
     layout.chunks.clear();
     let (group, start) = started.map_err(|why| {
-        eprintln!("ringlab-server: {why}; stopping the others");
+        tracing::error!("ringlab-server: {why}; stopping the others");
         1u8
     })?;
     let me = std::process::id();
@@ -236,7 +236,7 @@ fn start_workers(layout: &mut Layout) -> Result<(Group, Vec<Worker>), u8> {
         })
         .collect();
     if let Err(why) = start.wait_ready(WORKER_READY_TIMEOUT) {
-        eprintln!("ringlab-server: {why}; stopping the others");
+        tracing::error!("ringlab-server: {why}; stopping the others");
         // A worker that found io_uring unavailable says so with code 2: keep it.
         let two = group.kill().iter().flatten().any(|s| s.code() == Some(2));
         for w in &workers {
@@ -324,15 +324,19 @@ fn forward_signals(
         .spawn(move || {
             let mut seen = false;
             for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    tracing::info!("ringlab-server: {}", crate::HUP_LINE);
+                    continue;
+                }
                 let sig_fwd = Signal::from_named_raw(sig).unwrap_or(Signal::TERM);
                 if seen {
-                    eprintln!("ringlab-server: second signal, exiting at once (and every process)");
+                    tracing::warn!("ringlab-server: second signal, exiting at once (and every process)");
                     fwd.signal_all(sig_fwd);
                     std::process::exit(128 + sig);
                 }
                 seen = true;
                 stopping.store(true, Ordering::Release);
-                eprintln!(
+                tracing::info!(
                     "ringlab-server: signal {sig}: draining all {n} processes (send it again to exit at once)"
                 );
                 fwd.signal_all(sig_fwd);
@@ -340,7 +344,7 @@ fn forward_signals(
             }
         });
     if let Err(e) = spawned {
-        eprintln!("ringlab-server: cannot start the signal thread: {e}");
+        tracing::error!("ringlab-server: cannot start the signal thread: {e}");
         signaller.signal_all(Signal::KILL);
         std::process::exit(1);
     }
@@ -350,7 +354,7 @@ fn forward_signals(
 fn watch(group: Group, running: Running, signaller: &Signaller) -> mpsc::Receiver<Event> {
     let (tx, rx) = mpsc::channel();
     if group.watch(&tx, Event::Exit).is_err() {
-        eprintln!("ringlab-server: cannot start a waiter thread; stopping");
+        tracing::error!("ringlab-server: cannot start a waiter thread; stopping");
         signaller.signal_all(Signal::KILL);
         std::process::exit(1);
     }
@@ -374,7 +378,7 @@ struct Outcome {
 /// Stop the group (once) because of `why`.
 fn stop_all(why: &str, stopping: &AtomicBool, signaller: &Signaller, stopper: &Stopper) {
     if !stopping.swap(true, Ordering::AcqRel) {
-        eprintln!("ringlab-server: {why}; stopping the other processes");
+        tracing::error!("ringlab-server: {why}; stopping the other processes");
         signaller.signal_all(Signal::TERM);
         stopper.stop();
     }

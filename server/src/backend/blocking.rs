@@ -55,6 +55,7 @@ pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
 /// Accept until shutdown, handing connections to the workers (blocking when the queue is full).
 fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<(TcpStream, ConnCore)>) -> LoopStats {
     let mut core = LoopCore::with(ctx.cfg.clone(), &ctx.args, ctx.cores[0], ctx.limit.clone());
+    core.attach(ctx.board.as_ref());
     let listener = &ctx.listeners[0];
     while !ctx.shutdown_requested() {
         core.tick();
@@ -120,10 +121,14 @@ fn worker(
         pin_current_thread(cpu).map_err(|e| io::Error::other(e.to_string()))?;
     }
     let mut core = LoopCore::with(ctx.cfg.clone(), &ctx.args, cpu, ctx.limit.clone());
+    core.attach(ctx.board.as_ref());
     loop {
         let next = rx.lock().expect("queue lock").recv_timeout(SHUTDOWN_POLL);
         match next {
-            Ok((s, conn)) => serve(ctx, &mut core, s, conn),
+            Ok((s, conn)) => {
+                serve(ctx, &mut core, s, conn);
+                core.publish();
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if ctx.shutdown_requested() {
                     // Serve what is queued already, then stop.

@@ -304,7 +304,7 @@ impl<P: Poller> EpollIo<P> {
         };
         match r {
             Ok(()) => self.listener_muted = mute,
-            Err(e) => eprintln!(
+            Err(e) => tracing::warn!(
                 "ringlab-server: {}: cannot {} the listener: {e}",
                 self.epoll.name(),
                 if mute { "pause" } else { "resume" }
@@ -365,7 +365,7 @@ impl<P: Poller> EpollIo<P> {
         ) {
             if !self.told_unwatchable {
                 self.told_unwatchable = true;
-                eprintln!(
+                tracing::warn!(
                     "ringlab-server: {} cannot watch a new connection, closing it (and others like it, without saying so again): {e}",
                     self.epoll.name()
                 );

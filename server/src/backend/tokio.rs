@@ -43,16 +43,18 @@ pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
     let next = Arc::new(AtomicUsize::new(0));
     let (cores, args, cfg) = (ctx.cores.clone(), ctx.args.clone(), ctx.cfg.clone());
     let limit = ctx.limit.clone();
+    let board = ctx.board.clone();
     let pin = !args.no_pin;
     let pin_failed: Arc<Mutex<Option<String>>> = Arc::default();
     let started = Arc::new(AtomicUsize::new(0));
     let start = {
-        let (pin_failed, cores, args, cfg, limit) = (
+        let (pin_failed, cores, args, cfg, limit, board) = (
             pin_failed.clone(),
             cores.clone(),
             args.clone(),
             cfg.clone(),
             limit.clone(),
+            board.clone(),
         );
         let started = started.clone();
         move || {
@@ -70,7 +72,9 @@ pub fn run(ctx: PoolCtx) -> io::Result<Vec<LoopStats>> {
                 }
             }
             CORE.with(|c| {
-                *c.borrow_mut() = Some(LoopCore::with(cfg.clone(), &args, cpu, limit.clone()))
+                let mut core = LoopCore::with(cfg.clone(), &args, cpu, limit.clone());
+                core.attach(board.as_ref());
+                *c.borrow_mut() = Some(core)
             });
             started.fetch_add(1, Ordering::AcqRel);
         }
@@ -218,6 +222,9 @@ async fn serve(
             else => break,
         }
     }
-    with_core(|c| c.stats.closed += 1);
+    with_core(|c| {
+        c.stats.closed += 1;
+        c.publish();
+    });
     live.fetch_sub(1, Ordering::AcqRel);
 }

@@ -164,6 +164,10 @@ async fn serve(
     }
     drop(read);
     drop(write);
-    core.borrow_mut().stats.closed += 1;
+    {
+        let mut c = core.borrow_mut();
+        c.stats.closed += 1;
+        c.publish();
+    }
     *live.borrow_mut() -= 1;
 }

@@ -412,7 +412,7 @@ impl UringIo<'_> {
             }
         });
         if left > 0 {
-            eprintln!("ringlab-server: {left} io_uring operations still in flight at exit; leaking their buffers");
+            tracing::warn!("ringlab-server: {left} io_uring operations still in flight at exit; leaking their buffers");
         }
     }
 
@@ -477,7 +477,7 @@ impl UringIo<'_> {
                 }
             }
             OP_CANCEL_ACCEPT => {}
-            _ => eprintln!("ringlab-server: unexpected completion {u:?} res={res}"),
+            _ => tracing::warn!("ringlab-server: unexpected completion {u:?} res={res}"),
         }
     }
 
@@ -618,7 +618,7 @@ impl UringIo<'_> {
                 }
                 (None, Some(own)) => core.recv(&mut c.core, &own[..n.min(own.len())]),
                 _ => {
-                    eprintln!("ringlab-server: recv completion without a buffer; closing");
+                    tracing::warn!("ringlab-server: recv completion without a buffer; closing");
                     core.conn_error(&mut c.core);
                 }
             }
@@ -631,7 +631,7 @@ impl UringIo<'_> {
                 // A kernel without the multishot byte limit rejects it: arm without from now on.
                 rustix::io::Errno::INVAL if self.mshot_limit && c.multishot => {
                     self.mshot_limit = false;
-                    eprintln!("ringlab-server: this kernel has no multishot recv byte limit; using single-shot receives under backpressure instead");
+                    tracing::info!("ringlab-server: this kernel has no multishot recv byte limit; using single-shot receives under backpressure instead");
                 }
                 _ => core.conn_error(&mut c.core),
             }
