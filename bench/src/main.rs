@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use opts::Opts;
 
@@ -111,6 +111,15 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print a shell completion script for ringlab-bench (e.g. `source <(ringlab-bench
+    /// completions bash)`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: String,
+    },
+    /// Print the man page (roff; read it with `ringlab-bench man | man -l -`).
+    Man,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -136,7 +145,7 @@ enum PeersCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ringlab-bench: {e:#}");
             ExitCode::from(1)
@@ -144,9 +153,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli) -> Result<()> {
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
     let name = match cli.cmd.unwrap_or(Cmd::Compare) {
-        Cmd::Merge { files } => return merge::merge(&files),
+        // Generated from this command line (ringlab_runtime::cli); an unknown shell is one line
+        // and exit 2, like clap's usage errors.
+        Cmd::Completions { shell } => {
+            return Ok(ringlab_runtime::cli::completions(Cli::command(), &shell))
+        }
+        Cmd::Man => return Ok(ringlab_runtime::cli::man(Cli::command())),
+        Cmd::Merge { files } => return done(merge::merge(&files)),
         Cmd::Hold {
             addr,
             count,
@@ -154,26 +170,26 @@ fn real_main(cli: Cli) -> Result<()> {
             cpu,
             best_effort,
         } => {
-            return hold::hold(&hold::HoldArgs {
+            return done(hold::hold(&hold::HoldArgs {
                 addr,
                 conns: count,
                 bind: hold::parse_bind(&bind)?,
                 cpu,
                 best_effort,
-            })
+            }))
         }
         Cmd::Peers {
             cmd: PeersCmd::Build { out, cc, with },
         } => {
-            return peers::build(&peers::BuildArgs {
+            return done(peers::build(&peers::BuildArgs {
                 out: out.unwrap_or_else(|| scenario::default_target_dir().join("peers")),
                 cc,
                 with,
-            })
+            }))
         }
         Cmd::Doctor => {
             print!("{}", doctor::doctor());
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
         Cmd::Compare => "compare",
         Cmd::Seeds => "seeds",
@@ -187,5 +203,5 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::C10k => "c10k",
         Cmd::All => "all",
     };
-    scenario::run(name, &cli.opts)
+    done(scenario::run(name, &cli.opts))
 }

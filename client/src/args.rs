@@ -65,7 +65,10 @@ impl ProtoArg {
     version,
     about,
     long_about,
-    args_override_self = true
+    args_override_self = true,
+    after_help = "Shell completions: `ringlab-client completions bash|zsh|fish|elvish|powershell` \
+                  (bash: `source <(ringlab-client completions bash)`). \
+                  Man page: `ringlab-client man` (read it with `ringlab-client man | man -l -`)."
 )]
 pub struct Args {
     /// Server address: `HOST:PORT`, or `http://HOST:PORT/PATH` (sets --path).

@@ -10,6 +10,11 @@ use ringlab_runtime::procgroup;
 use signal_hook::consts::SIGINT;
 
 fn main() -> ExitCode {
+    // `completions SHELL` and `man` as the first argument (ringlab_runtime::cli), before clap
+    // takes them for the address.
+    if let Some(code) = ringlab_runtime::cli::intercept(<Args as clap::CommandFactory>::command) {
+        return code;
+    }
     let args = Args::parse();
     let tag = match args.worker_of {
         Some(_) => format!("ringlab-client[{}]", args.worker_index),

@@ -1,5 +1,6 @@
 //! ringlab-runtime: per-core plumbing shared by ringlab's server and client.
 //!
+//! * [`cli`]: `completions SHELL` and `man`, generated from each program's clap command.
 //! * [`cpus`]: CPU lists and pinning, checked after the fact.
 //! * [`duration`]: the command-line duration parser every program uses.
 //! * [`timer`]: a hashed timer wheel with lazy cancellation.
@@ -14,6 +15,7 @@
 //! * [`slab`]: connection slots with generations.
 //! * [`wake`]: an eventfd that other threads use to wake a loop.
 
+pub mod cli;
 pub mod cpus;
 pub mod duration;
 pub mod epoll;

@@ -104,7 +104,15 @@ pub enum ProtoArg {
 /// SIGINT/SIGTERM: stop accepting, finish responses in flight (up to --grace), print
 /// statistics, exit 0; a second signal exits at once.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ringlab-server", version, about, long_about)]
+#[command(
+    name = "ringlab-server",
+    version,
+    about,
+    long_about,
+    after_help = "Shell completions: `ringlab-server completions bash|zsh|fish|elvish|powershell` \
+                  (bash: `source <(ringlab-server completions bash)`). \
+                  Man page: `ringlab-server man` (read it with `ringlab-server man | man -l -`)."
+)]
 pub struct Args {
     /// IO backend.
     #[arg(long, value_enum, default_value_t = Io::Uring)]

@@ -11,6 +11,10 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
+    // `completions SHELL` and `man` as the first argument (ringlab_runtime::cli), before clap.
+    if let Some(code) = ringlab_runtime::cli::intercept(<Args as clap::CommandFactory>::command) {
+        return code;
+    }
     let args = Args::parse();
     init_logs(args.log_format);
     if let Some(parent) = args.worker_of {
