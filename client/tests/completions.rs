@@ -2,67 +2,24 @@
 //! and complete real flags and values, the man page is roff naming real flags, a bad shell is one
 //! line and exit 2, and the ordinary command line is untouched.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+#[path = "../../runtime/tests/support/cli.rs"]
+mod cli;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ringlab-client");
+use cli::{text, Cli};
 
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8(b.to_vec()).expect("utf-8")
-}
-
-/// `ringlab-client completions SHELL`, checked for exit 0 and a silent stderr, saved to a file.
-fn script(shell: &str) -> (String, PathBuf) {
-    let out = run(&["completions", shell]);
-    assert!(out.status.success(), "completions {shell}: {out:?}");
-    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
-    let body = text(&out.stdout);
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("ringlab-client-{}.{shell}", std::process::id()));
-    std::fs::write(&path, &body).expect("write the script");
-    (body, path)
-}
-
-/// Source the bash script, check it registers a completion function for `ringlab-client`, and
-/// return what that function offers for the command line `words` (the last word is completed).
-fn bash_complete(file: &Path, words: &[&str]) -> Vec<String> {
-    let words_q: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
-    let program = format!(
-        r#"source '{file}' || exit 10
-spec=$(complete -p ringlab-client) || exit 11
-fn=$(sed -n 's/.*-F \([^ ]*\) .*/\1/p' <<<"$spec")
-[ "$(type -t "$fn")" = function ] || exit 12
-COMP_WORDS=({words})
-COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
-"$fn" ringlab-client "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
-printf '%s\n' "${{COMPREPLY[@]}}""#,
-        file = file.display(),
-        words = words_q.join(" ")
-    );
-    let out = Command::new("bash")
-        .args(["--norc", "--noprofile", "-c", &program])
-        .output()
-        .expect("bash runs");
-    assert!(out.status.success(), "bash: {out:?}");
-    text(&out.stdout).lines().map(str::to_string).collect()
-}
+const CLI: Cli = Cli {
+    bin: env!("CARGO_BIN_EXE_ringlab-client"),
+    name: "ringlab-client",
+};
 
 #[test]
 fn bash_completion_registers_and_completes_flags_and_values() {
-    let (body, file) = script("bash");
-    assert!(body.contains("ringlab-client"), "{body}");
-    let proto = bash_complete(&file, &["ringlab-client", "127.0.0.1:9527", "--proto", ""]);
+    let (_, file) = CLI.script("bash");
+    let proto = CLI.bash_complete(&file, &["ringlab-client", "127.0.0.1:9527", "--proto", ""]);
     assert_eq!(proto, ["echo", "http"]);
-    let io = bash_complete(&file, &["ringlab-client", "--io", ""]);
+    let io = CLI.bash_complete(&file, &["ringlab-client", "--io", ""]);
     assert_eq!(io, ["uring", "epoll"]);
-    let flags = bash_complete(&file, &["ringlab-client", "--con"]);
+    let flags = CLI.bash_complete(&file, &["ringlab-client", "--con"]);
     assert!(
         flags.contains(&"--conns".to_string()) && flags.contains(&"--connect-rate".to_string()),
         "--con offers {flags:?}"
@@ -71,65 +28,21 @@ fn bash_completion_registers_and_completes_flags_and_values() {
 
 #[test]
 fn zsh_and_fish_scripts_name_the_binary_and_parse() {
-    for (shell, check) in [("zsh", ["zsh", "-n"]), ("fish", ["fish", "--no-execute"])] {
-        let (body, file) = script(shell);
-        assert!(
-            body.contains("ringlab-client") && body.contains("io"),
-            "{shell}:\n{body}"
-        );
-        // The shells themselves are optional here: parse the script where one is installed.
-        match Command::new(check[0]).arg(check[1]).arg(&file).output() {
-            Ok(out) => assert!(out.status.success(), "{shell} -n: {out:?}"),
-            Err(e) => println!("skipped: parsing the {shell} script: {shell} not runnable ({e})"),
-        }
-    }
+    CLI.zsh_and_fish_parse("conns");
 }
 
 #[test]
 fn fish_completes_io_names_where_fish_exists() {
-    let (_, file) = script("fish");
-    let program = format!(
-        "source '{}'; complete --do-complete 'ringlab-client --io '",
-        file.display()
-    );
-    let out = match Command::new("fish")
-        .args(["--no-config", "-c", &program])
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            println!("skipped: fish not runnable ({e})");
-            return;
+    if let Some(offered) = CLI.fish_complete("ringlab-client --io ") {
+        for io in ["uring", "epoll"] {
+            assert!(offered.iter().any(|w| w == io), "{offered:?}");
         }
-    };
-    assert!(out.status.success(), "{out:?}");
-    let offered: Vec<String> = text(&out.stdout)
-        .lines()
-        .map(|l| l.split('\t').next().unwrap_or("").to_string())
-        .collect();
-    for io in ["uring", "epoll"] {
-        assert!(offered.iter().any(|w| w == io), "{offered:?}");
     }
 }
 
 #[test]
 fn man_page_is_roff_with_real_flags() {
-    let out = run(&["man"]);
-    assert!(out.status.success(), "{out:?}");
-    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
-    let page = text(&out.stdout);
-    // clap_mangen's writer starts with a two-line string definition (`.ie`/`.el`), then .TH.
-    let first = page
-        .lines()
-        .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "));
-    assert!(
-        first.is_some_and(|l| l.starts_with(".TH ringlab-client 1 ")),
-        "{first:?}"
-    );
-    for flag in ["conns", "rate", "duration", "proto", "pipeline", "hist-log"] {
-        let roff = format!("\\fB\\-\\-{}\\fR", flag.replace('-', "\\-"));
-        assert!(page.contains(&roff), "no --{flag} in the man page");
-    }
+    let page = CLI.man_page(&["conns", "rate", "duration", "proto", "pipeline", "hist-log"]);
     // Hidden internal flags stay out of the page.
     assert!(!page.contains("worker\\-of"), "--worker-of is internal");
     assert!(page.contains("ADDR"), "the positional address is there");
@@ -137,49 +50,21 @@ fn man_page_is_roff_with_real_flags() {
         page.contains("coordinated omission"),
         "the long description is there"
     );
-    // man(1) renders it without a warning, where man-db is installed.
-    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("ringlab-client-{}.1", std::process::id()));
-    std::fs::write(&file, &page).expect("write the page");
-    match Command::new("man")
-        .args(["--warnings", "-l"])
-        .arg(&file)
-        .env("MANWIDTH", "80")
-        .env("MANPAGER", "cat")
-        .output()
-    {
-        Ok(o) => {
-            assert!(o.status.success(), "man -l: {o:?}");
-            assert!(o.stderr.is_empty(), "man -l warns: {}", text(&o.stderr));
-            assert!(text(&o.stdout).contains("--io"), "rendered page lacks --io");
-        }
-        Err(e) => println!("skipped: rendering with man: not runnable ({e})"),
-    }
 }
 
 #[test]
 fn usage_errors_are_one_line_and_exit_2() {
-    for (args, says) in [
-        (&["completions", "tcsh"][..], "unknown shell \"tcsh\""),
+    CLI.usage_errors(&[
+        (&["completions", "tcsh"], "unknown shell \"tcsh\""),
         (&["completions"], "completions needs a shell"),
         (&["completions", "bash", "zsh"], "one shell"),
         (&["man", "--io"], "man takes no arguments"),
-    ] {
-        let out = run(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
-        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
-        let err = text(&out.stderr);
-        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-        assert!(
-            err.starts_with("ringlab-client: ") && err.contains(says),
-            "{args:?}: {err}"
-        );
-    }
+    ]);
 }
 
 #[test]
 fn help_mentions_both_and_flags_still_parse() {
-    let out = run(&["--help"]);
+    let out = CLI.run(&["--help"]);
     assert!(out.status.success(), "{out:?}");
     let help = text(&out.stdout);
     assert!(
@@ -188,12 +73,12 @@ fn help_mentions_both_and_flags_still_parse() {
     );
     // The words are only taken as the first argument: after the address, clap sees them as
     // before (an unexpected argument).
-    let out = run(&["127.0.0.1:9", "man"]);
+    let out = CLI.run(&["127.0.0.1:9", "man"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
         text(&out.stderr).contains("unexpected argument 'man'"),
         "{out:?}"
     );
-    let out = run(&["--version"]);
+    let out = CLI.run(&["--version"]);
     assert!(out.status.success() && text(&out.stdout).starts_with("ringlab-client "));
 }
