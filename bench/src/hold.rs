@@ -2,10 +2,15 @@
 //! each is served (one byte echoed), and holds them until it is told to stop. `c10k` runs
 //! several, since a process may hold only as many sockets as `ulimit -n` allows.
 //!
-//! Output, one line on stdout once every connection is up:
-//! `held N connect_s=T connect_p50_us=A connect_p99_us=B connect_max_us=C echo_ok=N`;
-//! then it waits for SIGTERM or for stdin to close, and exits 0. Any connection that fails is
-//! an error (exit 1, one line on stderr saying which and why).
+//! Output, one line on stdout once every connection is up and checked:
+//! `held N connect_s=T connect_p50_us=A connect_p99_us=B connect_max_us=C echo_ok=K unverified=U`;
+//! then it waits for SIGTERM or for stdin to close, and exits 0. A connect that fails is an
+//! error (exit 1, one line on stderr saying which and why), and so is an echo that returns the
+//! wrong byte. The echo check is pipelined and bounded: a byte goes out on every connection,
+//! then the answers are collected for as long as they keep coming (`--verify-patience`, 10 s
+//! without a new one; 120 s at most); a loaded server that answers slowly is waited for, and
+//! what stays unanswered (or was closed) is reported as `unverified=U`, with one line on stderr
+//! naming a few, instead of failing the whole run.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -23,7 +28,13 @@ pub struct HoldArgs {
     /// Find the ceiling instead of failing: stop connecting at the first failed connect, and
     /// count the connections the server answers (`echo_ok`) rather than requiring all.
     pub best_effort: bool,
+    /// How long the echo check waits without a new answer before it reports the rest as
+    /// unverified.
+    pub patience: Duration,
 }
+
+/// The echo check never runs longer than this, however steadily answers come.
+const VERIFY_MAX: Duration = Duration::from_secs(120);
 
 /// Parse `A` or `A-B` (IPv4, same /24 or a range in the last octet... any range by value).
 pub fn parse_bind(s: &str) -> Result<Vec<Ipv4Addr>> {
@@ -104,28 +115,119 @@ pub fn hold(a: &HoldArgs) -> Result<()> {
         return wait_for_stop(conns, &term);
     }
     // Served: one byte echoed on every connection.
-    let mut ok = 0usize;
-    for (i, s) in conns.iter_mut().enumerate() {
-        let b = [(i % 251) as u8];
-        s.write_all(&b)
-            .with_context(|| format!("echo write on connection {i}"))?;
-        let mut got = [0u8; 1];
-        s.read_exact(&mut got)
-            .with_context(|| format!("echo read on connection {i}"))?;
-        if got != b {
-            bail!("connection {i}: echo returned {} for {}", got[0], b[0]);
-        }
-        ok += 1;
+    let v = verify(&mut conns, a.patience, VERIFY_MAX)?;
+    if !v.missing.is_empty() {
+        let some: Vec<String> = v
+            .missing
+            .iter()
+            .take(5)
+            .map(|(i, why)| format!("{i} ({why})"))
+            .collect();
+        eprintln!(
+            "hold: {} of {} connections not verified (no echoed byte within {:?} of the last answer, or closed), e.g. {}",
+            v.missing.len(),
+            conns.len(),
+            a.patience,
+            some.join(", ")
+        );
     }
     println!(
-        "held {} connect_s={connect_s:.3} connect_p50_us={} connect_p99_us={} connect_max_us={} echo_ok={ok}",
+        "held {} connect_s={connect_s:.3} connect_p50_us={} connect_p99_us={} connect_max_us={} echo_ok={} unverified={}",
         conns.len(),
         hist.value_at_quantile(0.5),
         hist.value_at_quantile(0.99),
-        hist.max()
+        hist.max(),
+        v.ok,
+        v.missing.len()
     );
     std::io::stdout().flush()?;
     wait_for_stop(conns, &term)
+}
+
+/// What the echo check found.
+struct Verified {
+    ok: usize,
+    /// Connections without a verified echo, and why (`no answer`, `closed`, an error).
+    missing: Vec<(usize, String)>,
+}
+
+/// Send byte `i % 251` on connection `i`, every connection first, then collect the echoes until
+/// all are in, or `patience` passes without a new one, or `max` in all. A wrong byte is an
+/// error; a connection closed or silent is reported in `missing`.
+fn verify(conns: &mut [TcpStream], patience: Duration, max: Duration) -> Result<Verified> {
+    use std::io::ErrorKind::{Interrupted, WouldBlock};
+    let byte = |i: usize| (i % 251) as u8;
+    // 0: byte not sent yet, 1: sent, waiting, 2: done (verified or missing).
+    let mut state = vec![0u8; conns.len()];
+    let mut missing = Vec::new();
+    let mut ok = 0;
+    for s in conns.iter_mut() {
+        s.set_nonblocking(true)?;
+    }
+    let start = Instant::now();
+    let mut last = Instant::now();
+    loop {
+        let mut progress = false;
+        let mut pending = 0;
+        for (i, s) in conns.iter_mut().enumerate() {
+            if state[i] == 0 {
+                match s.write(&[byte(i)]) {
+                    Ok(1) => state[i] = 1,
+                    Err(e) if matches!(e.kind(), WouldBlock | Interrupted) => {}
+                    Ok(_) => {}
+                    Err(e) => {
+                        state[i] = 2;
+                        missing.push((i, format!("write: {e}")));
+                        continue;
+                    }
+                }
+            }
+            if state[i] == 1 {
+                let mut got = [0u8; 1];
+                match s.read(&mut got) {
+                    Ok(1) if got[0] == byte(i) => {
+                        state[i] = 2;
+                        ok += 1;
+                        progress = true;
+                    }
+                    Ok(1) => bail!("connection {i}: echo returned {} for {}", got[0], byte(i)),
+                    Ok(_) => {
+                        state[i] = 2;
+                        missing.push((i, "closed".into()));
+                    }
+                    Err(e) if matches!(e.kind(), WouldBlock | Interrupted) => {}
+                    Err(e) => {
+                        state[i] = 2;
+                        missing.push((i, format!("read: {e}")));
+                    }
+                }
+            }
+            if state[i] != 2 {
+                pending += 1;
+            }
+        }
+        if pending == 0 {
+            break;
+        }
+        let now = Instant::now();
+        if progress {
+            last = now;
+        } else if now - last >= patience || now - start >= max {
+            for (i, st) in state.iter().enumerate() {
+                if *st != 2 {
+                    missing.push((i, "no answer".into()));
+                }
+            }
+            break;
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    for s in conns.iter_mut() {
+        s.set_nonblocking(false)?;
+    }
+    missing.sort_by_key(|m| m.0);
+    Ok(Verified { ok, missing })
 }
 
 /// Send one byte on every connection, then count the connections whose echo comes back

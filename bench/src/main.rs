@@ -93,6 +93,9 @@ enum Cmd {
         cpu: Option<usize>,
         #[arg(long)]
         best_effort: bool,
+        /// How long the echo check waits without a new answer.
+        #[arg(long, default_value = "10s", value_parser = ringlab_runtime::duration::parse_duration)]
+        verify_patience: std::time::Duration,
     },
     /// What this machine allows (kernel, io_uring, limits, CPUs) and what will hold a
     /// benchmark back.
@@ -169,6 +172,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             bind,
             cpu,
             best_effort,
+            verify_patience,
         } => {
             return done(hold::hold(&hold::HoldArgs {
                 addr,
@@ -176,6 +180,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 bind: hold::parse_bind(&bind)?,
                 cpu,
                 best_effort,
+                patience: verify_patience,
             }))
         }
         Cmd::Peers {

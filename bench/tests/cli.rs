@@ -226,3 +226,84 @@ fn c10k_exits_non_zero_naming_a_failed_row() {
     assert!(report_row(&report, "| 20 | nosuch |")[14].starts_with("failed"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An echo server on a thread per connection: connection with first byte `b` gets `answer(b)`
+/// back after `delay(b)`, or nothing (the socket held open) when `answer` gives none.
+fn odd_echo_server(
+    answer: fn(u8) -> Option<u8>,
+    delay: fn(u8) -> std::time::Duration,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).is_ok() {
+                    std::thread::sleep(delay(b[0]));
+                    if let Some(a) = answer(b[0]) {
+                        let _ = s.write_all(&[a]);
+                    }
+                }
+                // Hold the connection until the holder closes it.
+                let _ = s.read(&mut b);
+            });
+        }
+    });
+    addr
+}
+
+/// `ringlab-bench hold ADDR --count N`, its stdin kept open: (exit status, stdout, stderr),
+/// after closing stdin once the `held` line (or the exit) came.
+fn hold(addr: std::net::SocketAddr, n: usize) -> (std::process::ExitStatus, String, String) {
+    use std::io::{BufRead, Read};
+    let mut child = Command::new(BIN)
+        .args(["hold", &addr.to_string(), "--count", &n.to_string()])
+        .args(["--verify-patience", "500ms"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _ = out.read_line(&mut line);
+    drop(child.stdin.take()); // a holder stops when its stdin closes
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (child.wait().unwrap(), line, err)
+}
+
+#[test]
+fn a_holder_waits_for_slow_echoes_and_reports_the_unanswered_instead_of_failing() {
+    // Slow but steady: answers spread over about a second (more than the patience of 0.5 s
+    // in all, never 0.5 s between two): every connection verified.
+    let addr = odd_echo_server(Some, |b| {
+        std::time::Duration::from_millis(25 * u64::from(b))
+    });
+    let (st, line, err) = hold(addr, 40);
+    assert!(st.success(), "{st}: {err}");
+    assert!(
+        line.starts_with("held 40 ") && line.contains(" echo_ok=40 unverified=0"),
+        "{line}"
+    );
+    // Connections 3, 11, 19, 27, 35 never answered: reported, not fatal.
+    let addr = odd_echo_server(|b| (b % 8 != 3).then_some(b), |_| std::time::Duration::ZERO);
+    let (st, line, err) = hold(addr, 40);
+    assert!(st.success(), "{st}: {err}");
+    assert!(line.contains(" echo_ok=35 unverified=5"), "{line}");
+    assert!(
+        err.contains("5 of 40 connections not verified") && err.contains("3 (no answer)"),
+        "{err}"
+    );
+    // A wrong byte is an error, not a slow answer.
+    let addr = odd_echo_server(
+        |b| Some(if b == 7 { 8 } else { b }),
+        |_| std::time::Duration::ZERO,
+    );
+    let (st, line, err) = hold(addr, 20);
+    assert!(!st.success() && line.is_empty(), "{st}: {line}");
+    assert!(err.contains("connection 7: echo returned 8 for 7"), "{err}");
+}

@@ -513,6 +513,10 @@ fn c10k_row(
         .iter()
         .map(|h| field(&h.line, "connect_p99_us="))
         .fold(0.0, f64::max);
+    let unverified: u64 = holders
+        .iter()
+        .map(|h| field(&h.line, "unverified=") as u64)
+        .sum();
     let run = drive(&ctx.bins, &server.addr, &server.pids, &spec, &ctx.run);
     let errs = stop_holders(holders, Vec::new());
     let stats = server.stop();
@@ -522,6 +526,11 @@ fn c10k_row(
     let mut note = Vec::new();
     if accepted < n + ACTIVE as u64 {
         note.push(format!("server accepted only {accepted}"));
+    }
+    if unverified > 0 {
+        note.push(format!(
+            "{unverified} idle connections not verified (no echoed byte while the holders waited, or closed)"
+        ));
     }
     if !errs.is_empty() {
         note.push(format!("holder errors: {}", errs.join("; ")));
