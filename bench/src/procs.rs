@@ -131,6 +131,26 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Steal time of `cpus` in clock ticks, summed (`/proc/stat`, the eighth value of each `cpuN`
+/// line): time the hypervisor ran something else while these virtual CPUs wanted to run. None
+/// where /proc/stat has no such line.
+pub fn steal_ticks(cpus: &[usize]) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    steal_of(&stat, cpus)
+}
+
+fn steal_of(stat: &str, cpus: &[usize]) -> Option<u64> {
+    let mut sum = 0;
+    for &c in cpus {
+        let name = format!("cpu{c}");
+        let line = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+        sum += line.split_whitespace().nth(8)?.parse::<u64>().ok()?;
+    }
+    Some(sum)
+}
+
 /// Descriptors open in all of `pids` (from /proc/PID/fd; a process that is gone counts 0).
 pub fn open_fds(pids: &[u32]) -> u64 {
     pids.iter()
@@ -316,6 +336,15 @@ pub fn perf_syscalls(pid: u32, secs: f64) -> Option<std::thread::JoinHandle<Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_value_of_each_cpu_line() {
+        let stat = "cpu  10 0 5 100 1 0 2 9 0 0\ncpu0 5 0 2 50 1 0 1 4 0 0\ncpu1 5 0 3 50 0 0 1 5 0 0\nintr 1\n";
+        assert_eq!(steal_of(stat, &[0]), Some(4));
+        assert_eq!(steal_of(stat, &[0, 1]), Some(9));
+        assert_eq!(steal_of(stat, &[2]), None);
+        assert!(steal_ticks(&[0]).is_some());
+    }
 
     #[test]
     fn cpu_time_comes_from_schedstat_where_there_is_one() {

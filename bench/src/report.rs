@@ -113,6 +113,9 @@ pub fn table(rows: &[RunResult], raw: &[RunResult], x_name: &str, baseline: &str
             if r.errors > 0.0 {
                 note.push(format!("{} errors", r.errors));
             }
+            if r.steal_pct >= crate::scenario::STEAL_NOTE {
+                note.push(format!("host steal {:.0}%", r.steal_pct));
+            }
             let _ = writeln!(
                 t,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::netns::Netns;
 use crate::peers::{Dropped, Peer, PeerProc};
-use crate::procs::{perf_syscalls, rss_kib, Bins, ProcSample, Server};
+use crate::procs::{perf_syscalls, rss_kib, steal_ticks, Bins, ProcSample, Server};
 
 /// What to run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -58,6 +58,9 @@ pub struct RunResult {
     pub data_errors: f64,
     /// Resident memory of the server's processes at the end of the window, KiB.
     pub server_rss_kib: f64,
+    /// Host steal time over the window, % of the server's and client's CPUs' time: the
+    /// hypervisor running something else while they wanted to run (a disturbed run).
+    pub steal_pct: f64,
     /// Server CPU (user + system) over the measured window.
     pub server_cpu_s: f64,
     pub server_user_s: f64,
@@ -240,6 +243,9 @@ pub fn drive(
     // The server is measured over the client's measured window only: from the end of its
     // warm-up to the end of its duration, not its start-up or its connections' teardown.
     std::thread::sleep(Duration::from_secs_f64(spec.warmup_s));
+    let cpus = measured_cpus(spec);
+    let steal0 = steal_ticks(&cpus);
+    let window_start = std::time::Instant::now();
     let before = ProcSample::read_all(pids)?;
     let window_end = std::time::Instant::now() + Duration::from_secs_f64(spec.duration_s);
     let perf = if opts.perf {
@@ -253,6 +259,14 @@ pub fn drive(
         .map(|f| crate::profile::record(f, &server_cpus(spec), spec.duration_s * 0.9));
     std::thread::sleep(window_end.saturating_duration_since(std::time::Instant::now()));
     let after = ProcSample::read_all(pids);
+    let steal_pct = match (steal0, steal_ticks(&cpus)) {
+        (Some(a), Some(b)) if !cpus.is_empty() => {
+            let tick = rustix::param::clock_ticks_per_second() as f64;
+            let avail = window_start.elapsed().as_secs_f64() * cpus.len() as f64;
+            (b.saturating_sub(a)) as f64 / tick / avail.max(1e-9) * 100.0
+        }
+        _ => 0.0,
+    };
     let rss: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
     let out = child.wait_with_output()?;
     let after = after?;
@@ -271,6 +285,7 @@ pub fn drive(
     let mut r = measured(spec, &cj, &after.since(&before), perf_count, client_cmd);
     r.profile = profile;
     r.server_rss_kib = rss as f64;
+    r.steal_pct = steal_pct;
     if r.requests == 0.0 && r.data_errors > 0.0 {
         bail!(
             "it answered wrongly: none of its responses was what was sent ({} wrong; ringlab-client verifies every echoed byte)",
@@ -315,6 +330,7 @@ fn measured(
         errors: cj.errors_total as f64,
         data_errors: cj.data_errors as f64,
         server_rss_kib: 0.0,
+        steal_pct: 0.0,
         server_cpu_s: d.cpu_s(),
         server_user_s: d.user_s,
         server_sys_s: d.sys_s,
@@ -387,6 +403,7 @@ pub fn combine(runs: &[RunResult]) -> RunResult {
         errors: m(|r| r.errors),
         data_errors: m(|r| r.data_errors),
         server_rss_kib: m(|r| r.server_rss_kib),
+        steal_pct: m(|r| r.steal_pct),
         server_cpu_s: m(|r| r.server_cpu_s),
         server_user_s: m(|r| r.server_user_s),
         server_sys_s: m(|r| r.server_sys_s),
@@ -469,6 +486,23 @@ pub fn medians_and_raw(all: Vec<Vec<RunResult>>) -> (Vec<RunResult>, Vec<RunResu
         }
     }
     (medians, raw)
+}
+
+/// The CPUs a run measures on: the server's and the client's (parsed from their lists; a list
+/// that does not parse counts none).
+fn measured_cpus(spec: &RunSpec) -> Vec<usize> {
+    let mut v = Vec::new();
+    for list in [server_cpus(spec), spec.client_cores.clone()] {
+        if let Ok(l) = list
+            .parse::<ringlab_runtime::cpus::CpuSpec>()
+            .and_then(|c| c.resolve())
+        {
+            v.extend(l.ids().iter().copied());
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// The server's CPU list of `spec` (its `--cores`).

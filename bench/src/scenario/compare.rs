@@ -678,8 +678,15 @@ pub(super) fn note(r: &RunResult) -> String {
     if r.errors > 0.0 {
         n.push(format!("{} errors", r.errors));
     }
+    if r.steal_pct >= STEAL_NOTE {
+        n.push(format!("host steal {:.0}%", r.steal_pct));
+    }
     n.join(", ")
 }
+
+/// Steal time (% of the measured CPUs' time) from which a row says so: the host took that much
+/// of the run from the VM.
+pub(crate) const STEAL_NOTE: f64 = 2.0;
 
 /// `30k req/s`.
 pub(super) fn rate_text(r: f64) -> String {

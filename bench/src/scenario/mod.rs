@@ -1,6 +1,8 @@
 //! The scenarios, one module each behind [`Scenario`], and the run of one (or `all`) into a
 //! report directory.
 
+pub(crate) use compare::STEAL_NOTE;
+
 mod c10k;
 mod coalesce;
 mod compare;
