@@ -220,7 +220,7 @@ fn labels(cpu: Option<usize>, extra: Option<(&str, &str)>) -> String {
 
 /// The counters exported, named as in the exit statistics (`requests` is
 /// `ringlab_*_requests_total`), with their help text.
-const COUNTERS: [(&str, &str); 20] = [
+const COUNTERS: [(&str, &str); 21] = [
     ("requests_total", "Completed requests (HTTP requests; echo: received chunks)."),
     ("received_bytes_total", "Bytes received from clients."),
     ("sent_bytes_total", "Bytes sent to clients."),
@@ -239,6 +239,7 @@ const COUNTERS: [(&str, &str); 20] = [
     ("short_sends_total", "uring: short sends whose remainder was resubmitted."),
     ("zerocopy_sends_total", "uring --send-zc: zero-copy sends."),
     ("zerocopy_copied_total", "uring --send-zc: zero-copy sends the kernel copied after all."),
+    ("zerocopy_fallbacks_total", "uring --send-zc: zero-copy sends refused for want of lockable memory and sent again by copying."),
     ("recv_bundles_total", "uring --recv-bundle: receive completions that carried more than one buffer."),
     ("buffer_partial_total", "uring --buf-incremental: receive completions that left their buffer with the kernel."),
 ];
@@ -263,6 +264,7 @@ fn counter(s: &LoopStats, name: &str) -> u64 {
         "short_sends_total" => s.short_sends,
         "zerocopy_sends_total" => s.zc_sends,
         "zerocopy_copied_total" => s.zc_copied,
+        "zerocopy_fallbacks_total" => s.zc_fallbacks,
         "recv_bundles_total" => s.recv_bundles,
         "buffer_partial_total" => s.buf_partial,
         _ => 0,

@@ -34,6 +34,10 @@ pub struct LoopStats {
     /// (`IORING_NOTIF_USAGE_ZC_COPIED`: on loopback every one is copied).
     pub zc_sends: u64,
     pub zc_copied: u64,
+    /// uring --send-zc: zero-copy sends the kernel refused for want of lockable memory, sent
+    /// again by copying (the loop then stops zero-copy sends).
+    #[serde(default)]
+    pub zc_fallbacks: u64,
     /// uring --recv-bundle: receive completions that carried more than one buffer.
     pub recv_bundles: u64,
     /// uring --buf-incremental: receive completions that left their buffer with the kernel
@@ -67,6 +71,7 @@ impl LoopStats {
         self.backpressure_pauses += o.backpressure_pauses;
         self.zc_sends += o.zc_sends;
         self.zc_copied += o.zc_copied;
+        self.zc_fallbacks += o.zc_fallbacks;
         self.recv_bundles += o.recv_bundles;
         self.buf_partial += o.buf_partial;
         self.refused += o.refused;
@@ -176,9 +181,9 @@ impl ServerStats {
         );
         if self.io == "uring" {
             out += &format!(
-                "uring enobufs={} multishot_rearms={} short_sends={} cq_overflows={} backpressure_pauses={} zc_sends={} zc_copied={} recv_bundles={} buf_partial={}\n",
+                "uring enobufs={} multishot_rearms={} short_sends={} cq_overflows={} backpressure_pauses={} zc_sends={} zc_copied={} zc_fallbacks={} recv_bundles={} buf_partial={}\n",
                 t.enobufs, t.multishot_rearms, t.short_sends, t.cq_overflows, t.backpressure_pauses,
-                t.zc_sends, t.zc_copied, t.recv_bundles, t.buf_partial
+                t.zc_sends, t.zc_copied, t.zc_fallbacks, t.recv_bundles, t.buf_partial
             );
         }
         for p in &self.processes {

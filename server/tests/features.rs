@@ -632,3 +632,92 @@ fn coalescing_batches_wakeups() {
         );
     }
 }
+
+/// Whether this test process may run the server as another user with a small locked-memory
+/// limit (root, with util-linux's prlimit and setpriv).
+fn can_drop_privileges() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("not root".into());
+    }
+    for tool in ["prlimit", "setpriv"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return Err(format!("{tool} is not installed (util-linux)"));
+        }
+    }
+    Ok(())
+}
+
+/// With too little lockable memory the kernel refuses zero-copy sends (ENOMEM): the server says
+/// so once, sends those bytes again by copying, and no connection loses a byte (before, each
+/// refused send failed its connection without a word).
+#[test]
+fn a_refused_zero_copy_send_falls_back_to_copying_and_keeps_every_byte() {
+    if !uring_ok()
+        || common::skip_unless(
+            "RINGLAB_REQUIRE_NETADMIN",
+            "running the server unprivileged with a 1 MiB memlock limit",
+            can_drop_privileges(),
+        )
+    {
+        return;
+    }
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    // A directory the unprivileged server can write its statistics to.
+    let dir = std::env::temp_dir().join(format!("ringlab-zc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let stats = dir.join("stats.json");
+    let mut child = Command::new("prlimit")
+        .args(["--memlock=1048576:1048576", "setpriv", "--reuid=65534"])
+        .args(["--regid=65534", "--clear-groups", BIN, "--io", "uring"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--send-zc",
+            "4096",
+            "--stats-json",
+        ])
+        .arg(&stats)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prlimit runs");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    let field = |k: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {ready:?}"))
+            .to_string()
+    };
+    let addr: std::net::SocketAddr = field("listen=").parse().unwrap();
+    let pid: i32 = field("pid=").parse().unwrap();
+    // 64 connections of 32 KiB to 1 MiB: far more in flight than 1 MiB of pinned pages.
+    let msgs: Vec<Vec<u8>> = (0..64)
+        .map(|i| pattern(0x2c ^ i, (32 << 10) + (i as usize * 15_872)))
+        .collect();
+    let total: usize = msgs.iter().map(Vec::len).sum();
+    echo_many(addr, msgs);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("a zero-copy send was refused").count(),
+        1,
+        "{err}"
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(json_u64(&st, "total.zc_fallbacks") > 0, "{st:#}");
+    assert_eq!(json_u64(&st, "total.conn_errors"), 0, "{st:#}");
+    assert_eq!(json_u64(&st, "total.bytes_out"), total as u64, "{st:#}");
+}

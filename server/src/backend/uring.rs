@@ -59,6 +59,14 @@ const OP_WAKE: u8 = 8;
 const OP_CANCEL_ACCEPT: u8 = 9;
 const OP_SHUTDOWN: u8 = 11;
 
+/// Whether a zero-copy send's result says the kernel could not pin or account its pages
+/// (ENOBUFS: the socket's option memory or the locked-memory limit; ENOMEM), rather than that
+/// the connection failed.
+fn zc_refused(res: i32) -> bool {
+    res == -rustix::io::Errno::NOBUFS.raw_os_error()
+        || res == -rustix::io::Errno::NOMEM.raw_os_error()
+}
+
 /// `IORING_NOTIF_USAGE_ZC_COPIED`: set in a zero-copy notification's result when the kernel
 /// copied the data after all.
 const ZC_COPIED: u32 = 1 << 31;
@@ -453,7 +461,11 @@ impl UringIo<'_> {
                 // A zero-copy send's result; with F_MORE its notification follows, and the
                 // ledger holds the buffer until then.
                 core.stats.zc_sends += 1;
-                self.on_send(core, u, res);
+                if zc_refused(res) {
+                    self.zc_fallback(core, u, res);
+                } else {
+                    self.on_send(core, u, res);
+                }
             }
             OP_SHUTDOWN => {
                 if let Some(c) = self.conns.get(u.slot, u.gen) {
@@ -660,6 +672,29 @@ impl UringIo<'_> {
             c.core.session.on_send_failed();
         }
         self.pump(core, u.slot);
+    }
+
+    /// A zero-copy send the kernel refused for want of memory to pin its pages (the locked-
+    /// memory limit, or the socket's option memory): nothing was sent. Say so once, stop
+    /// zero-copy sends on this loop (the next would be refused as well), and send the same
+    /// bytes again the copying way, so that the connection loses nothing.
+    fn zc_fallback(&mut self, core: &mut LoopCore, u: UserData, res: i32) {
+        if self.send_zc > 0 {
+            tracing::warn!(
+                "ringlab-server: loop on CPU {}: a zero-copy send was refused ({}): raise the locked-memory limit (ulimit -l, LimitMEMLOCK=) or net.core.optmem_max; this loop sends by copying from now on",
+                core.stats.cpu,
+                std::io::Error::from_raw_os_error(-res)
+            );
+            self.send_zc = 0;
+        }
+        core.stats.zc_fallbacks += 1;
+        let Some(c) = self.conns.get(u.slot, u.gen) else {
+            return;
+        };
+        let Some((buf, off)) = c.send.take() else {
+            return;
+        };
+        self.submit_send(core, u.slot, buf, off);
     }
 
     fn submit_send(&mut self, core: &mut LoopCore, slot: u32, buf: Bytes, off: usize) {
