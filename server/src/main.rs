@@ -91,8 +91,11 @@ fn main() -> ExitCode {
     // A worker's statistics go to the first process (through --stats-json), which prints the
     // group's sum.
     if !worker {
-        print!("{}", stats.summary());
-        let _ = std::io::stdout().flush();
+        // Not print!: it panics when stdout is gone (a closed pipe), and the statistics file
+        // below must still be written.
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(stats.summary().as_bytes());
+        let _ = out.flush();
     }
     if let Some(path) = stats_json {
         let json = serde_json::to_string_pretty(&stats).expect("stats serialize");
@@ -131,10 +134,13 @@ fn init_logs(format: LogFormat) {
         },
         _ => (EnvFilter::new("info"), None),
     };
+    // A log line that cannot be written (stderr closed) is lost, not reported through
+    // eprintln!, which would panic the thread logging it: the signal thread, among others.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        .log_internal_errors(false);
     let set = match format {
         LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
         LogFormat::Json => b.json().flatten_event(true).try_init(),

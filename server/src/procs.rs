@@ -181,8 +181,12 @@ pub fn parent_main(args: Args, signals: Signals) -> ExitCode {
         &events, &workers, &signaller, &stopper, &stopping, args.grace,
     );
     let stats = sum_stats(&args, &layout, &workers, &mut outcome);
-    print!("{}", stats.summary());
-    let _ = std::io::stdout().flush();
+    {
+        // Not print!: it panics when stdout is gone (a closed pipe).
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(stats.summary().as_bytes());
+        let _ = out.flush();
+    }
     for p in &outcome.problems {
         tracing::warn!("ringlab-server: {p}");
     }

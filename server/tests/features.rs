@@ -695,6 +695,19 @@ fn a_refused_zero_copy_send_falls_back_to_copying_and_keeps_every_byte() {
     };
     let addr: std::net::SocketAddr = field("listen=").parse().unwrap();
     let pid: i32 = field("pid=").parse().unwrap();
+    // If an assertion below fails, the server (our child's image: prlimit and setpriv exec it)
+    // must not outlive the test.
+    struct KillOnPanic(i32);
+    impl Drop for KillOnPanic {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                if let Some(p) = rustix::process::Pid::from_raw(self.0) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+        }
+    }
+    let _guard = KillOnPanic(pid);
     // 64 connections of 32 KiB to 1 MiB: far more in flight than 1 MiB of pinned pages.
     let msgs: Vec<Vec<u8>> = (0..64)
         .map(|i| pattern(0x2c ^ i, (32 << 10) + (i as usize * 15_872)))

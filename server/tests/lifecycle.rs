@@ -517,3 +517,42 @@ fn uring_unavailable_is_recognised() {
         None
     );
 }
+
+/// A server whose stdout and stderr are gone (the pipe's reader exited: `ringlab-server ... |
+/// head -1`) still drains on SIGTERM, exits 0 and writes its statistics file. Before, the
+/// signal thread's log line panicked it (writing to a closed stderr), SIGTERM was ignored from
+/// then on and the server ran forever.
+#[test]
+fn sigterm_still_stops_a_server_whose_output_pipes_are_closed() {
+    use std::io::BufRead;
+    let stats = common::temp_path("closed-pipes.json");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["--io", "epoll", "--listen", "127.0.0.1:0", "--stats-json"])
+        .arg(&stats)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.starts_with("ready "), "{ready:?}");
+    // Both readers are dropped above and here: the pipes are closed.
+    drop(child.stderr.take());
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let exited = poll_until(Duration::from_secs(15), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the server ignored SIGTERM once its output pipes were closed");
+    }
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st}");
+    let text = std::fs::read_to_string(&stats).expect("the statistics file");
+    let _ = std::fs::remove_file(&stats);
+    assert!(text.contains("\"requests\""), "{text}");
+}
