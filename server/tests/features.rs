@@ -617,18 +617,24 @@ fn waits_per_request(io: &str, extra: &[&str]) -> f64 {
 
 /// Coalescing does what it says: with `--coalesce 5ms` the loop waits far fewer times per
 /// request than without, on every loop backend (requests arrive one by one, 2 ms apart per
-/// client, so without it most wake-ups find one request).
+/// client, so without it most wake-ups find one request). A stalled machine (host steal) batches
+/// the plain run's requests by itself, so a pair of runs that shows less than half is tried
+/// again, three times at most: coalescing that does nothing fails all three.
 #[test]
 fn coalescing_batches_wakeups() {
     for io in ["uring", "epoll", "poll", "select"] {
         if common::skip_backend(io) {
             continue;
         }
-        let plain = waits_per_request(io, &[]);
-        let coalesced = waits_per_request(io, &["--coalesce", "5ms"]);
+        let mut tries: Vec<(f64, f64)> = Vec::new();
+        while tries.len() < 3 && !tries.iter().any(|(c, p)| *c < p / 2.0) {
+            let plain = waits_per_request(io, &[]);
+            let coalesced = waits_per_request(io, &["--coalesce", "5ms"]);
+            tries.push((coalesced, plain));
+        }
         assert!(
-            coalesced < plain / 2.0,
-            "{io}: {coalesced:.3} waits per request with --coalesce 5ms, {plain:.3} without"
+            tries.iter().any(|(c, p)| *c < p / 2.0),
+            "{io}: waits per request with --coalesce 5ms against without, in three tries: {tries:?}"
         );
     }
 }
