@@ -228,7 +228,8 @@ impl LoopCore {
     }
 
     /// Copy the statistics (and service times) to the board, unless the scraper is reading
-    /// them this very instant: the next turn will.
+    /// them this very instant: the next turn will. Called after work, before the loop may
+    /// block: at the end of a turn, after an async task's access, before a blocking call.
     pub fn publish(&self) {
         if let Some(Ok(mut m)) = self.metrics.as_ref().map(|m| m.try_lock()) {
             m.stats.clone_from(&self.stats);
@@ -354,8 +355,14 @@ impl LoopCore {
         if self.metrics.is_some() {
             self.turn_start = self.clock.now();
             self.turn_requests = self.stats.requests;
-            self.publish();
         }
+    }
+
+    /// [`LoopCore::tick`], and publish what was done so far: for the blocking pool, whose
+    /// threads tick before each call that may block.
+    pub fn tick_publish(&mut self) {
+        self.tick();
+        self.publish();
     }
 
     /// The time as the sessions see it.

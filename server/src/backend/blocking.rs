@@ -58,7 +58,7 @@ fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<(TcpStream, ConnCo
     core.attach(ctx.board.as_ref());
     let listener = &ctx.listeners[0];
     while !ctx.shutdown_requested() {
-        core.tick();
+        core.tick_publish();
         if !core.may_accept() {
             // Echo at --max-conns: accept nothing until a slot frees.
             thread::sleep(LIMIT_POLL);
@@ -72,7 +72,7 @@ fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<(TcpStream, ConnCo
         let _ = poll(&mut fds, None);
         ctx.waker.drain();
         loop {
-            core.tick();
+            core.tick_publish();
             if !core.may_accept() {
                 core.accept.retry_at = None;
                 break;
@@ -81,7 +81,7 @@ fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<(TcpStream, ConnCo
             match rustix::net::accept_with(&**listener, rustix::net::SocketFlags::CLOEXEC) {
                 Ok(fd) => {
                     let conn = loop {
-                        core.tick();
+                        core.tick_publish();
                         if let Some(c) = core.admit() {
                             break Some(c);
                         }
@@ -99,7 +99,7 @@ fn accept_loop(ctx: &PoolCtx, tx: std::sync::mpsc::SyncSender<(TcpStream, ConnCo
                 }
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(e) => {
-                    core.tick();
+                    core.tick_publish();
                     if accept_failed(&mut core, &io::Error::from(e)) {
                         thread::sleep(ACCEPT_BACKOFF);
                     }
@@ -151,7 +151,7 @@ fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream, mut conn: ConnCor
     // Output taken from the session and not yet written, and how much of it was.
     let mut out: Option<(bytes::Bytes, usize)> = None;
     loop {
-        core.tick();
+        core.tick_publish();
         if !stopping && ctx.shutdown_requested() {
             stopping = true;
             core.begin_shutdown();
@@ -189,7 +189,7 @@ fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream, mut conn: ConnCor
             let _ = s.set_write_timeout(Some(wait));
             core.stats.syscalls.send += 1;
             let r = s.write(&b[*off..]);
-            core.tick();
+            core.tick_publish();
             match r {
                 Ok(n) if n > 0 => {
                     core.sent(&mut conn, n);
@@ -217,7 +217,7 @@ fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream, mut conn: ConnCor
         let got = s.read(&mut buf);
         // The read blocked: the time the bytes arrived is now, not the loop's top, or a
         // `--delay` measured from a stale clock would answer early.
-        core.tick();
+        core.tick_publish();
         match got {
             Ok(0) => core.peer_eof(&mut conn),
             Ok(n) => core.recv(&mut conn, &buf[..n]),

@@ -32,7 +32,10 @@ impl CoreAccess for Rc<RefCell<LoopCore>> {
     fn with<R>(&self, f: impl FnOnce(&mut LoopCore) -> R) -> R {
         let mut c = self.borrow_mut();
         c.tick();
-        f(&mut c)
+        let r = f(&mut c);
+        // A task may await for long after this: what it did is on the board now.
+        c.publish();
+        r
     }
 }
 

@@ -33,7 +33,10 @@ fn with_core<R>(f: impl FnOnce(&mut LoopCore) -> R) -> R {
             .as_mut()
             .expect("the worker's core is set in on_thread_start");
         core.tick();
-        f(core)
+        let r = f(core);
+        // A task may await for long after this: what it did is on the board now.
+        core.publish();
+        r
     })
 }
 
@@ -222,9 +225,6 @@ async fn serve(
             else => break,
         }
     }
-    with_core(|c| {
-        c.stats.closed += 1;
-        c.publish();
-    });
+    with_core(|c| c.stats.closed += 1);
     live.fetch_sub(1, Ordering::AcqRel);
 }
