@@ -183,25 +183,31 @@ impl Drop for Nginx {
     }
 }
 
-fn children_of(ppid: u32) -> Vec<u32> {
+/// The processes whose `/proc/PID/stat` field `field` (counted after the command name: 1 is the
+/// parent, 2 the process group) is `value`.
+fn procs_where(field: usize, value: u32) -> Vec<u32> {
     let mut v = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                let parent = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, r)| r.split_whitespace().nth(1))
-                    .and_then(|p| p.parse::<u32>().ok());
-                if parent == Some(ppid) {
-                    v.push(pid);
-                }
+            let got = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, r)| r.split_whitespace().nth(field)?.parse::<u32>().ok())
+                });
+            if got == Some(value) {
+                v.push(pid);
             }
         }
     }
     v
+}
+
+fn children_of(ppid: u32) -> Vec<u32> {
+    procs_where(1, ppid)
 }
 
 fn start_nginx(dir: &Path, cpu: usize) -> Result<(Nginx, String, u32)> {
@@ -529,22 +535,7 @@ impl Drop for PeerProc {
 /// The processes in process group `pgid`: the leader first.
 fn group_pids(pgid: u32) -> Vec<u32> {
     let mut v = vec![pgid];
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let grp = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')
-                        .and_then(|(_, r)| r.split_whitespace().nth(2)?.parse::<u32>().ok())
-                });
-            if grp == Some(pgid) && pid != pgid {
-                v.push(pid);
-            }
-        }
-    }
+    v.extend(procs_where(2, pgid).into_iter().filter(|&p| p != pgid));
     v
 }
 

@@ -96,6 +96,16 @@ pub enum ProtoArg {
     Http,
 }
 
+impl ProtoArg {
+    /// The name used on the command line and in the statistics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProtoArg::Echo => "echo",
+            ProtoArg::Http => "http",
+        }
+    }
+}
+
 /// ringlab-server: a thread-per-core TCP server with interchangeable IO backends.
 ///
 /// One event loop per listed CPU, each pinned there and owning its ring or epoll instance,

@@ -116,10 +116,7 @@ impl Running {
         if let Some(e) = first_err {
             return Err(e.into());
         }
-        let proto = match self.args.proto {
-            config::ProtoArg::Echo => "echo",
-            config::ProtoArg::Http => "http",
-        };
+        let proto = self.args.proto.name();
         // One row per CPU: pool backends report a row per thread.
         let per_core = stats::merge_by_cpu(per_core);
         Ok(ServerStats::new(
@@ -203,10 +200,7 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
             )
         }
     };
-    let proto = match args.proto {
-        config::ProtoArg::Echo => "echo",
-        config::ProtoArg::Http => "http",
-    };
+    let proto = args.proto.name();
     let (board, metrics) = match args.metrics {
         Some(addr) => {
             let b = metrics::Board::new(args.io.name(), proto);

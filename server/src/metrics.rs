@@ -156,11 +156,11 @@ impl Board {
                 .iter()
                 .filter(|(c, _)| c.is_some() == (scope == "core"))
                 .collect();
-            for (name, help) in COUNTERS {
+            for (name, help, get) in COUNTERS {
                 let fam = format!("ringlab_{scope}_{name}");
                 out += &format!("# HELP {fam} {help}\n# TYPE {fam} counter\n");
                 for (cpu, m) in &these {
-                    let v = counter(&m.stats, name);
+                    let v = get(&m.stats);
                     out += &format!("{fam}{} {v}\n", labels(*cpu, None));
                 }
             }
@@ -218,58 +218,33 @@ fn labels(cpu: Option<usize>, extra: Option<(&str, &str)>) -> String {
     }
 }
 
-/// The counters exported, named as in the exit statistics (`requests` is
-/// `ringlab_*_requests_total`), with their help text.
-const COUNTERS: [(&str, &str); 21] = [
-    ("requests_total", "Completed requests (HTTP requests; echo: received chunks)."),
-    ("received_bytes_total", "Bytes received from clients."),
-    ("sent_bytes_total", "Bytes sent to clients."),
-    ("connections_accepted_total", "Connections accepted."),
-    ("connections_closed_total", "Connections closed."),
-    ("connections_refused_total", "HTTP connections answered 503 at --max-conns."),
-    ("accept_errors_total", "Accepts that failed (EMFILE, ENFILE, ...); the loop backed off."),
-    ("connection_errors_total", "Connections that ended in an error (reset, broken pipe)."),
-    ("header_timeouts_total", "HTTP connections closed by --header-timeout."),
-    ("idle_timeouts_total", "Connections closed by --idle-timeout."),
-    ("limit_pauses_total", "Times an echo loop stopped accepting at --max-conns."),
-    ("backpressure_pauses_total", "Times a connection's reading paused because its output passed the high-water mark."),
-    ("cq_overflows_total", "uring: turns at which the completion queue had overflowed into the kernel's backlog (nothing lost)."),
-    ("enobufs_total", "uring: multishot receives ended because the buffer ring was empty (re-armed)."),
-    ("multishot_rearms_total", "uring: multishot operations re-armed after they ended."),
-    ("short_sends_total", "uring: short sends whose remainder was resubmitted."),
-    ("zerocopy_sends_total", "uring --send-zc: zero-copy sends."),
-    ("zerocopy_copied_total", "uring --send-zc: zero-copy sends the kernel copied after all."),
-    ("zerocopy_fallbacks_total", "uring --send-zc: zero-copy sends refused for want of lockable memory and sent again by copying."),
-    ("recv_bundles_total", "uring --recv-bundle: receive completions that carried more than one buffer."),
-    ("buffer_partial_total", "uring --buf-incremental: receive completions that left their buffer with the kernel."),
-];
+/// The counters exported (`ringlab_core_NAME`, `ringlab_server_NAME`): name, help text, and the
+/// field of the exit statistics it shows.
+type Counter = (&'static str, &'static str, fn(&LoopStats) -> u64);
 
-fn counter(s: &LoopStats, name: &str) -> u64 {
-    match name {
-        "requests_total" => s.requests,
-        "received_bytes_total" => s.bytes_in,
-        "sent_bytes_total" => s.bytes_out,
-        "connections_accepted_total" => s.accepted,
-        "connections_closed_total" => s.closed,
-        "connections_refused_total" => s.refused,
-        "accept_errors_total" => s.accept_errors,
-        "connection_errors_total" => s.conn_errors,
-        "header_timeouts_total" => s.header_timeouts,
-        "idle_timeouts_total" => s.idle_timeouts,
-        "limit_pauses_total" => s.limit_pauses,
-        "backpressure_pauses_total" => s.backpressure_pauses,
-        "cq_overflows_total" => s.cq_overflows,
-        "enobufs_total" => s.enobufs,
-        "multishot_rearms_total" => s.multishot_rearms,
-        "short_sends_total" => s.short_sends,
-        "zerocopy_sends_total" => s.zc_sends,
-        "zerocopy_copied_total" => s.zc_copied,
-        "zerocopy_fallbacks_total" => s.zc_fallbacks,
-        "recv_bundles_total" => s.recv_bundles,
-        "buffer_partial_total" => s.buf_partial,
-        _ => 0,
-    }
-}
+const COUNTERS: [Counter; 21] = [
+    ("requests_total", "Completed requests (HTTP requests; echo: received chunks).", |s| s.requests),
+    ("received_bytes_total", "Bytes received from clients.", |s| s.bytes_in),
+    ("sent_bytes_total", "Bytes sent to clients.", |s| s.bytes_out),
+    ("connections_accepted_total", "Connections accepted.", |s| s.accepted),
+    ("connections_closed_total", "Connections closed.", |s| s.closed),
+    ("connections_refused_total", "HTTP connections answered 503 at --max-conns.", |s| s.refused),
+    ("accept_errors_total", "Accepts that failed (EMFILE, ENFILE, ...); the loop backed off.", |s| s.accept_errors),
+    ("connection_errors_total", "Connections that ended in an error (reset, broken pipe).", |s| s.conn_errors),
+    ("header_timeouts_total", "HTTP connections closed by --header-timeout.", |s| s.header_timeouts),
+    ("idle_timeouts_total", "Connections closed by --idle-timeout.", |s| s.idle_timeouts),
+    ("limit_pauses_total", "Times an echo loop stopped accepting at --max-conns.", |s| s.limit_pauses),
+    ("backpressure_pauses_total", "Times a connection's reading paused because its output passed the high-water mark.", |s| s.backpressure_pauses),
+    ("cq_overflows_total", "uring: turns at which the completion queue had overflowed into the kernel's backlog (nothing lost).", |s| s.cq_overflows),
+    ("enobufs_total", "uring: multishot receives ended because the buffer ring was empty (re-armed).", |s| s.enobufs),
+    ("multishot_rearms_total", "uring: multishot operations re-armed after they ended.", |s| s.multishot_rearms),
+    ("short_sends_total", "uring: short sends whose remainder was resubmitted.", |s| s.short_sends),
+    ("zerocopy_sends_total", "uring --send-zc: zero-copy sends.", |s| s.zc_sends),
+    ("zerocopy_copied_total", "uring --send-zc: zero-copy sends the kernel copied after all.", |s| s.zc_copied),
+    ("zerocopy_fallbacks_total", "uring --send-zc: zero-copy sends refused for want of lockable memory and sent again by copying.", |s| s.zc_fallbacks),
+    ("recv_bundles_total", "uring --recv-bundle: receive completions that carried more than one buffer.", |s| s.recv_bundles),
+    ("buffer_partial_total", "uring --buf-incremental: receive completions that left their buffer with the kernel.", |s| s.buf_partial),
+];
 
 fn syscalls(s: &LoopStats) -> [(&'static str, u64); 13] {
     let c = &s.syscalls;

@@ -522,10 +522,7 @@ fn sum_stats(args: &Args, layout: &Layout, workers: &[Worker], out: &mut Outcome
             total: total_of(&total),
         });
     }
-    let proto = match args.proto {
-        crate::config::ProtoArg::Echo => "echo",
-        crate::config::ProtoArg::Http => "http",
-    };
+    let proto = args.proto.name();
     let mut stats = ServerStats::new(
         args.io.name(),
         proto,
