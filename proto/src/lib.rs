@@ -8,10 +8,13 @@
 //! * [`Session`]: the server side of one connection (echo or HTTP/1.1).
 //! * [`http`]: the HTTP/1.1 request parser and response writer (server side), and the request
 //!   encoder and response parser (client side).
+//! * [`files`]: what serving static files needs without IO (paths, ranges, dates, types), and
+//!   the file operations a session asks its loop for.
 //! * [`echo`]: the client side of echo: deterministic message framing and byte-exact
 //!   verification.
 
 pub mod echo;
+pub mod files;
 pub mod http;
 mod session;
 

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::files::{self, FileDone, FileKind, FileMeta, FileOp, RangeAnswer};
 use crate::http::{self, RequestError, RequestParser};
 
 /// The current time, as the backend's loop read it once per turn.
@@ -87,6 +88,10 @@ pub struct ServerConfig {
     /// HTTP: requests served per connection; the last response carries `Connection: close`.
     /// Zero: no limit.
     pub max_requests: u64,
+    /// HTTP: serve `GET`/`HEAD /files/<path>` (the loop has a root directory to open beneath).
+    pub files: bool,
+    /// Files: bytes asked for by one read.
+    pub file_chunk: usize,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +105,8 @@ impl Default for ServerConfig {
             header_timeout: Duration::ZERO,
             idle_timeout: Duration::ZERO,
             max_requests: 0,
+            files: false,
+            file_chunk: 64 * 1024,
         }
     }
 }
@@ -133,6 +140,29 @@ enum Mode {
     Done,
 }
 
+/// A file response under way. While one is, no further request is parsed, so that responses
+/// stay in request order.
+#[derive(Debug)]
+struct FileJob {
+    req: http::Request,
+    keep_alive: bool,
+    path: String,
+    stage: FileStage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileStage {
+    /// `Open` asked for.
+    Opening,
+    /// `Stat` asked for.
+    Stating,
+    /// Sending bytes `next..end`; `reading`: a `Read` is outstanding.
+    Body { next: u64, end: u64, reading: bool },
+}
+
+/// Output at least this long is queued as its own buffer rather than copied.
+const CHUNK_MIN: usize = 4096;
+
 #[derive(Debug)]
 struct Scheduled {
     at: Instant,
@@ -151,8 +181,14 @@ pub struct Session {
     parser: Option<Box<RequestParser>>,
     scheduled: VecDeque<Scheduled>,
     scheduled_bytes: usize,
+    /// Ready output: whole buffers (`out_q`, sent first) and then the small writes (`out`).
+    out_q: VecDeque<Bytes>,
+    out_q_bytes: usize,
     out: BytesMut,
     in_flight: usize,
+    /// Files: the response under way, and the operations asked of the loop, oldest first.
+    file: Option<Box<FileJob>>,
+    file_ops: VecDeque<FileOp>,
     /// The last time a byte came in, went out, or output was released.
     last_activity: Instant,
     /// HTTP: since when the session has been waiting for the rest of a request head.
@@ -176,8 +212,12 @@ impl Session {
             },
             scheduled: VecDeque::new(),
             scheduled_bytes: 0,
+            out_q: VecDeque::new(),
+            out_q_bytes: 0,
             out: BytesMut::new(),
             in_flight: 0,
+            file: None,
+            file_ops: VecDeque::new(),
             last_activity: now.at,
             head_since: match cfg.proto {
                 Proto::Http => Some(now.at),
@@ -205,7 +245,7 @@ impl Session {
 
     /// Bytes held for the peer: ready, scheduled, and handed to the backend but not yet sent.
     pub fn pending_output(&self) -> usize {
-        self.out.len() + self.scheduled_bytes + self.in_flight
+        self.out.len() + self.out_q_bytes + self.scheduled_bytes + self.in_flight
     }
 
     /// Bytes received but not yet parsed (held back by backpressure or an incomplete request).
@@ -316,6 +356,7 @@ impl Session {
         if cfg.idle_timeout.is_zero()
             || !matches!(self.mode, Mode::Open | Mode::Closing)
             || !self.scheduled.is_empty()
+            || self.file_waiting()
         {
             return None;
         }
@@ -338,18 +379,97 @@ impl Session {
 
     /// Take every byte that is ready to be sent. The backend owns the returned buffer until it
     /// has written it, and reports progress with [`Session::on_sent`].
+    /// Several buffers may be ready (file data is handed on without a copy): call it until it
+    /// returns `None` to take them all.
     pub fn take_output(&mut self) -> Option<Bytes> {
-        if self.out.is_empty() {
-            return None;
-        }
-        let b = self.out.split().freeze();
+        let b = match self.out_q.pop_front() {
+            Some(b) => {
+                self.out_q_bytes -= b.len();
+                b
+            }
+            None if self.out.is_empty() => return None,
+            None => self.out.split().freeze(),
+        };
         self.in_flight += b.len();
         Some(b)
     }
 
     /// Whether output is ready to be taken.
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || !self.out_q.is_empty()
+    }
+
+    /// The next file operation the loop must perform for this connection, if any (see
+    /// [`FileOp`]; they must be performed in the order taken).
+    pub fn take_file_op(&mut self) -> Option<FileOp> {
+        self.file_ops.pop_front()
+    }
+
+    /// Whether a file operation is waiting to be taken.
+    pub fn has_file_op(&self) -> bool {
+        !self.file_ops.is_empty()
+    }
+
+    /// Whether the session waits for the outcome of a file operation it asked for (the
+    /// server, not the peer, is slow then: the idle timeout is not armed).
+    pub fn file_waiting(&self) -> bool {
+        self.file.as_ref().is_some_and(|j| match j.stage {
+            FileStage::Opening | FileStage::Stating => true,
+            FileStage::Body { reading, .. } => reading,
+        })
+    }
+
+    /// A file operation the loop took from [`Session::take_file_op`] completed. Returns how many
+    /// requests were completed by input this unblocked (as [`Session::on_recv`]).
+    pub fn on_file(&mut self, cfg: &ServerConfig, done: FileDone, now: &Now) -> u32 {
+        let Some(mut job) = self.file.take() else {
+            // The session gave up on the file meanwhile (aborted or timed out): ignore.
+            return 0;
+        };
+        match (job.stage, done) {
+            (FileStage::Opening, FileDone::Opened(Ok(()))) => {
+                job.stage = FileStage::Stating;
+                self.file_ops.push_back(FileOp::Stat);
+                self.file = Some(job);
+            }
+            (FileStage::Opening, FileDone::Opened(Err(e))) => {
+                self.file_error(cfg, &job, files::errno_status(e), false, now);
+            }
+            (FileStage::Stating, FileDone::Stat(Ok(meta))) => self.file_head(cfg, job, meta, now),
+            (FileStage::Stating, FileDone::Stat(Err(e))) => {
+                self.file_error(cfg, &job, files::errno_status(e), true, now);
+            }
+            (FileStage::Body { next, end, .. }, FileDone::Read(r)) => {
+                let got = match r {
+                    Ok(b) if !b.is_empty() => {
+                        let want = (end - next).min(b.len() as u64) as usize;
+                        let n = want as u64;
+                        self.put(now, b.slice(..want));
+                        Ok(n)
+                    }
+                    Ok(_) => Err(()),
+                    Err(_) => Err(()),
+                };
+                self.file_advance(cfg, job, next, end, got, now);
+            }
+            (FileStage::Body { next, end, .. }, FileDone::Sent(r)) => {
+                let got = match r {
+                    Ok(n) if n > 0 => {
+                        self.last_activity = now.at;
+                        Ok((n as u64).min(end - next))
+                    }
+                    _ => Err(()),
+                };
+                self.file_advance(cfg, job, next, end, got, now);
+            }
+            (_, _) => {
+                // An answer to an operation that was not asked for: a loop bug. Give up on
+                // the connection rather than guess the framing.
+                self.file_ops.push_back(FileOp::Close);
+                self.mode = Mode::Done;
+            }
+        }
+        self.process(cfg, now)
     }
 
     /// `n` bytes of taken output reached the kernel. Returns requests completed by input that
@@ -367,6 +487,8 @@ impl Session {
     pub fn on_send_failed(&mut self) {
         self.in_flight = 0;
         self.out.clear();
+        self.out_q.clear();
+        self.out_q_bytes = 0;
         self.mode = Mode::Done;
     }
 
@@ -396,10 +518,16 @@ impl Session {
     pub fn action(&self) -> Action {
         match self.mode {
             Mode::Done => Action::Close,
-            Mode::Closing if self.pending_output() == 0 => Action::ShutdownWrite,
+            Mode::Closing if self.pending_output() == 0 && self.file.is_none() => {
+                Action::ShutdownWrite
+            }
             // No more input will come: once everything answerable is answered and sent (what
             // is left in `inbuf` then is a request that can never complete), close our side.
-            Mode::Open if (self.peer_eof || self.stop_reading) && self.pending_output() == 0 => {
+            Mode::Open
+                if (self.peer_eof || self.stop_reading)
+                    && self.pending_output() == 0
+                    && self.file.is_none() =>
+            {
                 Action::ShutdownWrite
             }
             _ => Action::Continue,
@@ -419,7 +547,7 @@ impl Session {
 
     /// Whether the session is idle: nothing buffered, nothing pending, no partial request.
     pub fn is_idle(&self) -> bool {
-        self.inbuf.is_empty() && self.pending_output() == 0
+        self.inbuf.is_empty() && self.pending_output() == 0 && self.file.is_none()
     }
 
     fn has_room(&self, cfg: &ServerConfig) -> bool {
@@ -428,7 +556,12 @@ impl Session {
 
     fn process(&mut self, cfg: &ServerConfig, now: &Now) -> u32 {
         let mut requests = 0;
-        while self.mode == Mode::Open && !self.inbuf.is_empty() && self.has_room(cfg) {
+        self.file_more(cfg);
+        while self.mode == Mode::Open
+            && !self.inbuf.is_empty()
+            && self.has_room(cfg)
+            && self.file.is_none()
+        {
             match cfg.proto {
                 Proto::Echo => {
                     let chunk = self.inbuf.split();
@@ -477,7 +610,11 @@ impl Session {
         let Some(parser) = self.parser.as_ref() else {
             return;
         };
-        if self.mode != Mode::Open || !parser.awaiting_head() || !self.has_room(cfg) {
+        if self.mode != Mode::Open
+            || !parser.awaiting_head()
+            || !self.has_room(cfg)
+            || self.file.is_some()
+        {
             // No head awaited, or the session itself holds input back (backpressure): the
             // clock starts again once the peer is the one the session waits for.
             self.head_since = None;
@@ -501,6 +638,29 @@ impl Session {
         let keep_alive = req.keep_alive && !last;
         let get = matches!(req.method, http::Method::Get | http::Method::Head);
         let path = req.path();
+        if cfg.files {
+            if let Some(rest) = path.strip_prefix(files::PREFIX) {
+                if get {
+                    match files::check_path(rest) {
+                        Ok(p) => {
+                            self.file_ops.push_back(FileOp::Open { path: p.clone() });
+                            self.file = Some(Box::new(FileJob {
+                                req,
+                                keep_alive,
+                                path: p,
+                                stage: FileStage::Opening,
+                            }));
+                            return;
+                        }
+                        Err(files::PathError::Bad(why)) => {
+                            let why = why.as_bytes().to_vec();
+                            return self.respond_with(&req, keep_alive, 400, &why, &[], now);
+                        }
+                    }
+                }
+                return self.respond_with(&req, keep_alive, 405, b"", &[b"Allow: GET, HEAD"], now);
+            }
+        }
         // (status, body, delay, extra headers)
         let (status, body, delay, extra): (u16, &[u8], u64, &[&[u8]]) = match path {
             "/" if get => (200, HELLO, 0, &[]),
@@ -536,6 +696,168 @@ impl Session {
         }
     }
 
+    /// A response due now, behind whatever is queued (keep-alive as asked).
+    fn respond_with(
+        &mut self,
+        req: &http::Request,
+        keep_alive: bool,
+        status: u16,
+        body: &[u8],
+        extra: &[&[u8]],
+        now: &Now,
+    ) {
+        let mut buf = BytesMut::new();
+        http::write_response_with(&mut buf, req, status, keep_alive, &now.date, extra, body);
+        self.emit(now.at, now, buf.freeze());
+        if !keep_alive {
+            self.mode = Mode::Closing;
+            self.inbuf.clear();
+        }
+    }
+
+    /// The file could not be served: answer `status` instead (closing it if it was open).
+    fn file_error(
+        &mut self,
+        _cfg: &ServerConfig,
+        job: &FileJob,
+        status: u16,
+        opened: bool,
+        now: &Now,
+    ) {
+        if opened {
+            self.file_ops.push_back(FileOp::Close);
+        }
+        let body: &[u8] = match status {
+            404 => NOT_FOUND,
+            403 => b"Forbidden",
+            _ => b"the file could not be read",
+        };
+        self.respond_with(&job.req, job.keep_alive, status, body, &[], now);
+    }
+
+    /// The open file's metadata arrived: answer with its head, and start its body.
+    fn file_head(&mut self, cfg: &ServerConfig, mut job: Box<FileJob>, meta: FileMeta, now: &Now) {
+        if meta.kind != FileKind::Regular {
+            // Directories are never listed; devices, FIFOs and sockets are not files to serve.
+            return self.file_error(cfg, &job, 403, true, now);
+        }
+        let modified = files::http_date(meta.mtime);
+        let last_modified = format!("Last-Modified: {modified}");
+        let mut extra: Vec<Vec<u8>> =
+            vec![last_modified.into_bytes(), b"Accept-Ranges: bytes".to_vec()];
+        let ctype = files::content_type(&job.path).as_bytes();
+        let (status, start, end) =
+            if files::not_modified(job.req.if_modified_since.as_deref(), meta.mtime) {
+                (304, 0, 0)
+            } else {
+                match files::range(job.req.range.as_deref(), meta.size) {
+                    RangeAnswer::Whole => (200, 0, meta.size),
+                    RangeAnswer::Part { start, end } => {
+                        extra.push(
+                            format!("Content-Range: bytes {start}-{}/{}", end - 1, meta.size)
+                                .into_bytes(),
+                        );
+                        (206, start, end)
+                    }
+                    RangeAnswer::Unsatisfiable => {
+                        self.file_ops.push_back(FileOp::Close);
+                        let cr = format!("Content-Range: bytes */{}", meta.size);
+                        let body: &[u8] = b"Range Not Satisfiable";
+                        return self.respond_with(
+                            &job.req,
+                            job.keep_alive,
+                            416,
+                            body,
+                            &[cr.as_bytes()],
+                            now,
+                        );
+                    }
+                }
+            };
+        let extra: Vec<&[u8]> = extra.iter().map(|h| &h[..]).collect();
+        let mut buf = BytesMut::new();
+        let body = http::write_head(
+            &mut buf,
+            &job.req,
+            status,
+            job.keep_alive,
+            &now.date,
+            ctype,
+            &extra,
+            end - start,
+        );
+        self.emit(now.at, now, buf.freeze());
+        if !body || start == end {
+            self.file_ops.push_back(FileOp::Close);
+            self.file_finished(&job);
+            return;
+        }
+        job.stage = FileStage::Body {
+            next: start,
+            end,
+            reading: false,
+        };
+        self.file = Some(job);
+        self.file_more(cfg);
+    }
+
+    /// Body bytes `next..next + got` were delivered (read or sent); `Err`: the file ended early
+    /// or failed after the head went out, so the framing cannot be kept: the connection closes
+    /// after what was sent, and the peer sees a body shorter than its `Content-Length`.
+    fn file_advance(
+        &mut self,
+        cfg: &ServerConfig,
+        mut job: Box<FileJob>,
+        next: u64,
+        end: u64,
+        got: Result<u64, ()>,
+        _now: &Now,
+    ) {
+        match got {
+            Ok(n) if next + n >= end => {
+                self.file_ops.push_back(FileOp::Close);
+                self.file_finished(&job);
+            }
+            Ok(n) => {
+                job.stage = FileStage::Body {
+                    next: next + n,
+                    end,
+                    reading: false,
+                };
+                self.file = Some(job);
+                self.file_more(cfg);
+            }
+            Err(()) => {
+                self.file_ops.push_back(FileOp::Close);
+                self.mode = Mode::Closing;
+                self.inbuf.clear();
+            }
+        }
+    }
+
+    /// A file response is complete: a `Connection: close` one closes the connection.
+    fn file_finished(&mut self, job: &FileJob) {
+        if !job.keep_alive {
+            self.mode = Mode::Closing;
+            self.inbuf.clear();
+        }
+    }
+
+    /// Ask for the next piece of the body, if none is outstanding and there is room for it.
+    fn file_more(&mut self, cfg: &ServerConfig) {
+        let room = self.has_room(cfg);
+        let Some(job) = self.file.as_mut() else {
+            return;
+        };
+        if let FileStage::Body { next, end, reading } = &mut job.stage {
+            if !*reading && room && !matches!(self.mode, Mode::Done) {
+                *reading = true;
+                let len = (*end - *next).min(cfg.file_chunk.max(1) as u64) as usize;
+                self.file_ops.push_back(FileOp::Read { offset: *next, len });
+            }
+        }
+    }
+
     fn respond_error(&mut self, e: &RequestError, now: &Now) {
         let mut buf = BytesMut::new();
         http::write_error_response(&mut buf, e.status(), &now.date, e.to_string().as_bytes());
@@ -548,10 +870,31 @@ impl Session {
     /// with nothing queued ahead of it goes straight to the send buffer.
     fn emit(&mut self, at: Instant, now: &Now, bytes: Bytes) {
         if at <= now.at && self.scheduled.is_empty() {
-            self.out.extend_from_slice(&bytes);
+            self.push_out(bytes);
         } else {
             self.schedule(at, bytes);
         }
+    }
+
+    /// Output due now: behind anything scheduled (which keeps order), else ready at once.
+    fn put(&mut self, now: &Now, bytes: Bytes) {
+        self.emit(now.at, now, bytes);
+    }
+
+    /// Append to the ready output: small buffers are copied into `out`, large ones queued
+    /// whole (no copy of file data).
+    fn push_out(&mut self, bytes: Bytes) {
+        if bytes.len() < CHUNK_MIN {
+            self.out.extend_from_slice(&bytes);
+            return;
+        }
+        if !self.out.is_empty() {
+            let small = self.out.split().freeze();
+            self.out_q_bytes += small.len();
+            self.out_q.push_back(small);
+        }
+        self.out_q_bytes += bytes.len();
+        self.out_q.push_back(bytes);
     }
 
     fn schedule(&mut self, at: Instant, bytes: Bytes) {
@@ -568,7 +911,7 @@ impl Session {
             }
             let s = self.scheduled.pop_front().expect("front exists");
             self.scheduled_bytes -= s.bytes.len();
-            self.out.extend_from_slice(&s.bytes);
+            self.push_out(s.bytes);
             released = true;
         }
         released

@@ -155,6 +155,8 @@ fn write_response_reason_phrases() {
         target: bytes::Bytes::from_static(b"/"),
         version: Version::Http11,
         keep_alive: true,
+        range: None,
+        if_modified_since: None,
         body: bytes::Bytes::new(),
     };
     let date = *b"Sun, 06 Nov 1994 08:49:37 GMT";

@@ -385,6 +385,8 @@ impl Resp {
                         Version::Http11
                     },
                     keep_alive: *keep_alive,
+                    range: None,
+                    if_modified_since: None,
                     body: Bytes::new(),
                 };
                 write_response(out, &req, *status, *keep_alive, &date, body);

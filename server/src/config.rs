@@ -78,6 +78,28 @@ impl Io {
     }
 }
 
+/// How a readiness backend reads files (`--file-io`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FileIo {
+    /// A pool of threads per loop does the file operations; an eventfd wakes the loop.
+    Threads,
+    /// pread(2) on the loop: a page-cache miss blocks the loop.
+    Blocking,
+    /// sendfile(2) from the file to the socket, on the loop.
+    Sendfile,
+}
+
+impl FileIo {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileIo::Threads => "threads",
+            FileIo::Blocking => "blocking",
+            FileIo::Sendfile => "sendfile",
+        }
+    }
+}
+
 /// How listening sockets are spread over the loops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AcceptMode {
@@ -201,6 +223,32 @@ pub struct Args {
     /// connection closes after it. 0: no limit.
     #[arg(long, default_value_t = 0)]
     pub max_requests: u64,
+    /// HTTP: serve the files beneath DIR at `GET`/`HEAD /files/<path>` (Content-Type by
+    /// extension, Last-Modified and If-Modified-Since, one `Range: bytes=` range). Paths are
+    /// opened beneath DIR with openat2(RESOLVE_BENEATH): `..`, encoded dots, NUL and symlinks
+    /// leading out of DIR are refused (400 or 403); directories are not listed (403).
+    #[arg(long, value_name = "DIR", help_heading = "Files")]
+    pub root: Option<std::path::PathBuf>,
+    /// Files, epoll/poll/select: how the readiness loop reads them. `threads` hands every file
+    /// operation to a pool of --file-threads threads per loop, which wakes the loop when done
+    /// (nginx's `aio threads`); `blocking` does them on the loop (a read that misses the page
+    /// cache stalls every connection of that loop); `sendfile` sends file bytes to the socket
+    /// with sendfile(2) (no copy through user space, but it too blocks the loop on a miss).
+    /// uring always uses its ring; tokio its blocking pool; tokio-uring its own file API; the
+    /// blocking backend plain reads.
+    /// [default for epoll, poll and select: threads]
+    #[arg(long, value_enum, help_heading = "Files")]
+    pub file_io: Option<FileIo>,
+    /// Files, --file-io threads: threads per loop.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256), help_heading = "Files")]
+    pub file_threads: u32,
+    /// Files: bytes one read asks for (and the most one send of file data carries).
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(512..=16 * 1024 * 1024), help_heading = "Files")]
+    pub file_chunk: u32,
+    /// Files, uring: file operations in flight per loop at most (the disk's queue from one
+    /// loop); more wait in the loop's queue.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Files")]
+    pub file_inflight: u32,
     /// blocking: number of worker threads (1 = the seed notes' synchronous server), spread
     /// round-robin over --cores.
     #[arg(long, default_value_t = 1)]
@@ -337,11 +385,35 @@ pub struct Args {
 pub use ringlab_runtime::duration::parse_duration;
 
 impl Args {
+    /// How a readiness loop reads files (`--file-io`, threads unless given).
+    pub fn file_io(&self) -> FileIo {
+        self.file_io.unwrap_or(FileIo::Threads)
+    }
+
     /// Reject switches that do not apply to the chosen backend or cannot be combined, and
     /// switches the running kernel is too old for. One line each, naming the flag.
     pub fn validate(&self) -> Result<(), String> {
         if self.metrics.is_some() && self.processes > 1 {
             return Err("--metrics serves one process's loops: not with --processes (give each server process its own --metrics address by running them separately)".into());
+        }
+        if let Some(root) = &self.root {
+            if self.proto != ProtoArg::Http {
+                return Err("--root serves files over HTTP: add --proto http".into());
+            }
+            match std::fs::metadata(root) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(format!("--root {}: not a directory", root.display())),
+                Err(e) => return Err(format!("--root {}: {e}", root.display())),
+            }
+        }
+        if let Some(m) = self.file_io {
+            if !matches!(self.io, Io::Epoll | Io::Poll | Io::Select) {
+                return Err(format!(
+                    "--file-io {} applies to --io epoll, poll and select; {} does its file IO its own way",
+                    m.name(),
+                    self.io.name()
+                ));
+            }
         }
         if self.cq_entries < self.sq_entries {
             return Err(format!(
@@ -445,6 +517,8 @@ impl Args {
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
             max_requests: self.max_requests,
+            files: self.root.is_some(),
+            file_chunk: self.file_chunk as usize,
             ..ServerConfig::default()
         };
         c.limits.max_head = self.max_head;

@@ -36,6 +36,8 @@ pub struct Shared {
     pub limit: Arc<ConnLimit>,
     /// `--metrics`: where each loop publishes its figures.
     pub board: Option<Arc<Board>>,
+    /// `--root`: the directory files are opened beneath (a path descriptor).
+    pub root: Option<Arc<OwnedFd>>,
 }
 
 impl Shared {
@@ -445,6 +447,36 @@ impl LoopCore {
         self.stats.bytes_in += data.len() as u64;
         let now = self.now();
         let n = conn.session.on_recv(&self.cfg, data, &now);
+        self.completed(n);
+    }
+
+    /// A file operation the session asked for completed (`--root`).
+    pub fn file_done(&mut self, conn: &mut ConnCore, done: ringlab_proto::files::FileDone) {
+        use ringlab_proto::files::FileDone;
+        match &done {
+            FileDone::Opened(_) => self.stats.file_opens += 1,
+            FileDone::Read(Ok(b)) => {
+                self.stats.file_reads += 1;
+                self.stats.file_bytes += b.len() as u64;
+            }
+            FileDone::Sent(Ok(n)) => {
+                self.stats.file_reads += 1;
+                self.stats.file_bytes += *n as u64;
+                self.stats.bytes_out += *n as u64;
+            }
+            FileDone::Read(Err(_)) | FileDone::Sent(Err(_)) | FileDone::Stat(_) => {}
+        }
+        if matches!(
+            done,
+            FileDone::Opened(Err(_))
+                | FileDone::Stat(Err(_))
+                | FileDone::Read(Err(_))
+                | FileDone::Sent(Err(_))
+        ) {
+            self.stats.file_errors += 1;
+        }
+        let now = self.now();
+        let n = conn.session.on_file(&self.cfg, done, &now);
         self.completed(n);
     }
 

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod core;
 pub mod event_loop;
+pub mod files;
 pub mod listener;
 pub mod metrics;
 pub mod procs;
@@ -210,6 +211,12 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
         }
         None => (None, None),
     };
+    let root = match &args.root {
+        Some(dir) => Some(Arc::new(
+            files::open_root(dir).map_err(anyhow::Error::from)?,
+        )),
+        None => None,
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     let limit = core::ConnLimit::new(usize::try_from(args.max_conns).unwrap_or(usize::MAX));
     let (ready_tx, ready_rx) = mpsc::sync_channel(cores.len() + 1);
@@ -220,6 +227,7 @@ pub fn start_on(args: Args, bound: Option<Bound>) -> Result<Running, ServerError
         ready: ready_tx,
         limit,
         board,
+        root,
     };
     let mut wakers = Vec::new();
     let mut threads = Vec::new();

@@ -51,6 +51,16 @@ pub struct LoopStats {
     pub header_timeouts: u64,
     /// Connections closed by --idle-timeout.
     pub idle_timeouts: u64,
+    /// Files (`--root`): files opened (or refused), reads done (or `sendfile` calls), the
+    /// bytes they moved, and operations that failed.
+    #[serde(default)]
+    pub file_opens: u64,
+    #[serde(default)]
+    pub file_reads: u64,
+    #[serde(default)]
+    pub file_bytes: u64,
+    #[serde(default)]
+    pub file_errors: u64,
 }
 
 impl LoopStats {
@@ -78,6 +88,10 @@ impl LoopStats {
         self.limit_pauses += o.limit_pauses;
         self.header_timeouts += o.header_timeouts;
         self.idle_timeouts += o.idle_timeouts;
+        self.file_opens += o.file_opens;
+        self.file_reads += o.file_reads;
+        self.file_bytes += o.file_bytes;
+        self.file_errors += o.file_errors;
     }
 }
 

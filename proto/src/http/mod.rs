@@ -38,5 +38,6 @@ pub use client::{
 pub use common::Version;
 pub use request::{Limits, Method, Request, RequestError, RequestParser};
 pub use response::{
-    reason_phrase, write_continue, write_error_response, write_response, write_response_with,
+    reason_phrase, write_continue, write_error_response, write_head, write_response,
+    write_response_with,
 };

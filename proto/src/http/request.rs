@@ -65,6 +65,10 @@ pub struct Request {
     pub keep_alive: bool,
     /// The decoded body (Content-Length or chunked).
     pub body: Bytes,
+    /// The value of the last `Range` header, if any (files: one `bytes=` range is honoured).
+    pub range: Option<Bytes>,
+    /// The value of the last `If-Modified-Since` header, if any.
+    pub if_modified_since: Option<Bytes>,
 }
 
 impl Request {
@@ -137,6 +141,8 @@ struct ReqHead {
     keep_alive: bool,
     head_len: usize,
     expect_continue: bool,
+    range: Option<Range<usize>>,
+    if_modified_since: Option<Range<usize>>,
 }
 
 #[derive(Debug)]
@@ -274,6 +280,8 @@ impl RequestParser {
                         version: head.version,
                         keep_alive: head.keep_alive,
                         body: slice(&raw, body),
+                        range: head.range.clone().map(|r| slice(&raw, r)),
+                        if_modified_since: head.if_modified_since.clone().map(|r| slice(&raw, r)),
                     };
                     self.state = ReqState::default();
                     return Ok(Some(req));
@@ -348,6 +356,8 @@ fn parse_request_head(
     let mut hosts = 0u32;
     let mut conn = ConnectionTokens::default();
     let mut expect_continue = false;
+    let mut range = None;
+    let mut if_modified_since = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -366,6 +376,10 @@ fn parse_request_head(
             conn.add(h.value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue = trim(h.value).eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"range") {
+            range = offset_in(head, trim(h.value));
+        } else if name.eq_ignore_ascii_case(b"if-modified-since") {
+            if_modified_since = offset_in(head, trim(h.value));
         }
     }
     if version == Version::Http11 && hosts == 0 {
@@ -409,6 +423,8 @@ fn parse_request_head(
             keep_alive,
             head_len,
             expect_continue: expect_continue && version == Version::Http11 && has_body,
+            range,
+            if_modified_since,
         },
         framing,
     )))

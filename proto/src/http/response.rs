@@ -34,6 +34,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         413 => "Content Too Large",
         414 => "URI Too Long",
         415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
         417 => "Expectation Failed",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
@@ -57,6 +58,18 @@ fn put_head_start(
     date: &[u8; 29],
     body_len: usize,
 ) -> bool {
+    put_head_typed(out, version, status, date, b"text/plain", body_len as u64)
+}
+
+/// [`put_head_start`] with the body's `Content-Type` and a length that need not be in memory.
+fn put_head_typed(
+    out: &mut BytesMut,
+    version: Version,
+    status: u16,
+    date: &[u8; 29],
+    content_type: &[u8],
+    body_len: u64,
+) -> bool {
     // Status codes are three digits; anything else is a caller bug, answered as 500.
     let status = if (100..=999).contains(&status) {
         status
@@ -76,10 +89,12 @@ fn put_head_start(
     let body_allowed = !(100..200).contains(&status) && status != 204 && status != 304;
     if body_allowed {
         if body_len > 0 || status == 200 {
-            out.extend_from_slice(b"Content-Type: text/plain\r\n");
+            out.extend_from_slice(b"Content-Type: ");
+            out.extend_from_slice(content_type);
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"Content-Length: ");
-        put_decimal(out, body_len as u64);
+        put_decimal(out, body_len);
         out.extend_from_slice(b"\r\n");
     }
     body_allowed
@@ -131,6 +146,37 @@ pub fn write_response_with(
     if send_body && body_allowed {
         out.extend_from_slice(body);
     }
+}
+
+/// Append the head of a response whose body (`body_len` bytes of `content_type`) the caller
+/// sends after it, from a file: status line, our headers, `extra` header lines, and the
+/// `Connection` header as [`write_response_with`] writes it. Returns whether a body follows
+/// (not for `HEAD`, 304, 1xx or 204).
+#[allow(clippy::too_many_arguments)]
+pub fn write_head(
+    out: &mut BytesMut,
+    req: &Request,
+    status: u16,
+    keep_alive: bool,
+    date: &[u8; 29],
+    content_type: &[u8],
+    extra: &[&[u8]],
+    body_len: u64,
+) -> bool {
+    let extra_len: usize = extra.iter().map(|h| h.len() + 2).sum();
+    out.reserve(HEAD_RESERVE + content_type.len() + extra_len);
+    let body_allowed = put_head_typed(out, req.version, status, date, content_type, body_len);
+    for h in extra {
+        out.extend_from_slice(h);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if req.version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    body_allowed && req.method != Method::Head
 }
 
 /// Append an error response (HTTP/1.1, `Connection: close`).
