@@ -21,6 +21,9 @@ pub struct SyscallCounters {
     pub writev: u64,
     pub shutdown: u64,
     pub close: u64,
+    /// File syscalls on the loop thread (`--root`: openat2, statx, pread, sendfile).
+    #[serde(default)]
+    pub file: u64,
     pub other: u64,
 }
 
@@ -39,6 +42,7 @@ impl SyscallCounters {
             + self.writev
             + self.shutdown
             + self.close
+            + self.file
             + self.other
     }
 
@@ -56,6 +60,7 @@ impl SyscallCounters {
         self.writev += o.writev;
         self.shutdown += o.shutdown;
         self.close += o.close;
+        self.file += o.file;
         self.other += o.other;
     }
 }

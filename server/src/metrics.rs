@@ -222,7 +222,7 @@ fn labels(cpu: Option<usize>, extra: Option<(&str, &str)>) -> String {
 /// field of the exit statistics it shows.
 type Counter = (&'static str, &'static str, fn(&LoopStats) -> u64);
 
-const COUNTERS: [Counter; 21] = [
+const COUNTERS: [Counter; 25] = [
     ("requests_total", "Completed requests (HTTP requests; echo: received chunks).", |s| s.requests),
     ("received_bytes_total", "Bytes received from clients.", |s| s.bytes_in),
     ("sent_bytes_total", "Bytes sent to clients.", |s| s.bytes_out),
@@ -233,6 +233,10 @@ const COUNTERS: [Counter; 21] = [
     ("connection_errors_total", "Connections that ended in an error (reset, broken pipe).", |s| s.conn_errors),
     ("header_timeouts_total", "HTTP connections closed by --header-timeout.", |s| s.header_timeouts),
     ("idle_timeouts_total", "Connections closed by --idle-timeout.", |s| s.idle_timeouts),
+    ("file_opens_total", "Files: opens asked for (--root), refused ones included.", |s| s.file_opens),
+    ("file_reads_total", "Files: reads done (or sendfile calls).", |s| s.file_reads),
+    ("file_read_bytes_total", "Files: bytes read (or sent by sendfile).", |s| s.file_bytes),
+    ("file_errors_total", "Files: file operations that failed (missing files included).", |s| s.file_errors),
     ("limit_pauses_total", "Times an echo loop stopped accepting at --max-conns.", |s| s.limit_pauses),
     ("backpressure_pauses_total", "Times a connection's reading paused because its output passed the high-water mark.", |s| s.backpressure_pauses),
     ("cq_overflows_total", "uring: turns at which the completion queue had overflowed into the kernel's backlog (nothing lost).", |s| s.cq_overflows),
@@ -246,7 +250,7 @@ const COUNTERS: [Counter; 21] = [
     ("buffer_partial_total", "uring --buf-incremental: receive completions that left their buffer with the kernel.", |s| s.buf_partial),
 ];
 
-fn syscalls(s: &LoopStats) -> [(&'static str, u64); 13] {
+fn syscalls(s: &LoopStats) -> [(&'static str, u64); 14] {
     let c = &s.syscalls;
     [
         ("io_uring_enter", c.io_uring_enter),
@@ -261,6 +265,7 @@ fn syscalls(s: &LoopStats) -> [(&'static str, u64); 13] {
         ("writev", c.writev),
         ("shutdown", c.shutdown),
         ("close", c.close),
+        ("file", c.file),
         ("other", c.other),
     ]
 }

@@ -189,10 +189,16 @@ impl ServerStats {
             t.refused, t.limit_pauses, t.header_timeouts, t.idle_timeouts
         );
         out += &format!(
-            "syscalls total={} per_request={:.3} io_uring_enter={} epoll_wait={} epoll_ctl={} poll={} select={} accept={} recv={} send={} writev={} shutdown={} close={}\n",
+            "syscalls total={} per_request={:.3} io_uring_enter={} epoll_wait={} epoll_ctl={} poll={} select={} accept={} recv={} send={} writev={} shutdown={} close={} file={}\n",
             s.total(), per_req(s.total()), s.io_uring_enter, s.epoll_wait, s.epoll_ctl, s.poll, s.select, s.accept,
-            s.recv, s.send, s.writev, s.shutdown, s.close
+            s.recv, s.send, s.writev, s.shutdown, s.close, s.file
         );
+        if t.file_opens > 0 {
+            out += &format!(
+                "files opens={} reads={} bytes={} errors={}\n",
+                t.file_opens, t.file_reads, t.file_bytes, t.file_errors
+            );
+        }
         if self.io == "uring" {
             out += &format!(
                 "uring enobufs={} multishot_rearms={} short_sends={} cq_overflows={} backpressure_pauses={} zc_sends={} zc_copied={} zc_fallbacks={} recv_bundles={} buf_partial={}\n",

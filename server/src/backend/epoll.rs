@@ -26,6 +26,13 @@
 //! descriptor at or above `FD_SETSIZE` (1024): such a connection is closed with a message that
 //! says so.
 //!
+//! Files (`--root`): a readiness loop cannot wait for a disk (a regular file is always
+//! "ready", and a read that misses the page cache blocks the thread), so it has the choices a
+//! real readiness server has (`--file-io`): `threads` hands each file operation to a pool of
+//! threads per loop that wakes the loop through its eventfd when done (nginx's `aio threads`);
+//! `blocking` does them on the loop; `sendfile` opens and stats on the loop and moves the
+//! body with sendfile(2), zero copy, once the head is sent (a miss blocks the loop too).
+//!
 //! The loop itself (turn, timers, shutdown and grace, accept back-off, `--max-conns`) is
 //! [`crate::event_loop`]; this file holds only the readiness IO.
 
@@ -46,9 +53,12 @@ use ringlab_runtime::wake::Waker;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketFlags};
 
-use crate::config::AcceptMode;
+use ringlab_proto::files::{FileDone, FileOp};
+
+use crate::config::{AcceptMode, FileIo};
 use crate::core::{timer_key, timer_key_parts, ConnCore, LoopCore, LoopCtx};
 use crate::event_loop::{admit_held, setup_failed, Driver, EventLoop};
+use crate::files::{FilePool, PoolDone};
 use crate::stats::LoopStats;
 
 const LISTENER: u64 = u64::MAX - 1;
@@ -74,6 +84,11 @@ struct Conn {
     interest: EventFlags,
     registered: bool,
     hup: bool,
+    /// Files: the connection's open file, whether a file operation is with the pool, and
+    /// (`--file-io sendfile`) the body range to send once the output before it is out.
+    file: Option<Arc<OwnedFd>>,
+    file_busy: bool,
+    sendfile: Option<(u64, usize)>,
 }
 
 impl AsMut<ConnCore> for Conn {
@@ -105,6 +120,12 @@ struct EpollIo<P> {
     /// `--coalesce`, and scratch space for its second wait.
     coalesce: Option<Coalesce>,
     more: Vec<Event>,
+    /// Files (`--root`): the root, how files are read, the pool (`--file-io threads`) and its
+    /// answers.
+    root: Option<Arc<OwnedFd>>,
+    file_io: FileIo,
+    pool: Option<FilePool>,
+    pool_done: Vec<PoolDone>,
 }
 
 /// Run one epoll loop until shutdown; returns its statistics.
@@ -158,6 +179,19 @@ fn run_on<P: Poller>(
         Ok((set, lflags))
     })();
     let (set, listener_flags) = setup.map_err(|e| setup_failed(&ctx, what, e))?;
+    let file_io = ctx.args.file_io();
+    let pool = match (&ctx.root, file_io) {
+        (Some(root), FileIo::Threads) => Some(
+            FilePool::new(
+                ctx.args.file_threads as usize,
+                root.clone(),
+                ctx.waker.clone(),
+                ctx.cpu,
+            )
+            .map_err(|e| setup_failed(&ctx, "file threads", e))?,
+        ),
+        _ => None,
+    };
     let coalesce = Coalesce::of(ctx.args.coalesce, ctx.args.coalesce_batch as usize);
     if coalesce.is_some() {
         precise_sleeps().map_err(|e| setup_failed(&ctx, "prctl(PR_SET_TIMERSLACK)", e))?;
@@ -177,6 +211,10 @@ fn run_on<P: Poller>(
         listener_muted: false,
         coalesce,
         more: Vec::with_capacity(ctx.args.max_events.max(1)),
+        root: ctx.root.clone(),
+        file_io,
+        pool,
+        pool_done: Vec::new(),
     };
     let mut lp = EventLoop::new(ctx, io);
     lp.core.stats.syscalls.add(&sc);
@@ -219,7 +257,10 @@ impl<P: Poller> Driver for EpollIo<P> {
         let events = std::mem::take(&mut self.events);
         for ev in events.iter() {
             match ev.data.u64() {
-                WAKER => self.waker.drain(),
+                WAKER => {
+                    self.waker.drain();
+                    self.files_done(core);
+                }
                 LISTENER => self.accept(core),
                 key => self.ready(core, key, ev.flags),
             }
@@ -287,6 +328,28 @@ impl<P: Poller> Driver for EpollIo<P> {
 }
 
 impl<P: Poller> EpollIo<P> {
+    /// `--file-io threads`: hand the pool's answers to their connections.
+    fn files_done(&mut self, core: &mut LoopCore) {
+        let Some(pool) = self.pool.as_mut() else {
+            return;
+        };
+        let mut done = std::mem::take(&mut self.pool_done);
+        pool.take_done(&mut done);
+        for d in done.drain(..) {
+            let (slot, gen) = timer_key_parts(d.key);
+            // A connection closed meanwhile: its answer (and any file it opened) is dropped.
+            if let Some(c) = self.conns.get(slot, gen) {
+                c.file_busy = false;
+                if matches!(d.done, FileDone::Opened(Ok(()))) {
+                    c.file = d.file;
+                }
+                core.file_done(&mut c.core, d.done);
+                self.pump(core, slot);
+            }
+        }
+        self.pool_done = done;
+    }
+
     /// Level-triggered: take the listener out of the set while accepting backs off (`mute`), and
     /// put it back when accepting resumes. Edge-triggered needs neither: no new edge, no report.
     fn mute_listener(&mut self, core: &mut LoopCore, mute: bool) {
@@ -349,6 +412,9 @@ impl<P: Poller> EpollIo<P> {
             interest: EventFlags::IN | EventFlags::RDHUP,
             registered: true,
             hup: false,
+            file: None,
+            file_busy: false,
+            sendfile: None,
         };
         let (slot, gen) = self.conns.insert(conn);
         let c = self.conns.get(slot, gen).expect("just inserted");
@@ -414,6 +480,16 @@ impl<P: Poller> EpollIo<P> {
                 }
                 _ => {}
             }
+            if file_step(
+                c,
+                core,
+                timer_key(slot, gen),
+                self.file_io,
+                self.root.as_deref(),
+                self.pool.as_mut(),
+            ) {
+                continue;
+            }
             if c.readable && c.core.session.wants_read(&core.cfg) {
                 if reads == READS_PER_TURN {
                     self.again.push((slot, gen));
@@ -458,7 +534,7 @@ impl<P: Poller> EpollIo<P> {
                 if !c.eof && c.core.session.wants_read(&core.cfg) {
                     want |= EventFlags::IN | EventFlags::RDHUP;
                 }
-                if !c.writable && !c.pending.is_empty() {
+                if !c.writable && (!c.pending.is_empty() || c.sendfile.is_some()) {
                     want |= EventFlags::OUT;
                 }
                 let key = timer_key(slot, gen);
@@ -496,6 +572,86 @@ impl<P: Poller> EpollIo<P> {
             self.pump(core, slot);
         }
     }
+}
+
+/// Do the connection's next file operation, if it has one and none is under way: on the loop
+/// (`blocking`, and `sendfile` but for reads), handed to the pool (`threads`), or, for a
+/// `sendfile` read, sendfile(2) once every byte before it is sent. Returns whether the session
+/// was answered (it may have new output or operations: pump again).
+fn file_step(
+    c: &mut Conn,
+    core: &mut LoopCore,
+    key: u64,
+    mode: FileIo,
+    root: Option<&OwnedFd>,
+    pool: Option<&mut FilePool>,
+) -> bool {
+    if let Some((offset, len)) = c.sendfile {
+        if !c.pending.is_empty() || c.core.session.has_output() || !c.writable {
+            return false; // the head (or what precedes it) goes first
+        }
+        let Some(file) = c.file.clone() else {
+            c.sendfile = None;
+            core.file_done(&mut c.core, FileDone::Sent(Err(Errno::BADF.raw_os_error())));
+            return true;
+        };
+        let mut off = offset;
+        core.stats.syscalls.file += 1;
+        match rustix::fs::sendfile(&c.fd, &*file, Some(&mut off), len) {
+            Ok(n) => {
+                c.sendfile = None;
+                core.file_done(&mut c.core, FileDone::Sent(Ok(n)));
+            }
+            Err(Errno::AGAIN) => {
+                c.writable = false;
+                return false;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => {
+                c.sendfile = None;
+                core.file_done(&mut c.core, FileDone::Sent(Err(e.raw_os_error())));
+                core.conn_error(&mut c.core);
+            }
+        }
+        return true;
+    }
+    if c.file_busy {
+        return false;
+    }
+    let Some(op) = c.core.session.take_file_op() else {
+        return false;
+    };
+    let Some(root) = root else {
+        // Sessions ask for files only with --root.
+        c.core.session.abort();
+        return true;
+    };
+    match (op, mode) {
+        (FileOp::Close, _) => {
+            // The pool may still hold it for a moment; the last owner closes it.
+            if c.file.take().is_some() {
+                core.stats.syscalls.close += 1;
+            }
+        }
+        (FileOp::Read { offset, len }, FileIo::Sendfile) => c.sendfile = Some((offset, len)),
+        (op, FileIo::Threads) => match pool {
+            Some(pool) => {
+                c.file_busy = true;
+                pool.submit(key, op, c.file.clone());
+            }
+            None => c.core.session.abort(),
+        },
+        (op, FileIo::Blocking | FileIo::Sendfile) => {
+            core.stats.syscalls.file += 1;
+            if let Some((done, opened)) = crate::files::exec(root.as_fd(), c.file.as_deref(), &op) {
+                if let Some(f) = opened {
+                    c.file = Some(Arc::new(f));
+                }
+                core.file_done(&mut c.core, done);
+            }
+        }
+    }
+    true
 }
 
 /// Write the session's output until done or `EAGAIN`. Errors mean the connection failed.
