@@ -19,6 +19,14 @@
 //!   tracepoint), a thread hop per graceful close.
 //! * CQ overflow: `IORING_FEAT_NODROP` keeps overflowed completions in the kernel; they are
 //!   flushed by the next enter, counted, and nothing is lost.
+//! * Files (`--root`): the session's file operations become ring operations: `OPENAT2` beneath
+//!   the root (`RESOLVE_BENEATH`), `STATX` on the file, `READ` into a buffer of the connection's
+//!   that is frozen and sent as it is (no copy), `CLOSE` without an answer. At most
+//!   `--file-inflight` opens, stats and reads are in flight per loop; the rest wait in a FIFO
+//!   queue (closes never wait: they do not touch the disk, and holding one back only holds a
+//!   descriptor). They are operations on the connection's slot, so its buffers live and its
+//!   close waits until they complete; an open that completes for a closing connection becomes
+//!   its file and is closed with it.
 //!
 //! Ownership: the connections live in the ring's operation ledger
 //! ([`ringlab_runtime::ledger`]): a slot, its fd, its send buffer and its single-shot recv
