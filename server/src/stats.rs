@@ -61,6 +61,10 @@ pub struct LoopStats {
     pub file_bytes: u64,
     #[serde(default)]
     pub file_errors: u64,
+    /// uring: file operations that waited in the loop's queue for room under
+    /// `--file-inflight`.
+    #[serde(default)]
+    pub file_queued: u64,
 }
 
 impl LoopStats {
@@ -92,6 +96,7 @@ impl LoopStats {
         self.file_reads += o.file_reads;
         self.file_bytes += o.file_bytes;
         self.file_errors += o.file_errors;
+        self.file_queued += o.file_queued;
     }
 }
 

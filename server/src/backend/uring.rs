@@ -19,6 +19,14 @@
 //!   tracepoint), a thread hop per graceful close.
 //! * CQ overflow: `IORING_FEAT_NODROP` keeps overflowed completions in the kernel; they are
 //!   flushed by the next enter, counted, and nothing is lost.
+//! * Files (`--root`): the session's file operations become ring operations: `OPENAT2` beneath
+//!   the root (`RESOLVE_BENEATH`), `STATX` on the file, `READ` into a buffer of the connection's
+//!   that is frozen and sent as it is (no copy), `CLOSE` without an answer. At most
+//!   `--file-inflight` opens, stats and reads are in flight per loop; the rest wait in a FIFO
+//!   queue (closes never wait: they do not touch the disk, and holding one back only holds a
+//!   descriptor). They are operations on the connection's slot, so its buffers live and its
+//!   close waits until they complete; an open that completes for a closing connection becomes
+//!   its file and is closed with it.
 //!
 //! Ownership: the connections live in the ring's operation ledger
 //! ([`ringlab_runtime::ledger`]): a slot, its fd, its send buffer and its single-shot recv
@@ -30,13 +38,16 @@
 //! [`crate::event_loop`]; this file holds only the io_uring IO.
 
 use std::collections::VecDeque;
+use std::ffi::CString;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types};
+use ringlab_proto::files::{FileDone, FileOp};
 use ringlab_proto::Action;
 use ringlab_runtime::ledger::{user_data, Done, Ledger, SlotSock, Sock, NO_SLOT, OP_LENT};
 use ringlab_runtime::on_sock;
@@ -49,6 +60,7 @@ use ringlab_runtime::wake::Waker;
 use crate::config::Args;
 use crate::core::{timer_key, ConnCore, LoopCore, LoopCtx};
 use crate::event_loop::{admit_held, setup_failed, Driver, EventLoop};
+use crate::files;
 use crate::stats::LoopStats;
 
 const OP_ACCEPT: u8 = 1;
@@ -58,6 +70,12 @@ const OP_CANCEL_RECV: u8 = 6;
 const OP_WAKE: u8 = 8;
 const OP_CANCEL_ACCEPT: u8 = 9;
 const OP_SHUTDOWN: u8 = 11;
+/// File operations (`--root`): on a connection's slot, except the close of a file, which
+/// refers to no memory and answers nobody.
+const OP_FILE_OPEN: u8 = 12;
+const OP_FILE_STAT: u8 = 13;
+const OP_FILE_READ: u8 = 14;
+const OP_FILE_CLOSE: u8 = 15;
 
 /// Whether a zero-copy send's result says the kernel could not pin or account its pages
 /// (ENOBUFS: the socket's option memory or the locked-memory limit; ENOMEM), rather than that
@@ -79,6 +97,31 @@ enum Recv {
     Armed,
 }
 
+/// What a file operation in flight lends the kernel until it completes: its path and
+/// `open_how`, its statx buffer, or its read buffer. All of it is on the heap (a `CString`, a
+/// `Box`, a `BytesMut`'s allocation), so it does not move when the `Conn` that holds it moves
+/// within the ledger's slab; and the ledger keeps that `Conn` until the operation completed.
+enum FileIo {
+    Open {
+        _path: CString,
+        _how: Box<types::OpenHow>,
+    },
+    Stat(Box<MaybeUninit<rustix::fs::Statx>>),
+    Read {
+        buf: BytesMut,
+        offset: u64,
+        /// Already resubmitted once for -EAGAIN (see [`UringIo::on_file`]).
+        retried: bool,
+    },
+}
+
+// The kernel writes a whole `struct statx` (256 bytes) into the buffer of an `IORING_OP_STATX`.
+const _: () = assert!(std::mem::size_of::<rustix::fs::Statx>() == 256);
+
+/// The empty path of a statx on the file itself (`AT_EMPTY_PATH`).
+const EMPTY_PATH: &std::ffi::CStr = c"";
+const AT_EMPTY_PATH: i32 = rustix::fs::AtFlags::EMPTY_PATH.bits() as i32;
+
 struct Conn {
     /// The socket, when it is a descriptor; `None` for a fixed file (or once given up to the
     /// ring's close).
@@ -96,6 +139,12 @@ struct Conn {
     /// The send in flight: the buffer and how much of it was already sent.
     send: Option<(Bytes, usize)>,
     shutdown_sent: bool,
+    /// The connection's open file (`--root`): a plain descriptor, also with --fixed-files.
+    file: Option<OwnedFd>,
+    /// The file operation in flight on this slot, and what it lends the kernel.
+    file_io: Option<FileIo>,
+    /// A file operation of this connection waits in the loop's queue (`--file-inflight`).
+    file_queued: bool,
 }
 
 impl AsMut<ConnCore> for Conn {
@@ -117,6 +166,9 @@ impl Conn {
             recv_buf: None,
             send: None,
             shutdown_sent: false,
+            file: None,
+            file_io: None,
+            file_queued: false,
         }
     }
 }
@@ -168,6 +220,14 @@ struct UringIo<'r> {
     bundle: bool,
     /// Scratch list of the buffer pieces of one completion.
     pieces: Vec<Piece>,
+    /// `--root`: the directory files are opened beneath.
+    root: Option<Arc<OwnedFd>>,
+    /// File operations (open, stat, read) in flight on the ring, at most `file_max`
+    /// (`--file-inflight`); the others wait in `file_queue`, oldest first, as
+    /// (slot, generation, operation).
+    file_inflight: usize,
+    file_max: usize,
+    file_queue: VecDeque<(u32, u32, FileOp)>,
 }
 
 /// Run one io_uring loop until shutdown; returns its statistics.
@@ -242,6 +302,10 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         send_zc: a.send_zc,
         bundle: a.recv_bundle,
         pieces: Vec::new(),
+        root: ctx.root.clone(),
+        file_inflight: 0,
+        file_max: a.file_inflight.max(1) as usize,
+        file_queue: VecDeque::new(),
     };
     let mut lp = EventLoop::new(ctx, io);
     lp.core.stats.syscalls.io_uring_register += 1
@@ -367,10 +431,14 @@ impl UringIo<'_> {
 
     /// Queue operation `op` on connection `slot`.
     fn push_for(&mut self, core: &mut LoopCore, slot: u32, op: u8, e: squeue::Entry) {
-        // SAFETY: every entry built in this file for a connection refers only to its socket
-        // and to buffers its `Conn` owns (the single-shot recv buffer) or the loop owns (the
-        // provided-buffer ring); the ledger frees a `Conn` only when its close completes, and
-        // the loop drains or leaks every operation before the buffer ring goes.
+        // SAFETY: every entry built in this file for a connection refers only to its socket,
+        // to buffers its `Conn` owns (the single-shot recv buffer, a file operation's `FileIo`)
+        // or the loop owns (the provided-buffer ring), and to descriptors that stay open while
+        // the operation is in flight (the connection's file, closed only when no file operation
+        // is in flight on it; the root, held by the loop, and forgotten open at exit if any
+        // operation never completed); the ledger frees a `Conn` only when its close completes,
+        // which waits for every operation on the slot, and the loop drains or leaks every
+        // operation before the buffer ring goes.
         unsafe {
             self.conns
                 .push_for(&mut self.ring, slot, op, e, &mut core.stats.syscalls)
@@ -418,9 +486,19 @@ impl UringIo<'_> {
                 // descriptor we own. Fixed files go with the ring.
                 drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
             }
+            // A file opened in the last moment: close it (nobody will read it).
+            if u.op == OP_FILE_OPEN && cqe.result() >= 0 {
+                // SAFETY: a non-negative openat2 result is a new descriptor we own (files are
+                // never opened into the fixed-file table).
+                drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
+            }
         });
         if left > 0 {
             tracing::warn!("ringlab-server: {left} io_uring operations still in flight at exit; leaking their buffers");
+            // An open that never completed may still resolve its path beneath the root.
+            if let Some(root) = self.root.take() {
+                std::mem::forget(root);
+            }
         }
     }
 
@@ -489,6 +567,9 @@ impl UringIo<'_> {
                 }
             }
             OP_CANCEL_ACCEPT => {}
+            OP_FILE_OPEN | OP_FILE_STAT | OP_FILE_READ => self.on_file(core, u, res),
+            // A file's close: nobody waits for it, and there is nothing to do if it failed.
+            OP_FILE_CLOSE => {}
             _ => tracing::warn!("ringlab-server: unexpected completion {u:?} res={res}"),
         }
     }
@@ -726,7 +807,251 @@ impl UringIo<'_> {
         }
     }
 
-    /// Bring the connection's operations in line with what its session wants.
+    /// Take the session's file operations and lower them to ring operations: at once while
+    /// fewer than `--file-inflight` are in flight, else into the loop's queue. Returns whether
+    /// one was answered without the ring (it could not be performed), so that the session must
+    /// be looked at again.
+    fn take_file_ops(&mut self, core: &mut LoopCore, slot: u32) -> bool {
+        loop {
+            let Some((gen, c)) = self.conns.open(slot) else {
+                return false;
+            };
+            let Some(op) = c.core.session.take_file_op() else {
+                return false;
+            };
+            if op == FileOp::Close {
+                // Fire and forget: the descriptor is given up to a ring close. Nothing in flight
+                // or queued uses it: the session asks for a close only once every operation on
+                // the file was answered, and the next `Open` is of a new file.
+                if let Some(f) = c.file.take() {
+                    self.close_file(core, f);
+                }
+                continue;
+            }
+            debug_assert!(
+                c.file_io.is_none() && !c.file_queued,
+                "one file operation at a time"
+            );
+            if self.file_inflight < self.file_max && self.file_queue.is_empty() {
+                if let Err(done) = self.submit_file(core, slot, op) {
+                    if let Some((_, c)) = self.conns.open(slot) {
+                        core.file_done(&mut c.core, done);
+                    }
+                    return true;
+                }
+            } else {
+                c.file_queued = true;
+                core.stats.file_queued += 1;
+                self.file_queue.push_back((slot, gen, op));
+            }
+        }
+    }
+
+    /// Submit file operation `op` of connection `slot` (counted against `--file-inflight`); or
+    /// the answer for the session if it cannot be performed.
+    fn submit_file(&mut self, core: &mut LoopCore, slot: u32, op: FileOp) -> Result<(), FileDone> {
+        let errno = |e: rustix::io::Errno| e.raw_os_error();
+        let Some((_, c)) = self.conns.open(slot) else {
+            return Ok(());
+        };
+        let file = c.file.as_ref().map(|f| types::Fd(f.as_raw_fd()));
+        let (code, e, io) = match op {
+            FileOp::Open { path } => {
+                let Some(root) = self.root.as_ref() else {
+                    return Err(FileDone::Opened(Err(errno(rustix::io::Errno::BADF))));
+                };
+                // A NUL is refused by the session's path check already.
+                let Ok(path) = CString::new(path) else {
+                    return Err(FileDone::Opened(Err(errno(rustix::io::Errno::INVAL))));
+                };
+                let how = Box::new(
+                    types::OpenHow::new()
+                        .flags(u64::from(files::open_flags().bits()))
+                        .resolve(files::resolve_flags().bits()),
+                );
+                let e =
+                    opcode::OpenAt2::new(types::Fd(root.as_raw_fd()), path.as_ptr(), &*how).build();
+                let io = FileIo::Open {
+                    _path: path,
+                    _how: how,
+                };
+                (OP_FILE_OPEN, e, io)
+            }
+            FileOp::Stat => {
+                let Some(fd) = file else {
+                    return Err(FileDone::Stat(Err(errno(rustix::io::Errno::BADF))));
+                };
+                let mut buf = Box::new(MaybeUninit::<rustix::fs::Statx>::uninit());
+                let e = opcode::Statx::new(fd, EMPTY_PATH.as_ptr(), buf.as_mut_ptr().cast())
+                    .flags(AT_EMPTY_PATH)
+                    .mask(files::statx_mask().bits())
+                    .build();
+                (OP_FILE_STAT, e, FileIo::Stat(buf))
+            }
+            FileOp::Read { offset, len } => {
+                let Some(fd) = file else {
+                    return Err(FileDone::Read(Err(errno(rustix::io::Errno::BADF))));
+                };
+                let mut buf = BytesMut::with_capacity(len.min(u32::MAX as usize));
+                let e = read_entry(fd, &mut buf, offset);
+                let io = FileIo::Read {
+                    buf,
+                    offset,
+                    retried: false,
+                };
+                (OP_FILE_READ, e, io)
+            }
+            FileOp::Close => return Ok(()),
+        };
+        c.file_io = Some(io);
+        self.file_inflight += 1;
+        self.push_for(core, slot, code, e);
+        Ok(())
+    }
+
+    /// Submit queued file operations while there is room under `--file-inflight`, oldest
+    /// first; those of connections closed meanwhile are dropped.
+    fn file_next(&mut self, core: &mut LoopCore) {
+        while self.file_inflight < self.file_max {
+            let Some((slot, gen, op)) = self.file_queue.pop_front() else {
+                return;
+            };
+            match self.conns.open(slot) {
+                Some((g, c)) if g == gen && c.file_queued => c.file_queued = false,
+                _ => continue,
+            }
+            if let Err(done) = self.submit_file(core, slot, op) {
+                if let Some((_, c)) = self.conns.open(slot) {
+                    core.file_done(&mut c.core, done);
+                }
+                self.pump(core, slot);
+            }
+        }
+    }
+
+    /// A file operation of `(u.slot, u.gen)` completed: hand its outcome to the session, unless
+    /// the connection is closing (then only keep what must not leak: an opened file is kept as
+    /// the connection's, which its close closes); then let a queued operation take its room.
+    fn on_file(&mut self, core: &mut LoopCore, u: UserData, res: i32) {
+        let Some(c) = self.conns.get(u.slot, u.gen) else {
+            // Not expected: the ledger keeps a slot until every operation on it completed.
+            // Still, an opened file must not leak.
+            if u.op == OP_FILE_OPEN && res >= 0 {
+                // SAFETY: a non-negative openat2 result is a new descriptor, ours.
+                drop(unsafe { OwnedFd::from_raw_fd(res) });
+            }
+            self.file_inflight = self.file_inflight.saturating_sub(1);
+            self.file_next(core);
+            return;
+        };
+        let alive = c.core.session.action() != Action::Close;
+        let done = match (c.file_io.take(), u.op) {
+            (Some(FileIo::Open { .. }), OP_FILE_OPEN) => {
+                if res >= 0 {
+                    // SAFETY: a non-negative openat2 result is a new descriptor, ours.
+                    c.file = Some(unsafe { OwnedFd::from_raw_fd(res) });
+                    FileDone::Opened(Ok(()))
+                } else {
+                    FileDone::Opened(Err(-res))
+                }
+            }
+            (Some(FileIo::Stat(buf)), OP_FILE_STAT) => {
+                if res >= 0 {
+                    // SAFETY: the statx succeeded, so the kernel wrote the whole `struct statx`
+                    // (the size checked above) into the buffer; every bit pattern is valid for
+                    // its integer fields.
+                    let st = unsafe { buf.assume_init() };
+                    let meta = files::meta_of(st.stx_mode, st.stx_size, st.stx_mtime.tv_sec);
+                    FileDone::Stat(Ok(meta))
+                } else {
+                    FileDone::Stat(Err(-res))
+                }
+            }
+            (
+                Some(FileIo::Read {
+                    mut buf,
+                    offset,
+                    retried,
+                }),
+                OP_FILE_READ,
+            ) => {
+                let again = -rustix::io::Errno::AGAIN.raw_os_error();
+                if res == again && !retried && alive {
+                    if let Some(fd) = c.file.as_ref().map(|f| types::Fd(f.as_raw_fd())) {
+                        // A file opened O_NONBLOCK whose filesystem cannot read without
+                        // blocking fails with -EAGAIN instead of being retried by the kernel:
+                        // retry once in an io-wq worker (IOSQE_ASYNC), where it may block.
+                        let e = read_entry(fd, &mut buf, offset).flags(squeue::Flags::ASYNC);
+                        c.file_io = Some(FileIo::Read {
+                            buf,
+                            offset,
+                            retried: true,
+                        });
+                        self.push_for(core, u.slot, OP_FILE_READ, e);
+                        return;
+                    }
+                }
+                if res >= 0 {
+                    let n = (res as usize).min(buf.capacity());
+                    // SAFETY: the read completed and wrote its first `res` bytes into the
+                    // spare capacity it was given (never more than the capacity).
+                    unsafe { buf.set_len(n) };
+                    FileDone::Read(Ok(buf.freeze()))
+                } else {
+                    FileDone::Read(Err(-res))
+                }
+            }
+            (io, op) => {
+                tracing::warn!(
+                    "ringlab-server: file completion {op} does not match the operation in flight; closing the connection"
+                );
+                c.file_io = io;
+                core.conn_error(&mut c.core);
+                self.file_inflight = self.file_inflight.saturating_sub(1);
+                self.file_next(core);
+                return self.pump(core, u.slot);
+            }
+        };
+        self.file_inflight -= 1;
+        if alive {
+            core.file_done(&mut c.core, done);
+        }
+        self.file_next(core);
+        self.pump(core, u.slot);
+    }
+
+    /// The connection is closing: forget its queued file operation, and close its file unless
+    /// an operation on it is still in flight (then once that completes: the completion pumps
+    /// the slot again, and the ledger holds back the slot's close until then).
+    fn end_files(&mut self, core: &mut LoopCore, slot: u32) {
+        let Some((_, c)) = self.conns.open(slot) else {
+            return;
+        };
+        let queued = std::mem::take(&mut c.file_queued);
+        let file = if c.file_io.is_none() {
+            c.file.take()
+        } else {
+            None
+        };
+        if queued {
+            self.file_queue.retain(|q| q.0 != slot);
+        }
+        if let Some(f) = file {
+            self.close_file(core, f);
+        }
+    }
+
+    /// Close a file through the ring (no answer is awaited).
+    fn close_file(&mut self, core: &mut LoopCore, f: OwnedFd) {
+        let e = opcode::Close::new(types::Fd(f.into_raw_fd())).build();
+        // SAFETY: a close refers to no memory; the descriptor was given up to it here, and no
+        // operation in flight uses it (callers close a file only with none in flight on it).
+        unsafe {
+            self.conns
+                .push(&mut self.ring, OP_FILE_CLOSE, e, &mut core.stats.syscalls)
+        };
+    }
+
     /// Bring the connection's operations in line with what its session wants.
     fn pump(&mut self, core: &mut LoopCore, slot: u32) {
         let Some((gen, c)) = self.conns.open(slot) else {
@@ -735,8 +1060,9 @@ impl UringIo<'_> {
         let sock = c.sock;
         match c.core.session.action() {
             Action::Close => {
-                // Cancel what is in flight on the socket, then (once it all completed) close it;
-                // the slot is freed when the close completes.
+                self.end_files(core, slot);
+                // Cancel what is in flight on the socket, then (once it all completed, file
+                // operations included) close it; the slot is freed when the close completes.
                 self.conns
                     .close(&mut self.ring, slot, &mut core.stats.syscalls);
                 return;
@@ -763,6 +1089,10 @@ impl UringIo<'_> {
                 }
             }
             Action::Continue => {}
+        }
+        if self.take_file_ops(core, slot) {
+            // Answered without the ring: the session may want something else now.
+            return self.pump(core, slot);
         }
         let Some((_, c)) = self.conns.open(slot) else {
             return;
@@ -851,6 +1181,14 @@ impl UringIo<'_> {
         c.paused = paused;
         core.sync_timer(&mut c.core, timer_key(slot, gen));
     }
+}
+
+/// A read of the spare capacity of `buf` from `fd` at `offset`.
+fn read_entry(fd: types::Fd, buf: &mut BytesMut, offset: u64) -> squeue::Entry {
+    let len = buf.capacity().min(u32::MAX as usize) as u32;
+    opcode::Read::new(fd, buf.spare_capacity_mut().as_mut_ptr().cast(), len)
+        .offset(offset)
+        .build()
 }
 
 /// A multishot recv into the provided-buffer ring, as a bundle or not.
