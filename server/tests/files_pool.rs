@@ -129,6 +129,9 @@ fn get_with(path: &str, headers: &[&str]) -> Vec<u8> {
     r.into_bytes()
 }
 
+/// What one response of a pipelined batch must be.
+type Check = Box<dyn Fn(&Response)>;
+
 #[track_caller]
 fn assert_status(r: &Response, status: u16, what: &str) {
     assert_eq!(
@@ -182,7 +185,7 @@ pool_tests! {
         let mut c = HttpConn::new(srv.connect());
 
         let mut batch = Vec::new();
-        let mut expect: Vec<Box<dyn Fn(&Response)>> = Vec::new();
+        let mut expect: Vec<Check> = Vec::new();
         for &(name, _, _) in FILES {
             batch.extend(get(&format!("/files/{name}")));
             expect.push(Box::new(move |r| assert_file(r, name)));
