@@ -12,7 +12,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::{assert_bytes_eq, get, pattern, poll_until, read_to_eof, HttpConn, Response, Server};
+use common::{
+    assert_bytes_eq, get, json_u64, pattern, poll_until, read_to_eof, HttpConn, Response, Server,
+};
 
 /// Run each body once per pool backend: `mod NAME { #[test] fn tokio() .. }`.
 macro_rules! pool_tests {
@@ -107,15 +109,20 @@ fn file(name: &str) -> Vec<u8> {
     pattern(seed, len)
 }
 
-/// A server for `io` serving `root`.
-fn start(io: &str, root: &Path, extra: &[&str]) -> Server {
+/// The arguments of a server for `io` serving `root`.
+fn args<'a>(io: &str, root: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let root = root.to_str().expect("utf-8 temp path");
     let mut args = vec!["--proto", "http", "--cores", "all", "--root", root];
     if io == "blocking" {
         args.extend(["--workers", "4"]);
     }
     args.extend_from_slice(extra);
-    Server::start(io, &args)
+    args
+}
+
+/// A server for `io` serving `root`.
+fn start(io: &str, root: &Path, extra: &[&str]) -> Server {
+    Server::start(io, &args(io, root, extra))
 }
 
 /// `GET path` with extra header lines.
@@ -181,7 +188,7 @@ pool_tests! {
     /// connection still serves, and HEAD answers the head alone.
     fn serves_files_pipelined(io: &str) {
         let (root, _outside) = tree();
-        let mut srv = start(io, root.path(), &[]);
+        let mut srv = Server::start_with_stats(io, &args(io, root.path(), &[]));
         let mut c = HttpConn::new(srv.connect());
 
         let mut batch = Vec::new();
@@ -262,16 +269,24 @@ pool_tests! {
             expect.push(Box::new(move |r| assert_file(r, name)));
         }
         c.send(&batch);
+        // What the statistics must show: every request not refused by its path opened a file,
+        // and every body byte was read from one.
+        let (mut opens, mut body_bytes) = (0, 0);
         for (i, check) in expect.iter().enumerate() {
             let r = c.response();
             eprintln!("response {i}: {}", r.status);
             check(&r);
+            opens += u64::from(r.status != 400);
+            if matches!(r.status, 200 | 206) {
+                body_bytes += r.body.len() as u64;
+            }
         }
         assert!(c.leftover().is_empty(), "bytes after the last response");
 
         // The connection still serves, one request at a time.
         let r = c.request(&get("/files/four-k.bin"));
         assert_file(&r, "four-k.bin");
+        (opens, body_bytes) = (opens + 1, body_bytes + 4096);
         let r = c.request(&get("/"));
         assert_status(&r, 200, "GET / after files");
 
@@ -286,9 +301,16 @@ pool_tests! {
         let cl = format!("Content-Length: {}\r\n", file("odd.bin").len());
         assert!(text.contains(&cl), "HEAD carries GET's Content-Length: {text:?}");
         assert!(text.contains(&format!("Last-Modified: {MTIME_HTTP}\r\n")), "{text:?}");
+        opens += 1;
 
         drop(c);
         srv.stop_and_wait(common::EXIT_TIMEOUT);
+        let st = srv.stats();
+        assert_eq!(json_u64(&st, "total.file_opens"), opens, "{st:#}");
+        assert_eq!(json_u64(&st, "total.file_bytes"), body_bytes, "{st:#}");
+        // The opens that failed: two missing files, two symlinks out of the root.
+        assert_eq!(json_u64(&st, "total.file_errors"), 4, "{st:#}");
+        assert_eq!(json_u64(&st, "total.accepted"), json_u64(&st, "total.closed"), "{st:#}");
     }
 
     /// Clients that vanish in the middle of a file (after part of the body, before any of it,
