@@ -239,7 +239,8 @@ pub struct Args {
     /// [default for epoll, poll and select: threads]
     #[arg(long, value_enum, help_heading = "Files")]
     pub file_io: Option<FileIo>,
-    /// Files, --file-io threads: threads per loop.
+    /// Files, --file-io threads: threads per loop. tokio: its blocking pool, which does the
+    /// file IO, has at most this many threads per worker.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256), help_heading = "Files")]
     pub file_threads: u32,
     /// Files: bytes one read asks for (and the most one send of file data carries).

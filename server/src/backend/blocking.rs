@@ -5,20 +5,29 @@
 //! synchronous server's would.
 //!
 //! Each worker owns a [`LoopCore`] (its statistics are one row of the per-core table).
+//!
+//! Files (`--root`): the worker performs each file operation the session asks for itself, with
+//! plain blocking syscalls ([`files::exec`]: openat2 beneath the root, statx, pread), between
+//! its socket reads and writes and in the order asked; a read that misses the page cache blocks
+//! the worker, as it would block a synchronous server. The open file lives with the connection
+//! and is closed when the session says so, or with the connection.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ringlab_proto::files::FileOp;
 use ringlab_proto::Action;
 use ringlab_runtime::cpus::pin_current_thread;
 use rustix::event::{poll, PollFd, PollFlags};
 
-use super::pool::accept_failed;
+use super::pool::{accept_failed, file_failed};
 use crate::core::{ConnCore, LoopCore, PoolCtx, ACCEPT_BACKOFF, LIMIT_POLL};
+use crate::files;
 use crate::stats::LoopStats;
 
 /// How often a blocked worker looks up to see whether the server is shutting down.
@@ -150,6 +159,8 @@ fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream, mut conn: ConnCor
     let mut stopping = false;
     // Output taken from the session and not yet written, and how much of it was.
     let mut out: Option<(bytes::Bytes, usize)> = None;
+    // The connection's open file (`--root`); dropped, so closed, with the connection.
+    let mut file: Option<OwnedFd> = None;
     loop {
         core.tick_publish();
         if !stopping && ctx.shutdown_requested() {
@@ -178,6 +189,11 @@ fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream, mut conn: ConnCor
         let now = Instant::now();
         if deadline.is_some_and(|d| d <= now) {
             core.timeout(&mut conn);
+            continue;
+        }
+        if let Some(op) = conn.session.take_file_op() {
+            // Files: blocking syscalls on the worker, in the order the session asked.
+            file_op(ctx, core, &mut conn, &mut file, op);
             continue;
         }
         let wait = deadline
@@ -227,6 +243,36 @@ fn serve(ctx: &PoolCtx, core: &mut LoopCore, mut s: TcpStream, mut conn: ConnCor
     }
     core.stats.syscalls.close += 1;
     core.stats.closed += 1;
+}
+
+/// Perform one file operation on the worker (it may block on the disk) and feed the answer to
+/// the session. `Close` drops the file and has no answer.
+fn file_op(
+    ctx: &PoolCtx,
+    core: &mut LoopCore,
+    conn: &mut ConnCore,
+    file: &mut Option<OwnedFd>,
+    op: FileOp,
+) {
+    core.stats.syscalls.other += 1;
+    if op == FileOp::Close {
+        *file = None;
+        return;
+    }
+    let answer = match ctx.root.as_deref() {
+        Some(root) => files::exec(root.as_fd(), file.as_ref(), &op).map(|(done, opened)| {
+            if opened.is_some() {
+                *file = opened;
+            }
+            done
+        }),
+        None => file_failed(&op, rustix::io::Errno::BADF.raw_os_error()),
+    };
+    // The operation may have blocked: the session sees the time it returned.
+    core.tick_publish();
+    if let Some(done) = answer {
+        core.file_done(conn, done);
+    }
 }
 
 /// A blocking read or write that returned for its timeout (the socket's `SO_RCVTIMEO` or

@@ -13,6 +13,7 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use ringlab_proto::files::{FileDone, FileOp};
 use ringlab_runtime::event_loop::ABORT_MARGIN;
 
 use tokio::sync::watch;
@@ -144,5 +145,17 @@ pub async fn drain(grace: Duration, live: impl Fn() -> usize, abort: &watch::Sen
     let until = Instant::now() + ABORT_MARGIN;
     while live() > 0 && Instant::now() < until {
         tokio::time::sleep(tick).await;
+    }
+}
+
+/// The answer to `op` when it could not be performed at all (its task failed, or no root was
+/// given): the error `errno`, in the shape the session expects for that operation. `Close` has
+/// no answer.
+pub fn file_failed(op: &FileOp, errno: i32) -> Option<FileDone> {
+    match op {
+        FileOp::Open { .. } => Some(FileDone::Opened(Err(errno))),
+        FileOp::Stat => Some(FileDone::Stat(Err(errno))),
+        FileOp::Read { .. } => Some(FileDone::Read(Err(errno))),
+        FileOp::Close => None,
     }
 }
