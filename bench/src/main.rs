@@ -87,7 +87,8 @@ enum Cmd {
     /// /proc/diskstats, server CPU per request; every row first verified byte for byte;
     /// interleaved repetitions, ratios against uring with 95% intervals and an A/A floor.
     /// Makes (or reuses) its data set first: 2 GiB by default (--data-size; a few GiB for
-    /// full runs). Not part of `all`.
+    /// full runs). Rows by --backends: uring, epoll (its three modes) or epoll-MODE (poll-MODE
+    /// and select-MODE alike), tokio-uring, tokio, blocking, blocking-N, all. Not part of `all`.
     Files(scenario::FilesArgs),
     /// Every scenario above (c10k and files excluded: run them on their own).
     All,

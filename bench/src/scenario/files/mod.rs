@@ -197,8 +197,8 @@ impl Scenario for Files {
             hot_files: pick(a.hot_files, 1000, 100),
             seed: a.seed,
         };
-        if spec.hot_files == 0 {
-            bail!("--hot-files must be at least 1");
+        if !(1..=1_000_000).contains(&spec.hot_files) {
+            bail!("--hot-files must be from 1 to 1000000");
         }
         let hot_rate = a.hot_rate.unwrap_or(if q { 500.0 } else { 2000.0 });
         if !(hot_rate.is_finite() && hot_rate > 0.0) {
