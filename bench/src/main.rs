@@ -79,7 +79,18 @@ enum Cmd {
     /// memory per connection, connect time. Checks the descriptor and port limits first and
     /// runs as many server and holder processes as they require.
     C10k,
-    /// Every scenario above (c10k excluded: run it on its own).
+    /// Static files, disk and network on one loop: a data set of hot (cached) and cold
+    /// (dropped from the page cache before every run) files served by uring, epoll with each
+    /// --file-io mode (blocking, threads, sendfile) and nginx (sendfile on, aio threads) when
+    /// installed, under one mixed load: hot files at a fixed rate (latency p50/p99/p99.9) and
+    /// cold files as fast as they come (req/s, MB/s); disk queue depth and reads from
+    /// /proc/diskstats, server CPU per request; every row first verified byte for byte;
+    /// interleaved repetitions, ratios against uring with 95% intervals and an A/A floor.
+    /// Makes (or reuses) its data set first: 2 GiB by default (--data-size; a few GiB for
+    /// full runs). Rows by --backends: uring, epoll (its three modes) or epoll-MODE (poll-MODE
+    /// and select-MODE alike), tokio-uring, tokio, blocking, blocking-N, all. Not part of `all`.
+    Files(scenario::FilesArgs),
+    /// Every scenario above (c10k and files excluded: run them on their own).
     All,
     /// Internal (used by c10k and multiplex): open --count idle connections to ADDR and hold them.
     #[command(hide = true)]
@@ -192,6 +203,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 with,
             }))
         }
+        Cmd::Files(args) => return done(scenario::run_files(&args, &cli.opts)),
         Cmd::Doctor => {
             print!("{}", doctor::doctor());
             return Ok(ExitCode::SUCCESS);

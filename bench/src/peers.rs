@@ -161,7 +161,8 @@ pub fn wrk_rows(
     Ok((medians, groups.into_iter().flatten().collect()))
 }
 
-struct Nginx {
+/// A running nginx (stopped gracefully when dropped).
+pub struct Nginx {
     child: Child,
 }
 
@@ -210,16 +211,52 @@ fn children_of(ppid: u32) -> Vec<u32> {
     procs_where(1, ppid)
 }
 
-fn start_nginx(dir: &Path, cpu: usize) -> Result<(Nginx, String, u32)> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+/// What an nginx serves besides the common settings: directives for the main context, the
+/// `http` context and the `server` block.
+#[derive(Clone, Debug, Default)]
+pub struct NginxSite {
+    pub main: String,
+    pub http: String,
+    pub server: String,
+}
+
+impl NginxSite {
+    /// `GET /` → `Hello, World!`, as ringlab-server answers it.
+    pub fn hello() -> NginxSite {
+        NginxSite {
+            server: "location = / { default_type text/plain; return 200 \"Hello, World!\"; }"
+                .into(),
+            ..NginxSite::default()
+        }
+    }
+}
+
+/// The whole nginx.conf: one worker pinned to `cpu`, listening on 127.0.0.1:`port`, its pid
+/// and error log in `dir`, serving `site`.
+pub fn nginx_conf(dir: &Path, cpu: usize, port: u16, site: &NginxSite) -> String {
     let mask = format!("1{}", "0".repeat(cpu));
-    let conf = format!(
-        "worker_processes 1;\nworker_cpu_affinity {mask};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 8192; use epoll; multi_accept on; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port};\n    location = / {{ default_type text/plain; return 200 \"Hello, World!\"; }}\n  }}\n}}\n",
-        d = dir.display()
-    );
+    format!(
+        "worker_processes 1;\nworker_cpu_affinity {mask};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n{main}\nevents {{ worker_connections 8192; use epoll; multi_accept on; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  {http}\n  server {{\n    listen 127.0.0.1:{port};\n    {server}\n  }}\n}}\n",
+        d = dir.display(),
+        main = site.main,
+        http = site.http,
+        server = site.server,
+    )
+}
+
+/// Start nginx with its files in `dir` (absolute), one worker pinned to `cpu`, serving `site`
+/// on a free loopback port: the running nginx, its address, its worker's PID.
+pub fn start_nginx(dir: &Path, cpu: usize, site: &NginxSite) -> Result<(Nginx, String, u32)> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conf = nginx_conf(dir, cpu, port, site);
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
-    let child = Command::new("nginx")
+    let bin = if have("nginx") {
+        "nginx"
+    } else {
+        "/usr/sbin/nginx"
+    };
+    let child = Command::new(bin)
         .args(["-p"])
         .arg(dir)
         .arg("-c")
@@ -229,7 +266,7 @@ fn start_nginx(dir: &Path, cpu: usize) -> Result<(Nginx, String, u32)> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting nginx")?;
-    let ng = Nginx { child };
+    let mut ng = Nginx { child };
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -242,6 +279,21 @@ fn start_nginx(dir: &Path, cpu: usize) -> Result<(Nginx, String, u32)> {
                 dir.join("nginx-error.log").display()
             );
         }
+        if let Ok(Some(st)) = ng.child.try_wait() {
+            // Errors in the configuration go to stderr, later ones to the error log.
+            let mut log = String::new();
+            if let Some(mut e) = ng.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut log);
+            }
+            log += &std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default();
+            bail!(
+                "nginx exited at start ({st}): {}",
+                log.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("(nothing in its error log)")
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let worker = children_of(ng.child.id())
@@ -249,6 +301,11 @@ fn start_nginx(dir: &Path, cpu: usize) -> Result<(Nginx, String, u32)> {
         .next()
         .context("nginx has no worker process")?;
     Ok((ng, addr, worker))
+}
+
+/// Whether nginx can be run (on PATH, or Debian's /usr/sbin/nginx).
+pub fn nginx_installed() -> bool {
+    have("nginx") || Path::new("/usr/sbin/nginx").is_file()
 }
 
 /// nginx (one worker pinned to the server CPU) driven by ringlab-client.
@@ -260,7 +317,7 @@ pub fn nginx_rows(
 ) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
     let (bins, opts) = (&ctx.bins, &ctx.run);
     let (server_cores, client_cores) = (&ctx.o.server_cores, &ctx.o.client_cores);
-    if !have("nginx") && !Path::new("/usr/sbin/nginx").is_file() {
+    if !nginx_installed() {
         bail!("nginx is not installed (Debian: `apt-get install nginx-light`)");
     }
     let cpu: usize = server_cores
@@ -275,7 +332,7 @@ pub fn nginx_rows(
     std::fs::create_dir_all(dir.join("logs"))?;
     // nginx resolves relative paths in its config against its prefix: use absolute ones.
     let dir = std::fs::canonicalize(&dir).with_context(|| format!("{}", dir.display()))?;
-    let (ng, addr, worker) = start_nginx(&dir, cpu)?;
+    let (ng, addr, worker) = start_nginx(&dir, cpu, &NginxSite::hello())?;
     let mut groups: Vec<Vec<RunResult>> = vec![Vec::new(); conns.len()];
     for _ in 0..reps {
         for (i, &c) in conns.iter().enumerate() {

@@ -239,6 +239,12 @@ impl Report {
         );
     }
 
+    /// Add a section with its own data (`json`, under `name` in results.json).
+    pub fn section_json(&mut self, name: &str, text: &str, json: serde_json::Value) {
+        let _ = writeln!(self.md, "\n## {name}\n\n{text}");
+        self.json.insert(name.into(), json);
+    }
+
     /// Write `report.md` (the verdicts first) and `results.json`.
     pub fn write(&self) -> Result<()> {
         let mut md = self.head.clone();

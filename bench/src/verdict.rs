@@ -96,14 +96,29 @@ pub fn judge(
     m: Metric,
 ) -> Option<Verdict> {
     let iv = interval(raw, cand, base, at.x, m)?;
-    let c = stats::call(&iv, floor);
-    Some(Verdict {
+    Some(of_interval(&iv, at, cand, base, floor, m.key, m.name))
+}
+
+/// The verdict on `cand` against `base` at `at` from their interval `iv` (for figures that are
+/// not fields of a [`RunResult`]: the caller pairs the runs and makes the interval); `key` and
+/// `name` as [`Metric`]'s.
+pub fn of_interval(
+    iv: &Interval,
+    at: &At,
+    cand: &str,
+    base: &str,
+    floor: Option<&Interval>,
+    key: &'static str,
+    name: &'static str,
+) -> Verdict {
+    let c = stats::call(iv, floor);
+    Verdict {
         scenario: at.scenario.clone(),
         candidate: cand.into(),
         baseline: base.into(),
         conns: at.conns,
         load: at.load.clone(),
-        metric: m.key.into(),
+        metric: key.into(),
         ratio: iv.ratio,
         ci95: [iv.lo, iv.hi],
         noise_floor: floor.map(|f| [f.lo, f.hi]),
@@ -111,8 +126,8 @@ pub fn judge(
         call: c.text().into(),
         reps: iv.n,
         confidence: iv.confidence,
-        metric_name: m.name,
-    })
+        metric_name: name,
+    }
 }
 
 /// One comparison to judge: the candidate row, its baseline row, and where (`x`).

@@ -124,8 +124,14 @@ pub struct Args {
     #[arg(long, default_value = "GET", help_heading = "http")]
     pub method: String,
     /// HTTP: request target (path and query).
-    #[arg(long, help_heading = "http")]
+    #[arg(long, help_heading = "http", conflicts_with = "paths")]
     pub path: Option<String>,
+    /// HTTP: request targets, one a line (blank lines and lines starting with `#` are skipped):
+    /// each connection sends them in turn, starting at its own offset (connection i of N at
+    /// line i·L/N of L lines), and wraps around; a reconnected connection starts at its offset
+    /// again. Every response is framed and checked as with --path.
+    #[arg(long, value_name = "FILE", help_heading = "http")]
+    pub paths: Option<PathBuf>,
     /// HTTP: extra header `Name: value` (repeatable).
     #[arg(short = 'H', long = "header", help_heading = "http")]
     pub headers: Vec<String>,
@@ -223,8 +229,61 @@ fn setup(msg: impl Into<String>) -> SetupError {
 pub enum RequestKind {
     /// Echo messages of this size.
     Echo { size: usize, seed: u64 },
-    /// This HTTP request, already encoded.
-    Http { bytes: Bytes, head: bool },
+    /// HTTP requests, already encoded: one (--path), or one per line of --paths. A connection
+    /// sends them in turn from its own offset ([`RequestKind::first_of`]).
+    Http {
+        requests: std::sync::Arc<[Bytes]>,
+        head: bool,
+        /// The connections they are spread over (--conns): connection `i` starts at request
+        /// `i * requests.len() / spread`.
+        spread: usize,
+    },
+}
+
+impl RequestKind {
+    /// The index of the first request connection `conn` sends.
+    pub fn first_of(&self, conn: u64) -> usize {
+        match self {
+            RequestKind::Echo { .. } => 0,
+            RequestKind::Http {
+                requests, spread, ..
+            } => {
+                let spread = (*spread).max(1) as u64;
+                ((conn % spread) * requests.len() as u64 / spread) as usize
+            }
+        }
+    }
+}
+
+/// Most lines a --paths file may have.
+pub const MAX_PATHS: usize = 1_000_000;
+
+/// The request targets of a --paths file: one a line, blank lines and `#` comments skipped;
+/// each must start with '/' and hold no whitespace. One-line errors that name the line.
+pub fn parse_paths(text: &str, file: &str) -> Result<Vec<String>, SetupError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if !t.starts_with('/') || t.contains(char::is_whitespace) {
+            return Err(setup(format!(
+                "--paths {file}, line {}: {t:?} must start with '/' and contain no spaces",
+                i + 1
+            )));
+        }
+        if out.len() == MAX_PATHS {
+            return Err(setup(format!(
+                "--paths {file}: more than {MAX_PATHS} request targets"
+            )));
+        }
+        out.push(t.to_string());
+    }
+    if out.is_empty() {
+        return Err(setup(format!("--paths {file}: no request target in it")));
+    }
+    Ok(out)
 }
 
 /// What a run does, resolved and checked.
@@ -417,16 +476,27 @@ impl Args {
                 seed: self.seed,
             },
             ProtoArg::Http => {
-                let path = self
-                    .path
-                    .clone()
-                    .or(url_path)
-                    .unwrap_or_else(|| "/".to_string());
-                if !path.starts_with('/') || path.contains(char::is_whitespace) {
-                    return Err(setup(format!(
-                        "--path {path:?} must start with '/' and contain no spaces"
-                    )));
-                }
+                let paths = match &self.paths {
+                    Some(file) => {
+                        let name = file.display().to_string();
+                        let text = std::fs::read_to_string(file)
+                            .map_err(|e| setup(format!("--paths {name}: {e}")))?;
+                        parse_paths(&text, &name)?
+                    }
+                    None => {
+                        let path = self
+                            .path
+                            .clone()
+                            .or(url_path)
+                            .unwrap_or_else(|| "/".to_string());
+                        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                            return Err(setup(format!(
+                                "--path {path:?} must start with '/' and contain no spaces"
+                            )));
+                        }
+                        vec![path]
+                    }
+                };
                 if self.method.is_empty()
                     || !self
                         .method
@@ -461,18 +531,25 @@ impl Args {
                 }
                 let host = self.host.clone().unwrap_or_else(|| hostport.clone());
                 let body = self.body.clone().unwrap_or_default();
-                let mut buf = BytesMut::new();
-                ringlab_proto::http::encode_request(
-                    &mut buf,
-                    &self.method,
-                    &path,
-                    &host,
-                    &headers,
-                    body.as_bytes(),
-                );
+                let requests: Vec<Bytes> = paths
+                    .iter()
+                    .map(|path| {
+                        let mut buf = BytesMut::new();
+                        ringlab_proto::http::encode_request(
+                            &mut buf,
+                            &self.method,
+                            path,
+                            &host,
+                            &headers,
+                            body.as_bytes(),
+                        );
+                        buf.freeze()
+                    })
+                    .collect();
                 RequestKind::Http {
-                    bytes: buf.freeze(),
+                    requests: requests.into(),
                     head: self.method.eq_ignore_ascii_case("HEAD"),
+                    spread: self.conns,
                 }
             }
         };
@@ -615,5 +692,56 @@ mod tests {
             "bad",
         ]);
         assert!(a.resolve().is_err());
+    }
+
+    #[test]
+    fn paths_file_one_target_a_line() {
+        let p = parse_paths("# hot files\n/files/a\n\n  /files/b?x=1  \n", "f").unwrap();
+        assert_eq!(p, ["/files/a", "/files/b?x=1"]);
+        let e = parse_paths("/ok\nfiles/no-slash\n", "f").unwrap_err().0;
+        assert_eq!(
+            e,
+            "--paths f, line 2: \"files/no-slash\" must start with '/' and contain no spaces"
+        );
+        assert!(parse_paths("/a b\n", "f").is_err());
+        assert!(parse_paths("# nothing\n\n", "f")
+            .unwrap_err()
+            .0
+            .contains("no request target"));
+
+        let file = std::env::temp_dir().join(format!("ringlab-paths-{}.txt", std::process::id()));
+        std::fs::write(&file, "/files/0\n/files/1\n/files/2\n/files/3\n").unwrap();
+        let f = file.to_str().unwrap();
+        let a = Args::parse_from([
+            "c",
+            "127.0.0.1:1",
+            "--proto",
+            "http",
+            "--paths",
+            f,
+            "-c",
+            "2",
+        ]);
+        let c = a.resolve().unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let RequestKind::Http {
+            requests, spread, ..
+        } = &c.request
+        else {
+            panic!("not http");
+        };
+        assert_eq!((requests.len(), *spread), (4, 2));
+        assert!(requests[3].starts_with(b"GET /files/3 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n"));
+        // Connection 0 starts at line 0, connection 1 half way, connection 2 (of 2) wraps.
+        assert_eq!(c.request.first_of(0), 0);
+        assert_eq!(c.request.first_of(1), 2);
+        assert_eq!(c.request.first_of(2), 0);
+        // --path and --paths exclude each other; a missing file is one line.
+        assert!(Args::try_parse_from(["c", "127.0.0.1:1", "--path", "/", "--paths", f]).is_err());
+        let e = Args::parse_from(["c", "127.0.0.1:1", "--proto", "http", "--paths", f])
+            .resolve()
+            .unwrap_err()
+            .0;
+        assert!(e.starts_with(&format!("--paths {f}: ")), "{e}");
     }
 }

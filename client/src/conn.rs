@@ -54,7 +54,9 @@ enum ProtoState {
     Http {
         parser: ResponseParser,
         inbuf: BytesMut,
-        request: Bytes,
+        /// The requests it sends in turn, and the index of the next one.
+        requests: std::sync::Arc<[Bytes]>,
+        next: usize,
         head: bool,
     },
 }
@@ -70,17 +72,19 @@ pub struct Conn {
 
 impl Conn {
     /// A fresh connection sending `req`; `salt` (the connection's number) makes each echo
-    /// stream's contents different, so that bytes crossing connections are caught.
+    /// stream's contents different, so that bytes crossing connections are caught, and picks
+    /// the first of several HTTP requests ([`RequestKind::first_of`]).
     pub fn new(req: &RequestKind, salt: u64) -> Conn {
         let proto = match req {
             RequestKind::Echo { size, seed } => ProtoState::Echo(EchoStream::new(
                 *size,
                 seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             )),
-            RequestKind::Http { bytes, head } => ProtoState::Http {
+            RequestKind::Http { requests, head, .. } => ProtoState::Http {
                 parser: ResponseParser::new(),
                 inbuf: BytesMut::new(),
-                request: bytes.clone(),
+                requests: requests.clone(),
+                next: req.first_of(salt),
                 head: *head,
             },
         };
@@ -112,7 +116,10 @@ impl Conn {
         let before = self.out.len();
         match &mut self.proto {
             ProtoState::Echo(s) => s.write_message(&mut self.out),
-            ProtoState::Http { request, .. } => self.out.extend_from_slice(request),
+            ProtoState::Http { requests, next, .. } => {
+                self.out.extend_from_slice(&requests[*next]);
+                *next = (*next + 1) % requests.len();
+            }
         }
         self.inflight.push_back(stamp);
         self.out.len() - before
@@ -276,5 +283,75 @@ mod tests {
         a.push_request(stamp(t));
         b.push_request(stamp(t));
         assert_ne!(a.take_output(), b.take_output());
+    }
+
+    fn http_paths(paths: &[&str], spread: usize) -> RequestKind {
+        let requests: Vec<Bytes> = paths
+            .iter()
+            .map(|p| {
+                let mut b = BytesMut::new();
+                ringlab_proto::http::encode_request(&mut b, "GET", p, "h", &[], b"");
+                b.freeze()
+            })
+            .collect();
+        RequestKind::Http {
+            requests: requests.into(),
+            head: false,
+            spread,
+        }
+    }
+
+    /// The request targets in `out`, in order.
+    fn targets(out: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("GET "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn http_paths_walk_the_list_from_the_connections_offset() {
+        let t = Instant::now();
+        let req = http_paths(&["/a", "/b", "/c", "/d", "/e", "/f"], 3);
+        let mut c = Conn::new(&req, 1);
+        for _ in 0..7 {
+            c.push_request(stamp(t));
+        }
+        let out = c.take_output().unwrap();
+        // Connection 1 of 3 starts at 6·1/3 = 2 and wraps around.
+        assert_eq!(targets(&out), ["/c", "/d", "/e", "/f", "/a", "/b", "/c"]);
+        let mut c0 = Conn::new(&req, 0);
+        c0.push_request(stamp(t));
+        assert_eq!(targets(&c0.take_output().unwrap()), ["/a"]);
+    }
+
+    #[test]
+    fn http_paths_responses_are_framed_by_content_length() {
+        let t = Instant::now();
+        let req = http_paths(&["/small", "/large"], 1);
+        let mut c = Conn::new(&req, 0);
+        c.push_request(stamp(t));
+        c.push_request(stamp(t));
+        let _ = c.take_output();
+        let mut sizes = Vec::new();
+        let two = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\n\r\n12345";
+        // Byte by byte: a response completes only when its Content-Length is in.
+        for b in two.iter() {
+            c.on_recv(std::slice::from_ref(b), |d| {
+                sizes.push((d.status, d.wire_bytes))
+            })
+            .unwrap();
+        }
+        assert_eq!(sizes, [(Some(200), 41), (Some(206), 56)]);
+        assert_eq!(c.inflight(), 0);
+        // A body longer than its Content-Length: the bytes past it are no response.
+        let mut c = Conn::new(&req, 0);
+        c.push_request(stamp(t));
+        let r = c.on_recv(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef\r\n\r\n",
+            |_| {},
+        );
+        assert!(r.is_err(), "{r:?}");
     }
 }

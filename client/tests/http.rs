@@ -92,4 +92,23 @@ io_tests! {
         );
         assert_eq!(r.status.get("404"), Some(&100), "{}", r.summary());
     }
+
+    fn paths_file_cycles_through_targets(io: &str) {
+        let srv = RinglabServer::start("http", &[]);
+        let addr = srv.addr.to_string();
+        let file = std::env::temp_dir().join(format!("ringlab-paths-{io}-{}.txt", std::process::id()));
+        std::fs::write(&file, "/\n/nope\n").unwrap();
+        let r = run_client(
+            &[&addr, "--proto", "http", "--io", io, "--no-pin", "-c", "2", "-n", "200",
+              "--paths", file.to_str().unwrap()],
+            Duration::from_secs(20),
+        );
+        std::fs::remove_file(&file).unwrap();
+        let s = r.summary();
+        assert_eq!(r.requests, 200, "{s}");
+        assert_eq!(r.errors_total, 0, "{s}");
+        // Each connection alternates between the two targets.
+        assert_eq!(r.status.get("200"), Some(&100), "{s}");
+        assert_eq!(r.status.get("404"), Some(&100), "{s}");
+    }
 }

@@ -661,7 +661,7 @@ fn window(budget: Duration, runs: usize, warmup: f64) -> f64 {
 /// The run order of repetition `rep` over `n` specs in groups of `k` rows: each group starts
 /// one row later than in the repetition before (A B A' · B A' A · A' A B ...), so that no row
 /// always runs first, or always right after the same other row.
-fn rotated(n: usize, k: usize, rep: usize) -> Vec<usize> {
+pub(super) fn rotated(n: usize, k: usize, rep: usize) -> Vec<usize> {
     (0..n)
         .map(|i| {
             let (g, j) = (i / k, i % k);

@@ -2,11 +2,13 @@
 //! report directory.
 
 pub(crate) use compare::STEAL_NOTE;
+pub use files::FilesArgs;
 
 mod c10k;
 mod coalesce;
 mod compare;
 mod features;
+mod files;
 mod http;
 mod latency;
 mod multiplex;
@@ -54,7 +56,17 @@ fn named(name: &str) -> Result<Vec<&'static dyn Scenario>> {
 
 /// Run scenario `name` (or `all`) with the flags `o`, writing the report after each.
 pub fn run(name: &str, o: &Opts) -> Result<()> {
-    let scenarios = named(name)?;
+    run_these(name, named(name)?, o)
+}
+
+/// Run `files` with its own flags `args` and the common ones `o`.
+pub fn run_files(args: &FilesArgs, o: &Opts) -> Result<()> {
+    let f = files::Files { args: args.clone() };
+    run_these("files", vec![&f], o)
+}
+
+/// Run `scenarios` (called `name` in the report directory's name) with the flags `o`.
+fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> {
     let bins = Bins::find(o.bin_dir.as_deref())?;
     let out = match &o.out {
         Some(o) => o.clone(),

@@ -94,7 +94,7 @@ impl Pair {
         let slots = cfg.conns;
         let req_size = match &cfg.request {
             RequestKind::Echo { size, .. } => *size,
-            RequestKind::Http { bytes, .. } => bytes.len(),
+            RequestKind::Http { requests, .. } => requests[0].len(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         Pair {
