@@ -5,11 +5,8 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringlab-bench");
 
-/// Needs backends that answer `GET /files/…`: in the branch that added this bench only the
-/// shared file code existed, and every backend left file requests unanswered (the bench then
-/// fails every row's verification, as it should). Enable once the backends' file IO is merged.
+/// Every default row must pass the byte-exact check before it is measured.
 #[test]
-#[ignore = "needs the backends' file IO (uring, epoll --file-io blocking|threads|sendfile): enable after that merge"]
 fn quick_files_run_verifies_and_measures_every_default_row() {
     let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("bench-files-{}", std::process::id()));

@@ -262,7 +262,7 @@ fn changing_files(srv: &Server, tree: &Tree, zero_copy: bool) {
     let path = tree.root.join("changing.bin");
     std::fs::write(&path, &big).unwrap();
     let s = srv.connect();
-    rustix::net::sockopt::set_socket_recv_buffer_size(&s, 4096).unwrap();
+    rustix::net::sockopt::set_socket_recv_buffer_size(&s, 64 * 1024).unwrap();
     let mut c = HttpConn::new(s);
     c.send(&get("/files/changing.bin", ""));
     c.send(&get("/", ""));
