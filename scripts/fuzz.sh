@@ -64,7 +64,10 @@ for t in "${targets[@]}"; do
   log="$(mktemp)"
   start=$(date +%s)
   set +e
-  "${fuzz[@]}" run "${san[@]}" "$t" -- -runs="$runs" -max_total_time="$max_time" -print_final_stats=1 2>&1 \
+  # Seed inputs kept in the repository (fuzz/seeds/TARGET), read beside the working corpus.
+  corpora=()
+  if [ -d "fuzz/seeds/$t" ]; then corpora=("fuzz/corpus/$t" "fuzz/seeds/$t"); mkdir -p "fuzz/corpus/$t"; fi
+  "${fuzz[@]}" run "${san[@]}" "$t" "${corpora[@]}" -- -runs="$runs" -max_total_time="$max_time" -print_final_stats=1 2>&1 \
     | tee "$log" | grep -E '^(#[0-9]+ +(DONE|INITED)|==[0-9]+==|SUMMARY|Done|stat::number_of_executed_units)'
   status=${PIPESTATUS[0]}
   set -e

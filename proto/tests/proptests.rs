@@ -737,3 +737,41 @@ proptest! {
         run_echo_schedule(hw, delay, &ops)?;
     }
 }
+
+proptest! {
+    #![proptest_config(cases(2000))]
+
+    /// Whatever `/files/<rest>` is, a path the session would open is relative, with no `.`,
+    /// `..` or empty segment and no NUL (the same property as the `file_request` fuzz target).
+    #[test]
+    fn file_paths_never_leave_the_root(
+        rest in "([a-z.]{0,3}|%2[eEfF]|%00|%2|/|\\.\\.){0,8}",
+    ) {
+        if let Ok(p) = ringlab_proto::files::check_path(&rest) {
+            prop_assert!(!p.starts_with('/') && !p.contains('\0'), "{:?}", p);
+            prop_assert!(
+                p.split('/').all(|s| !s.is_empty() && s != "." && s != ".."),
+                "{:?} from {:?}", p, rest
+            );
+        }
+    }
+
+    /// A `Range` answer never selects a byte outside the file, nor an empty range.
+    #[test]
+    fn file_ranges_stay_inside_the_file(
+        a in proptest::option::of(0u64..2000),
+        b in proptest::option::of(0u64..2000),
+        size in 0u64..1500,
+    ) {
+        let v = format!(
+            "bytes={}-{}",
+            a.map_or(String::new(), |x| x.to_string()),
+            b.map_or(String::new(), |x| x.to_string())
+        );
+        if let ringlab_proto::files::RangeAnswer::Part { start, end } =
+            ringlab_proto::files::range(Some(v.as_bytes()), size)
+        {
+            prop_assert!(start < end && end <= size, "{} of {}: {}..{}", v, size, start, end);
+        }
+    }
+}
