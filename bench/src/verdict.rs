@@ -7,15 +7,23 @@ use serde::Serialize;
 use crate::run::RunResult;
 use crate::stats::{self, Call, Interval};
 
-/// A figure of a run that a verdict compares.
-#[derive(Clone, Copy)]
-pub struct Metric {
+/// A figure of a run (`R`: a [`RunResult`], or a scenario's own run type) that a verdict
+/// compares.
+pub struct Metric<R = RunResult> {
     /// Its key in results.json.
     pub key: &'static str,
     /// Its name in the verdict line.
     pub name: &'static str,
-    pub get: fn(&RunResult) -> f64,
+    pub get: fn(&R) -> f64,
 }
+
+impl<R> Clone for Metric<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for Metric<R> {}
 
 pub const CPU_PER_REQ: Metric = Metric {
     key: "server_cpu_us_per_request",

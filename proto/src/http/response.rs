@@ -133,16 +133,7 @@ pub fn write_response_with(
     let extra_len: usize = extra.iter().map(|h| h.len() + 2).sum();
     out.reserve(HEAD_RESERVE + extra_len + if send_body { body.len() } else { 0 });
     let body_allowed = put_head_start(out, req.version, status, date, body.len());
-    for h in extra {
-        out.extend_from_slice(h);
-        out.extend_from_slice(b"\r\n");
-    }
-    if !keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if req.version == Version::Http10 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    put_head_end(out, req, keep_alive, extra);
     if send_body && body_allowed {
         out.extend_from_slice(body);
     }
@@ -166,6 +157,14 @@ pub fn write_head(
     let extra_len: usize = extra.iter().map(|h| h.len() + 2).sum();
     out.reserve(HEAD_RESERVE + content_type.len() + extra_len);
     let body_allowed = put_head_typed(out, req.version, status, date, content_type, body_len);
+    put_head_end(out, req, keep_alive, extra);
+    body_allowed && req.method != Method::Head
+}
+
+/// The rest of a head after `Content-Length`: `extra` header lines, the `Connection` header
+/// (`close` when `!keep_alive`, `keep-alive` when keeping an HTTP/1.0 connection open), the
+/// blank line.
+fn put_head_end(out: &mut BytesMut, req: &Request, keep_alive: bool, extra: &[&[u8]]) {
     for h in extra {
         out.extend_from_slice(h);
         out.extend_from_slice(b"\r\n");
@@ -176,7 +175,6 @@ pub fn write_head(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    body_allowed && req.method != Method::Head
 }
 
 /// Append an error response (HTTP/1.1, `Connection: close`).

@@ -47,12 +47,7 @@ pub struct FilesRun {
 }
 
 /// A figure of a [`FilesRun`] that the verdicts compare.
-#[derive(Clone, Copy)]
-pub struct FilesMetric {
-    pub key: &'static str,
-    pub name: &'static str,
-    pub get: fn(&FilesRun) -> f64,
-}
+pub type FilesMetric = crate::verdict::Metric<FilesRun>;
 
 pub const HOT_P99: FilesMetric = FilesMetric {
     key: "hot_p99_us",
