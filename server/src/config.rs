@@ -250,6 +250,19 @@ pub struct Args {
     /// loop); more wait in the loop's queue.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Files")]
     pub file_inflight: u32,
+    /// Files, uring and epoll/poll/select (every --file-io): open files each loop keeps, by
+    /// path, with their size and modification time (nginx's `open_file_cache`), so that a hot
+    /// file is served without an open and a stat per request. 0: off. The tokio, tokio-uring
+    /// and blocking backends have no cache and ignore it.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=1_000_000), help_heading = "Files")]
+    pub file_cache: u32,
+    /// Files, --file-cache: how long a cached file is trusted (nginx's
+    /// `open_file_cache_valid`). Within it a file changed in place is served with the size and
+    /// time it had when opened (one that shrank ends its response short and the connection
+    /// closes), and one renamed over or deleted keeps being served from the old descriptor;
+    /// after it the path is opened and stated anew.
+    #[arg(long, value_parser = parse_duration, default_value = "1s", help_heading = "Files")]
+    pub file_cache_valid: Duration,
     /// blocking: number of worker threads (1 = the seed notes' synchronous server), spread
     /// round-robin over --cores.
     #[arg(long, default_value_t = 1)]

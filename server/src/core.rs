@@ -475,6 +475,17 @@ impl LoopCore {
         ) {
             self.stats.file_errors += 1;
         }
+        self.deliver_file(conn, done);
+    }
+
+    /// An `Open` answered from the loop's cache of open files (`--file-cache`): counted as a
+    /// hit, not as an open.
+    pub fn file_cached(&mut self, conn: &mut ConnCore) {
+        self.stats.file_cache_hits += 1;
+        self.deliver_file(conn, ringlab_proto::files::FileDone::Opened(Ok(())));
+    }
+
+    fn deliver_file(&mut self, conn: &mut ConnCore, done: ringlab_proto::files::FileDone) {
         let now = self.now();
         let n = conn.session.on_file(&self.cfg, done, &now);
         self.completed(n);

@@ -9,14 +9,53 @@
 //! the kernel refuses symlinks that lead out of the root (`EXDEV`, answered 403). `O_NONBLOCK`
 //! keeps a FIFO beneath the root from blocking the open (it is then refused as not a regular
 //! file); it changes nothing for regular files.
+//!
+//! # The cache of open files (`--file-cache N`, `--file-cache-valid D`)
+//!
+//! Each uring and readiness loop (epoll, poll, select; every `--file-io`) keeps an
+//! [`OpenCache`]: up to N regular files it opened, by path, with the [`FileMeta`] their statx
+//! found and when they were opened (nginx's `open_file_cache` and `open_file_cache_valid`). An
+//! `Open` of a path cached less than D ago is answered at once, without a syscall or a ring
+//! operation, and the `Stat` that follows it is answered with the cached meta
+//! ([`OpenCache::answer`]); any other `Open` is performed as without the cache, and once its
+//! `Stat` finds a regular file the pair goes into the cache ([`OpenCache::stated`]). Errors,
+//! directories and other non-regular files are never cached. An entry older than D is
+//! dropped when it is asked for (and, one entry per lookup, by a sweep) and the file opened
+//! anew. When full, an entry is evicted by the clock algorithm (second chance: an entry used
+//! since the hand last passed is spared once). The cache is per loop: nothing is shared
+//! between loops, no locks; `--file-threads` pool threads never touch it (the loop answers
+//! hits itself and inserts what the pool opened).
+//!
+//! Files are shared, not copied: a cached file is an `Arc<OwnedFd>`, and every connection
+//! serving it holds a clone; its descriptor is closed when the last owner lets go, be that
+//! the cache (evicted, expired, replaced) or the last connection (`Close`). Of every file a
+//! loop lets go of, the readiness loops drop their share (a plain close(2) when it was the
+//! last); the uring loop keeps closing through
+//! `IORING_OP_CLOSE` whenever it holds the last reference (`Arc::into_inner`), so an uncached
+//! file (and an evicted one nobody serves) is still closed on the ring with no syscall of its
+//! own, and drops its share otherwise. Both are safe: a ring operation on a file is only
+//! ever in flight for a connection that holds a clone of its `Arc`, so the descriptor cannot be
+//! closed under it.
+//!
+//! Like nginx's, the cache trusts what it found for D: within that time a file changed in
+//! place is served with the size and modification time it had when it was opened
+//! (`Content-Length`, `Last-Modified`, ranges, `304`s), and a file renamed over or deleted is
+//! still served from its old descriptor (the old contents, which stay intact). A file that
+//! shrank in place ends its response short and closes the connection, as it would while being
+//! sent without the cache; one that grew is sent at its old length. After D the path is
+//! opened and stated anew. A deleted file's space is held until its entry goes (on its next
+//! request, the sweep, or eviction); an idle loop keeps up to N descriptors open. `0`
+//! disables the cache (every request opens and stats); the tokio, tokio-uring and blocking
+//! backends have none.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ringlab_proto::files::{FileDone, FileKind, FileMeta, FileOp};
@@ -123,6 +162,232 @@ pub fn pread(fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<Bytes, rusti
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A loop's cache of open files (`--file-cache`, see the module docs): path → (file, meta,
+/// when opened), at most `cap` entries, clock eviction, entries valid for `valid`.
+pub struct OpenCache {
+    cap: usize,
+    valid: Duration,
+    index: HashMap<Box<str>, usize>,
+    entries: Vec<Entry>,
+    /// The clock hand (the next eviction candidate) and the sweep's position.
+    hand: usize,
+    sweep: usize,
+    /// Files the cache let go of, for the loop to close or drop ([`OpenCache::take_retired`]).
+    retired: Vec<Arc<OwnedFd>>,
+}
+
+struct Entry {
+    path: Box<str>,
+    file: Arc<OwnedFd>,
+    meta: FileMeta,
+    opened_at: Instant,
+    /// Used since the clock hand last passed.
+    used: bool,
+}
+
+/// What a connection's open file came with, as far as the cache goes: set when the loop takes
+/// its `Open`, used by the `Stat` that follows.
+#[derive(Debug, Default)]
+pub enum CacheNote {
+    #[default]
+    None,
+    /// The file came from the cache: its `Stat` is answered with this.
+    Hit(FileMeta),
+    /// The file is being opened for real (the open was asked for at `at`): once stated, a
+    /// regular file goes into the cache under `path`.
+    Miss { path: String, at: Instant },
+}
+
+/// An operation the cache answered (see [`OpenCache::answer`]).
+#[derive(Debug)]
+pub enum Cached {
+    /// `Open`: the cached file, now also the connection's. Answer `Opened(Ok(()))`.
+    Opened(Arc<OwnedFd>),
+    /// `Stat` of a file that came from the cache. Answer `Stat(Ok(meta))`.
+    Stat(FileMeta),
+}
+
+impl OpenCache {
+    /// A cache of at most `cap` files (0: off), each trusted for `valid` after it was opened.
+    pub fn new(cap: usize, valid: Duration) -> Self {
+        OpenCache {
+            cap,
+            valid,
+            index: HashMap::with_capacity(cap.min(4096)),
+            entries: Vec::with_capacity(cap.min(4096)),
+            hand: 0,
+            sweep: 0,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Files cached now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Answer the connection's next file operation `op` from the cache if it can (an `Open`
+    /// of a fresh entry, the `Stat` after it); else give it back, to be performed, having noted
+    /// in `note` what the cache needs to know later (an `Open` it missed). `now`: the loop's
+    /// clock. A `Close` (given back) forgets the note.
+    pub fn answer(
+        &mut self,
+        op: FileOp,
+        now: Instant,
+        note: &mut CacheNote,
+    ) -> Result<Cached, FileOp> {
+        match op {
+            FileOp::Open { path } => {
+                *note = CacheNote::None;
+                if self.cap == 0 {
+                    return Err(FileOp::Open { path });
+                }
+                self.sweep_one(now);
+                match self.get(&path, now) {
+                    Some((file, meta)) => {
+                        *note = CacheNote::Hit(meta);
+                        Ok(Cached::Opened(file))
+                    }
+                    None => {
+                        *note = CacheNote::Miss {
+                            path: path.clone(),
+                            at: now,
+                        };
+                        Err(FileOp::Open { path })
+                    }
+                }
+            }
+            FileOp::Stat => match std::mem::take(note) {
+                CacheNote::Hit(meta) => Ok(Cached::Stat(meta)),
+                other => {
+                    *note = other;
+                    Err(FileOp::Stat)
+                }
+            },
+            FileOp::Close => {
+                *note = CacheNote::None;
+                Err(FileOp::Close)
+            }
+            op => Err(op),
+        }
+    }
+
+    /// The answer `done` to an operation the loop performed for a connection whose file is
+    /// `file`: a `Stat` that found a regular file after a missed `Open` caches the file. (Any
+    /// other answer leaves the cache alone; a failed open or stat is never cached.)
+    pub fn stated(&mut self, note: &mut CacheNote, file: Option<&Arc<OwnedFd>>, done: &FileDone) {
+        let FileDone::Stat(r) = done else {
+            if matches!(done, FileDone::Opened(Err(_))) {
+                *note = CacheNote::None;
+            }
+            return;
+        };
+        let CacheNote::Miss { path, at } = std::mem::take(note) else {
+            return;
+        };
+        if let (
+            Ok(
+                meta @ FileMeta {
+                    kind: FileKind::Regular,
+                    ..
+                },
+            ),
+            Some(file),
+        ) = (r, file)
+        {
+            self.insert(path.into(), file.clone(), *meta, at);
+        }
+    }
+
+    /// A file the cache let go of since the last call (replaced, evicted, expired): the
+    /// caller closes it if it holds the last reference, or drops its share. Call until `None`
+    /// after [`OpenCache::answer`] and [`OpenCache::stated`].
+    pub fn take_retired(&mut self) -> Option<Arc<OwnedFd>> {
+        self.retired.pop()
+    }
+
+    fn fresh(&self, e: &Entry, now: Instant) -> bool {
+        now.saturating_duration_since(e.opened_at) < self.valid
+    }
+
+    fn get(&mut self, path: &str, now: Instant) -> Option<(Arc<OwnedFd>, FileMeta)> {
+        let i = *self.index.get(path)?;
+        if !self.fresh(&self.entries[i], now) {
+            self.remove(i);
+            return None;
+        }
+        let e = &mut self.entries[i];
+        e.used = true;
+        Some((e.file.clone(), e.meta))
+    }
+
+    /// Drop the entry at the sweep's position if it expired, and move the sweep on.
+    fn sweep_one(&mut self, now: Instant) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let i = self.sweep % self.entries.len();
+        self.sweep = i + 1;
+        if !self.fresh(&self.entries[i], now) {
+            self.remove(i);
+        }
+    }
+
+    fn insert(&mut self, path: Box<str>, file: Arc<OwnedFd>, meta: FileMeta, opened_at: Instant) {
+        if self.cap == 0 {
+            return;
+        }
+        let entry = Entry {
+            path,
+            file,
+            meta,
+            opened_at,
+            used: false,
+        };
+        if let Some(&i) = self.index.get(&entry.path) {
+            // Another connection's open of the same path got here first: the newer wins.
+            let old = std::mem::replace(&mut self.entries[i], entry);
+            self.retired.push(old.file);
+            return;
+        }
+        if self.entries.len() < self.cap {
+            self.index.insert(entry.path.clone(), self.entries.len());
+            self.entries.push(entry);
+            return;
+        }
+        // Full: the clock hand finds a victim (at most two rounds: the first clears the marks).
+        let n = self.entries.len();
+        let victim = loop {
+            let i = self.hand % n;
+            self.hand = i + 1;
+            let e = &mut self.entries[i];
+            if e.used {
+                e.used = false;
+            } else {
+                break i;
+            }
+        };
+        self.index.insert(entry.path.clone(), victim);
+        let old = std::mem::replace(&mut self.entries[victim], entry);
+        self.index.remove(&old.path);
+        self.retired.push(old.file);
+    }
+
+    fn remove(&mut self, i: usize) {
+        let old = self.entries.swap_remove(i);
+        self.index.remove(&old.path);
+        if let Some(moved) = self.entries.get(i) {
+            self.index.insert(moved.path.clone(), i);
+        }
+        self.retired.push(old.file);
     }
 }
 
@@ -302,6 +567,145 @@ mod tests {
 
     fn libc_exdev() -> i32 {
         rustix::io::Errno::XDEV.raw_os_error()
+    }
+
+    fn fd() -> Arc<OwnedFd> {
+        Arc::new(
+            rustix::fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).unwrap(),
+        )
+    }
+
+    fn reg(size: u64) -> FileMeta {
+        FileMeta {
+            size,
+            mtime: 1,
+            kind: FileKind::Regular,
+        }
+    }
+
+    type Hit = (Arc<OwnedFd>, FileMeta);
+
+    /// Open `path` through the cache: the hit's file and meta, or, on a miss, a new file
+    /// stated as `meta` (inserted when regular).
+    fn through(
+        c: &mut OpenCache,
+        path: &str,
+        now: Instant,
+        meta: FileMeta,
+    ) -> (Option<Hit>, Vec<Arc<OwnedFd>>) {
+        let mut note = CacheNote::None;
+        let hit = match c.answer(FileOp::Open { path: path.into() }, now, &mut note) {
+            Ok(Cached::Opened(f)) => match c.answer(FileOp::Stat, now, &mut note) {
+                Ok(Cached::Stat(m)) => Some((f, m)),
+                other => panic!("{other:?}"),
+            },
+            Err(FileOp::Open { .. }) => {
+                let f = fd();
+                assert!(matches!(
+                    c.answer(FileOp::Stat, now, &mut note),
+                    Err(FileOp::Stat)
+                ));
+                c.stated(&mut note, Some(&f), &FileDone::Stat(Ok(meta)));
+                None
+            }
+            other => panic!("{other:?}"),
+        };
+        let mut retired = Vec::new();
+        while let Some(f) = c.take_retired() {
+            retired.push(f);
+        }
+        (hit, retired)
+    }
+
+    #[test]
+    fn cache_hits_expires_and_refuses_what_it_must_not_keep() {
+        let t0 = Instant::now();
+        let mut c = OpenCache::new(4, Duration::from_secs(1));
+        assert!(
+            through(&mut c, "a", t0, reg(5)).0.is_none(),
+            "first: a miss"
+        );
+        let (hit, _) = through(&mut c, "a", t0 + Duration::from_millis(500), reg(9));
+        let (f, m) = hit.expect("a hit within the validity");
+        assert_eq!(m, reg(5), "the meta found when it was opened");
+        assert_eq!(Arc::strong_count(&f), 2, "the cache's and ours");
+        drop(f);
+        // Expired: dropped and opened anew.
+        let (hit, retired) = through(&mut c, "a", t0 + Duration::from_secs(1), reg(7));
+        assert!(hit.is_none());
+        assert_eq!(retired.len(), 1);
+        assert_eq!(
+            Arc::strong_count(&retired[0]),
+            1,
+            "nobody else holds it: close it"
+        );
+        assert_eq!(
+            through(&mut c, "a", t0 + Duration::from_secs(1), reg(0))
+                .0
+                .unwrap()
+                .1,
+            reg(7)
+        );
+        // Directories, other files and failures are not cached.
+        let dir = FileMeta {
+            kind: FileKind::Directory,
+            ..reg(0)
+        };
+        through(&mut c, "d", t0, dir);
+        assert!(through(&mut c, "d", t0, dir).0.is_none());
+        let mut note = CacheNote::None;
+        assert!(c
+            .answer(FileOp::Open { path: "e".into() }, t0, &mut note)
+            .is_err());
+        c.stated(&mut note, None, &FileDone::Opened(Err(2)));
+        assert!(matches!(note, CacheNote::None));
+        c.stated(&mut note, Some(&fd()), &FileDone::Stat(Err(2)));
+        assert_eq!(c.len(), 1);
+        // Off: nothing is kept.
+        let mut off = OpenCache::new(0, Duration::from_secs(1));
+        through(&mut off, "a", t0, reg(1));
+        assert!(through(&mut off, "a", t0, reg(1)).0.is_none());
+        assert!(off.is_empty());
+    }
+
+    #[test]
+    fn cache_evicts_by_clock_within_its_bound() {
+        let t0 = Instant::now();
+        let mut c = OpenCache::new(2, Duration::from_secs(60));
+        let mut retired = 0;
+        through(&mut c, "a", t0, reg(1));
+        through(&mut c, "b", t0, reg(2));
+        assert!(through(&mut c, "a", t0, reg(0)).0.is_some(), "a is used");
+        retired += through(&mut c, "c", t0, reg(3)).1.len();
+        assert_eq!((c.len(), retired), (2, 1));
+        assert!(
+            through(&mut c, "a", t0, reg(0)).0.is_some(),
+            "a was spared once"
+        );
+        assert!(through(&mut c, "b", t0, reg(0)).0.is_none(), "b went");
+        for i in 0..100u64 {
+            let p = format!("f{}", i % 7);
+            let (hit, r) = through(&mut c, &p, t0, reg(i));
+            retired += r.len();
+            assert!(c.len() <= 2);
+            if let Some((_, m)) = hit {
+                assert_eq!(m.size % 7, i % 7, "{p}: the entry's own meta");
+            }
+        }
+        assert!(retired > 50, "{retired}");
+        for (p, &i) in &c.index {
+            assert_eq!(&c.entries[i].path, p);
+        }
+        // Two connections opened the same path: the later insert replaces the earlier.
+        let mut c = OpenCache::new(2, Duration::from_secs(60));
+        let (mut n1, mut n2) = (CacheNote::None, CacheNote::None);
+        let open = || FileOp::Open { path: "x".into() };
+        assert!(c.answer(open(), t0, &mut n1).is_err());
+        assert!(c.answer(open(), t0, &mut n2).is_err());
+        c.stated(&mut n1, Some(&fd()), &FileDone::Stat(Ok(reg(1))));
+        c.stated(&mut n2, Some(&fd()), &FileDone::Stat(Ok(reg(2))));
+        assert!(c.take_retired().is_some());
+        assert_eq!(c.len(), 1);
     }
 
     #[test]

@@ -222,7 +222,7 @@ fn labels(cpu: Option<usize>, extra: Option<(&str, &str)>) -> String {
 /// field of the exit statistics it shows.
 type Counter = (&'static str, &'static str, fn(&LoopStats) -> u64);
 
-const COUNTERS: [Counter; 25] = [
+const COUNTERS: [Counter; 26] = [
     ("requests_total", "Completed requests (HTTP requests; echo: received chunks).", |s| s.requests),
     ("received_bytes_total", "Bytes received from clients.", |s| s.bytes_in),
     ("sent_bytes_total", "Bytes sent to clients.", |s| s.bytes_out),
@@ -233,7 +233,8 @@ const COUNTERS: [Counter; 25] = [
     ("connection_errors_total", "Connections that ended in an error (reset, broken pipe).", |s| s.conn_errors),
     ("header_timeouts_total", "HTTP connections closed by --header-timeout.", |s| s.header_timeouts),
     ("idle_timeouts_total", "Connections closed by --idle-timeout.", |s| s.idle_timeouts),
-    ("file_opens_total", "Files: opens asked for (--root), refused ones included.", |s| s.file_opens),
+    ("file_opens_total", "Files: opens performed (--root), refused ones included; cache hits are not.", |s| s.file_opens),
+    ("file_cache_hits_total", "Files: opens answered from the loop's cache of open files (--file-cache).", |s| s.file_cache_hits),
     ("file_reads_total", "Files: reads done (or sendfile calls).", |s| s.file_reads),
     ("file_read_bytes_total", "Files: bytes read (or sent by sendfile).", |s| s.file_bytes),
     ("file_errors_total", "Files: file operations that failed (missing files included).", |s| s.file_errors),

@@ -51,7 +51,7 @@ pub struct LoopStats {
     pub header_timeouts: u64,
     /// Connections closed by --idle-timeout.
     pub idle_timeouts: u64,
-    /// Files (`--root`): files opened (or refused), reads done (or `sendfile` calls), the
+    /// Files (`--root`): files opened (or refused; cache hits not included), reads done (or `sendfile` calls), the
     /// bytes they moved, and operations that failed.
     #[serde(default)]
     pub file_opens: u64,
@@ -65,6 +65,10 @@ pub struct LoopStats {
     /// `--file-inflight`.
     #[serde(default)]
     pub file_queued: u64,
+    /// `--file-cache`: opens answered from the loop's cache of open files (not counted in
+    /// `file_opens`, which counts the opens performed).
+    #[serde(default)]
+    pub file_cache_hits: u64,
 }
 
 impl LoopStats {
@@ -97,6 +101,7 @@ impl LoopStats {
         self.file_bytes += o.file_bytes;
         self.file_errors += o.file_errors;
         self.file_queued += o.file_queued;
+        self.file_cache_hits += o.file_cache_hits;
     }
 }
 
@@ -198,10 +203,10 @@ impl ServerStats {
             s.total(), per_req(s.total()), s.io_uring_enter, s.epoll_wait, s.epoll_ctl, s.poll, s.select, s.accept,
             s.recv, s.send, s.writev, s.shutdown, s.close, s.file
         );
-        if t.file_opens > 0 {
+        if t.file_opens + t.file_cache_hits > 0 {
             out += &format!(
-                "files opens={} reads={} bytes={} errors={}\n",
-                t.file_opens, t.file_reads, t.file_bytes, t.file_errors
+                "files opens={} cache_hits={} reads={} bytes={} errors={}\n",
+                t.file_opens, t.file_cache_hits, t.file_reads, t.file_bytes, t.file_errors
             );
         }
         if self.io == "uring" {

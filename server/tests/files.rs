@@ -216,9 +216,10 @@ fn refuses_escapes(srv: &Server) {
 }
 
 /// Many connections fetching large files at once, one of them leaving in the middle: every
-/// other body is exact, and the server's descriptors go back to where they were.
+/// other body is exact, and the server's descriptors go back to where they were (but for the
+/// one file each loop's cache of open files may have added).
 fn concurrent_and_abandoned(srv: &Server, tree: &Tree) {
-    let before = srv.open_fds();
+    let before = srv.open_fds() + loops(srv);
     let five = &tree.files[4].1;
     std::thread::scope(|s| {
         let mut hs = Vec::new();
@@ -294,9 +295,12 @@ fn changing_files(srv: &Server, tree: &Tree, zero_copy: bool) {
     };
     assert_bytes_eq(&body[..exact], &big[..exact], "the bytes that were sent");
     // Growing: the length at the start is what is sent; the next response follows cleanly.
+    // (Another name: the cache of open files may still hold changing.bin as it was.)
+    let _ = std::fs::remove_file(&path);
+    let path = tree.root.join("growing.bin");
     std::fs::write(&path, &big[..100_000]).unwrap();
     let mut c = HttpConn::new(srv.connect());
-    c.send(&get("/files/changing.bin", ""));
+    c.send(&get("/files/growing.bin", ""));
     c.wait_first_byte();
     std::fs::OpenOptions::new()
         .append(true)
@@ -321,6 +325,11 @@ fn run(io: &str, extra: &[&str]) {
     let stats_out = srv.stop_and_wait(EXIT_TIMEOUT);
     assert!(stats_out.contains("files opens="), "{stats_out}");
     cleanup(&tree.root);
+}
+
+/// The server's loops (its `cores=`).
+fn loops(srv: &Server) -> usize {
+    common::parse_cpu_list(&srv.cores).len().max(1)
 }
 
 fn cleanup(root: &Path) {
@@ -381,4 +390,210 @@ fn files_off_without_root() {
     let mut c = HttpConn::new(srv.connect());
     assert_eq!(c.request(&get("/files/x", "")).status, 404);
     srv.stop_and_wait(EXIT_TIMEOUT);
+}
+
+// The cache of open files (`--file-cache`, `--file-cache-valid`): uring and the readiness
+// loops, in every file-IO mode. The tokio, tokio-uring and blocking backends have none.
+
+/// One test per backend and file-IO mode that has the cache: `mod NAME { fn uring() .. }`.
+macro_rules! cache_tests {
+    ($($(#[$meta:meta])* fn $name:ident($io:ident : &str, $extra:ident : &[&str]) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn body($io: &str, $extra: &[&str]) $body
+
+            #[test]
+            fn uring() {
+                if common::skip_backend("uring") {
+                    return;
+                }
+                body("uring", &[]);
+            }
+            #[test]
+            fn epoll_threads() {
+                body("epoll", &["--file-io", "threads"]);
+            }
+            #[test]
+            fn epoll_blocking() {
+                body("epoll", &["--file-io", "blocking"]);
+            }
+            #[test]
+            fn epoll_sendfile() {
+                body("epoll", &["--file-io", "sendfile"]);
+            }
+            #[test]
+            fn poll_threads() {
+                body("poll", &["--file-io", "threads", "--file-threads", "1"]);
+            }
+            #[test]
+            fn select_sendfile() {
+                body("select", &["--file-io", "sendfile"]);
+            }
+        }
+    )*};
+}
+
+/// A fresh root with `files`: (name, contents).
+fn cache_root(files: &[(String, Vec<u8>)]) -> PathBuf {
+    let root = common::temp_path("file-cache");
+    std::fs::create_dir_all(&root).unwrap();
+    for (name, data) in files {
+        std::fs::write(root.join(name), data).unwrap();
+    }
+    root
+}
+
+/// A server on `root` with `args`, `extra` (the mode) and `--stats-json`.
+fn cache_server(io: &str, root: &Path, args: &[&str], extra: &[&str]) -> Server {
+    let mut all = vec!["--proto", "http", "--root", root.to_str().unwrap()];
+    all.extend(args);
+    all.extend(extra);
+    Server::start_with_stats(io, &all)
+}
+
+/// One loop, on the first CPU this test may use: the counts are then exact.
+fn one_core() -> String {
+    common::allowed_cpus()[0].to_string()
+}
+
+/// `GET url` `n` times, pipelined on one connection, then a range: every body exact, every
+/// `Last-Modified` the same.
+fn fetch_n(srv: &Server, url: &str, want: &[u8], n: usize) {
+    let mut c = HttpConn::new(srv.connect());
+    let mut batch = Vec::new();
+    for _ in 0..n {
+        batch.extend(get(url, ""));
+    }
+    c.send(&batch);
+    let mut lm = None;
+    for i in 0..n {
+        let r = c.response();
+        assert_eq!(r.status, 200, "request {i}");
+        assert_bytes_eq(&r.body, want, &format!("{url}, request {i}"));
+        let this = r.header("last-modified").map(str::to_string);
+        assert!(lm.is_none() || lm == this, "Last-Modified changed");
+        lm = this;
+    }
+    let r = c.request(&get(url, "Range: bytes=100-199\r\n"));
+    assert_eq!(r.status, 206);
+    assert_bytes_eq(&r.body, &want[100..200], "range");
+}
+
+cache_tests! {
+    /// 20 requests of one file (and a range of it) on one loop: one open and 20 hits with the
+    /// cache, identical bytes; 21 opens and no hit with `--file-cache 0`.
+    fn hits_serve_the_same_bytes_without_opening(io: &str, extra: &[&str]) {
+        let data = pattern(11, 200_000);
+        let root = cache_root(&[("hot.bin".into(), data.clone())]);
+        let core = one_core();
+        for (cache, opens, hits) in [("256", 1, 20), ("0", 21, 0)] {
+            let mut srv = cache_server(
+                io,
+                &root,
+                &["--cores", &core, "--file-cache", cache, "--file-cache-valid", "1h"],
+                extra,
+            );
+            fetch_n(&srv, "/files/hot.bin", &data, 20);
+            let out = srv.stop_and_wait(EXIT_TIMEOUT);
+            let st = srv.stats();
+            let what = format!("--file-cache {cache}: {st:#}");
+            assert_eq!(common::json_u64(&st, "total.file_opens"), opens, "{what}");
+            assert_eq!(common::json_u64(&st, "total.file_cache_hits"), hits, "{what}");
+            assert_eq!(common::json_u64(&st, "total.file_errors"), 0, "{what}");
+            assert!(
+                out.contains(&format!("files opens={opens} cache_hits={hits} ")),
+                "{out}"
+            );
+        }
+        cleanup(&root);
+    }
+
+    /// A file renamed over a cached one: within the validity either version is served whole
+    /// (the cache may still hold the old one); after it, the new one.
+    fn after_the_validity_a_replaced_file_is_served_new(io: &str, extra: &[&str]) {
+        let (v1, v2) = (pattern(21, 50_000), pattern(22, 60_000));
+        let root = cache_root(&[("a.bin".into(), v1.clone())]);
+        let mut srv = cache_server(io, &root, &["--file-cache-valid", "300ms"], extra);
+        fetch_n(&srv, "/files/a.bin", &v1, 3);
+        let tmp = root.join("a.bin.new");
+        std::fs::write(&tmp, &v2).unwrap();
+        std::fs::rename(&tmp, root.join("a.bin")).unwrap();
+        let mut c = HttpConn::new(srv.connect());
+        let r = c.request(&get("/files/a.bin", ""));
+        assert_eq!(r.status, 200);
+        assert!(r.body == v1 || r.body == v2, "a whole version, not a mix");
+        std::thread::sleep(Duration::from_millis(400));
+        fetch_n(&srv, "/files/a.bin", &v2, 3);
+        // Deleted: no longer served once the validity has passed.
+        std::fs::remove_file(root.join("a.bin")).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(c.request(&get("/files/a.bin", "")).status, 404);
+        drop(c);
+        srv.stop_and_wait(EXIT_TIMEOUT);
+        let st = srv.stats();
+        assert!(common::json_u64(&st, "total.file_cache_hits") > 0, "{st:#}");
+        cleanup(&root);
+    }
+
+    /// `--file-cache 2` and 10 files fetched by many connections at once, whole and by ranges,
+    /// some leaving in the middle: entries are evicted under the readers' feet, every byte is
+    /// exact, and once the clients are gone the descriptors are back to where they were, but
+    /// for the two files each loop may keep.
+    fn eviction_under_concurrent_readers_leaks_nothing(io: &str, extra: &[&str]) {
+        let files: Vec<(String, Vec<u8>)> = (0..10u64)
+            .map(|i| (format!("f{i}.bin"), pattern(30 + i, 1000 + i as usize * 37_000)))
+            .collect();
+        let root = cache_root(&files);
+        let mut srv = cache_server(
+            io,
+            &root,
+            &["--file-cache", "2", "--file-cache-valid", "1h", "--file-chunk", "16384"],
+            extra,
+        );
+        let before = srv.open_fds();
+        let files = &files;
+        std::thread::scope(|s| {
+            for t in 0..8usize {
+                let addr = srv.addr;
+                s.spawn(move || {
+                    for j in 0..6usize {
+                        let (name, data) = &files[(t * 7 + j * 3) % files.len()];
+                        let url = format!("/files/{name}");
+                        let mut c = HttpConn::new(common::connect(addr));
+                        if (t + j) % 5 == 4 && data.len() > 200_000 {
+                            // Ask, take the first bytes, and leave.
+                            c.send(&get(&url, ""));
+                            c.wait_first_byte();
+                            continue;
+                        }
+                        let mut batch = get(&url, "");
+                        batch.extend(get(&url, "Range: bytes=-500\r\n"));
+                        batch.extend(get(&url, ""));
+                        c.send(&batch);
+                        let r = c.response();
+                        assert_eq!(r.status, 200, "{name}");
+                        assert_bytes_eq(&r.body, data, name);
+                        let r = c.response();
+                        assert_eq!(r.status, 206, "{name}");
+                        assert_bytes_eq(&r.body, &data[data.len() - 500..], name);
+                        assert_bytes_eq(&c.response().body, data, name);
+                    }
+                });
+            }
+        });
+        let allowed = before + 2 * loops(&srv);
+        assert!(
+            poll_until(Duration::from_secs(10), || srv.open_fds() <= allowed),
+            "descriptors leaked: {before} before (+2 cached per loop allowed), {} after",
+            srv.open_fds()
+        );
+        srv.stop_and_wait(EXIT_TIMEOUT);
+        let st = srv.stats();
+        assert!(common::json_u64(&st, "total.file_opens") > 10, "evictions: {st:#}");
+        assert!(common::json_u64(&st, "total.file_cache_hits") > 0, "{st:#}");
+        cleanup(&root);
+    }
 }

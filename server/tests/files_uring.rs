@@ -71,6 +71,11 @@ impl Root {
     }
 }
 
+/// Opens the sessions asked for: performed, or answered from the cache of open files.
+fn opens_asked(st: &serde_json::Value) -> u64 {
+    json_u64(st, "total.file_opens") + json_u64(st, "total.file_cache_hits")
+}
+
 fn start(root: &Root, extra: &[&str]) -> Server {
     let mut args = vec!["--proto", "http", "--root", root.dir()];
     args.extend_from_slice(extra);
@@ -148,8 +153,9 @@ fn pipelined_exact(extra: &[&str]) {
     drop(c);
     srv.stop_and_wait(common::EXIT_TIMEOUT);
     let st = srv.stats();
-    // Two rounds of 5 files + 5 more opens (404 and 403s fail at open or stat), + inner, link, +1.
-    assert_eq!(json_u64(&st, "total.file_opens"), 2 * 11 + 1, "{st:#}");
+    // Two rounds of 5 files + 5 more opens (404 and 403s fail at open or stat), + inner, link,
+    // +1: opened, or answered from the cache of open files.
+    assert_eq!(opens_asked(&st), 2 * 11 + 1, "{st:#}");
     let want_bytes: u64 = FILES.iter().map(|&(_, s)| s as u64).sum::<u64>() * 2 + 2 * 7 + 1;
     assert_eq!(json_u64(&st, "total.file_bytes"), want_bytes, "{st:#}");
 }
@@ -342,7 +348,7 @@ fn many_through_a_small_queue(extra: &[&str]) {
         json_u64(&st, "total.file_queued") > 0,
         "no file operation ever waited for room: {st:#}"
     );
-    assert_eq!(json_u64(&st, "total.file_opens"), 2 * n as u64, "{st:#}");
+    assert_eq!(opens_asked(&st), 2 * n as u64, "{st:#}");
     assert_eq!(json_u64(&st, "total.file_errors"), 0, "{st:#}");
 }
 
@@ -364,12 +370,13 @@ fn reset(s: TcpStream) {
     drop(s);
 }
 
-/// Descriptors of the server, once they settle at `want` (bounded wait); the last count seen.
+/// Descriptors of the server, once they settle at `want` or below (bounded wait); the last
+/// count seen.
 fn fds_settle(srv: &Server, want: usize) -> usize {
     let mut last = 0;
     poll_until(Duration::from_secs(10), || {
         last = srv.open_fds();
-        last == want
+        last <= want
     });
     last
 }
@@ -383,6 +390,12 @@ fn leavers(extra: &[&str]) {
     let mut srv = start(&root, &args);
     // No connection yet: the listener, the ring, the waker, the root, stdio.
     let before = srv.open_fds();
+    // What the loops' caches of open files may keep: five.bin and odd.bin, each loop.
+    let cached = if extra.contains(&"--file-cache") {
+        0
+    } else {
+        2 * common::parse_cpu_list(&srv.cores).len().max(1)
+    };
     for round in 0..24 {
         let mut s = srv.connect();
         let mut req = common::get("/files/five.bin");
@@ -428,10 +441,10 @@ fn leavers(extra: &[&str]) {
     let mut c = HttpConn::new(srv.connect());
     assert_file(&c.request(&common::get("/files/odd.bin")), "odd.bin");
     drop(c);
-    let after = fds_settle(&srv, before);
-    assert_eq!(
-        after, before,
-        "descriptors leaked: {before} before, {after} after"
+    let after = fds_settle(&srv, before + cached);
+    assert!(
+        after <= before + cached,
+        "descriptors leaked: {before} before (+{cached} cached), {after} after"
     );
     srv.stop_and_wait(common::EXIT_TIMEOUT);
     let st = srv.stats();
@@ -449,6 +462,11 @@ fn peers_leaving_mid_file_leak_nothing() {
 #[test]
 fn peers_leaving_mid_file_leak_nothing_fixed_files() {
     leavers(&["--fixed-files"]);
+}
+
+#[test]
+fn peers_leaving_mid_file_leak_nothing_uncached() {
+    leavers(&["--file-cache", "0"]);
 }
 
 /// Shutdown while files are being sent to peers that do not read: the grace period ends, the
@@ -476,7 +494,7 @@ fn shutdown_with_files_in_flight() {
     assert!(status.success(), "{status}\n{stderr}");
     assert!(!stderr.contains("still in flight"), "{stderr}");
     let st = srv.stats();
-    assert_eq!(json_u64(&st, "total.file_opens"), 6, "{st:#}");
+    assert_eq!(opens_asked(&st), 6, "{st:#}");
     drop(conns);
 }
 

@@ -32,6 +32,9 @@
 //! threads per loop that wakes the loop through its eventfd when done (nginx's `aio threads`);
 //! `blocking` does them on the loop; `sendfile` opens and stats on the loop and moves the
 //! body with sendfile(2), zero copy, once the head is sent (a miss blocks the loop too).
+//! In every mode the loop keeps its cache of open files (`--file-cache`, see
+//! [`crate::files`]): a hit is answered on the loop (the pool never sees it); what the pool
+//! opens and stats is cached by the loop when the answer comes back.
 //!
 //! The loop itself (turn, timers, shutdown and grace, accept back-off, `--max-conns`) is
 //! [`crate::event_loop`]; this file holds only the readiness IO.
@@ -58,7 +61,7 @@ use ringlab_proto::files::{FileDone, FileOp};
 use crate::config::{AcceptMode, FileIo};
 use crate::core::{timer_key, timer_key_parts, ConnCore, LoopCore, LoopCtx};
 use crate::event_loop::{admit_held, setup_failed, Driver, EventLoop};
-use crate::files::{FilePool, PoolDone};
+use crate::files::{CacheNote, Cached, FilePool, OpenCache, PoolDone};
 use crate::stats::LoopStats;
 
 const LISTENER: u64 = u64::MAX - 1;
@@ -89,6 +92,8 @@ struct Conn {
     file: Option<Arc<OwnedFd>>,
     file_busy: bool,
     sendfile: Option<(u64, usize)>,
+    /// What the connection's file came with, for the cache.
+    cache_note: CacheNote,
 }
 
 impl AsMut<ConnCore> for Conn {
@@ -126,6 +131,8 @@ struct EpollIo<P> {
     file_io: FileIo,
     pool: Option<FilePool>,
     pool_done: Vec<PoolDone>,
+    /// `--file-cache`: the loop's open files.
+    cache: OpenCache,
 }
 
 /// Run one epoll loop until shutdown; returns its statistics.
@@ -215,6 +222,7 @@ fn run_on<P: Poller>(
         file_io,
         pool,
         pool_done: Vec::new(),
+        cache: OpenCache::new(ctx.args.file_cache as usize, ctx.args.file_cache_valid),
     };
     let mut lp = EventLoop::new(ctx, io);
     lp.core.stats.syscalls.add(&sc);
@@ -343,6 +351,9 @@ impl<P: Poller> EpollIo<P> {
                 if matches!(d.done, FileDone::Opened(Ok(()))) {
                     c.file = d.file;
                 }
+                self.cache
+                    .stated(&mut c.cache_note, c.file.as_ref(), &d.done);
+                release_retired(&mut self.cache, core);
                 core.file_done(&mut c.core, d.done);
                 self.pump(core, slot);
             }
@@ -415,6 +426,7 @@ impl<P: Poller> EpollIo<P> {
             file: None,
             file_busy: false,
             sendfile: None,
+            cache_note: CacheNote::None,
         };
         let (slot, gen) = self.conns.insert(conn);
         let c = self.conns.get(slot, gen).expect("just inserted");
@@ -487,6 +499,7 @@ impl<P: Poller> EpollIo<P> {
                 self.file_io,
                 self.root.as_deref(),
                 self.pool.as_mut(),
+                &mut self.cache,
             ) {
                 continue;
             }
@@ -585,6 +598,7 @@ fn file_step(
     mode: FileIo,
     root: Option<&OwnedFd>,
     pool: Option<&mut FilePool>,
+    cache: &mut OpenCache,
 ) -> bool {
     if let Some((offset, len)) = c.sendfile {
         if !c.pending.is_empty() || c.core.session.has_output() || !c.writable {
@@ -626,11 +640,29 @@ fn file_step(
         c.core.session.abort();
         return true;
     };
+    // A hot file: its open and the stat after it are answered on the loop, in every mode.
+    let op = match cache.answer(op, core.clock.now(), &mut c.cache_note) {
+        Ok(Cached::Opened(f)) => {
+            c.file = Some(f);
+            release_retired(cache, core);
+            core.file_cached(&mut c.core);
+            return true;
+        }
+        Ok(Cached::Stat(meta)) => {
+            core.file_done(&mut c.core, FileDone::Stat(Ok(meta)));
+            return true;
+        }
+        Err(op) => {
+            release_retired(cache, core);
+            op
+        }
+    };
     match (op, mode) {
         (FileOp::Close, _) => {
-            // The pool may still hold it for a moment; the last owner closes it.
-            if c.file.take().is_some() {
-                core.stats.syscalls.close += 1;
+            // The cache, another connection or (for a moment) the pool may still hold it: the
+            // last owner closes it.
+            if let Some(f) = c.file.take() {
+                release(f, core);
             }
         }
         (FileOp::Read { offset, len }, FileIo::Sendfile) => c.sendfile = Some((offset, len)),
@@ -647,11 +679,28 @@ fn file_step(
                 if let Some(f) = opened {
                     c.file = Some(Arc::new(f));
                 }
+                cache.stated(&mut c.cache_note, c.file.as_ref(), &done);
+                release_retired(cache, core);
                 core.file_done(&mut c.core, done);
             }
         }
     }
     true
+}
+
+/// Let go of a file: closed (counted) if this was the last reference.
+fn release(f: Arc<OwnedFd>, core: &mut LoopCore) {
+    if let Some(fd) = Arc::into_inner(f) {
+        core.stats.syscalls.close += 1;
+        drop(fd);
+    }
+}
+
+/// Let go of the files the cache let go of.
+fn release_retired(cache: &mut OpenCache, core: &mut LoopCore) {
+    while let Some(f) = cache.take_retired() {
+        release(f, core);
+    }
 }
 
 /// Write the session's output until done or `EAGAIN`. Errors mean the connection failed.

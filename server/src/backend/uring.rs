@@ -26,7 +26,12 @@
 //!   queue (closes never wait: they do not touch the disk, and holding one back only holds a
 //!   descriptor). They are operations on the connection's slot, so its buffers live and its
 //!   close waits until they complete; an open that completes for a closing connection becomes
-//!   its file and is closed with it.
+//!   its file and is closed with it. The loop's cache of open files (`--file-cache`, see
+//!   [`crate::files`]) answers the open and stat of a hot file at once, with no ring operation
+//!   (and ahead of the queue: they touch no disk). Files are `Arc<OwnedFd>`s shared by the
+//!   cache and the connections serving them; `IORING_OP_CLOSE` closes one when the loop lets
+//!   go of the last reference (`Arc::into_inner`), so uncached files close on the ring as
+//!   before, and a cached one closes when the last of the cache and its readers lets go.
 //!
 //! Ownership: the connections live in the ring's operation ledger
 //! ([`ringlab_runtime::ledger`]): a slot, its fd, its send buffer and its single-shot recv
@@ -60,7 +65,7 @@ use ringlab_runtime::wake::Waker;
 use crate::config::Args;
 use crate::core::{timer_key, ConnCore, LoopCore, LoopCtx};
 use crate::event_loop::{admit_held, setup_failed, Driver, EventLoop};
-use crate::files;
+use crate::files::{self, CacheNote, Cached, OpenCache};
 use crate::stats::LoopStats;
 
 const OP_ACCEPT: u8 = 1;
@@ -139,8 +144,11 @@ struct Conn {
     /// The send in flight: the buffer and how much of it was already sent.
     send: Option<(Bytes, usize)>,
     shutdown_sent: bool,
-    /// The connection's open file (`--root`): a plain descriptor, also with --fixed-files.
-    file: Option<OwnedFd>,
+    /// The connection's open file (`--root`): a plain descriptor, also with --fixed-files,
+    /// shared with the loop's cache of open files and the other connections serving it.
+    file: Option<Arc<OwnedFd>>,
+    /// What that file came with, for the cache.
+    cache_note: CacheNote,
     /// The file operation in flight on this slot, and what it lends the kernel.
     file_io: Option<FileIo>,
     /// A file operation of this connection waits in the loop's queue (`--file-inflight`).
@@ -167,6 +175,7 @@ impl Conn {
             send: None,
             shutdown_sent: false,
             file: None,
+            cache_note: CacheNote::None,
             file_io: None,
             file_queued: false,
         }
@@ -228,6 +237,8 @@ struct UringIo<'r> {
     file_inflight: usize,
     file_max: usize,
     file_queue: VecDeque<(u32, u32, FileOp)>,
+    /// `--file-cache`: the loop's open files.
+    cache: OpenCache,
 }
 
 /// Run one io_uring loop until shutdown; returns its statistics.
@@ -306,6 +317,7 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         file_inflight: 0,
         file_max: a.file_inflight.max(1) as usize,
         file_queue: VecDeque::new(),
+        cache: OpenCache::new(a.file_cache as usize, a.file_cache_valid),
     };
     let mut lp = EventLoop::new(ctx, io);
     lp.core.stats.syscalls.io_uring_register += 1
@@ -809,20 +821,39 @@ impl UringIo<'_> {
 
     /// Take the session's file operations and lower them to ring operations: at once while
     /// fewer than `--file-inflight` are in flight, else into the loop's queue. Returns whether
-    /// one was answered without the ring (it could not be performed), so that the session must
-    /// be looked at again.
+    /// one was answered without the ring (from the cache, or it could not be performed), so
+    /// that the session must be looked at again.
     fn take_file_ops(&mut self, core: &mut LoopCore, slot: u32) -> bool {
         loop {
-            let Some((gen, c)) = self.conns.open(slot) else {
+            let Some((_, c)) = self.conns.open(slot) else {
                 return false;
             };
             let Some(op) = c.core.session.take_file_op() else {
                 return false;
             };
+            // A hot file: its open and the stat after it need no ring operation.
+            let op = match self.cache.answer(op, core.clock.now(), &mut c.cache_note) {
+                Ok(Cached::Opened(f)) => {
+                    c.file = Some(f);
+                    core.file_cached(&mut c.core);
+                    self.release_retired(core);
+                    return true;
+                }
+                Ok(Cached::Stat(meta)) => {
+                    core.file_done(&mut c.core, FileDone::Stat(Ok(meta)));
+                    return true;
+                }
+                Err(op) => op,
+            };
+            self.release_retired(core);
+            let Some((gen, c)) = self.conns.open(slot) else {
+                return false;
+            };
             if op == FileOp::Close {
-                // Fire and forget: the descriptor is given up to a ring close. Nothing in flight
-                // or queued uses it: the session asks for a close only once every operation on
-                // the file was answered, and the next `Open` is of a new file.
+                // Fire and forget: the descriptor is given up to a ring close if this was its
+                // last owner. Nothing in flight or queued of this connection uses it: the
+                // session asks for a close only once every operation on the file was answered,
+                // and the next `Open` is of a new file.
                 if let Some(f) = c.file.take() {
                     self.close_file(core, f);
                 }
@@ -949,7 +980,7 @@ impl UringIo<'_> {
             (Some(FileIo::Open { .. }), OP_FILE_OPEN) => {
                 if res >= 0 {
                     // SAFETY: a non-negative openat2 result is a new descriptor, ours.
-                    c.file = Some(unsafe { OwnedFd::from_raw_fd(res) });
+                    c.file = Some(Arc::new(unsafe { OwnedFd::from_raw_fd(res) }));
                     FileDone::Opened(Ok(()))
                 } else {
                     FileDone::Opened(Err(-res))
@@ -1014,8 +1045,11 @@ impl UringIo<'_> {
         };
         self.file_inflight -= 1;
         if alive {
+            // A regular file opened and stated for a missed open goes into the cache.
+            self.cache.stated(&mut c.cache_note, c.file.as_ref(), &done);
             core.file_done(&mut c.core, done);
         }
+        self.release_retired(core);
         self.file_next(core);
         self.pump(core, u.slot);
     }
@@ -1041,15 +1075,28 @@ impl UringIo<'_> {
         }
     }
 
-    /// Close a file through the ring (no answer is awaited).
-    fn close_file(&mut self, core: &mut LoopCore, f: OwnedFd) {
+    /// Let go of a file: closed through the ring (no answer is awaited) if this was its last
+    /// reference; else the cache or another connection still serves it, and closes it later.
+    fn close_file(&mut self, core: &mut LoopCore, f: Arc<OwnedFd>) {
+        let Some(f) = Arc::into_inner(f) else {
+            return;
+        };
         let e = opcode::Close::new(types::Fd(f.into_raw_fd())).build();
         // SAFETY: a close refers to no memory; the descriptor was given up to it here, and no
-        // operation in flight uses it (callers close a file only with none in flight on it).
+        // operation in flight uses it: a file operation is in flight only for a connection
+        // that holds a reference to its file, this was the last reference, and its last
+        // holder had none in flight on it (callers let go of a file only then).
         unsafe {
             self.conns
                 .push(&mut self.ring, OP_FILE_CLOSE, e, &mut core.stats.syscalls)
         };
+    }
+
+    /// Let go of the files the cache let go of (evicted, expired, replaced).
+    fn release_retired(&mut self, core: &mut LoopCore) {
+        while let Some(f) = self.cache.take_retired() {
+            self.close_file(core, f);
+        }
     }
 
     /// Bring the connection's operations in line with what its session wants.

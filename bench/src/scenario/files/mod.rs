@@ -696,7 +696,10 @@ impl Plan {
 
 /// The nginx anchor's site: `location /files/ { alias DATA/; }`, with `sendfile on`, or with
 /// `aio threads` on a pool of 4 threads (ringlab's --file-threads default) and 64 KiB buffers
-/// (its --file-chunk).
+/// (its --file-chunk). Both keep open files as ringlab's loops do (`--file-cache 256`,
+/// `--file-cache-valid 1s`): `open_file_cache max=256 inactive=10s` (per worker, as ringlab's
+/// is per loop) and `open_file_cache_valid 1s`, so no row pays an open and a stat per request
+/// that another is spared.
 fn nginx_site(data: &Path, aio: bool) -> NginxSite {
     // Started as root, nginx's workers would switch to `nobody`, who may not read the data's
     // directories; stay root then (loopback only, a bench).
@@ -705,7 +708,7 @@ fn nginx_site(data: &Path, aio: bool) -> NginxSite {
     } else {
         ""
     };
-    let (main, http) = if aio {
+    let (main, mut http) = if aio {
         (
             format!("{user}thread_pool files threads=4 max_queue=65536;"),
             "sendfile off;\n  aio threads=files;\n  output_buffers 2 64k;".to_string(),
@@ -713,6 +716,7 @@ fn nginx_site(data: &Path, aio: bool) -> NginxSite {
     } else {
         (user.to_string(), "sendfile on;\n  aio off;".to_string())
     };
+    http.push_str("\n  open_file_cache max=256 inactive=10s;\n  open_file_cache_valid 1s;");
     NginxSite {
         main,
         http,
@@ -858,6 +862,14 @@ mod tests {
         let a = nginx_site(Path::new("/d/data"), true);
         assert!(a.main.contains("thread_pool files threads=4"));
         assert!(a.http.contains("aio threads=files;") && a.http.contains("sendfile off;"));
+        for site in [&s, &a] {
+            assert!(
+                site.http.contains("open_file_cache max=256 inactive=10s;")
+                    && site.http.contains("open_file_cache_valid 1s;"),
+                "{}",
+                site.http
+            );
+        }
         let conf = peers::nginx_conf(Path::new("/t"), 0, 8080, &a);
         assert!(conf.contains("listen 127.0.0.1:8080;"), "{conf}");
         assert!(conf.contains("worker_cpu_affinity 1;"), "{conf}");
