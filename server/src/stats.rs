@@ -65,6 +65,9 @@ pub struct LoopStats {
     /// `--file-inflight`.
     #[serde(default)]
     pub file_queued: u64,
+    /// uring --file-fixed-bufs: reads into registered buffers (of `file_reads`).
+    #[serde(default)]
+    pub file_fixed_reads: u64,
 }
 
 impl LoopStats {
@@ -97,6 +100,7 @@ impl LoopStats {
         self.file_bytes += o.file_bytes;
         self.file_errors += o.file_errors;
         self.file_queued += o.file_queued;
+        self.file_fixed_reads += o.file_fixed_reads;
     }
 }
 
@@ -200,9 +204,13 @@ impl ServerStats {
         );
         if t.file_opens > 0 {
             out += &format!(
-                "files opens={} reads={} bytes={} errors={}\n",
+                "files opens={} reads={} bytes={} errors={}",
                 t.file_opens, t.file_reads, t.file_bytes, t.file_errors
             );
+            if t.file_fixed_reads > 0 {
+                out += &format!(" fixed_reads={}", t.file_fixed_reads);
+            }
+            out += "\n";
         }
         if self.io == "uring" {
             out += &format!(
