@@ -28,7 +28,8 @@
 //!   close waits until they complete; an open that completes for a closing connection becomes
 //!   its file and is closed with it.
 //! * `--file-fixed-bufs N`: reads go into N buffers registered with the ring
-//!   (`IORING_OP_READ_FIXED`: no page pinning per read) instead of fresh ones. The pool
+//!   (`IORING_OP_READ_FIXED`: mapped and pinned once, at registration, where a plain read
+//!   imports its user buffer each time) instead of a fresh allocation per read. The pool
 //!   ([`FixedBufs`]) lives in one mapping shared by an `Arc` between the loop and every buffer
 //!   taken from it; a completed read becomes `Bytes` pointing into its buffer
 //!   (`Bytes::from_owner`, no copy), and the buffer is free again when the last of those bytes
@@ -876,9 +877,9 @@ impl UringIo<'_> {
     }
 
     /// Take the session's file operations and lower them to ring operations: at once while
-    /// there is room (see [`Self::file_room`]) and nothing waits, else into the loop's queue. Returns whether
-    /// one was answered without the ring (it could not be performed), so that the session must
-    /// be looked at again.
+    /// there is room (see [`Self::file_room`]) and nothing waits, else into the loop's queue.
+    /// Returns whether one was answered without the ring (it could not be performed), so that
+    /// the session must be looked at again.
     fn take_file_ops(&mut self, core: &mut LoopCore, slot: u32) -> bool {
         loop {
             let Some((gen, c)) = self.conns.open(slot) else {
