@@ -15,8 +15,10 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use crate::stats::SyscallCounters;
 
 mod buf_ring;
+mod fixed_bufs;
 
 pub use buf_ring::{BufRing, Piece, PBUF_RING_INC};
+pub use fixed_bufs::{FixedBuf, FixedBufs, MAX_FIXED_BUFS};
 
 /// Why io_uring cannot be used here, with what to do about it.
 #[derive(Debug, thiserror::Error)]

@@ -263,6 +263,15 @@ pub struct Args {
     /// after it the path is opened and stated anew.
     #[arg(long, value_parser = parse_duration, default_value = "1s", help_heading = "Files")]
     pub file_cache_valid: Duration,
+    /// Files, uring: read into N buffers of --file-chunk bytes registered with each ring
+    /// (IORING_OP_READ_FIXED), and send the bytes from there without a copy. A read waits in
+    /// the loop's queue for a free buffer; a buffer is free again once its bytes are sent, so
+    /// N bounds reads in flight plus file data waiting for slow peers (a peer that does not
+    /// read holds up to --out-high-water of it until it reads, leaves or times out). The
+    /// buffers are locked memory, N x --file-chunk per loop, counted against RLIMIT_MEMLOCK
+    /// (ulimit -l) without CAP_IPC_LOCK. 0: off (reads into fresh buffers).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=16384), help_heading = "Files")]
+    pub file_fixed_bufs: u16,
     /// blocking: number of worker threads (1 = the seed notes' synchronous server), spread
     /// round-robin over --cores.
     #[arg(long, default_value_t = 1)]
@@ -435,7 +444,7 @@ impl Args {
                 self.cq_entries, self.sq_entries
             ));
         }
-        let uring_only: [(&str, bool); 7] = [
+        let uring_only: [(&str, bool); 8] = [
             ("--fixed-files", self.fixed_files),
             ("--sqpoll", self.sqpoll),
             ("--send-zc", self.send_zc > 0),
@@ -443,6 +452,7 @@ impl Args {
             ("--buf-incremental", self.buf_incremental),
             ("--napi-busy-poll", !self.napi_busy_poll.is_zero()),
             ("--fixed-table", self.fixed_table > 0),
+            ("--file-fixed-bufs", self.file_fixed_bufs > 0),
         ];
         for (flag, set) in uring_only {
             if set && self.io != Io::Uring {
@@ -471,6 +481,9 @@ impl Args {
                 ),
                 _ => "--level-triggered applies to --io epoll only".into(),
             });
+        }
+        if self.file_fixed_bufs > 0 && self.root.is_none() {
+            return Err("--file-fixed-bufs reads files: add --root".into());
         }
         if self.fixed_table > 0 && !self.fixed_files {
             return Err("--fixed-table needs --fixed-files".into());

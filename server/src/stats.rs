@@ -69,6 +69,9 @@ pub struct LoopStats {
     /// `file_opens`, which counts the opens performed).
     #[serde(default)]
     pub file_cache_hits: u64,
+    /// uring --file-fixed-bufs: reads into registered buffers (of `file_reads`).
+    #[serde(default)]
+    pub file_fixed_reads: u64,
 }
 
 impl LoopStats {
@@ -102,6 +105,7 @@ impl LoopStats {
         self.file_errors += o.file_errors;
         self.file_queued += o.file_queued;
         self.file_cache_hits += o.file_cache_hits;
+        self.file_fixed_reads += o.file_fixed_reads;
     }
 }
 
@@ -205,9 +209,13 @@ impl ServerStats {
         );
         if t.file_opens + t.file_cache_hits > 0 {
             out += &format!(
-                "files opens={} cache_hits={} reads={} bytes={} errors={}\n",
+                "files opens={} cache_hits={} reads={} bytes={} errors={}",
                 t.file_opens, t.file_cache_hits, t.file_reads, t.file_bytes, t.file_errors
             );
+            if t.file_fixed_reads > 0 {
+                out += &format!(" fixed_reads={}", t.file_fixed_reads);
+            }
+            out += "\n";
         }
         if self.io == "uring" {
             out += &format!(

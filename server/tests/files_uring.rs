@@ -1,7 +1,10 @@
 //! Static files through the io_uring backend (`--io uring --root DIR`): open, stat, read and
 //! close as ring operations. Every byte is checked against the file; ranges, conditional
 //! requests, refusals; many connections against a small `--file-inflight` (the loop's queue);
-//! peers that leave in the middle of a file (no descriptor may leak); `--fixed-files`.
+//! peers that leave in the middle of a file (no descriptor may leak); `--fixed-files`;
+//! `--file-fixed-bufs` (reads into registered buffers, sent from there: with 1 buffer every read
+//! waits for the bytes of the one before to be sent, so a buffer that never came back would
+//! stall the test).
 //!
 //! (To be folded into the all-backend tests in `files.rs`.)
 
@@ -82,6 +85,21 @@ fn start(root: &Root, extra: &[&str]) -> Server {
     Server::start_with_stats(IO, &args)
 }
 
+/// With `--file-fixed-bufs` in `extra`: every read went into a registered buffer.
+#[track_caller]
+fn assert_fixed_reads(extra: &[&str], st: &serde_json::Value) {
+    if extra.contains(&"--file-fixed-bufs") {
+        let (fixed, reads) = (
+            json_u64(st, "total.file_fixed_reads"),
+            json_u64(st, "total.file_reads"),
+        );
+        assert!(
+            fixed > 0 && fixed == reads,
+            "{fixed} of {reads} reads fixed: {st:#}"
+        );
+    }
+}
+
 fn get_with(path: &str, headers: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n").into_bytes()
 }
@@ -158,6 +176,7 @@ fn pipelined_exact(extra: &[&str]) {
     assert_eq!(opens_asked(&st), 2 * 11 + 1, "{st:#}");
     let want_bytes: u64 = FILES.iter().map(|&(_, s)| s as u64).sum::<u64>() * 2 + 2 * 7 + 1;
     assert_eq!(json_u64(&st, "total.file_bytes"), want_bytes, "{st:#}");
+    assert_fixed_reads(extra, &st);
 }
 
 #[test]
@@ -174,6 +193,30 @@ fn pipelined_files_exact_fixed_files() {
 fn small_chunks_and_small_high_water() {
     // Many reads per file, interleaved with backpressure.
     pipelined_exact(&["--file-chunk", "4096", "--out-high-water", "16384"]);
+}
+
+#[test]
+fn pipelined_files_exact_fixed_bufs() {
+    pipelined_exact(&["--file-fixed-bufs", "4"]);
+}
+
+#[test]
+fn pipelined_files_exact_one_fixed_buf() {
+    // Each read waits until the bytes of the one before have been sent.
+    pipelined_exact(&["--file-fixed-bufs", "1"]);
+}
+
+#[test]
+fn small_chunks_one_fixed_buf_fixed_files() {
+    pipelined_exact(&[
+        "--file-fixed-bufs",
+        "1",
+        "--file-chunk",
+        "4096",
+        "--out-high-water",
+        "16384",
+        "--fixed-files",
+    ]);
 }
 
 #[test]
@@ -312,11 +355,12 @@ fn dot_segments_400() {
     );
 }
 
-/// Many connections at once, each fetching the 5 MiB file, through at most 2 file operations
-/// in flight: the rest wait in the loop's queue, and every byte still arrives right.
-fn many_through_a_small_queue(extra: &[&str]) {
+/// Many connections at once, each fetching the 5 MiB file, through at most `inflight` file
+/// operations in flight (or fewer registered buffers): the rest wait in the loop's queue, and
+/// every byte still arrives right.
+fn many_through_a_small_queue(inflight: &str, extra: &[&str]) {
     let root = Root::new();
-    let mut args = vec!["--file-inflight", "2"];
+    let mut args = vec!["--file-inflight", inflight];
     args.extend_from_slice(extra);
     let mut srv = start(&root, &args);
     let want = Arc::new(Root::contents("five.bin"));
@@ -350,16 +394,33 @@ fn many_through_a_small_queue(extra: &[&str]) {
     );
     assert_eq!(opens_asked(&st), 2 * n as u64, "{st:#}");
     assert_eq!(json_u64(&st, "total.file_errors"), 0, "{st:#}");
+    assert_fixed_reads(extra, &st);
 }
 
 #[test]
 fn many_connections_file_inflight_2() {
-    many_through_a_small_queue(&[]);
+    many_through_a_small_queue("2", &[]);
 }
 
 #[test]
 fn many_connections_file_inflight_2_fixed_files() {
-    many_through_a_small_queue(&["--fixed-files", "--cores", "all"]);
+    many_through_a_small_queue("2", &["--fixed-files", "--cores", "all"]);
+}
+
+#[test]
+fn many_connections_fixed_bufs_4() {
+    // Room for 64 operations in flight, but only 4 buffers: reads wait for buffers.
+    many_through_a_small_queue("64", &["--file-fixed-bufs", "4"]);
+}
+
+#[test]
+fn many_connections_one_fixed_buf_on_every_core() {
+    many_through_a_small_queue("64", &["--file-fixed-bufs", "1", "--cores", "all"]);
+}
+
+#[test]
+fn many_connections_file_inflight_2_fixed_bufs_fixed_files() {
+    many_through_a_small_queue("2", &["--file-fixed-bufs", "4", "--fixed-files"]);
 }
 
 /// Close `s` with a reset (SO_LINGER 0) instead of a FIN.
@@ -452,6 +513,7 @@ fn leavers(extra: &[&str]) {
         json_u64(&st, "total.accepted"),
         json_u64(&st, "total.closed")
     );
+    assert_fixed_reads(extra, &st);
 }
 
 #[test]
@@ -469,13 +531,26 @@ fn peers_leaving_mid_file_leak_nothing_uncached() {
     leavers(&["--file-cache", "0"]);
 }
 
+#[test]
+fn peers_leaving_mid_file_leak_nothing_fixed_bufs() {
+    leavers(&["--file-fixed-bufs", "4"]);
+}
+
+#[test]
+fn peers_leaving_mid_file_give_back_the_one_fixed_buf() {
+    // Every buffer a leaver held must come back, or the last fetch would wait forever.
+    leavers(&["--file-fixed-bufs", "1"]);
+}
+
 /// Shutdown while files are being sent to peers that do not read: the grace period ends, the
 /// connections are aborted with file operations possibly in flight, and the server exits
-/// cleanly (nothing left in flight to leak).
-#[test]
-fn shutdown_with_files_in_flight() {
+/// cleanly (nothing left in flight to leak). With `--file-fixed-bufs`, sends in flight carry
+/// bytes of registered buffers, and reads wait in the queue for a buffer.
+fn shutdown_during_transfers(extra: &[&str]) {
     let root = Root::new();
-    let mut srv = start(&root, &["--grace", "300ms", "--out-high-water", "65536"]);
+    let mut args = vec!["--grace", "300ms", "--out-high-water", "65536"];
+    args.extend_from_slice(extra);
+    let mut srv = start(&root, &args);
     let mut conns = Vec::new();
     for _ in 0..6 {
         let mut s = srv.connect();
@@ -495,7 +570,126 @@ fn shutdown_with_files_in_flight() {
     assert!(!stderr.contains("still in flight"), "{stderr}");
     let st = srv.stats();
     assert_eq!(opens_asked(&st), 6, "{st:#}");
+    assert_fixed_reads(extra, &st);
     drop(conns);
+}
+
+#[test]
+fn shutdown_with_files_in_flight() {
+    shutdown_during_transfers(&[]);
+}
+
+#[test]
+fn shutdown_with_files_in_flight_fixed_bufs() {
+    shutdown_during_transfers(&["--file-fixed-bufs", "4"]);
+}
+
+#[test]
+fn shutdown_with_files_in_flight_one_fixed_buf() {
+    shutdown_during_transfers(&["--file-fixed-bufs", "1", "--fixed-files"]);
+}
+
+/// `--file-fixed-bufs` is refused in one line where it cannot apply.
+#[test]
+fn fixed_bufs_refused_in_one_line() {
+    let root = Root::new();
+    for (args, says) in [
+        (
+            &["--io", "epoll", "--proto", "http", "--root", root.dir()][..],
+            "--file-fixed-bufs applies to --io uring only",
+        ),
+        (
+            &["--io", "uring", "--proto", "http"][..],
+            "--file-fixed-bufs reads files: add --root",
+        ),
+    ] {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .args(["--file-fixed-bufs", "4", "--listen", "127.0.0.1:0"])
+            .output()
+            .expect("run ringlab-server");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(says), "{args:?}: stderr {err:?}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one line, got {err:?}"
+        );
+    }
+}
+
+/// Registered buffers past `RLIMIT_MEMLOCK`: the server stops at start with one line naming
+/// the flag and the limit (no panic). Without `CAP_IPC_LOCK` only: as root it is dropped
+/// through `setpriv`, and the test is skipped where that is not possible.
+#[test]
+fn fixed_bufs_past_memlock_fail_in_one_line() {
+    const CAP_IPC_LOCK: u32 = 14;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = common::proc_status_field(&status, "CapEff")
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let mut cmd = match (eff & (1 << CAP_IPC_LOCK) != 0, setpriv) {
+        (false, _) => std::process::Command::new(common::BIN),
+        (true, Some(sp)) => {
+            let mut c = std::process::Command::new(sp);
+            c.args([
+                "--inh-caps",
+                "-ipc_lock",
+                "--bounding-set",
+                "-ipc_lock",
+                common::BIN,
+            ]);
+            c
+        }
+        (true, None) => {
+            // CI runs as root with util-linux: there this must run (RINGLAB_REQUIRE_NETADMIN).
+            let why = Err("CAP_IPC_LOCK is set and there is no setpriv to drop it".to_string());
+            if common::skip_unless("RINGLAB_REQUIRE_NETADMIN", "the RLIMIT_MEMLOCK case", why) {
+                return;
+            }
+            unreachable!("skip_unless panics when required")
+        }
+    };
+    let root = Root::new();
+    {
+        use std::os::unix::process::CommandExt;
+        let lim = rustix::process::Rlimit {
+            current: Some(256 * 1024),
+            maximum: Some(256 * 1024),
+        };
+        // SAFETY: runs in the forked child before exec and makes one setrlimit syscall on a
+        // value built before the fork: no allocation, no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::setrlimit(rustix::process::Resource::Memlock, lim)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let out = cmd
+        .args(["--io", "uring", "--proto", "http", "--root", root.dir()])
+        .args([
+            "--file-fixed-bufs",
+            "64",
+            "--cores",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run ringlab-server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started past RLIMIT_MEMLOCK: {err}");
+    assert!(
+        err.contains("--file-fixed-bufs 64") && err.contains("RLIMIT_MEMLOCK (soft limit 256 KiB"),
+        "stderr {err:?}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line, got {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// The idle timeout still closes a connection that stopped asking (a file connection is not

@@ -32,6 +32,18 @@
 //!   cache and the connections serving them; `IORING_OP_CLOSE` closes one when the loop lets
 //!   go of the last reference (`Arc::into_inner`), so uncached files close on the ring as
 //!   before, and a cached one closes when the last of the cache and its readers lets go.
+//! * `--file-fixed-bufs N`: reads go into N buffers registered with the ring
+//!   (`IORING_OP_READ_FIXED`: mapped and pinned once, at registration, where a plain read
+//!   imports its user buffer each time) instead of a fresh allocation per read. The pool
+//!   ([`FixedBufs`]) lives in one mapping shared by an `Arc` between the loop and every buffer
+//!   taken from it; a completed read becomes `Bytes` pointing into its buffer
+//!   (`Bytes::from_owner`, no copy), and the buffer is free again when the last of those bytes
+//!   is dropped (sent, or the connection gone). A read with no free buffer waits in the same
+//!   FIFO as the other file operations; each turn, before waiting, the queue is looked at
+//!   again. So the mapping outlives every read in flight (the operation's `FileIo` holds its
+//!   buffer, and the ledger keeps that until the completion) and every `Bytes` into it (each
+//!   holds the `Arc`); the registration is unregistered when the loop's `UringIo` goes, before
+//!   the ring, or leaked with the ring's other buffers when operations never completed.
 //!
 //! Ownership: the connections live in the ring's operation ledger
 //! ([`ringlab_runtime::ledger`]): a slot, its fd, its send buffer and its single-shot recv
@@ -58,7 +70,8 @@ use ringlab_runtime::ledger::{user_data, Done, Ledger, SlotSock, Sock, NO_SLOT, 
 use ringlab_runtime::on_sock;
 use ringlab_runtime::poller::Coalesce;
 use ringlab_runtime::uring::{
-    build_ring, with_optlen, BufRing, Piece, Ring, RingConfig, SqPoll, UserData, PBUF_RING_INC,
+    build_ring, with_optlen, BufRing, FixedBuf, FixedBufs, Piece, Ring, RingConfig, SqPoll,
+    UserData, PBUF_RING_INC,
 };
 use ringlab_runtime::wake::Waker;
 
@@ -104,8 +117,9 @@ enum Recv {
 
 /// What a file operation in flight lends the kernel until it completes: its path and
 /// `open_how`, its statx buffer, or its read buffer. All of it is on the heap (a `CString`, a
-/// `Box`, a `BytesMut`'s allocation), so it does not move when the `Conn` that holds it moves
-/// within the ledger's slab; and the ledger keeps that `Conn` until the operation completed.
+/// `Box`, a `BytesMut`'s allocation) or in the registered buffers' mapping (a `FixedBuf`), so it
+/// does not move when the `Conn` that holds it moves within the ledger's slab; and the ledger
+/// keeps that `Conn` until the operation completed.
 enum FileIo {
     Open {
         _path: CString,
@@ -113,11 +127,21 @@ enum FileIo {
     },
     Stat(Box<MaybeUninit<rustix::fs::Statx>>),
     Read {
-        buf: BytesMut,
+        buf: ReadBuf,
         offset: u64,
+        /// Bytes asked for.
+        len: usize,
         /// Already resubmitted once for -EAGAIN (see [`UringIo::on_file`]).
         retried: bool,
     },
+}
+
+/// The buffer a file read fills.
+enum ReadBuf {
+    /// A fresh buffer, read into its spare capacity (`IORING_OP_READ`).
+    Heap(BytesMut),
+    /// A registered buffer (`--file-fixed-bufs`, `IORING_OP_READ_FIXED`).
+    Fixed(FixedBuf),
 }
 
 // The kernel writes a whole `struct statx` (256 bytes) into the buffer of an `IORING_OP_STATX`.
@@ -239,6 +263,8 @@ struct UringIo<'r> {
     file_queue: VecDeque<(u32, u32, FileOp)>,
     /// `--file-cache`: the loop's open files.
     cache: OpenCache,
+    /// `--file-fixed-bufs`: the registered read buffers.
+    fixed_bufs: Option<FixedBufs<'r>>,
 }
 
 /// Run one io_uring loop until shutdown; returns its statistics.
@@ -291,6 +317,13 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
             .map_err(|e| setup_failed(&ctx, "io_uring_register(PBUF_RING)", e))?;
         Some(b)
     };
+    let fixed_bufs = match a.file_fixed_bufs {
+        0 => None,
+        n => Some(
+            FixedBufs::register(ring.uring(), n, a.file_chunk as usize)
+                .map_err(|e| fixed_bufs_failed(&ctx, n, a.file_chunk, e))?,
+        ),
+    };
     let io = UringIo {
         ring,
         bufs,
@@ -318,12 +351,14 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         file_max: a.file_inflight.max(1) as usize,
         file_queue: VecDeque::new(),
         cache: OpenCache::new(a.file_cache as usize, a.file_cache_valid),
+        fixed_bufs,
     };
     let mut lp = EventLoop::new(ctx, io);
     lp.core.stats.syscalls.io_uring_register += 1
         + u64::from(!a.no_register_ring_fd)
         + u64::from(a.fixed_files)
-        + u64::from(!a.napi_busy_poll.is_zero());
+        + u64::from(!a.napi_busy_poll.is_zero())
+        + u64::from(a.file_fixed_bufs > 0);
     lp.io.arm_wake(&mut lp.core);
     lp.io.accept(&mut lp.core);
     let r = lp.run();
@@ -335,6 +370,26 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
     })
 }
 
+/// `--file-fixed-bufs` could not be registered: one line for the starter, naming the flag and,
+/// for `ENOMEM` (the usual reason), the locked-memory limit the buffers count against.
+fn fixed_bufs_failed(ctx: &LoopCtx, n: u16, chunk: u32, e: io::Error) -> io::Error {
+    let kib = u64::from(n) * u64::from(chunk) / 1024;
+    let hint = if e.raw_os_error() == Some(rustix::io::Errno::NOMEM.raw_os_error()) {
+        let limit = match rustix::process::getrlimit(rustix::process::Resource::Memlock).current {
+            Some(l) => format!("{} KiB", l / 1024),
+            None => "unlimited".into(),
+        };
+        format!("; registered buffers are locked memory, counted against RLIMIT_MEMLOCK (soft limit {limit} here) unless the process has CAP_IPC_LOCK: raise it (ulimit -l, LimitMEMLOCK=) or lower --file-fixed-bufs or --file-chunk")
+    } else {
+        String::new()
+    };
+    let e = io::Error::new(
+        e.kind(),
+        format!("io_uring_register(BUFFERS) of {n} x {chunk} bytes ({kib} KiB) failed: {e}{hint}"),
+    );
+    setup_failed(ctx, &format!("--file-fixed-bufs {n}"), e)
+}
+
 impl Driver for UringIo<'_> {
     type Conn = Conn;
     type Conns = Ledger<Conn, Bytes>;
@@ -344,6 +399,14 @@ impl Driver for UringIo<'_> {
     }
 
     fn wait(&mut self, core: &mut LoopCore, timeout: Option<Duration>) -> io::Result<()> {
+        // Registered buffers given back during the turn (their bytes sent, or dropped with a
+        // connection, wherever that happened) let queued reads go, in this same enter. One
+        // answered without the ring changed a session: look again at once.
+        let timeout = if !self.file_queue.is_empty() && self.file_next(core) {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
         self.ring
             .submit_and_wait(1, timeout, &mut core.stats.syscalls)
     }
@@ -444,8 +507,10 @@ impl UringIo<'_> {
     /// Queue operation `op` on connection `slot`.
     fn push_for(&mut self, core: &mut LoopCore, slot: u32, op: u8, e: squeue::Entry) {
         // SAFETY: every entry built in this file for a connection refers only to its socket,
-        // to buffers its `Conn` owns (the single-shot recv buffer, a file operation's `FileIo`)
-        // or the loop owns (the provided-buffer ring), and to descriptors that stay open while
+        // to buffers its `Conn` owns (the single-shot recv buffer, a file operation's `FileIo`,
+        // whose registered buffer's mapping its `FixedBuf` keeps alive, and whose registration
+        // the loop's `FixedBufs` keeps until no operation is in flight, or for good) or the loop
+        // owns (the provided-buffer ring), and to descriptors that stay open while
         // the operation is in flight (the connection's file, closed only when no file operation
         // is in flight on it; the root, held by the loop, and forgotten open at exit if any
         // operation never completed); the ledger frees a `Conn` only when its close completes,
@@ -510,6 +575,10 @@ impl UringIo<'_> {
             // An open that never completed may still resolve its path beneath the root.
             if let Some(root) = self.root.take() {
                 std::mem::forget(root);
+            }
+            // A read that never completed may still write into its registered buffer.
+            if let Some(f) = self.fixed_bufs.take() {
+                f.leak();
             }
         }
     }
@@ -820,9 +889,9 @@ impl UringIo<'_> {
     }
 
     /// Take the session's file operations and lower them to ring operations: at once while
-    /// fewer than `--file-inflight` are in flight, else into the loop's queue. Returns whether
-    /// one was answered without the ring (from the cache, or it could not be performed), so
-    /// that the session must be looked at again.
+    /// there is room (see [`Self::file_room`]) and nothing waits, else into the loop's queue.
+    /// Returns whether one was answered without the ring (from the cache, or it could not be
+    /// performed), so that the session must be looked at again.
     fn take_file_ops(&mut self, core: &mut LoopCore, slot: u32) -> bool {
         loop {
             let Some((_, c)) = self.conns.open(slot) else {
@@ -863,14 +932,14 @@ impl UringIo<'_> {
                 c.file_io.is_none() && !c.file_queued,
                 "one file operation at a time"
             );
-            if self.file_inflight < self.file_max && self.file_queue.is_empty() {
+            if self.file_queue.is_empty() && self.file_room(&op) {
                 if let Err(done) = self.submit_file(core, slot, op) {
                     if let Some((_, c)) = self.conns.open(slot) {
                         core.file_done(&mut c.core, done);
                     }
                     return true;
                 }
-            } else {
+            } else if let Some((_, c)) = self.conns.open(slot) {
                 c.file_queued = true;
                 core.stats.file_queued += 1;
                 self.file_queue.push_back((slot, gen, op));
@@ -923,11 +992,17 @@ impl UringIo<'_> {
                 let Some(fd) = file else {
                     return Err(FileDone::Read(Err(errno(rustix::io::Errno::BADF))));
                 };
-                let mut buf = BytesMut::with_capacity(len.min(u32::MAX as usize));
-                let e = read_entry(fd, &mut buf, offset);
+                // `file_room` saw a free registered buffer (with --file-fixed-bufs); were there
+                // none, a fresh buffer would do as well.
+                let mut buf = match self.fixed_bufs.as_ref().and_then(FixedBufs::take) {
+                    Some(b) => ReadBuf::Fixed(b),
+                    None => ReadBuf::Heap(BytesMut::with_capacity(len.min(u32::MAX as usize))),
+                };
+                let e = read_entry(fd, &mut buf, offset, len);
                 let io = FileIo::Read {
                     buf,
                     offset,
+                    len,
                     retried: false,
                 };
                 (OP_FILE_READ, e, io)
@@ -940,22 +1015,43 @@ impl UringIo<'_> {
         Ok(())
     }
 
-    /// Submit queued file operations while there is room under `--file-inflight`, oldest
-    /// first; those of connections closed meanwhile are dropped.
-    fn file_next(&mut self, core: &mut LoopCore) {
-        while self.file_inflight < self.file_max {
-            let Some((slot, gen, op)) = self.file_queue.pop_front() else {
-                return;
+    /// Whether `op` may be submitted now: fewer than `--file-inflight` in flight, and for a read
+    /// with `--file-fixed-bufs`, a free registered buffer.
+    fn file_room(&self, op: &FileOp) -> bool {
+        self.file_inflight < self.file_max
+            && (!matches!(op, FileOp::Read { .. })
+                || self.fixed_bufs.as_ref().is_none_or(FixedBufs::has_free))
+    }
+
+    /// Submit queued file operations, oldest first, while the oldest has room (see
+    /// [`Self::file_room`]); those of connections closed meanwhile are dropped. Returns whether
+    /// one was answered without the ring (it could not be performed).
+    fn file_next(&mut self, core: &mut LoopCore) -> bool {
+        let mut answered = false;
+        loop {
+            let Some((slot, gen, op)) = self.file_queue.front() else {
+                return answered;
             };
-            match self.conns.open(slot) {
-                Some((g, c)) if g == gen && c.file_queued => c.file_queued = false,
-                _ => continue,
+            let (slot, gen) = (*slot, *gen);
+            let live = matches!(self.conns.open(slot), Some((g, c)) if g == gen && c.file_queued);
+            if live && !self.file_room(op) {
+                return answered;
+            }
+            let Some((_, _, op)) = self.file_queue.pop_front() else {
+                return answered;
+            };
+            if !live {
+                continue;
+            }
+            if let Some((_, c)) = self.conns.open(slot) {
+                c.file_queued = false;
             }
             if let Err(done) = self.submit_file(core, slot, op) {
                 if let Some((_, c)) = self.conns.open(slot) {
                     core.file_done(&mut c.core, done);
                 }
                 self.pump(core, slot);
+                answered = true;
             }
         }
     }
@@ -1002,6 +1098,7 @@ impl UringIo<'_> {
                 Some(FileIo::Read {
                     mut buf,
                     offset,
+                    len,
                     retried,
                 }),
                 OP_FILE_READ,
@@ -1012,24 +1109,34 @@ impl UringIo<'_> {
                         // A file opened O_NONBLOCK whose filesystem cannot read without
                         // blocking fails with -EAGAIN instead of being retried by the kernel:
                         // retry once in an io-wq worker (IOSQE_ASYNC), where it may block.
-                        let e = read_entry(fd, &mut buf, offset).flags(squeue::Flags::ASYNC);
+                        let e = read_entry(fd, &mut buf, offset, len).flags(squeue::Flags::ASYNC);
                         c.file_io = Some(FileIo::Read {
                             buf,
                             offset,
+                            len,
                             retried: true,
                         });
                         self.push_for(core, u.slot, OP_FILE_READ, e);
                         return;
                     }
                 }
-                if res >= 0 {
-                    let n = (res as usize).min(buf.capacity());
-                    // SAFETY: the read completed and wrote its first `res` bytes into the
-                    // spare capacity it was given (never more than the capacity).
-                    unsafe { buf.set_len(n) };
-                    FileDone::Read(Ok(buf.freeze()))
-                } else {
-                    FileDone::Read(Err(-res))
+                match buf {
+                    _ if res < 0 => FileDone::Read(Err(-res)),
+                    ReadBuf::Heap(mut buf) => {
+                        let n = (res as usize).min(buf.capacity());
+                        // SAFETY: the read completed and wrote its first `res` bytes into the
+                        // spare capacity it was given (never more than the capacity).
+                        unsafe { buf.set_len(n) };
+                        FileDone::Read(Ok(buf.freeze()))
+                    }
+                    ReadBuf::Fixed(buf) => {
+                        if alive {
+                            core.stats.file_fixed_reads += 1;
+                        }
+                        // SAFETY: the read lent this buffer has completed (its completion is
+                        // the one being handled), so the kernel no longer writes into it.
+                        FileDone::Read(Ok(unsafe { buf.into_bytes(res as usize) }))
+                    }
                 }
             }
             (io, op) => {
@@ -1230,12 +1337,24 @@ impl UringIo<'_> {
     }
 }
 
-/// A read of the spare capacity of `buf` from `fd` at `offset`.
-fn read_entry(fd: types::Fd, buf: &mut BytesMut, offset: u64) -> squeue::Entry {
-    let len = buf.capacity().min(u32::MAX as usize) as u32;
-    opcode::Read::new(fd, buf.spare_capacity_mut().as_mut_ptr().cast(), len)
-        .offset(offset)
-        .build()
+/// A read from `fd` at `offset` of at most `len` bytes into `buf`: the spare capacity of a
+/// fresh buffer, or a registered buffer (`READ_FIXED`, which names it by index; its address and
+/// length stay within the registered range).
+fn read_entry(fd: types::Fd, buf: &mut ReadBuf, offset: u64, len: usize) -> squeue::Entry {
+    match buf {
+        ReadBuf::Heap(b) => {
+            let n = b.capacity().min(len).min(u32::MAX as usize) as u32;
+            opcode::Read::new(fd, b.spare_capacity_mut().as_mut_ptr().cast(), n)
+                .offset(offset)
+                .build()
+        }
+        ReadBuf::Fixed(b) => {
+            let n = b.capacity().min(len).min(u32::MAX as usize) as u32;
+            opcode::ReadFixed::new(fd, b.as_mut_ptr(), n, b.index())
+                .offset(offset)
+                .build()
+        }
+    }
 }
 
 /// A multishot recv into the provided-buffer ring, as a bundle or not.
