@@ -13,7 +13,7 @@
 # is killed mid-run; the bench must end with one line naming that host, and no ringlab process
 # may be left in any namespace.
 # Everything (namespaces, bridge, sshd processes, temp dir) is removed on exit, failure
-# included. Needs root, iproute2, and openssh-server (installed with apt-get if missing).
+# included. Needs root, iproute2, openssh-server and jq (both installed with apt-get if missing).
 # Names: RINGLAB_FLEET_PREFIX (default rlfleet); addresses 10.78.0.0/24.
 set -euo pipefail
 
@@ -40,10 +40,13 @@ bench="$bin_dir/ringlab-bench"
 for b in ringlab-bench ringlab-server ringlab-client; do
   [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found: cargo build --release (or --bin-dir)"
 done
-if [ ! -x /usr/sbin/sshd ]; then
-  echo "installing openssh-server"
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v jq >/dev/null || need+=(jq)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 command -v ssh-keygen >/dev/null || die "ssh-keygen not found (openssh-client)"
 
