@@ -47,6 +47,8 @@ pub struct Host {
     pub bin: String,
     /// Its clock against ours, measured at setup.
     pub offset: Offset,
+    /// Whether `dir` was made there (and so is removed at the end, unless --keep).
+    pub made: bool,
 }
 
 impl Host {
@@ -108,7 +110,7 @@ fn measure_offset(ssh: &Ssh) -> Result<Offset> {
         if writeln!(input, "x").and_then(|()| input.flush()).is_err()
             || out.read_line(&mut line).unwrap_or(0) == 0
         {
-            fail = Some("the connection closed");
+            fail = Some("unreachable over ssh");
             break;
         }
         let t1 = now_ns();
@@ -460,6 +462,7 @@ impl Fleet {
             dir: format!("{base}-h{i}"),
             bin: String::new(),
             offset: Offset::default(),
+            made: false,
         };
         let server = mk("server", &o.server, 0);
         let clients: Vec<Host> = o
@@ -531,6 +534,7 @@ impl Fleet {
                 dir = ssh::quote(&h.dir)
             );
             let out = call(&h.ssh, &check).map_err(|e| anyhow!("{name}: {e:#}"))?;
+            h.made = true;
             let field = |k: &str| {
                 out.lines()
                     .find_map(|l| l.strip_prefix(k))
@@ -589,7 +593,7 @@ impl Fleet {
             return;
         }
         *done = true;
-        for h in self.hosts() {
+        for h in self.hosts().filter(|h| h.made) {
             if self.o.keep {
                 eprintln!("fleet: {}: kept {}", h.name(), h.dir);
                 continue;
