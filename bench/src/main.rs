@@ -4,6 +4,7 @@
 mod cgroup;
 mod ctx;
 mod doctor;
+mod fleet;
 mod hold;
 mod merge;
 mod netns;

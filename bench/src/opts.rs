@@ -77,4 +77,61 @@ pub struct Opts {
     /// `perf record -e cpu-clock` on the server's CPUs (one extra run per backend).
     #[arg(long, global = true)]
     pub profile: bool,
+    /// Fleet mode: run the server on this host over SSH (a destination as `ssh` takes it,
+    /// e.g. root@10.0.0.1); needs --client-hosts. Scenarios whose runs go through the common
+    /// run (compare, seeds, latency, sizes, pinning, features, coalesce) run this way.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SSH_DEST",
+        help_heading = "Fleet (several hosts over SSH)"
+    )]
+    pub server_host: Option<String>,
+    /// Fleet mode: the client hosts (comma list of SSH destinations); each runs
+    /// `ringlab-client --processes K` (--client-processes) with its share of the connections
+    /// and rate, all from one start instant.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        value_name = "SSH_DEST",
+        help_heading = "Fleet (several hosts over SSH)"
+    )]
+    pub client_hosts: Option<Vec<String>>,
+    /// Fleet mode: an ssh/scp option (`-o OPTION`, e.g. IdentityFile=~/.ssh/bench or
+    /// Port=2222), repeatable. BatchMode=yes is always set; keys come from the agent or ~/.ssh.
+    #[arg(
+        long,
+        global = true,
+        value_name = "OPTION",
+        help_heading = "Fleet (several hosts over SSH)"
+    )]
+    pub ssh_option: Vec<String>,
+    /// Fleet mode: the address the clients connect to [default: the host of --server-host].
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST",
+        help_heading = "Fleet (several hosts over SSH)"
+    )]
+    pub server_addr: Option<String>,
+    /// Fleet mode: copy the binaries to every host even where a matching build is installed.
+    #[arg(long, global = true, help_heading = "Fleet (several hosts over SSH)")]
+    pub install: bool,
+    /// Fleet mode: where each host's per-run directory (binaries, outputs) is made.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/tmp",
+        value_name = "DIR",
+        help_heading = "Fleet (several hosts over SSH)"
+    )]
+    pub remote_dir: String,
+    /// Fleet mode: keep each host's per-run directory afterwards.
+    #[arg(long, global = true, help_heading = "Fleet (several hosts over SSH)")]
+    pub keep: bool,
+    /// Fleet mode: refuse to run when a host's clock is further than this from ours
+    /// (measured over SSH before the first run).
+    #[arg(long, global = true, default_value = "50ms", value_parser = ringlab_runtime::duration::parse_duration, help_heading = "Fleet (several hosts over SSH)")]
+    pub max_clock_offset: std::time::Duration,
 }

@@ -94,6 +94,8 @@ pub struct RunOpts {
     pub netns: Option<Netns>,
     /// Peers that failed once and are left out of every later run.
     pub dropped: Dropped,
+    /// Fleet mode: the hosts every run goes to.
+    pub fleet: Option<std::sync::Arc<crate::fleet::Fleet>>,
 }
 
 /// What a run measures: ringlab-server, or a peer.
@@ -159,6 +161,10 @@ impl Target {
 
 /// Run `spec` once on a fresh server (or peer).
 pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
+    if let Some(f) = &opts.fleet {
+        // A host that fails ends the bench (everything stopped, one line naming it).
+        return f.run(spec, &opts.tmp).or_else(|e| f.abort(&e));
+    }
     let target = Target::start(bins, spec, opts)?;
     let server_cmd = target.cmd(bins, spec);
     if let Some(dir) = &spec.cgroup {
@@ -205,6 +211,9 @@ pub fn drive(
     spec: &RunSpec,
     opts: &RunOpts,
 ) -> Result<RunResult> {
+    if opts.fleet.is_some() {
+        bail!("this scenario runs its clients itself: not in fleet mode (--server-host)");
+    }
     let pid = pids.first().copied().context("no server process")?;
     let json_path = opts.tmp.join(format!("client-{pid}-{}.json", spec.x));
     let dur = format!("{}ms", (spec.duration_s * 1e3) as u64);

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
@@ -77,6 +77,13 @@ pub struct Args {
     /// Protocol.
     #[arg(long, value_enum, default_value_t = ProtoArg::Echo)]
     pub proto: ProtoArg,
+    /// Start at this wall-clock instant (Unix time in milliseconds): set up the loops and
+    /// connections' machinery, then wait for it before the warm-up begins, so several clients
+    /// (on one host or many, e.g. ringlab-bench --client-hosts) measure from one instant. With
+    /// --processes every process waits for it. More than a second in the past is an error (a
+    /// clock off, or a start that came too late); at most an hour ahead.
+    #[arg(long, value_name = "UNIX_MS")]
+    pub start_at: Option<u64>,
     /// Connections in all (spread evenly over the --cores loops).
     #[arg(short = 'c', long, default_value_t = 64)]
     pub conns: usize,
@@ -255,6 +262,32 @@ impl RequestKind {
     }
 }
 
+/// How far ahead `--start-at` may be.
+pub const MAX_START_AHEAD: Duration = Duration::from_secs(3600);
+/// How late a `--start-at` may be found and still start (at once).
+pub const MAX_START_LATE: Duration = Duration::from_secs(1);
+
+/// Wait until `at` (wall clock); an error if it passed more than [`MAX_START_LATE`] ago.
+pub fn wait_until(at: SystemTime) -> Result<(), SetupError> {
+    loop {
+        let now = SystemTime::now();
+        match at.duration_since(now) {
+            // Sleep in slices of at most 100 ms so that a clock step is followed.
+            Ok(left) if left > Duration::ZERO => {
+                std::thread::sleep(left.min(Duration::from_millis(100)))
+            }
+            Ok(_) => return Ok(()),
+            Err(late) if late.duration() <= MAX_START_LATE => return Ok(()),
+            Err(late) => {
+                return Err(setup(format!(
+                    "--start-at was {} ms in the past when the client was ready (clocks apart, or started too late)",
+                    late.duration().as_millis()
+                )))
+            }
+        }
+    }
+}
+
 /// Most lines a --paths file may have.
 pub const MAX_PATHS: usize = 1_000_000;
 
@@ -321,6 +354,8 @@ pub struct RunConfig {
     pub coalesce: Option<ringlab_runtime::poller::Coalesce>,
     /// `--processes`: client processes in all.
     pub processes: usize,
+    /// `--start-at`: the wall-clock instant the run starts.
+    pub start_at: Option<SystemTime>,
     /// Set in a `--processes` worker.
     pub worker: Option<WorkerRole>,
 }
@@ -461,6 +496,20 @@ impl Args {
                 return Err(setup("--requests must be at least --processes"));
             }
         }
+        let start_at = match self.start_at {
+            Some(ms) => {
+                let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+                if t.duration_since(SystemTime::now())
+                    .is_ok_and(|ahead| ahead > MAX_START_AHEAD)
+                {
+                    return Err(setup(format!(
+                        "--start-at {ms} is more than an hour ahead of this host's clock"
+                    )));
+                }
+                Some(t)
+            }
+            None => None,
+        };
         let bind = match &self.bind {
             Some(b) => parse_bind(b).map_err(setup)?,
             None => Vec::new(),
@@ -590,6 +639,7 @@ impl Args {
                 self.coalesce_batch as usize,
             ),
             processes: usize::from(self.processes),
+            start_at,
             worker: match (self.worker_of, &self.worker_out) {
                 (Some(parent), Some(out)) => Some(WorkerRole {
                     parent,
@@ -647,6 +697,37 @@ mod tests {
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("1e9s").is_err());
+    }
+
+    #[test]
+    fn start_at_bounds() {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let at = |ms: u64| {
+            Args::parse_from(["c", "127.0.0.1:1", "--start-at", &ms.to_string()]).resolve()
+        };
+        let c = at(now_ms + 200).unwrap();
+        assert_eq!(
+            c.start_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms + 200))
+        );
+        assert!(at(now_ms + 2 * 3600 * 1000)
+            .unwrap_err()
+            .0
+            .contains("more than an hour ahead"));
+        // Waiting: a time just ahead is waited for; one long past is an error.
+        let t0 = std::time::Instant::now();
+        wait_until(SystemTime::now() + Duration::from_millis(150)).unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(140),
+            "{:?}",
+            t0.elapsed()
+        );
+        wait_until(SystemTime::now() - Duration::from_millis(500)).unwrap();
+        let e = wait_until(SystemTime::now() - Duration::from_secs(5)).unwrap_err();
+        assert!(e.0.contains("in the past"), "{e}");
     }
 
     #[test]

@@ -258,6 +258,18 @@ pub fn run_partial(
             return Err(setup(e));
         }
     }
+    // `--start-at`: every process (and every host) waits for the same wall-clock instant.
+    if let Some(at) = cfg.start_at {
+        if let Err(e) = crate::args::wait_until(at) {
+            for g in &go {
+                let _ = g.send(None);
+            }
+            for h in handles {
+                let _ = h.join();
+            }
+            return Err(RunError::Setup(e));
+        }
+    }
     // A common time line; the wall-clock time of the start of measurement for the log.
     let now = Instant::now();
     let wall = SystemTime::now();

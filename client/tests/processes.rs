@@ -229,3 +229,75 @@ fn killed_worker_sets_the_exit_code() {
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("Process 1 (pid"), "{summary}");
 }
+
+/// `--start-at UNIX_MS`: every process of the group waits for that instant, so nothing is
+/// measured before it (the interval log's start is at or after it, plus the warm-up), and a
+/// start long past is refused in one line with exit code 2.
+#[test]
+fn start_at_waits_for_the_instant() {
+    let srv = RinglabServer::start("echo", &[]);
+    let dir = std::env::temp_dir().join(format!("ringlab-client-start-at-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("out.hlog");
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let at = now_ms() + 1500;
+    let t0 = Instant::now();
+    let out = Command::new(BIN)
+        .args([
+            &srv.addr.to_string(),
+            "--io",
+            "epoll",
+            "--no-pin",
+            "--processes",
+            "2",
+        ])
+        .args(["-c", "2", "-d", "200ms", "--warmup", "100ms", "--start-at"])
+        .arg(at.to_string())
+        .arg("--hist-log")
+        .arg(&log)
+        .output()
+        .expect("runs");
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(took >= Duration::from_millis(1500 + 300 - 50), "{took:?}");
+    let text = std::fs::read(&log).expect("hist log written");
+    let start = IntervalLogIterator::new(&text)
+        .find_map(|e| match e.expect("log parses") {
+            LogEntry::StartTime(t) => Some(t),
+            _ => None,
+        })
+        .expect("a StartTime");
+    assert!(
+        start.as_millis() as u64 >= at + 100,
+        "measured from {start:?}, before --start-at {at} ms plus the warm-up"
+    );
+    let out = Command::new(BIN)
+        .args([
+            &srv.addr.to_string(),
+            "--io",
+            "epoll",
+            "--no-pin",
+            "-c",
+            "1",
+            "-d",
+            "100ms",
+        ])
+        .arg("--start-at")
+        .arg((now_ms() - 10_000).to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--start-at was") && err.lines().count() == 1,
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

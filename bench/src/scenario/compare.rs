@@ -53,6 +53,8 @@ impl Scenario for Compare {
         let (load_specs, load_at) = plan.load_specs(ctx, &caps)?;
         let cap = if ctx.run.netns.is_some() {
             Err("not under --netns (the server runs in another namespace's cgroup view)".into())
+        } else if ctx.run.fleet.is_some() {
+            Err("not in fleet mode (the server runs on another host)".into())
         } else {
             CpuCap::create(ctx.o.server_share).map_err(|e| format!("{e:#}"))
         };

@@ -91,6 +91,30 @@ fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> 
     if !peers.is_empty() && netns.is_some() {
         bail!("--peer and --netns do not go together: peers run on the host");
     }
+    let fleet = match crate::fleet::FleetOpts::of(o)? {
+        None => None,
+        Some(f) => {
+            const FLEET: [&str; 7] = [
+                "compare", "seeds", "latency", "sizes", "pinning", "features", "coalesce",
+            ];
+            if let Some(s) = scenarios.iter().find(|s| !FLEET.contains(&s.name())) {
+                bail!(
+                    "{} does not run in fleet mode (it runs its clients itself); these do: {}",
+                    s.name(),
+                    FLEET.join(", ")
+                );
+            }
+            if netns.is_some() || !peers.is_empty() {
+                bail!("--server-host does not go with --netns or --peer");
+            }
+            machine.link = format!(
+                "fleet: server on {}, clients on {} (over SSH)",
+                f.server,
+                f.clients.join(", ")
+            );
+            Some(std::sync::Arc::new(crate::fleet::Fleet::setup(f, &bins)?))
+        }
+    };
     let ctx = Ctx {
         bins,
         o: o.clone(),
@@ -99,6 +123,7 @@ fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> 
             tmp: run::tmpdir(&out)?,
             netns,
             dropped: peers::Dropped::default(),
+            fleet,
         },
         peers,
     };
@@ -111,8 +136,23 @@ fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> 
             );
         }
         let r = s.run(&ctx, &mut rep);
+        if let Some(f) = &ctx.run.fleet {
+            rep.section("fleet", &f.section(), &[], &[]);
+            if let Ok(runs) = f.runs.lock() {
+                let _ = std::fs::write(
+                    out.join("fleet.json"),
+                    serde_json::to_string_pretty(&*runs).unwrap_or_default(),
+                );
+            }
+        }
         rep.write()?;
+        if let (Err(_), Some(f)) = (&r, &ctx.run.fleet) {
+            f.teardown();
+        }
         r.with_context(|| format!("scenario {}", s.name()))?;
+    }
+    if let Some(f) = &ctx.run.fleet {
+        f.teardown();
     }
     if !ctx.peers.is_empty() {
         let mut t = String::from("Servers measured beside the backends (`--peer NAME=COMMAND`; rows `peer:NAME`), each started fresh for every run with `{port}` and `{cpu}` filled in, pinned to the server CPUs with taskset, stopped by signalling its own process group:\n\n");

@@ -1,0 +1,1382 @@
+//! Fleet mode (`--server-host`, `--client-hosts`): the server on one host and a
+//! `ringlab-client --processes K` on each client host, all over SSH.
+//!
+//! Before the first run: every host reached (one line naming it if not), its clock offset
+//! measured over SSH (refused beyond `--max-clock-offset`), the binaries checked
+//! (`--version` and SHA-256 against this build's) and copied with scp into a per-host
+//! directory when missing or different (`--install` always). Every run: the server started
+//! and its ready line awaited; every client given the same `--start-at` instant; the server's
+//! CPU read from /proc over SSH at the window's ends; the clients' JSON and HdrHistogram
+//! interval logs fetched and merged exactly (histograms added). Every remote process runs
+//! under `setsid` and `timeout` and is stopped by its PID (process group) on the way out.
+//! A host that fails ends the whole bench with one line naming it.
+
+pub mod ssh;
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hdrhistogram::Histogram;
+use ringlab_client::intervals::Merged;
+use ringlab_client::Report as ClientReport;
+use ringlab_server::ServerStats;
+use serde::Serialize;
+
+use crate::opts::Opts;
+use crate::procs::{Bins, ProcSample};
+use crate::run::{RunResult, RunSpec};
+use ssh::Ssh;
+
+/// How long before the start instant the clients are launched.
+const START_MARGIN: Duration = Duration::from_millis(2500);
+
+/// A host of the fleet.
+#[derive(Debug)]
+pub struct Host {
+    pub role: &'static str,
+    pub ssh: Ssh,
+    /// This host's own directory for the whole bench (binaries, outputs).
+    pub dir: String,
+    /// The binary to run there (ours copied, or one found that matches).
+    pub bin: String,
+    /// Its clock against ours, measured at setup.
+    pub offset: Offset,
+    /// Whether `dir` was made there (and so is removed at the end, unless --keep).
+    pub made: bool,
+}
+
+impl Host {
+    fn name(&self) -> String {
+        format!("{} host {}", self.role, self.ssh.dest)
+    }
+}
+
+/// A host's clock against ours.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Offset {
+    /// Its clock minus ours, ms.
+    pub offset_ms: f64,
+    /// Round trip of the sample used, ms (the estimate is good to half of it).
+    pub rtt_ms: f64,
+}
+
+/// One clock sample: our time before asking, the host's answer, our time after (ns).
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub t0: i128,
+    pub remote: i128,
+    pub t1: i128,
+}
+
+/// The offset from the sample with the shortest round trip (NTP's rule: its midpoint is the
+/// best guess of when the host read its clock).
+pub fn estimate(samples: &[Sample]) -> Option<Offset> {
+    let s = samples.iter().min_by_key(|s| s.t1 - s.t0)?;
+    let mid = (s.t0 + s.t1) / 2;
+    Some(Offset {
+        offset_ms: (s.remote - mid) as f64 / 1e6,
+        rtt_ms: (s.t1 - s.t0) as f64 / 1e6,
+    })
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// One SSH session that answers each line we send with the host's time.
+fn measure_offset(ssh: &Ssh) -> Result<Offset> {
+    let mut child = ssh
+        .command("while read -r x; do date +%s%N; done")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ssh")?;
+    let mut input = child.stdin.take().context("ssh stdin")?;
+    let mut out = BufReader::new(child.stdout.take().context("ssh stdout")?);
+    let mut samples = Vec::new();
+    let mut fail = None;
+    for i in 0..9 {
+        let t0 = now_ns();
+        let mut line = String::new();
+        if writeln!(input, "x").and_then(|()| input.flush()).is_err()
+            || out.read_line(&mut line).unwrap_or(0) == 0
+        {
+            fail = Some("unreachable over ssh");
+            break;
+        }
+        let t1 = now_ns();
+        let Ok(remote) = line.trim().parse::<i128>() else {
+            fail = Some("`date +%s%N` did not answer with nanoseconds (not GNU date?)");
+            break;
+        };
+        // The first answer also carries the session's start: left out.
+        if i > 0 {
+            samples.push(Sample { t0, remote, t1 });
+        }
+    }
+    drop(input);
+    let err = finish(child);
+    match (fail, estimate(&samples)) {
+        (None, Some(o)) => Ok(o),
+        (f, _) => bail!("{}: {err}", f.unwrap_or("no clock sample")),
+    }
+}
+
+/// Wait for an ssh child (bounded) and return its stderr's last line.
+fn finish(mut child: Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut e = String::new();
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut e);
+    }
+    last_line(&e)
+}
+
+fn last_line(s: &str) -> String {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Run `script` on `ssh`, bounded: its stdout, or an error with its stderr's last line.
+fn call(ssh: &Ssh, script: &str) -> Result<String> {
+    let child = ssh
+        .command(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ssh")?;
+    let out = wait_output(child, Duration::from_secs(30))?;
+    if !out.status.success() {
+        let e = last_line(&String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{}",
+            match out.status.code() {
+                Some(255) => format!("unreachable over ssh: {e}"),
+                c => format!("remote command failed ({c:?}): {e}"),
+            }
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_output(mut child: Child, limit: Duration) -> Result<std::process::Output> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("ssh did not finish within {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The local binary's `--version` line and SHA-256.
+fn local_identity(bin: &Path) -> Result<(String, String)> {
+    let v = Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("{} --version", bin.display()))?;
+    let sum = Command::new("sha256sum")
+        .arg(bin)
+        .output()
+        .context("sha256sum (coreutils)")?;
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    Ok((
+        String::from_utf8_lossy(&v.stdout).trim().to_string(),
+        sum.split_whitespace().next().unwrap_or("").to_string(),
+    ))
+}
+
+/// What the fleet flags ask for.
+#[derive(Clone, Debug)]
+pub struct FleetOpts {
+    pub server: String,
+    pub clients: Vec<String>,
+    pub ssh_options: Vec<String>,
+    pub server_addr: Option<String>,
+    pub install: bool,
+    pub remote_dir: String,
+    pub keep: bool,
+    pub max_offset: Duration,
+}
+
+impl FleetOpts {
+    /// The fleet flags of `o`, if any was given.
+    pub fn of(o: &Opts) -> Result<Option<FleetOpts>> {
+        let (server, clients) = match (&o.server_host, &o.client_hosts) {
+            (None, None) => return Ok(None),
+            (Some(s), Some(c)) if !c.is_empty() => (s.clone(), c.clone()),
+            _ => bail!("fleet mode needs both --server-host and --client-hosts"),
+        };
+        if !ssh::plain_path(&o.remote_dir) {
+            bail!(
+                "--remote-dir {:?}: an absolute path of letters, digits, '-', '_', '.' and '/'",
+                o.remote_dir
+            );
+        }
+        Ok(Some(FleetOpts {
+            server,
+            clients,
+            ssh_options: o.ssh_option.clone(),
+            server_addr: o.server_addr.clone(),
+            install: o.install,
+            remote_dir: o.remote_dir.trim_end_matches('/').to_string(),
+            keep: o.keep,
+            max_offset: o.max_clock_offset,
+        }))
+    }
+}
+
+/// The host part of an ssh destination (`user@host`, `ssh://user@host:port`, `[v6]`).
+pub fn host_of(dest: &str) -> String {
+    let d = dest.strip_prefix("ssh://").unwrap_or(dest);
+    let d = d.rsplit_once('@').map_or(d, |(_, h)| h);
+    if let Some(rest) = d.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_string();
+    }
+    if dest.starts_with("ssh://") {
+        if let Some((h, p)) = d.rsplit_once(':') {
+            if p.parse::<u16>().is_ok() {
+                return h.to_string();
+            }
+        }
+    }
+    d.to_string()
+}
+
+/// A run of the fleet, as reported per host.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostRow {
+    pub host: String,
+    pub processes: usize,
+    pub conns: usize,
+    pub requests: u64,
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub errors: u64,
+    /// Responses over the whole run (warm-up included), to set against the server's count.
+    pub responses_total: u64,
+    pub exit_code: i32,
+}
+
+/// One run as the fleet saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FleetRun {
+    pub seq: u64,
+    pub label: String,
+    pub x: f64,
+    /// Requests the server answered over its life, and the clients' responses over theirs
+    /// (warm-up included): equal when nothing was lost.
+    pub server_requests: u64,
+    pub client_responses: u64,
+    pub requests: u64,
+    pub rps: f64,
+    pub p99_us: f64,
+    pub server_cpu_s: f64,
+    pub hosts: Vec<HostRow>,
+}
+
+/// The hosts, set up.
+#[derive(Debug)]
+pub struct Fleet {
+    pub o: FleetOpts,
+    pub server: Host,
+    pub clients: Vec<Host>,
+    /// The address clients connect to (the server host's, or --server-addr).
+    pub server_addr: String,
+    seq: Mutex<u64>,
+    pub runs: Mutex<Vec<FleetRun>>,
+    torn_down: Mutex<bool>,
+}
+
+/// A remote process started by a run: where, its PID, and the ssh session watching it.
+struct Remote {
+    host: usize,
+    pid: Option<u32>,
+    lines: mpsc::Receiver<Option<String>>,
+    child: Child,
+    stderr: std::sync::Arc<Mutex<String>>,
+    /// A line read ahead (a client's `exit=0` seen while watching), given out next.
+    pending: Option<String>,
+}
+
+impl Remote {
+    fn start(ssh: &Ssh, host: usize, script: &str) -> Result<Remote> {
+        let mut child = ssh
+            .command(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running ssh")?;
+        let out = child.stdout.take().context("ssh stdout")?;
+        let err = child.stderr.take().context("ssh stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(Some(l)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(None);
+        });
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let s2 = stderr.clone();
+        std::thread::spawn(move || {
+            let mut e = String::new();
+            let _ = BufReader::new(err).read_to_string(&mut e);
+            if let Ok(mut s) = s2.lock() {
+                *s = e;
+            }
+        });
+        Ok(Remote {
+            host,
+            pid: None,
+            lines: rx,
+            child,
+            stderr,
+            pending: None,
+        })
+    }
+
+    /// The next line within `limit`: `Ok(None)` at the end of the session.
+    fn line(&mut self, limit: Duration) -> Result<Option<String>> {
+        if let Some(l) = self.pending.take() {
+            return Ok(Some(l));
+        }
+        match self.lines.recv_timeout(limit) {
+            Ok(Some(l)) => Ok(Some(l)),
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Timeout) => bail!("no answer within {limit:?}"),
+        }
+    }
+
+    /// Why the session ended: ssh's exit code and the last line it printed on stderr.
+    fn lost(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut st = None;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                st = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let e = self
+            .stderr
+            .lock()
+            .map(|e| last_line(&e))
+            .unwrap_or_default();
+        match st.and_then(|s| s.code()) {
+            Some(255) => format!("the SSH connection was lost (ssh exit 255: {e})"),
+            c => format!("the SSH session ended early (ssh exit {c:?}: {e})"),
+        }
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `exit=`, `err:` and `--file--` parts of a finished spawn script.
+#[derive(Debug, Default)]
+struct Ended {
+    code: Option<i32>,
+    err: Vec<String>,
+    file: String,
+}
+
+fn read_end(r: &mut Remote, limit: Duration) -> Result<Ended> {
+    let deadline = Instant::now() + limit;
+    let mut e = Ended::default();
+    let mut in_file = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(l) = r.line(left.max(Duration::from_millis(1)))? else {
+            break;
+        };
+        if in_file {
+            e.file.push_str(&l);
+            e.file.push('\n');
+        } else if let Some(c) = l.strip_prefix("exit=") {
+            e.code = c.trim().parse().ok();
+        } else if let Some(m) = l.strip_prefix("err: ") {
+            e.err.push(m.to_string());
+        } else if l == "--file--" {
+            in_file = true;
+        }
+    }
+    if e.code.is_none() {
+        bail!("{}", r.lost());
+    }
+    Ok(e)
+}
+
+impl Fleet {
+    /// Reach every host, measure its clock, check or copy the binaries.
+    pub fn setup(o: FleetOpts, bins: &Bins) -> Result<Fleet> {
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let base = format!(
+            "{}/ringlab-fleet-{stamp}-{}",
+            o.remote_dir,
+            std::process::id()
+        );
+        let mk = |role: &'static str, dest: &str, i: usize| Host {
+            role,
+            ssh: Ssh {
+                dest: dest.to_string(),
+                options: o.ssh_options.clone(),
+            },
+            // One directory per host, even where hosts share a file system.
+            dir: format!("{base}-h{i}"),
+            bin: String::new(),
+            offset: Offset::default(),
+            made: false,
+        };
+        let server = mk("server", &o.server, 0);
+        let clients: Vec<Host> = o
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, d)| mk("client", d, i + 1))
+            .collect();
+        let server_addr = o.server_addr.clone().unwrap_or_else(|| host_of(&o.server));
+        let mut f = Fleet {
+            o,
+            server,
+            clients,
+            server_addr,
+            seq: Mutex::new(0),
+            runs: Mutex::new(Vec::new()),
+            torn_down: Mutex::new(false),
+        };
+        let r = f.prepare(bins);
+        if r.is_err() {
+            f.teardown();
+        }
+        r.map(|()| f)
+    }
+
+    fn hosts_mut(&mut self) -> impl Iterator<Item = &mut Host> {
+        std::iter::once(&mut self.server).chain(self.clients.iter_mut())
+    }
+
+    fn hosts(&self) -> impl Iterator<Item = &Host> {
+        std::iter::once(&self.server).chain(self.clients.iter())
+    }
+
+    fn prepare(&mut self, bins: &Bins) -> Result<()> {
+        let max = self.o.max_offset;
+        let install = self.o.install;
+        let ids = [
+            (
+                "ringlab-server",
+                local_identity(&bins.server)?,
+                &bins.server,
+            ),
+            (
+                "ringlab-client",
+                local_identity(&bins.client)?,
+                &bins.client,
+            ),
+        ];
+        for h in self.hosts_mut() {
+            let name = h.name();
+            let off = measure_offset(&h.ssh).map_err(|e| anyhow!("{name}: {e:#}"))?;
+            h.offset = off;
+            eprintln!(
+                "fleet: {name}: clock offset {:+.2} ms (±{:.2} ms, half the round trip)",
+                off.offset_ms,
+                off.rtt_ms / 2.0
+            );
+            if off.offset_ms.abs() > max.as_secs_f64() * 1e3 {
+                bail!(
+                    "{name}: clock offset {:+.1} ms exceeds --max-clock-offset {} ms (sync the clocks: chrony or PTP)",
+                    off.offset_ms,
+                    max.as_millis()
+                );
+            }
+            let (bin_name, (version, sum), local) =
+                if h.role == "server" { &ids[0] } else { &ids[1] };
+            let check = format!(
+                "mkdir -p {dir} || exit 96\np=$(command -v {bin_name} 2>/dev/null)\nif [ -n \"$p\" ]; then echo \"path=$p\"; echo \"sum=$(sha256sum < \"$p\" | cut -d' ' -f1)\"; echo \"version=$(\"$p\" --version 2>/dev/null | head -n 1)\"; fi\n",
+                dir = ssh::quote(&h.dir)
+            );
+            let out = call(&h.ssh, &check).map_err(|e| anyhow!("{name}: {e:#}"))?;
+            h.made = true;
+            let field = |k: &str| {
+                out.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|s| s.trim().to_string())
+            };
+            let found = field("path=");
+            let same = field("version=").as_deref() == Some(version.as_str())
+                && field("sum=").as_deref() == Some(sum.as_str());
+            if let (Some(p), true, false) = (&found, same, install) {
+                eprintln!("fleet: {name}: using {p} ({version}, same build)");
+                h.bin = p.clone();
+                continue;
+            }
+            let dest = format!("{}/{bin_name}", h.dir);
+            let why = match (&found, install) {
+                (_, true) => "--install".to_string(),
+                (None, _) => "not installed".to_string(),
+                (Some(p), _) => format!("{p} is another build"),
+            };
+            let st = h
+                .ssh
+                .scp(local, &dest)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("running scp")
+                .and_then(|c| wait_output(c, Duration::from_secs(120)))
+                .map_err(|e| anyhow!("{name}: copying {bin_name}: {e:#}"))?;
+            if !st.status.success() {
+                bail!(
+                    "{name}: scp of {bin_name} failed: {}",
+                    last_line(&String::from_utf8_lossy(&st.stderr))
+                );
+            }
+            let v = call(&h.ssh, &format!("{} --version", ssh::quote(&dest)))
+                .map_err(|e| anyhow!("{name}: the copied {bin_name} does not run: {e:#}"))?;
+            if v.trim() != version {
+                bail!(
+                    "{name}: the copied {bin_name} says {:?}, not {version:?}",
+                    v.trim()
+                );
+            }
+            eprintln!("fleet: {name}: copied {bin_name} to {dest} ({why})");
+            h.bin = dest;
+        }
+        Ok(())
+    }
+
+    /// Remove every host's directory (unless --keep). Idempotent.
+    pub fn teardown(&self) {
+        let Ok(mut done) = self.torn_down.lock() else {
+            return;
+        };
+        if *done {
+            return;
+        }
+        *done = true;
+        for h in self.hosts().filter(|h| h.made) {
+            if self.o.keep {
+                eprintln!("fleet: {}: kept {}", h.name(), h.dir);
+                continue;
+            }
+            if let Err(e) = call(&h.ssh, &format!("rm -rf {}", ssh::quote(&h.dir))) {
+                eprintln!("fleet: {}: could not remove {}: {e:#}", h.name(), h.dir);
+            }
+        }
+    }
+
+    /// A run failed: everything is stopped already; remove the directories, say why in one
+    /// line, and end the bench.
+    pub fn abort(&self, e: &anyhow::Error) -> ! {
+        self.teardown();
+        eprintln!("ringlab-bench: {e:#}");
+        std::process::exit(1)
+    }
+
+    fn host(&self, i: usize) -> &Host {
+        if i == 0 {
+            &self.server
+        } else {
+            &self.clients[i - 1]
+        }
+    }
+
+    /// Stop every remote process in `live` by PID (its process group), host by host.
+    fn stop_all(&self, live: &mut Vec<Remote>) {
+        let mut by_host: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
+        for r in live.iter() {
+            if let Some(p) = r.pid {
+                by_host.entry(r.host).or_default().push(p);
+            }
+        }
+        let handles: Vec<_> = by_host
+            .into_iter()
+            .map(|(h, pids)| {
+                let ssh = self.host(h).ssh.clone();
+                let name = self.host(h).name();
+                std::thread::spawn(move || {
+                    if let Err(e) = call(&ssh, &ssh::kill_script(&pids)) {
+                        eprintln!(
+                            "fleet: {name}: could not stop pids {pids:?}: {e:#} (each is bounded by its remote timeout)"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+        live.clear();
+    }
+
+    /// Run `spec` across the fleet.
+    pub fn run(&self, spec: &RunSpec, tmp: &Path) -> Result<RunResult> {
+        let mut live = Vec::new();
+        let r = self.run_inner(spec, tmp, &mut live);
+        // Whatever happened, nothing is left running.
+        self.stop_all(&mut live);
+        r
+    }
+
+    fn run_inner(&self, spec: &RunSpec, tmp: &Path, live: &mut Vec<Remote>) -> Result<RunResult> {
+        let seq = {
+            let mut s = self.seq.lock().map_err(|_| anyhow!("poisoned"))?;
+            *s += 1;
+            *s
+        };
+        let window = spec.warmup_s + spec.duration_s;
+        let limit = (START_MARGIN.as_secs_f64() + window + 30.0).ceil() as u64;
+        let srv = &self.server;
+        let sname = srv.name();
+        // The server, on all addresses, its statistics in its directory.
+        let stats = format!("{}/server-{seq}.json", srv.dir);
+        let mut argv = vec![srv.bin.clone()];
+        argv.extend(spec.server_args.iter().cloned());
+        argv.extend([
+            "--listen".into(),
+            "0.0.0.0:0".into(),
+            "--stats-json".into(),
+            stats.clone(),
+        ]);
+        let script = ssh::spawn_script(
+            &srv.dir,
+            limit,
+            &argv,
+            &format!("server-{seq}"),
+            true,
+            Some(&stats),
+        );
+        live.push(Remote::start(&srv.ssh, 0, &script).map_err(|e| anyhow!("{sname}: {e:#}"))?);
+        let ready = {
+            let r = live.last_mut().context("server")?;
+            let mut ready = None;
+            while let Some(l) = r
+                .line(Duration::from_secs(25))
+                .map_err(|e| anyhow!("{sname}: {e:#}"))?
+            {
+                if let Some(p) = l.strip_prefix("pid=") {
+                    r.pid = p.trim().parse().ok();
+                } else if l.starts_with("ready ") {
+                    ready = Some(l);
+                    break;
+                } else if l.starts_with("exit=") {
+                    break;
+                }
+            }
+            match ready {
+                Some(l) => l,
+                None => {
+                    let end = read_end(r, Duration::from_secs(5)).unwrap_or_default();
+                    bail!(
+                        "{sname}: ringlab-server failed to start: {}",
+                        if end.err.is_empty() {
+                            r.lost()
+                        } else {
+                            end.err.join(" / ")
+                        }
+                    );
+                }
+            }
+        };
+        let field = |k: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(str::to_string)
+        };
+        let port = field("listen=")
+            .and_then(|a| a.rsplit_once(':').map(|(_, p)| p.to_string()))
+            .with_context(|| format!("{sname}: ready line without listen=: {ready}"))?;
+        let mut spids: Vec<u32> = field("pids=")
+            .map(|l| l.split(',').filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default();
+        if spids.is_empty() {
+            spids = field("pid=")
+                .and_then(|p| p.parse().ok())
+                .into_iter()
+                .collect();
+        }
+        let target = if self.server_addr.contains(':') {
+            format!("[{}]:{port}", self.server_addr)
+        } else {
+            format!("{}:{port}", self.server_addr)
+        };
+
+        // The clients: one start instant for all.
+        let start_at = SystemTime::now() + START_MARGIN;
+        let start_ms = start_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let dur = format!("{}ms", (spec.duration_s * 1e3) as u64);
+        let warm = format!("{}ms", (spec.warmup_s * 1e3) as u64);
+        let n = self.clients.len();
+        let mut cmds = Vec::new();
+        for (i, h) in self.clients.iter().enumerate() {
+            let mut argv = vec![
+                h.bin.clone(),
+                target.clone(),
+                "--cores".into(),
+                spec.client_cores.clone(),
+                "--duration".into(),
+                dur.clone(),
+                "--warmup".into(),
+                warm.clone(),
+                "--start-at".into(),
+                start_ms.to_string(),
+                "--no-progress".into(),
+                "--json".into(),
+                format!("{}/client-{seq}.json", h.dir),
+                "--hist-log".into(),
+                format!("{}/client-{seq}.hlog", h.dir),
+            ];
+            argv.extend(host_args(&spec.client_args, i, n));
+            cmds.push(format!("{}: {}", h.ssh.dest, ssh::join(&argv)));
+            let script =
+                ssh::spawn_script(&h.dir, limit, &argv, &format!("client-{seq}"), false, None);
+            let mut r = Remote::start(&h.ssh, i + 1, &script)
+                .map_err(|e| anyhow!("{}: {e:#}", h.name()))?;
+            match r.line(Duration::from_secs(15)) {
+                Ok(Some(l)) if l.starts_with("pid=") => r.pid = l[4..].trim().parse().ok(),
+                _ => {
+                    let why = r.lost();
+                    live.push(r);
+                    bail!("{}: could not start ringlab-client: {why}", h.name());
+                }
+            }
+            live.push(r);
+        }
+
+        // The server's CPU over the measured window, read on its host.
+        let win0 = start_at + Duration::from_secs_f64(spec.warmup_s);
+        let win1 = win0 + Duration::from_secs_f64(spec.duration_s);
+        self.watch_until(live, win0)?;
+        let s0 = call(&srv.ssh, &ssh::proc_script(&spids))
+            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
+        self.watch_until(live, win1)?;
+        let s1 = call(&srv.ssh, &ssh::proc_script(&spids))
+            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
+        let (p0, p1) = (ProcRead::parse(&s0?)?, ProcRead::parse(&s1?)?);
+
+        // Every client's end.
+        let mut ends = Vec::new();
+        for r in live.iter_mut().skip(1) {
+            let hname = self.host(r.host).name();
+            let e = read_end(r, Duration::from_secs(limit))
+                .map_err(|e| anyhow!("{hname}: ringlab-client did not finish: {e:#}"))?;
+            if e.code.unwrap_or(-1) >= 2 {
+                bail!(
+                    "{hname}: ringlab-client exited with {}: {}",
+                    e.code.unwrap_or(-1),
+                    e.err.join(" / ")
+                );
+            }
+            ends.push(e.code.unwrap_or(-1));
+        }
+        // Stop the server: SIGTERM to its timeout, which passes it on.
+        let spid = live[0].pid.context("server pid")?;
+        call(&srv.ssh, &format!("kill -TERM {spid}"))
+            .map_err(|e| anyhow!("{sname}: stopping the server: {e:#}"))?;
+        let end = read_end(&mut live[0], Duration::from_secs(25))
+            .map_err(|e| anyhow!("{sname}: {e:#}"))?;
+        if end.code != Some(0) {
+            bail!(
+                "{sname}: ringlab-server exited with {:?}: {}",
+                end.code,
+                end.err.join(" / ")
+            );
+        }
+        let stats: ServerStats = serde_json::from_str(&end.file)
+            .with_context(|| format!("{sname}: parsing the server's statistics"))?;
+        live[0].pid = None;
+
+        // Fetch and merge the clients' results.
+        let local = tmp.join(format!("fleet-{seq}"));
+        std::fs::create_dir_all(&local)?;
+        let mut reports = Vec::new();
+        let mut logs = Vec::new();
+        for (i, h) in self.clients.iter().enumerate() {
+            let name = h.name();
+            let json = call(
+                &h.ssh,
+                &format!(
+                    "cat {}",
+                    ssh::quote(&format!("{}/client-{seq}.json", h.dir))
+                ),
+            )
+            .map_err(|e| anyhow!("{name}: fetching results: {e:#}"))?;
+            let rep: ClientReport = serde_json::from_str(&json)
+                .with_context(|| format!("{name}: parsing ringlab-client's JSON"))?;
+            let hlog = call(
+                &h.ssh,
+                &format!(
+                    "cat {}",
+                    ssh::quote(&format!("{}/client-{seq}.hlog", h.dir))
+                ),
+            )
+            .map_err(|e| anyhow!("{name}: fetching the interval log: {e:#}"))?;
+            let lp = local.join(format!("client-{i}.hlog"));
+            std::fs::write(&lp, hlog)?;
+            std::fs::write(local.join(format!("client-{i}.json")), json)?;
+            logs.push(lp);
+            reports.push((h.ssh.dest.clone(), rep));
+        }
+        for r in live.iter_mut() {
+            r.pid = None;
+        }
+        let merged = Merged::read(&logs).context("merging the clients' interval logs")?;
+        let mut res = merge_hosts(spec, &reports, &merged.corrected_total(), &ends);
+        let d = p1.sample.since(&p0.sample);
+        // Scale the CPU read between the two samples to the clients' window.
+        let span = (p1.now_ns - p0.now_ns) as f64 / 1e9;
+        let scale = if span > 0.0 {
+            spec.duration_s / span
+        } else {
+            1.0
+        };
+        res.server_cpu_s = d.cpu_s() * scale;
+        res.server_user_s = d.user_s * scale;
+        res.server_sys_s = d.sys_s * scale;
+        if res.requests > 0.0 {
+            res.cpu_per_req_us = res.server_cpu_s * 1e6 / res.requests;
+            res.ctx_switches_per_req = d.ctx_switches as f64 * scale / res.requests;
+        }
+        res.server_rss_kib = p1.rss_kib as f64;
+        res.server_cmd = format!("{}: {}", srv.ssh.dest, ssh::join(&argv));
+        res.client_cmd = cmds.join("\n");
+        let served = stats.total.requests;
+        if served > 0 && !matches!(stats.io.as_str(), "tokio" | "tokio-uring") {
+            res.syscalls_per_req = Some(stats.total.syscalls.total() as f64 / served as f64);
+        }
+        let hosts = host_rows(&reports, &ends);
+        let run = FleetRun {
+            seq,
+            label: spec.label.clone(),
+            x: spec.x,
+            server_requests: served,
+            client_responses: hosts.iter().map(|h| h.responses_total).sum(),
+            requests: res.requests as u64,
+            rps: res.rps,
+            p99_us: res.p99_us,
+            server_cpu_s: res.server_cpu_s,
+            hosts,
+        };
+        eprintln!("{}", run_table(&run));
+        if let Ok(mut v) = self.runs.lock() {
+            v.push(run);
+        }
+        if res.requests == 0.0 {
+            bail!("no request completed on any client host");
+        }
+        Ok(res)
+    }
+
+    /// Sleep until `t`, watching every remote session: one that ended early is the run's end.
+    fn watch_until(&self, live: &mut [Remote], t: SystemTime) -> Result<()> {
+        loop {
+            for r in live.iter_mut() {
+                if r.pending.is_some() {
+                    continue;
+                }
+                match r.lines.try_recv() {
+                    // A client that finished well as its window ends: read on later.
+                    Ok(Some(l)) if r.host > 0 && l == "exit=0" => r.pending = Some(l),
+                    Ok(Some(l)) if l.starts_with("exit=") => {
+                        let who = self.host(r.host).name();
+                        let prog = if r.host == 0 {
+                            "ringlab-server"
+                        } else {
+                            "ringlab-client"
+                        };
+                        let code = l[5..].to_string();
+                        let end = read_end(r, Duration::from_secs(3)).unwrap_or_default();
+                        bail!(
+                            "{who}: {prog} died mid-run (exit {code}): {}",
+                            end.err.join(" / ")
+                        );
+                    }
+                    Ok(Some(_)) | Err(mpsc::TryRecvError::Empty) => {}
+                    Ok(None) | Err(mpsc::TryRecvError::Disconnected) => {
+                        let who = self.host(r.host).name();
+                        bail!("{who}: {} mid-run", r.lost());
+                    }
+                }
+            }
+            let left = t.duration_since(SystemTime::now()).unwrap_or_default();
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+
+    /// The report's section: the hosts, their clock offsets, and every run per host.
+    pub fn section(&self) -> String {
+        let mut t = String::from(
+            "Fleet mode: the server and the clients on separate hosts over SSH (every client given one `--start-at` instant; clock offsets measured over SSH before the first run, the sample with the shortest round trip).\n\n| role | host | binary | clock offset ms | ± ms |\n|---|---|---|---:|---:|\n",
+        );
+        for h in self.hosts() {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {:+.2} | {:.2} |",
+                h.role,
+                h.ssh.dest,
+                h.bin,
+                h.offset.offset_ms,
+                h.offset.rtt_ms / 2.0
+            );
+        }
+        if let Ok(runs) = self.runs.lock() {
+            for r in runs.iter() {
+                t += "\n";
+                t += &run_table(r);
+            }
+        }
+        t
+    }
+}
+
+/// `--conns`, `--rate`, `--requests` and `--connect-rate` of `args` shared out among `n`
+/// hosts (host `i`'s share; an absent `--conns` is the client's default, 64); the rest as is.
+pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
+    let get = |names: &[&str]| -> Option<String> {
+        let mut v = None;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            for nm in names {
+                if a == nm {
+                    v = it.clone().next().cloned();
+                } else if let Some(x) = a.strip_prefix(&format!("{nm}=")) {
+                    v = Some(x.to_string());
+                }
+            }
+        }
+        v
+    };
+    let total: usize = get(&["--conns", "-c"])
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(64);
+    let conns = ringlab_runtime::cpus::even_shares(total, n.max(1));
+    let frac = conns[i] as f64 / total.max(1) as f64;
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    let split = [
+        "--conns",
+        "-c",
+        "--rate",
+        "-R",
+        "--requests",
+        "-n",
+        "--connect-rate",
+    ];
+    while let Some(a) = it.next() {
+        if split.contains(&a.as_str()) {
+            it.next();
+            continue;
+        }
+        if split.iter().any(|s| a.starts_with(&format!("{s}="))) {
+            continue;
+        }
+        out.push(a.clone());
+    }
+    out.extend(["--conns".to_string(), conns[i].to_string()]);
+    if let Some(r) = get(&["--rate", "-R"]).and_then(|r| r.parse::<f64>().ok()) {
+        out.extend(["--rate".to_string(), format!("{}", r * frac)]);
+    }
+    if let Some(r) = get(&["--requests", "-n"]).and_then(|r| r.parse::<usize>().ok()) {
+        let shares = ringlab_runtime::cpus::even_shares(r, n.max(1));
+        out.extend(["--requests".to_string(), shares[i].to_string()]);
+    }
+    if let Some(r) = get(&["--connect-rate"]).and_then(|r| r.parse::<f64>().ok()) {
+        out.extend(["--connect-rate".to_string(), format!("{}", r * frac)]);
+    }
+    out
+}
+
+/// The per-host rows of one run.
+fn host_rows(reports: &[(String, ClientReport)], ends: &[i32]) -> Vec<HostRow> {
+    reports
+        .iter()
+        .zip(ends)
+        .map(|((host, r), &code)| HostRow {
+            host: host.clone(),
+            processes: r.processes.len().max(1),
+            conns: r.conns,
+            requests: r.requests,
+            rps: r.requests_per_sec,
+            p50_us: r.latency_us.at(50.0),
+            p99_us: r.latency_us.at(99.0),
+            max_us: r.latency_us.max,
+            errors: r.errors_total,
+            responses_total: r.counters.responses,
+            exit_code: code,
+        })
+        .collect()
+}
+
+/// The clients' reports of one run as one result: counts and rates added, latency from the
+/// merged histogram `hist` (the hosts' interval logs added), never averaged.
+pub fn merge_hosts(
+    spec: &RunSpec,
+    reports: &[(String, ClientReport)],
+    hist: &Histogram<u64>,
+    ends: &[i32],
+) -> RunResult {
+    let sum = |f: fn(&ClientReport) -> f64| reports.iter().map(|(_, r)| f(r)).sum::<f64>();
+    let q = |p: f64| hist.value_at_quantile(p / 100.0) as f64;
+    let _ = ends;
+    RunResult {
+        label: spec.label.clone(),
+        x: spec.x,
+        requests: sum(|r| r.requests as f64),
+        rps: sum(|r| r.requests_per_sec),
+        mean_us: hist.mean(),
+        p50_us: q(50.0),
+        p90_us: q(90.0),
+        p99_us: q(99.0),
+        p999_us: q(99.9),
+        max_us: hist.max() as f64,
+        errors: sum(|r| r.errors_total as f64),
+        data_errors: sum(|r| r.data_errors as f64),
+        client_cpu: sum(|r| r.cpu.iter().map(|t| t.busy).sum()),
+        client_saturated: reports.iter().any(|(_, r)| r.saturation.saturated),
+        percentiles: [50.0, 75.0, 90.0, 99.0, 99.9, 99.99, 100.0]
+            .iter()
+            .map(|&p| (p, q(p)))
+            .collect(),
+        ..RunResult::default()
+    }
+}
+
+/// One run's per-host table (markdown, also printed).
+pub fn run_table(r: &FleetRun) -> String {
+    let mut t = format!(
+        "run {} {} x={}: {} requests, {:.0} req/s, p99 {:.0} µs; server answered {}, clients received {} ({})\n\n| host | processes | conns | requests | req/s | p50 µs | p99 µs | max µs | errors | exit |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        r.seq,
+        r.label,
+        r.x,
+        r.requests,
+        r.rps,
+        r.p99_us,
+        r.server_requests,
+        r.client_responses,
+        if r.server_requests == r.client_responses { "equal" } else { "DIFFERENT" }
+    );
+    for h in &r.hosts {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            h.host,
+            h.processes,
+            h.conns,
+            h.requests,
+            h.rps,
+            h.p50_us,
+            h.p99_us,
+            h.max_us,
+            h.errors,
+            h.exit_code
+        );
+    }
+    t
+}
+
+/// What [`ssh::proc_script`] printed, read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcRead {
+    pub sample: ProcSample,
+    pub rss_kib: u64,
+    pub now_ns: i128,
+}
+
+impl ProcRead {
+    pub fn parse(text: &str) -> Result<ProcRead> {
+        let mut tck = 100.0;
+        let (mut ut, mut st, mut ctx, mut rss) = (0.0, 0.0, 0u64, 0u64);
+        let mut run_ns = Some(0u64);
+        let mut now = 0;
+        let mut procs = 0;
+        for l in text.lines() {
+            if let Some(s) = l.strip_prefix("stat ") {
+                let rest = s
+                    .rsplit_once(')')
+                    .map(|(_, r)| r)
+                    .context("malformed stat")?;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                ut += f
+                    .get(11)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .context("utime")?;
+                st += f
+                    .get(12)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .context("stime")?;
+                procs += 1;
+            } else if let Some(s) = l.strip_prefix("sched") {
+                run_ns = run_ns.zip(s.trim().parse::<u64>().ok()).map(|(a, b)| a + b);
+            } else if let Some((k, v)) = l.split_once(':') {
+                let v = v
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                match k {
+                    "voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches" => ctx += v,
+                    "VmRSS" => rss += v,
+                    _ => {}
+                }
+            } else if let Some(v) = l.strip_prefix("tck ") {
+                tck = v.trim().parse().unwrap_or(100.0);
+            } else if let Some(v) = l.strip_prefix("now ") {
+                now = v.trim().parse().unwrap_or(0);
+            }
+        }
+        if procs == 0 {
+            bail!("the server's processes are gone from /proc");
+        }
+        Ok(ProcRead {
+            sample: ProcSample {
+                user_s: ut / tck,
+                sys_s: st / tck,
+                ctx_switches: ctx,
+                run_ns,
+            },
+            rss_kib: rss,
+            now_ns: now,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use ringlab_client::report::{build_from, Partial};
+
+    #[test]
+    fn offset_from_the_shortest_round_trip() {
+        // Host 250 ms ahead. A slow sample (asymmetric, 40 ms) would say otherwise; the
+        // 2 ms one is used.
+        let s = [
+            Sample {
+                t0: 0,
+                remote: 250_000_000 + 35_000_000,
+                t1: 40_000_000,
+            },
+            Sample {
+                t0: 100_000_000,
+                remote: 351_000_000,
+                t1: 102_000_000,
+            },
+            Sample {
+                t0: 200_000_000,
+                remote: 455_000_000,
+                t1: 210_000_000,
+            },
+        ];
+        let o = estimate(&s).unwrap();
+        assert!((o.offset_ms - 250.0).abs() < 1e-9, "{o:?}");
+        assert!((o.rtt_ms - 2.0).abs() < 1e-9);
+        // Behind.
+        let o = estimate(&[Sample {
+            t0: 1_000_000_000,
+            remote: 900_000_000,
+            t1: 1_000_000_000,
+        }])
+        .unwrap();
+        assert!((o.offset_ms + 100.0).abs() < 1e-9);
+        assert!(estimate(&[]).is_none());
+    }
+
+    #[test]
+    fn host_part_of_destinations() {
+        assert_eq!(host_of("10.0.0.1"), "10.0.0.1");
+        assert_eq!(host_of("root@10.0.0.1"), "10.0.0.1");
+        assert_eq!(host_of("ssh://me@box:2222"), "box");
+        assert_eq!(host_of("me@[fe80::1]"), "fe80::1");
+        assert_eq!(host_of("bench-server"), "bench-server");
+    }
+
+    #[test]
+    fn loads_are_shared_out_among_hosts() {
+        let a: Vec<String> = [
+            "--io",
+            "epoll",
+            "--size",
+            "64",
+            "--conns",
+            "5",
+            "--rate",
+            "1000",
+            "--processes",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let h0 = host_args(&a, 0, 2);
+        let h1 = host_args(&a, 1, 2);
+        assert_eq!(
+            h0,
+            [
+                "--io",
+                "epoll",
+                "--size",
+                "64",
+                "--processes",
+                "2",
+                "--conns",
+                "3",
+                "--rate",
+                "600"
+            ]
+        );
+        assert_eq!(
+            h1,
+            [
+                "--io",
+                "epoll",
+                "--size",
+                "64",
+                "--processes",
+                "2",
+                "--conns",
+                "2",
+                "--rate",
+                "400"
+            ]
+        );
+        // No --conns: the client's default, shared.
+        let d = host_args(&["--requests=9".to_string()], 2, 3);
+        assert_eq!(d, ["--conns", "21", "--requests", "3"]);
+    }
+
+    fn report(n: u64, us: u64, conns: &str) -> ClientReport {
+        let cfg = ringlab_client::Args::parse_from(["c", "127.0.0.1:1", "-d", "1s", "-c", conns])
+            .resolve()
+            .unwrap();
+        let mut p = Partial::new();
+        for _ in 0..n {
+            p.corrected.record(us).unwrap();
+            p.raw.record(us).unwrap();
+        }
+        p.counters.measured = n;
+        p.counters.responses = n + 7;
+        p.elapsed = Duration::from_secs(1);
+        serde_json::from_str(&build_from(&cfg, p).to_json()).unwrap()
+    }
+
+    #[test]
+    fn hosts_merge_exactly_and_keep_their_rows() {
+        // Host a: 1000 responses at 100 µs; host b: 10 at 10 ms. Merged: p50 100 µs, p99.9
+        // 10 ms, 1010 requests (the average of the medians would be about 5 ms).
+        let reps = vec![
+            ("a".to_string(), report(1000, 100, "4")),
+            ("b".to_string(), report(10, 10_000, "2")),
+        ];
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        h.record_n(100, 1000).unwrap();
+        h.record_n(10_000, 10).unwrap();
+        let spec = RunSpec {
+            label: "epoll".into(),
+            x: 6.0,
+            ..RunSpec::default()
+        };
+        let r = merge_hosts(&spec, &reps, &h, &[0, 0]);
+        assert_eq!(r.requests, 1010.0);
+        assert_eq!(r.rps, 1010.0);
+        assert_eq!(r.p50_us, 100.0);
+        assert!((r.p999_us - 10_000.0).abs() <= 10.0, "{}", r.p999_us);
+        let rows = host_rows(&reps, &[0, 1]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].requests, rows[0].conns, rows[0].p50_us),
+            (1000, 4, 100)
+        );
+        assert_eq!(
+            (rows[1].requests, rows[1].conns, rows[1].exit_code),
+            (10, 2, 1)
+        );
+        assert_eq!(rows[0].responses_total + rows[1].responses_total, 1024);
+        let run = FleetRun {
+            seq: 1,
+            label: "epoll".into(),
+            x: 6.0,
+            server_requests: 1024,
+            client_responses: 1024,
+            requests: 1010,
+            rps: 1010.0,
+            p99_us: r.p99_us,
+            server_cpu_s: 0.1,
+            hosts: rows,
+        };
+        let t = run_table(&run);
+        assert!(
+            t.contains("server answered 1024, clients received 1024 (equal)"),
+            "{t}"
+        );
+        assert!(t.contains("| a | 1 | 4 | 1000 | 1000 | 100 |"), "{t}");
+    }
+
+    #[test]
+    fn proc_reads_over_ssh_parse() {
+        let text = "stat 42 (ringlab-server) S 1 42 42 0 -1 0 0 0 0 0 150 50 0 0 20 0 2 0\nsched 1500000000\nvoluntary_ctxt_switches:\t10\nnonvoluntary_ctxt_switches:\t5\nsched 500000000\nvoluntary_ctxt_switches:\t1\nnonvoluntary_ctxt_switches:\t0\nVmRSS:\t  2048 kB\ntck 100\nnow 1700000000000000000\n";
+        let p = ProcRead::parse(text).unwrap();
+        assert!((p.sample.user_s - 1.5).abs() < 1e-9);
+        assert!((p.sample.sys_s - 0.5).abs() < 1e-9);
+        assert_eq!(p.sample.run_ns, Some(2_000_000_000));
+        assert_eq!(p.sample.ctx_switches, 16);
+        assert_eq!(p.rss_kib, 2048);
+        assert_eq!(p.now_ns, 1_700_000_000_000_000_000);
+        // And what the script prints for this very process.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(ssh::proc_script(&[std::process::id()]))
+            .output()
+            .unwrap();
+        let me = ProcRead::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert!(
+            me.sample.run_ns.is_some_and(|n| n > 0) && me.rss_kib > 0,
+            "{me:?}"
+        );
+        assert!(ProcRead::parse("tck 100\n").is_err());
+    }
+}

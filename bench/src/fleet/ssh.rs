@@ -1,0 +1,257 @@
+//! SSH and scp command lines, and the shell scripts run on the far side (quoted for `sh`).
+
+use std::path::Path;
+use std::process::Command;
+
+/// Options every ssh and scp gets: never prompt (`BatchMode`), fail fast on an unreachable
+/// host, notice a lost connection within a few seconds, no chatter on stderr.
+const FIXED_FIRST: [&str; 2] = ["-o", "BatchMode=yes"];
+const DEFAULTS: [&str; 8] = [
+    "-o",
+    "ConnectTimeout=5",
+    "-o",
+    "ServerAliveInterval=1",
+    "-o",
+    "ServerAliveCountMax=3",
+    "-o",
+    "LogLevel=ERROR",
+];
+
+/// `s` as one word for a POSIX shell: unchanged when it is made of safe characters only,
+/// else in single quotes (a `'` inside becoming `'\''`).
+pub fn quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Words joined into one shell command line, each quoted.
+pub fn join<S: AsRef<str>>(words: &[S]) -> String {
+    words
+        .iter()
+        .map(|w| quote(w.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One destination as `ssh` takes it, with the user's `--ssh-option`s.
+#[derive(Clone, Debug)]
+pub struct Ssh {
+    pub dest: String,
+    pub options: Vec<String>,
+}
+
+impl Ssh {
+    /// The options: BatchMode first (it always holds), then the user's (ssh keeps the first
+    /// value of an option, so theirs win over the defaults that follow).
+    fn opts(&self) -> Vec<String> {
+        let mut v: Vec<String> = FIXED_FIRST.iter().map(|s| s.to_string()).collect();
+        for o in &self.options {
+            v.push("-o".into());
+            v.push(o.clone());
+        }
+        v.extend(DEFAULTS.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// `ssh OPTIONS -T DEST -- SCRIPT`: the script is one argument, which the remote shell
+    /// runs as it stands (its words quoted by whoever built it).
+    pub fn argv(&self, script: &str) -> Vec<String> {
+        let mut v = vec!["ssh".to_string()];
+        v.extend(self.opts());
+        v.extend(["-T".into(), self.dest.clone(), "--".into(), script.into()]);
+        v
+    }
+
+    /// `scp OPTIONS -q LOCAL DEST:REMOTE` (`remote` must be a plain path: see [`plain_path`]).
+    pub fn scp_argv(&self, local: &Path, remote: &str) -> Vec<String> {
+        let mut v = vec!["scp".to_string()];
+        v.extend(self.opts());
+        v.push("-q".into());
+        v.push(local.display().to_string());
+        v.push(format!("{}:{remote}", self.dest));
+        v
+    }
+
+    pub fn command(&self, script: &str) -> Command {
+        to_command(&self.argv(script))
+    }
+
+    pub fn scp(&self, local: &Path, remote: &str) -> Command {
+        to_command(&self.scp_argv(local, remote))
+    }
+}
+
+fn to_command(argv: &[String]) -> Command {
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
+}
+
+/// Whether `p` is an absolute path scp and the remote shell take as it is.
+pub fn plain_path(p: &str) -> bool {
+    p.starts_with('/')
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+}
+
+/// The script that runs `argv` on a host as a process of its own (its own session and process
+/// group: `setsid`), bounded by `timeout` (so a lost SSH connection cannot leave it running),
+/// output in `dir/name.out` and `.err`. It prints `pid=PID` (the group to kill), then, with
+/// `ready`, waits (up to 15 s) for a line starting `ready ` in its output and prints it, then
+/// waits for the process and prints `exit=CODE`, the last lines of its stderr as `err: ...`,
+/// and, when `tail_file` exists, `--file--` and that file.
+pub fn spawn_script(
+    dir: &str,
+    limit_s: u64,
+    argv: &[String],
+    name: &str,
+    ready: bool,
+    tail_file: Option<&str>,
+) -> String {
+    let out = quote(&format!("{name}.out"));
+    let err = quote(&format!("{name}.err"));
+    let mut s = format!(
+        "cd {} || exit 97\nsetsid timeout -k 5 {limit_s} {} </dev/null >{out} 2>{err} &\np=$!\necho \"pid=$p\"\n",
+        quote(dir),
+        join(argv)
+    );
+    if ready {
+        s += &format!(
+            "n=0\nuntil grep -q '^ready ' {out} 2>/dev/null; do\n  st=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)\n  if [ -z \"$st\" ] || [ \"$st\" = Z ] || [ $n -ge 300 ]; then break; fi\n  n=$((n+1)); sleep 0.05\ndone\ngrep '^ready ' {out}\n"
+        );
+    }
+    s += &format!("wait $p\necho \"exit=$?\"\ntail -n 5 {err} | sed 's/^/err: /'\n");
+    if let Some(f) = tail_file {
+        let f = quote(f);
+        s += &format!("if [ -s {f} ]; then echo --file--; cat {f}; fi\n");
+    }
+    s
+}
+
+/// Stop the process groups `pids` (each a `setsid` leader): SIGTERM, then SIGKILL to those
+/// still there after a second. Prints nothing; exits 0.
+pub fn kill_script(pids: &[u32]) -> String {
+    let list = pids
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "for p in {list}; do kill -TERM -- -$p 2>/dev/null; done\nsleep 1\nfor p in {list}; do kill -KILL -- -$p 2>/dev/null; done\nexit 0\n"
+    )
+}
+
+/// Print what [`super::ProcRead::parse`] reads of processes `pids`: `/proc/PID/stat`, each
+/// thread's run time and context switches, RSS, the clock tick and the host's time.
+pub fn proc_script(pids: &[u32]) -> String {
+    let list = pids
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "for p in {list}; do\n  [ -r /proc/$p/stat ] || continue\n  echo \"stat $(cat /proc/$p/stat)\"\n  for t in /proc/$p/task/*; do\n    echo \"sched $(cut -d' ' -f1 $t/schedstat 2>/dev/null)\"\n    grep -h ctxt_switches $t/status\n  done\n  grep -h VmRSS /proc/$p/status\ndone\necho \"tck $(getconf CLK_TCK)\"\necho \"now $(date +%s%N)\"\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `sh` makes of a command line: its words.
+    fn words(line: &str) -> Vec<String> {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("for w in {line}; do printf '%s\\0' \"$w\"; done"))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split('\0')
+            .filter(|w| !w.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        assert_eq!(quote("--conns"), "--conns");
+        assert_eq!(quote("10.0.0.1:9527"), "10.0.0.1:9527");
+        assert_eq!(quote(""), "''");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        let nasty = [
+            "plain",
+            "two words",
+            "it's",
+            "$(reboot)",
+            "`id`",
+            "a\"b",
+            "semi;colon",
+            "glob*",
+            "back\\slash",
+            "new\nline",
+            "'",
+            "''",
+        ];
+        assert_eq!(words(&join(&nasty)), nasty);
+    }
+
+    #[test]
+    fn ssh_argv_has_batch_mode_first_and_the_script_as_one_word() {
+        let s = Ssh {
+            dest: "root@10.0.0.1".into(),
+            options: vec!["IdentityFile=/tmp/k ey".into(), "Port=2222".into()],
+        };
+        let v = s.argv("echo 'a b'");
+        assert_eq!(&v[..3], ["ssh", "-o", "BatchMode=yes"]);
+        assert_eq!(
+            &v[3..7],
+            ["-o", "IdentityFile=/tmp/k ey", "-o", "Port=2222"]
+        );
+        assert!(v.contains(&"ConnectTimeout=5".to_string()));
+        assert_eq!(
+            &v[v.len() - 4..],
+            ["-T", "root@10.0.0.1", "--", "echo 'a b'"]
+        );
+        let c = s.scp_argv(Path::new("/x/ringlab-client"), "/tmp/d/ringlab-client");
+        assert_eq!(&c[..3], ["scp", "-o", "BatchMode=yes"]);
+        assert_eq!(
+            &c[c.len() - 2..],
+            ["/x/ringlab-client", "root@10.0.0.1:/tmp/d/ringlab-client"]
+        );
+        assert!(plain_path("/tmp/ringlab-fleet-1-2-h0"));
+        assert!(!plain_path("/tmp/a b"));
+        assert!(!plain_path("relative"));
+        assert!(!plain_path("/tmp/$(x)"));
+    }
+
+    #[test]
+    fn spawn_script_quotes_the_command_and_reports_pid_and_exit() {
+        let dir = std::env::temp_dir().join(format!("ringlab-fleet-ssh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let argv: Vec<String> = [
+            "sh",
+            "-c",
+            "echo \"ready x=$1\"; echo oops >&2; exit 3",
+            "-",
+            "it's",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let script = spawn_script(dir.to_str().unwrap(), 10, &argv, "t", true, None);
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("pid="), "{text}");
+        assert_eq!(lines[1], "ready x=it's", "{text}");
+        assert_eq!(lines[2], "exit=3", "{text}");
+        assert_eq!(lines[3], "err: oops", "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

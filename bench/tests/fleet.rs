@@ -1,0 +1,76 @@
+//! Fleet mode end to end: scripts/fleet-demo.sh (three namespace "hosts" with their own sshd,
+//! `ringlab-bench compare --quick` across them, client and server counts equal per run, then a
+//! client host's sshd killed mid-run: one line naming it, nothing left running). Needs root;
+//! skipped otherwise, or failed when RINGLAB_REQUIRE_NETADMIN=1 (CI runs as root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringlab-bench");
+
+fn why_not() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("not root (network namespaces and sshd need it)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Err("ip (iproute2) not found".into());
+    }
+    Ok(())
+}
+
+/// The server and client binaries beside ringlab-bench, built when `cargo test` did not.
+fn bin_dir() -> PathBuf {
+    let dir = Path::new(BIN).parent().expect("bin dir").to_path_buf();
+    if !dir.join("ringlab-server").is_file() || !dir.join("ringlab-client").is_file() {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "-p", "ringlab-server", "-p", "ringlab-client"]);
+        if release {
+            c.arg("--release");
+        }
+        assert!(c.status().expect("cargo build").success());
+    }
+    dir
+}
+
+#[test]
+fn fleet_demo_over_ssh_in_namespaces() {
+    if let Err(reason) = why_not() {
+        if std::env::var("RINGLAB_REQUIRE_NETADMIN").is_ok_and(|v| v == "1") {
+            panic!("RINGLAB_REQUIRE_NETADMIN=1 but the fleet demo cannot run: {reason}");
+        }
+        println!("skipped: fleet demo: {reason}");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fleet-demo.sh");
+    let dir = bin_dir();
+    // Bounded: the script tears everything down on SIGTERM (its trap).
+    let out = Command::new("timeout")
+        .args(["-s", "TERM", "-k", "20", "400"])
+        .arg(&script)
+        .arg("--kill-client-sshd")
+        .arg("--bin-dir")
+        .arg(&dir)
+        .env(
+            "RINGLAB_FLEET_PREFIX",
+            format!("rlft{}", std::process::id() % 100_000),
+        )
+        .output()
+        .expect("runs fleet-demo.sh");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "fleet-demo.sh failed ({}):\n{text}",
+        out.status
+    );
+    assert!(text.contains("phase 1 ok"), "{text}");
+    assert!(text.contains("phase 2 ok"), "{text}");
+    assert!(
+        text.contains("last line: ringlab-bench: client host root@10.78.0.3:"),
+        "{text}"
+    );
+}
