@@ -75,9 +75,15 @@ impl ProcSample {
         let mut run_ns = Some(0u64);
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for t in tasks.flatten() {
-                let ns = std::fs::read_to_string(t.path().join("schedstat"))
-                    .ok()
-                    .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+                let ns = match std::fs::read_to_string(t.path().join("schedstat")) {
+                    Ok(s) => s
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok()),
+                    // The thread ended since the listing (its time went with it): skip it.
+                    Err(_) if !t.path().join("stat").exists() => continue,
+                    Err(_) => None,
+                };
                 run_ns = run_ns.zip(ns).map(|(a, b)| a + b);
                 if let Ok(s) = std::fs::read_to_string(t.path().join("status")) {
                     for line in s.lines() {

@@ -1151,7 +1151,11 @@ impl ProcRead {
                     .context("stime")?;
                 procs += 1;
             } else if let Some(s) = l.strip_prefix("sched") {
-                run_ns = run_ns.zip(s.trim().parse::<u64>().ok()).map(|(a, b)| a + b);
+                // An empty value: the thread ended between the listing and the read (its time
+                // is gone with it); an unreadable one: no schedstat, ticks are used instead.
+                if !s.trim().is_empty() {
+                    run_ns = run_ns.zip(s.trim().parse::<u64>().ok()).map(|(a, b)| a + b);
+                }
             } else if let Some((k, v)) = l.split_once(':') {
                 let v = v
                     .split_whitespace()

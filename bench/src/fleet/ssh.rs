@@ -100,7 +100,10 @@ pub fn plain_path(p: &str) -> bool {
 
 /// The script that runs `argv` on a host as a process of its own (its own session and process
 /// group: `setsid`), bounded by `timeout` (so a lost SSH connection cannot leave it running),
-/// output in `dir/name.out` and `.err`. It prints `pid=PID` (the group to kill), then, with
+/// output in `dir/name.out` and `.err`. `timeout --foreground`: without it GNU timeout passes a
+/// signal on to its child and then to its whole process group, so the child gets a SIGTERM
+/// twice, and ringlab-server takes a second one as "exit at once" (seen: exit 143 instead of a
+/// drained 0, about one run in eight). It prints `pid=PID` (the group to kill), then, with
 /// `ready`, waits (up to 15 s) for a line starting `ready ` in its output and prints it, then
 /// waits for the process and prints `exit=CODE`, the last lines of its stderr as `err: ...`,
 /// and, when `tail_file` exists, `--file--` and that file.
@@ -115,7 +118,7 @@ pub fn spawn_script(
     let out = quote(&format!("{name}.out"));
     let err = quote(&format!("{name}.err"));
     let mut s = format!(
-        "cd {} || exit 97\nsetsid timeout -k 5 {limit_s} {} </dev/null >{out} 2>{err} &\np=$!\necho \"pid=$p\"\n",
+        "cd {} || exit 97\nsetsid timeout --foreground -k 5 {limit_s} {} </dev/null >{out} 2>{err} &\np=$!\necho \"pid=$p\"\n",
         quote(dir),
         join(argv)
     );
