@@ -342,13 +342,18 @@ pub fn run_partial(
     if !errors.is_empty() {
         return Err(RunError::Failed(errors.join("; ")));
     }
-    // Measurement ends when the last thread stopped issuing requests (the end of the run,
-    // its requests spent, or giving up), or with the last measured response if later.
-    let end = results
-        .iter()
-        .map(|r| r.last_completion.map_or(r.ended_at, |l| l.max(r.ended_at)))
-        .max()
-        .unwrap_or_else(Instant::now);
+    // Measurement ends when the last thread stopped issuing requests (the end of the run, or
+    // giving up). The measured requests are those meant to be sent in that window; the ones
+    // still in flight at its end are awaited and counted, which in a steady state balances the
+    // ones sent before the window and answered in it, so the window is the divisor. (Counting
+    // up to the last answer instead diluted every rate by the tail: a server that answers one
+    // request per 0.104 s, queueing 32 clients, read 5.8 req/s over a 5 s window, 5 / (5 +
+    // 3.3).) With --requests the job is the count: it ends with its last answer.
+    let end = window_end(
+        cfg.requests.is_some(),
+        results.iter().map(|r| (r.ended_at, r.last_completion)),
+    )
+    .unwrap_or_else(Instant::now);
     let elapsed = end.saturating_duration_since(measure_start);
     let mut partial = Partial::of(&results, elapsed);
     if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -363,6 +368,21 @@ pub fn run_partial(
         partial.failed = true;
     }
     Ok(partial)
+}
+
+/// The end of the measured window from each thread's (end of issuing, last measured answer):
+/// the last end of issuing, or, for a fixed count of requests (`by_count`), the last answer if
+/// later.
+fn window_end(
+    by_count: bool,
+    threads: impl Iterator<Item = (Instant, Option<Instant>)>,
+) -> Option<Instant> {
+    threads
+        .map(|(ended, last)| match last {
+            Some(l) if by_count => l.max(ended),
+            _ => ended,
+        })
+        .max()
 }
 
 fn progress_bar(cfg: &RunConfig) -> Option<ProgressBar> {
@@ -396,5 +416,25 @@ fn progress_text(cfg: &RunConfig, tl: &Timeline, last: Option<(u64, f64, u64, f6
             fmt_us(p99)
         ),
         None => format!("measuring; {left}"),
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::window_end;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_timed_run_is_divided_by_its_window_not_its_tail() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Two threads issued until 5 s; their last answers came 3.3 s later (a queueing server).
+        let threads = [(at(5000), Some(at(8300))), (at(4990), Some(at(7000)))];
+        assert_eq!(window_end(false, threads.into_iter()), Some(at(5000)));
+        // A fixed count of requests is done when its last answer is in.
+        assert_eq!(window_end(true, threads.into_iter()), Some(at(8300)));
+        // No answer at all: the end of issuing.
+        assert_eq!(window_end(true, [(at(10), None)].into_iter()), Some(at(10)));
+        assert_eq!(window_end(false, std::iter::empty()), None);
     }
 }
