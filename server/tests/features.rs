@@ -413,19 +413,7 @@ fn switches_for_another_backend_are_refused_with_one_line() {
             "--sqpoll-cpu 4096: no such CPU",
         ),
     ] {
-        let out = Command::new(BIN)
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .output()
-            .expect("run ringlab-server");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(err.contains(says), "{args:?}: stderr {err:?}");
-        assert_eq!(
-            err.trim().lines().count(),
-            1,
-            "{args:?}: one line, got {err:?}"
-        );
+        common::assert_refused_in_one_line(args, says);
     }
 }
 

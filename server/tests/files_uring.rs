@@ -603,19 +603,8 @@ fn fixed_bufs_refused_in_one_line() {
             "--file-fixed-bufs reads files: add --root",
         ),
     ] {
-        let out = std::process::Command::new(common::BIN)
-            .args(args)
-            .args(["--file-fixed-bufs", "4", "--listen", "127.0.0.1:0"])
-            .output()
-            .expect("run ringlab-server");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(err.contains(says), "{args:?}: stderr {err:?}");
-        assert_eq!(
-            err.trim().lines().count(),
-            1,
-            "{args:?}: one line, got {err:?}"
-        );
+        let args = [args, &["--file-fixed-bufs", "4"][..]].concat();
+        common::assert_refused_in_one_line(&args, says);
     }
 }
 

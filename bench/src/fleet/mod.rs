@@ -835,24 +835,18 @@ impl Fleet {
         let mut logs = Vec::new();
         for (i, h) in self.clients.iter().enumerate() {
             let name = h.name();
-            let json = call(
-                &h.ssh,
-                &format!(
-                    "cat {}",
-                    ssh::quote(&format!("{}/client-{seq}.json", h.dir))
-                ),
-            )
-            .map_err(|e| anyhow!("{name}: fetching results: {e:#}"))?;
+            // A file of the run's directory on the host, by `cat` over its session.
+            let fetch = |file: String, what: &str| {
+                call(
+                    &h.ssh,
+                    &format!("cat {}", ssh::quote(&format!("{}/{file}", h.dir))),
+                )
+                .map_err(|e| anyhow!("{name}: fetching {what}: {e:#}"))
+            };
+            let json = fetch(format!("client-{seq}.json"), "results")?;
             let rep: ClientReport = serde_json::from_str(&json)
                 .with_context(|| format!("{name}: parsing ringlab-client's JSON"))?;
-            let hlog = call(
-                &h.ssh,
-                &format!(
-                    "cat {}",
-                    ssh::quote(&format!("{}/client-{seq}.hlog", h.dir))
-                ),
-            )
-            .map_err(|e| anyhow!("{name}: fetching the interval log: {e:#}"))?;
+            let hlog = fetch(format!("client-{seq}.hlog"), "the interval log")?;
             let lp = local.join(format!("client-{i}.hlog"));
             std::fs::write(&lp, hlog)?;
             std::fs::write(local.join(format!("client-{i}.json")), json)?;

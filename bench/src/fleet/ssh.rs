@@ -135,14 +135,18 @@ pub fn spawn_script(
     s
 }
 
+/// `pids` as a shell word list.
+fn pid_list(pids: &[u32]) -> String {
+    pids.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Stop the process groups `pids` (each a `setsid` leader): SIGTERM, then SIGKILL to those
 /// still there after a second. Prints nothing; exits 0.
 pub fn kill_script(pids: &[u32]) -> String {
-    let list = pids
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let list = pid_list(pids);
     format!(
         "for p in {list}; do kill -TERM -- -$p 2>/dev/null; done\nsleep 1\nfor p in {list}; do kill -KILL -- -$p 2>/dev/null; done\nexit 0\n"
     )
@@ -151,11 +155,7 @@ pub fn kill_script(pids: &[u32]) -> String {
 /// Print what [`super::ProcRead::parse`] reads of processes `pids`: `/proc/PID/stat`, each
 /// thread's run time and context switches, RSS, the clock tick and the host's time.
 pub fn proc_script(pids: &[u32]) -> String {
-    let list = pids
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let list = pid_list(pids);
     format!(
         "for p in {list}; do\n  [ -r /proc/$p/stat ] || continue\n  echo \"stat $(cat /proc/$p/stat)\"\n  for t in /proc/$p/task/*; do\n    echo \"sched $(cut -d' ' -f1 $t/schedstat 2>/dev/null)\"\n    grep -h ctxt_switches $t/status\n  done\n  grep -h VmRSS /proc/$p/status\ndone\necho \"tck $(getconf CLK_TCK)\"\necho \"now $(date +%s%N)\"\n"
     )

@@ -522,6 +522,25 @@ pub fn start_failure(io: &str, args: &[&str]) -> StartFailure {
     }
 }
 
+/// Run `ringlab-server ARGS --listen 127.0.0.1:0` (ARGS names the backend) and assert that it
+/// refuses to start with exactly one line on stderr containing `says`.
+#[track_caller]
+pub fn assert_refused_in_one_line(args: &[&str], says: &str) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run ringlab-server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} was accepted");
+    assert!(err.contains(says), "{args:?}: stderr {err:?}");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "{args:?}: one line, got {err:?}"
+    );
+}
+
 /// Poll `f` every few milliseconds until it holds or `timeout` passes.
 pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
