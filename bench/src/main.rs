@@ -46,10 +46,12 @@ struct Cli {
 #[derive(Subcommand, Debug, Clone)]
 enum Cmd {
     /// The verdict (default): echo 64 B at 512 connections, uring against epoll and an A/A
-    /// control, at equal offered load (25/50/75% of the slowest backend's capacity: server CPU
-    /// per request, latency) and server-bound (CPU capped by a cgroup: capacity); repetitions
-    /// until every ratio's 95% interval is within ±3% or --budget runs out. --profile: where
-    /// the server's CPU goes.
+    /// control, side by side (their servers run at the same time, each with its own client,
+    /// measured over one window, so the host's noise cancels in their ratios; --sequential: one
+    /// after another), at equal offered load (25/50/75% of the slowest backend's capacity:
+    /// server CPU per request, latency) and server-bound (CPU capped by a cgroup: requests per
+    /// CPU-second); repetitions until every ratio's 95% interval is within ±3% or --budget runs
+    /// out. --profile: where the server's CPU goes.
     Compare,
     /// The seed notes' tables: every request held 100 ms; clients 1 → 10,000; blocking pools of
     /// 1, 64 and 128 workers against uring and epoll.

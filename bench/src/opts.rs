@@ -60,6 +60,12 @@ pub struct Opts {
     /// compare: offered loads, in percent of the slowest backend's measured capacity.
     #[arg(long, global = true, value_delimiter = ',')]
     pub loads: Option<Vec<f64>>,
+    /// compare: run the rows one after another (each alone on the server CPUs, interleaved by
+    /// repetition) instead of side by side. Side by side (the default) runs every row's server
+    /// at the same time, each with its own client, measured over one window, so the host's
+    /// noise is common to all of them and cancels in their ratios.
+    #[arg(long, global = true)]
+    pub sequential: bool,
     /// compare: the server's CPU cap for the server-bound capacity, as a share of one CPU.
     #[arg(long, global = true, default_value_t = 0.5)]
     pub server_share: f64,

@@ -45,6 +45,9 @@ pub struct RunResult {
     pub x: f64,
     /// The repetition it belongs to (runs of one repetition are paired in the statistics).
     pub rep: usize,
+    /// When its measured window began (Unix time, milliseconds): runs measured side by side
+    /// share it.
+    pub window_start_ms: u64,
     pub requests: f64,
     pub rps: f64,
     pub mean_us: f64,
@@ -214,8 +217,29 @@ pub fn drive(
     if opts.fleet.is_some() {
         bail!("this scenario runs its clients itself: not in fleet mode (--server-host)");
     }
-    let pid = pids.first().copied().context("no server process")?;
-    let json_path = opts.tmp.join(format!("client-{pid}-{}.json", spec.x));
+    measure(bins, &[(spec, addr, pids)], opts, false)
+        .pop()
+        .context("no run measured")?
+}
+
+/// A client started for one target of [`measure`].
+struct ClientRun {
+    child: std::process::Child,
+    json: std::path::PathBuf,
+    cmd: String,
+}
+
+/// Start the client of `spec` against `addr`, writing its JSON under a name made from `pid`;
+/// with `start_at` (Unix milliseconds) it waits for that instant before its warm-up.
+fn spawn_client(
+    bins: &Bins,
+    addr: &str,
+    pid: u32,
+    spec: &RunSpec,
+    opts: &RunOpts,
+    start_at: Option<u64>,
+) -> Result<ClientRun> {
+    let json = opts.tmp.join(format!("client-{pid}-{}.json", spec.x));
     let dur = format!("{}ms", (spec.duration_s * 1e3) as u64);
     let warm = format!("{}ms", (spec.warmup_s * 1e3) as u64);
     let mut cmd = match &opts.netns {
@@ -232,12 +256,15 @@ pub fn drive(
             &warm,
         ])
         .arg("--json")
-        .arg(&json_path)
+        .arg(&json)
         .args(&spec.client_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let client_cmd = format!(
+    if let Some(at) = start_at {
+        cmd.args(["--start-at", &at.to_string()]);
+    }
+    let shown = format!(
         "{}{} {addr} --cores {} --duration {dur} --warmup {warm} --json FILE {}",
         opts.netns
             .as_ref()
@@ -249,25 +276,92 @@ pub fn drive(
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", bins.client.display()))?;
+    Ok(ClientRun {
+        child,
+        json,
+        cmd: shown,
+    })
+}
+
+/// Measure targets, each `(spec, addr, pids)` with its own client: one alone (`together`
+/// false: its window starts one warm-up after the client starts), or all side by side
+/// (`together`: every client waits for one start instant, so their measured windows are the
+/// same interval of time, and every target's processes are sampled at its two ends). One
+/// result per target, in order.
+pub fn measure(
+    bins: &Bins,
+    targets: &[(&RunSpec, &str, &[u32])],
+    opts: &RunOpts,
+    together: bool,
+) -> Vec<Result<RunResult>> {
+    let Some(&(first, _, _)) = targets.first() else {
+        return Vec::new();
+    };
+    // The start instant: late enough for every client to be started and set up before it
+    // (a client more than a second late refuses to run).
+    let start_at = together.then(|| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        ms + 300 + 100 * targets.len() as u64
+    });
+    let clients: Vec<Result<ClientRun>> = targets
+        .iter()
+        .map(|&(spec, addr, pids)| {
+            let pid = pids.first().copied().context("no server process")?;
+            spawn_client(bins, addr, pid, spec, opts, start_at)
+        })
+        .collect();
     // The server is measured over the client's measured window only: from the end of its
     // warm-up to the end of its duration, not its start-up or its connections' teardown.
-    std::thread::sleep(Duration::from_secs_f64(spec.warmup_s));
-    let cpus = measured_cpus(spec);
+    // With a start instant the client's window is known exactly: it begins 2 ms after the
+    // instant (the client's own start margin), plus the warm-up.
+    let wait = match start_at {
+        Some(ms) => {
+            let at = std::time::UNIX_EPOCH
+                + Duration::from_millis(ms + 2)
+                + Duration::from_secs_f64(first.warmup_s);
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        }
+        None => Duration::from_secs_f64(first.warmup_s),
+    };
+    std::thread::sleep(wait);
+    let mut cpus: Vec<usize> = targets.iter().flat_map(|t| measured_cpus(t.0)).collect();
+    cpus.sort_unstable();
+    cpus.dedup();
     let steal0 = steal_ticks(&cpus);
     let window_start = std::time::Instant::now();
-    let before = ProcSample::read_all(pids)?;
-    let window_end = std::time::Instant::now() + Duration::from_secs_f64(spec.duration_s);
-    let perf = if opts.perf {
-        perf_syscalls(pid, spec.duration_s * 0.9)
-    } else {
-        None
-    };
-    let profile = spec
-        .profile
-        .as_ref()
-        .map(|f| crate::profile::record(f, &server_cpus(spec), spec.duration_s * 0.9));
+    let window_start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let before: Vec<Result<ProcSample>> =
+        targets.iter().map(|t| ProcSample::read_all(t.2)).collect();
+    let window_end = window_start + Duration::from_secs_f64(first.duration_s);
+    let mut perf: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            opts.perf
+                .then(|| {
+                    t.2.first()
+                        .and_then(|&p| perf_syscalls(p, t.0.duration_s * 0.9))
+                })
+                .flatten()
+        })
+        .collect();
+    let profiles: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            t.0.profile
+                .as_ref()
+                .map(|f| crate::profile::record(f, &server_cpus(t.0), t.0.duration_s * 0.9))
+        })
+        .collect();
     std::thread::sleep(window_end.saturating_duration_since(std::time::Instant::now()));
-    let after = ProcSample::read_all(pids);
+    let after: Vec<Result<ProcSample>> =
+        targets.iter().map(|t| ProcSample::read_all(t.2)).collect();
     let steal_pct = match (steal0, steal_ticks(&cpus)) {
         (Some(a), Some(b)) if !cpus.is_empty() => {
             let tick = rustix::param::clock_ticks_per_second() as f64;
@@ -276,39 +370,58 @@ pub fn drive(
         }
         _ => 0.0,
     };
-    let rss: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
-    let out = child.wait_with_output()?;
-    let after = after?;
-    let perf_count = perf.and_then(|h| h.join().ok().flatten());
-    let profile = profile.map(|p| p.finish(pids));
-    let cj = std::fs::read_to_string(&json_path);
-    let _ = std::fs::remove_file(&json_path);
-    let cj: ClientReport = match cj {
-        Ok(s) => serde_json::from_str(&s).context("parsing the client's JSON")?,
-        Err(_) => bail!(
-            "ringlab-client wrote no results ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-    };
-    let mut r = measured(spec, &cj, &after.since(&before), perf_count, client_cmd);
-    r.profile = profile;
-    r.server_rss_kib = rss as f64;
-    r.steal_pct = steal_pct;
-    if r.requests == 0.0 && r.data_errors > 0.0 {
-        bail!(
-            "it answered wrongly: none of its responses was what was sent ({} wrong; ringlab-client verifies every echoed byte)",
-            r.data_errors
-        );
+    let rss: Vec<u64> = targets
+        .iter()
+        .map(|t| t.2.iter().map(|&p| rss_kib(p)).sum())
+        .collect();
+    let mut out = Vec::new();
+    for (i, (client, (before, after))) in clients
+        .into_iter()
+        .zip(before.into_iter().zip(after))
+        .enumerate()
+    {
+        let spec = targets[i].0;
+        let perf_count = perf[i].take().and_then(|h| h.join().ok().flatten());
+        out.push((|| {
+            let c = client?;
+            let res = c.child.wait_with_output()?;
+            let (before, after) = (before?, after?);
+            let cj = std::fs::read_to_string(&c.json);
+            let _ = std::fs::remove_file(&c.json);
+            let cj: ClientReport = match cj {
+                Ok(s) => serde_json::from_str(&s).context("parsing the client's JSON")?,
+                Err(_) => bail!(
+                    "ringlab-client wrote no results ({}): {}",
+                    res.status,
+                    String::from_utf8_lossy(&res.stderr).trim()
+                ),
+            };
+            let mut r = measured(spec, &cj, &after.since(&before), perf_count, c.cmd);
+            r.server_rss_kib = rss[i] as f64;
+            r.steal_pct = steal_pct;
+            r.window_start_ms = window_start_ms;
+            if r.requests == 0.0 && r.data_errors > 0.0 {
+                bail!(
+                    "it answered wrongly: none of its responses was what was sent ({} wrong; ringlab-client verifies every echoed byte)",
+                    r.data_errors
+                );
+            }
+            if r.requests == 0.0 {
+                bail!(
+                    "no request completed (client {}): {}",
+                    res.status,
+                    String::from_utf8_lossy(&res.stderr).trim()
+                );
+            }
+            Ok(r)
+        })());
     }
-    if r.requests == 0.0 {
-        bail!(
-            "no request completed (client {}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    for (i, p) in profiles.into_iter().enumerate() {
+        if let (Some(p), Some(Ok(r))) = (p, out.get_mut(i)) {
+            r.profile = Some(p.finish(targets[i].2));
+        }
     }
-    Ok(r)
+    out
 }
 
 /// One run's figures: the client's report, and the server processes measured from outside
@@ -328,6 +441,7 @@ fn measured(
         label: spec.label.clone(),
         x: spec.x,
         rep: 0,
+        window_start_ms: 0,
         requests,
         rps: cj.requests_per_sec,
         mean_us: lat.mean,
@@ -401,6 +515,7 @@ pub fn combine(runs: &[RunResult]) -> RunResult {
         label: first.label.clone(),
         x: first.x,
         rep: 0,
+        window_start_ms: first.window_start_ms,
         requests: m(|r| r.requests),
         rps: m(|r| r.rps),
         mean_us: m(|r| r.mean_us),
@@ -481,6 +596,72 @@ pub fn run_rep(
             Err(e) if s.peer.is_some() => opts.dropped.drop_row(&s.label, &format!("{e:#}")),
             Err(e) => eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x),
         }
+    }
+}
+
+/// Repetition `rep` side by side: every spec of `order` (indices into `specs`) on its own
+/// fresh server at the same time, each with its own client, all clients measuring over the
+/// same window ([`measure`] together); the targets start in `order` (rotate it between
+/// repetitions so that no row always starts first). Results go to `all` as in [`run_rep`]; a
+/// target that fails is reported and left out, the others' runs still count.
+pub fn run_together(
+    bins: &Bins,
+    specs: &[RunSpec],
+    order: &[usize],
+    rep: usize,
+    opts: &RunOpts,
+    all: &mut [Vec<RunResult>],
+    progress: &mut dyn FnMut(usize, &RunSpec),
+) {
+    let failed = |s: &RunSpec, e: anyhow::Error| {
+        if s.peer.is_some() {
+            opts.dropped.drop_row(&s.label, &format!("{e:#}"));
+        } else {
+            eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x);
+        }
+    };
+    let mut started: Vec<(usize, Target)> = Vec::new();
+    for (k, &i) in order.iter().enumerate() {
+        let s = &specs[i];
+        if opts.dropped.has(&s.label) {
+            continue;
+        }
+        progress(k, s);
+        match Target::start(bins, s, opts) {
+            Ok(t) => match s.cgroup.as_ref().map(|d| crate::cgroup::enter(d, t.pids())) {
+                Some(Err(e)) => {
+                    let _ = t.stop();
+                    failed(s, e);
+                }
+                _ => started.push((i, t)),
+            },
+            Err(e) => failed(s, e),
+        }
+    }
+    let targets: Vec<(&RunSpec, &str, &[u32])> = started
+        .iter()
+        .map(|(i, t)| (&specs[*i], t.addr(), t.pids()))
+        .collect();
+    let results = measure(bins, &targets, opts, true);
+    for ((i, t), r) in started.into_iter().zip(results) {
+        let s = &specs[i];
+        let server_cmd = t.cmd(bins, s);
+        let stats = match (t.stop(), r) {
+            (Err(e), _) | (Ok(_), Err(e)) => {
+                failed(s, e);
+                continue;
+            }
+            (Ok(stats), Ok(r)) => (stats, r),
+        };
+        let (stats, mut r) = stats;
+        if let Err(e) = checked(s, &r) {
+            failed(s, e);
+            continue;
+        }
+        r.server_cmd = server_cmd;
+        r.syscalls_per_req = stats.as_ref().and_then(syscalls_per_req);
+        r.rep = rep;
+        all[i].push(r);
     }
 }
 

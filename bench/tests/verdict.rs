@@ -97,6 +97,63 @@ fn compare_quick_prints_the_verdict_first_and_writes_it_to_results_json() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Side by side (the default), a point's rows are measured over one window; `--sequential`
+/// measures them one after another. Read from each raw run's window start in results.json.
+#[test]
+fn compare_measures_a_points_rows_side_by_side_unless_sequential() {
+    for (flag, together) in [(None, true), (Some("--sequential"), false)] {
+        let dir = out_dir(if together { "together" } else { "sequential" });
+        let out = Command::new(BIN)
+            .args(["compare", "--quick", "--reps", "2", "--duration", "0.4"])
+            .args(flag)
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{flag:?}: {stderr}");
+        let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        let method = if together {
+            "**Side by side**"
+        } else {
+            "**Sequential**"
+        };
+        assert!(report.contains(method), "{report}");
+        // Side by side the three rows share the load's rate.
+        assert_eq!(report.contains("50% load (3 × "), together, "{report}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap())
+                .unwrap();
+        let raw = json["compare"]["runs"].as_array().expect("every run");
+        let mut sets: std::collections::BTreeMap<(String, u64), Vec<u64>> = Default::default();
+        for r in raw {
+            let key = (r["x"].to_string(), r["rep"].as_u64().unwrap());
+            sets.entry(key)
+                .or_default()
+                .push(r["window_start_ms"].as_u64().unwrap());
+        }
+        // Equal load and server-bound, two repetitions each.
+        assert_eq!(sets.len(), 4, "{sets:?}");
+        for (key, mut starts) in sets {
+            assert_eq!(starts.len(), 3, "uring, epoll and the A/A row at {key:?}");
+            starts.sort_unstable();
+            if together {
+                assert!(
+                    starts[2] - starts[0] <= 20,
+                    "one window at {key:?}: {starts:?}"
+                );
+            } else {
+                // Each run's window starts after the one before it has ended.
+                assert!(
+                    starts.windows(2).all(|w| w[1] - w[0] >= 400),
+                    "one after another at {key:?}: {starts:?}"
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[test]
 fn a_bad_load_is_refused_in_one_line() {
     let out = Command::new(BIN)

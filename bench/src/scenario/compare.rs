@@ -21,7 +21,7 @@ use crate::profile::{Area, Breakdown};
 use crate::report::Report;
 use crate::run::{self, RunResult, RunSpec};
 use crate::stats;
-use crate::verdict::{self, At, Metric, Verdict, CPU_PER_REQ, P99, RPS};
+use crate::verdict::{self, At, Metric, Verdict, CPU_PER_REQ, P99, REQ_PER_CPU_S, RPS};
 
 /// `ringlab-bench compare`.
 pub struct Compare;
@@ -91,24 +91,27 @@ impl Scenario for Compare {
                 k += 1;
                 eprintln!("  rep {} [{k}/{n}] {} x={:.0}", reps + 1, s.label, s.x);
             };
-            run::run_rep(
-                &ctx.bins,
-                &load_specs,
-                &load_order,
-                reps,
-                &ctx.run,
-                &mut load_runs,
-                &mut progress,
-            );
-            run::run_rep(
-                &ctx.bins,
-                &cap_specs,
-                &cap_order,
-                reps,
-                &ctx.run,
-                &mut cap_runs,
-                &mut progress,
-            );
+            for (specs, order, runs) in [
+                (&load_specs, &load_order, &mut load_runs),
+                (&cap_specs, &cap_order, &mut cap_runs),
+            ] {
+                if plan.together {
+                    // One point at a time, its rows side by side.
+                    for set in order.chunk_by(|&a, &b| specs[a].x == specs[b].x) {
+                        run::run_together(
+                            &ctx.bins,
+                            specs,
+                            set,
+                            reps,
+                            &ctx.run,
+                            runs,
+                            &mut progress,
+                        );
+                    }
+                } else {
+                    run::run_rep(&ctx.bins, specs, order, reps, &ctx.run, runs, &mut progress);
+                }
+            }
             reps += 1;
             let raw: Vec<RunResult> = load_runs
                 .iter()
@@ -183,12 +186,30 @@ impl Scenario for Compare {
         } else {
             "\n\nRows `peer:NAME` are `--peer` servers, started fresh for every run like the backends, pinned to the server CPUs with taskset and measured from outside the same way (CPU over all their processes and threads).".to_string()
         };
+        let loads = plan
+            .loads
+            .iter()
+            .map(|l| format!("{l}%"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let method = if plan.together {
+            format!(
+                "**Side by side** (the default; `--sequential` runs the rows one after another instead): in every run the {k} rows ({rows}) each have a fresh server of their own, all pinned to the server CPUs at the same time, each driven by its own client (the clients share the client CPUs) and all measured over the same window (the clients wait for one start instant); so whatever the host does during a run (other tenants, frequency, interrupts) happens to every row alike and cancels in their ratios, which rest on the runs' pairs. The servers start in an order that rotates between repetitions. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission), every row at the same rate: {loads} of the slowest backend's capacity (measured alone) shared among the {k} rows, so the server CPUs are that busy in all; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop, the {k} servers together in one cgroup capped at {share} of a CPU, so the servers, not the clients, are the limit; the verdict compares requests per second of server CPU (how the capped CPU is split among the servers does not enter it). Up to {reps} repetitions of {dur:.1} s measured each (a point stops once all its intervals are within ±3%); figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.",
+                k = plan.rows.len(),
+                rows = plan.rows.join(", "),
+                share = ctx.o.server_share,
+                dur = plan.dur,
+            )
+        } else {
+            format!(
+                "**Sequential** (`--sequential`): every run has one server alone on the server CPUs. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {loads} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {share} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({rows}; each repetition starts one row later), up to {reps} repetitions of {dur:.1} s measured each (a point stops once all its intervals are within ±3%); figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.",
+                rows = plan.rows.join(", "),
+                share = ctx.o.server_share,
+                dur = plan.dur,
+            )
+        };
         let mut text = format!(
-            "Echo {SIZE} B. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({}; each repetition starts one row later), up to {reps} repetitions of {:.1} s measured each (a point stops once all its intervals are within ±3%); figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.{peers_note}\n\n### Equal offered load\n\n{load_table}\n### Server-bound capacity\n\n{cap_note}\n\n{cap_table}",
-            plan.loads.iter().map(|l| format!("{l}%")).collect::<Vec<_>>().join(", "),
-            ctx.o.server_share,
-            plan.rows.join(", "),
-            plan.dur,
+            "Echo {SIZE} B. {method}{peers_note}\n\n### Equal offered load\n\n{load_table}\n### Server-bound capacity\n\n{cap_note}\n\n{cap_table}"
         );
         if !prof.is_empty() {
             text += &format!("\n### Where the server's CPU goes\n{prof}");
@@ -298,6 +319,8 @@ struct Plan {
     /// Measured seconds per run.
     dur: f64,
     budget: Duration,
+    /// Side by side: every point's rows run at the same time (not `--sequential`, not a fleet).
+    together: bool,
 }
 
 impl Plan {
@@ -336,12 +359,20 @@ impl Plan {
             ctx.o
                 .budget
                 .unwrap_or(Duration::from_secs(if ctx.o.quick { 30 } else { 120 }));
-        // Runs per repetition: every row at each load, and server-bound, per conns.
-        let runs = conns.len() * (loads.len() + 1) * rows.len();
+        let together = !ctx.o.sequential && ctx.run.fleet.is_none();
+        // Runs per repetition: every row at each load, and server-bound, per conns; side by
+        // side, one run holds every row, and starting its servers and clients together costs
+        // more than one's.
+        let points = conns.len() * (loads.len() + 1);
+        let (runs, setup) = if together {
+            (points, 0.3 + 0.1 * rows.len() as f64)
+        } else {
+            (points * rows.len(), 0.0)
+        };
         let dur = match (ctx.o.duration, ctx.o.quick) {
             (Some(d), _) => d,
             (None, true) => ctx.duration(0.5),
-            (None, false) => window(budget, runs, ctx.warmup()),
+            (None, false) => window(budget, runs, ctx.warmup() + setup),
         };
         Ok(Plan {
             conns,
@@ -353,7 +384,29 @@ impl Plan {
             loads,
             dur,
             budget,
+            together,
         })
+    }
+
+    /// The capacity verdict's figure: req/s of a server alone in its group; side by side,
+    /// requests per second of server CPU (the servers share one capped group).
+    fn cap_metric(&self) -> Metric {
+        if self.together {
+            REQ_PER_CPU_S
+        } else {
+            RPS
+        }
+    }
+
+    /// The offered rate of each row at `load` percent of `capacity`: side by side the rows
+    /// share it, so the server CPUs are as busy in all as one server alone at that load.
+    fn rate(&self, capacity: f64, load: f64) -> f64 {
+        let share = if self.together {
+            self.rows.len() as f64
+        } else {
+            1.0
+        };
+        (capacity * load / 100.0 / share).round().max(1.0)
     }
 
     /// The run of row `row` (the A/A row is its baseline's backend) with `client` arguments.
@@ -370,14 +423,19 @@ impl Plan {
         let mut at: Vec<At> = Vec::new();
         for p in caps {
             for &l in &self.loads {
-                let mut rate = (p.capacity_rps * l / 100.0).round().max(1.0);
+                let mut rate = self.rate(p.capacity_rps, l);
                 while at.iter().any(|a| a.x == rate) {
                     rate += 1.0; // one x per (conns, load): runs are paired by it
                 }
+                let each = if self.together {
+                    format!("{} × {}", self.rows.len(), rate_text(rate))
+                } else {
+                    rate_text(rate)
+                };
                 at.push(At {
                     scenario: "compare".into(),
                     conns: p.conns,
-                    load: format!("{l}% load ({})", rate_text(rate)),
+                    load: format!("{l}% load ({each})"),
                     x: rate,
                 });
                 let (c, r) = (p.conns.to_string(), rate.to_string());
@@ -429,7 +487,7 @@ impl Plan {
         cap_at: &[At],
     ) -> Vec<(f64, Option<Vec<stats::Interval>>)> {
         let mut out = Vec::new();
-        for (ats, m) in [(load_at, CPU_PER_REQ), (cap_at, RPS)] {
+        for (ats, m) in [(load_at, CPU_PER_REQ), (cap_at, self.cap_metric())] {
             for a in ats {
                 let ivs = self
                     .candidates
@@ -479,7 +537,10 @@ impl Plan {
         cap_at: &[At],
     ) -> Vec<Verdict> {
         let mut out = Vec::new();
-        for (raw, ats, m) in [(load_raw, load_at, CPU_PER_REQ), (cap_raw, cap_at, RPS)] {
+        for (raw, ats, m) in [
+            (load_raw, load_at, CPU_PER_REQ),
+            (cap_raw, cap_at, self.cap_metric()),
+        ] {
             for a in ats {
                 let floor = verdict::interval(raw, &self.aa, &self.baseline, a.x, m);
                 for c in &self.candidates {
@@ -534,7 +595,12 @@ impl Plan {
             return String::new();
         }
         let b = &self.baseline;
-        let mut t = format!("| conns | backend | req/s (capacity) | ×{b} (95% CI) | server CPU µs/req | p99 µs | server RSS MiB | note |\n|---:|---|---:|---|---:|---:|---:|---|\n");
+        let what = if self.together {
+            "req/s per server CPU-s"
+        } else {
+            "req/s"
+        };
+        let mut t = format!("| conns | backend | req/s (capacity) | ×{b} {what} (95% CI) | server CPU µs/req | p99 µs | server RSS MiB | note |\n|---:|---|---:|---|---:|---:|---:|---|\n");
         for a in at {
             for r in m.iter().filter(|r| r.x == a.x) {
                 let _ = writeln!(
@@ -543,7 +609,7 @@ impl Plan {
                     a.conns,
                     r.label,
                     r.rps,
-                    self.cell(raw, &r.label, a.x, RPS),
+                    self.cell(raw, &r.label, a.x, self.cap_metric()),
                     r.cpu_per_req_us,
                     r.p99_us,
                     r.server_rss_kib / 1024.0,
@@ -560,6 +626,7 @@ impl Plan {
             return Ok(Vec::new());
         };
         let l = self.loads[self.loads.len() / 2];
+        // Alone on the server CPUs: the rate that makes them as busy as the load's.
         let rate = (p.capacity_rps * l / 100.0).round().max(1.0).to_string();
         let mut out = Vec::new();
         for row in self
@@ -823,6 +890,44 @@ mod tests {
         assert_eq!(w(300, 12), 2.4);
         assert_eq!(w(3600, 12), 3.0);
         assert_eq!(w(300, 0), 3.0);
+        // Side by side (4 points a repetition, 3 rows starting together: 0.6 s more each):
+        // the default budget measures 2.5 s a run, 5 minutes 3 s.
+        assert_eq!(window(Duration::from_secs(120), 4, 1.1), 2.5);
+        assert_eq!(window(Duration::from_secs(300), 4, 1.1), 3.0);
+    }
+
+    fn plan(together: bool) -> Plan {
+        Plan {
+            conns: vec![512],
+            rows: vec!["uring".into(), "epoll".into(), "epoll A/A".into()],
+            candidates: vec!["uring".into()],
+            dropped: Dropped::default(),
+            baseline: "epoll".into(),
+            aa: "epoll A/A".into(),
+            loads: vec![50.0],
+            dur: 1.0,
+            budget: Duration::from_secs(60),
+            together,
+        }
+    }
+
+    #[test]
+    fn side_by_side_rows_share_the_load_and_capacity_is_per_cpu() {
+        // Alone, each row gets the load's rate; side by side the three share it, so the
+        // server CPUs are as busy in all.
+        assert_eq!(plan(false).rate(120_000.0, 50.0), 60_000.0);
+        assert_eq!(plan(true).rate(120_000.0, 50.0), 20_000.0);
+        assert_eq!(plan(true).rate(1.0, 1.0), 1.0);
+        // Server-bound side by side: requests per second of server CPU, not req/s (the
+        // servers share one capped group, and need not get equal parts of it).
+        let r = RunResult {
+            rps: 50_000.0,
+            cpu_per_req_us: 8.0,
+            ..RunResult::default()
+        };
+        assert_eq!((plan(false).cap_metric().get)(&r), 50_000.0);
+        assert_eq!((plan(true).cap_metric().get)(&r), 125_000.0);
+        assert_eq!((plan(true).cap_metric().get)(&RunResult::default()), 0.0);
     }
 
     #[test]
@@ -837,6 +942,7 @@ mod tests {
             loads: vec![50.0],
             dur: 1.0,
             budget: Duration::from_secs(60),
+            together: false,
         };
         let at = |x: f64| At {
             scenario: "compare".into(),
