@@ -156,6 +156,10 @@ impl Scenario for Compare {
             Vec::new()
         };
 
+        let behind = plan.behind(&load_m, &load_at);
+        for b in &behind {
+            eprintln!("compare: {b}");
+        }
         let verdicts = plan.verdicts(&load_raw, &load_at, &cap_raw, &cap_at);
         let lines: Vec<String> = verdicts.iter().map(Verdict::line).collect();
         println!("\ncompare: the verdict\n");
@@ -164,6 +168,10 @@ impl Scenario for Compare {
         }
         println!("\n{ending}\n{cap_note}");
         let mut notes = format!("{ending}\n\n{cap_note}\n");
+        for b in &behind {
+            println!("{b}");
+            notes += &format!("\n{b}\n");
+        }
         let dropped = ctx.run.dropped.notes();
         if !dropped.is_empty() {
             println!("{dropped}");
@@ -551,6 +559,28 @@ impl Plan {
         out
     }
 
+    /// A line for each equal-load point where some row did not get its offered rate (median
+    /// achieved below 97% of it): not a comparison at equal load.
+    fn behind(&self, medians: &[RunResult], at: &[At]) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in at {
+            let short: Vec<String> = medians
+                .iter()
+                .filter(|r| r.x == a.x && r.rps < BEHIND * a.x)
+                .map(|r| format!("{} {:.0}%", r.label, r.rps / a.x * 100.0))
+                .collect();
+            if !short.is_empty() {
+                out.push(format!(
+                    "Not at equal load: at {} conns, {}, rows fell short of the offered rate ({} of it): the clients or the servers could not keep up, so their CPU per request is not comparable; use lower --loads.",
+                    a.conns,
+                    a.load,
+                    short.join(", ")
+                ));
+            }
+        }
+        out
+    }
+
     /// The ratio cell of `row` against the baseline at `x` (the A/A row is its own floor).
     fn cell(&self, raw: &[RunResult], row: &str, x: f64, m: Metric) -> String {
         if row == self.baseline {
@@ -671,12 +701,15 @@ struct Probe {
 
 /// A short closed-loop run of every backend per connection count: the slowest one's req/s is
 /// the capacity the loads are percentages of (the client's limit if it is lower: then every
-/// load is one the client can also keep).
+/// load is one the client can also keep). Side by side, the rows run together as they will be
+/// measured (A/A row included), each client against its own server, and the capacity is the
+/// slowest row's req/s times the rows: what the server CPUs and the client CPUs manage in all
+/// when every row gets the same rate.
 fn probe(ctx: &Ctx, plan: &Plan) -> Result<Vec<Probe>> {
     let mut out = Vec::new();
     for &c in &plan.conns {
         let mut specs = Vec::new();
-        for row in plan.rows.iter().filter(|r| **r != plan.aa) {
+        for row in plan.rows.iter().filter(|r| plan.together || **r != plan.aa) {
             let mut s = plan.spec(
                 ctx,
                 row,
@@ -688,20 +721,38 @@ fn probe(ctx: &Ctx, plan: &Plan) -> Result<Vec<Probe>> {
         }
         let mut runs = vec![Vec::new(); specs.len()];
         let order: Vec<usize> = (0..specs.len()).collect();
-        run::run_rep(
-            &ctx.bins,
-            &specs,
-            &order,
-            0,
-            &ctx.run,
-            &mut runs,
-            &mut |_, s| eprintln!("  probe {} {c} conns", s.label),
-        );
+        let mut progress = |_: usize, s: &RunSpec| eprintln!("  probe {} {c} conns", s.label);
+        if plan.together {
+            run::run_together(
+                &ctx.bins,
+                &specs,
+                &order,
+                0,
+                &ctx.run,
+                &mut runs,
+                &mut progress,
+            );
+        } else {
+            run::run_rep(
+                &ctx.bins,
+                &specs,
+                &order,
+                0,
+                &ctx.run,
+                &mut runs,
+                &mut progress,
+            );
+        }
         let slowest = runs.iter().flatten().min_by(|a, b| a.rps.total_cmp(&b.rps));
+        let together = if plan.together {
+            runs.iter().filter(|r| !r.is_empty()).count() as f64
+        } else {
+            1.0
+        };
         match slowest {
             Some(r) => out.push(Probe {
                 conns: c,
-                capacity_rps: r.rps,
+                capacity_rps: r.rps * together,
                 slowest: r.label.clone(),
             }),
             None => bail!("compare: every capacity probe at {c} connections failed (see above)"),
@@ -752,6 +803,10 @@ pub(super) fn note(r: &RunResult) -> String {
     }
     n.join(", ")
 }
+
+/// An equal-load row that achieved less than this share of its offered rate was not at that
+/// load.
+const BEHIND: f64 = 0.97;
 
 /// Steal time (% of the measured CPUs' time) from which a row says so: the host took that much
 /// of the run from the VM.
@@ -909,6 +964,34 @@ mod tests {
             budget: Duration::from_secs(60),
             together,
         }
+    }
+
+    #[test]
+    fn a_point_whose_rows_fell_behind_their_rate_is_named() {
+        let at = At {
+            scenario: "compare".into(),
+            conns: 512,
+            load: "75% load (3 × 48k req/s)".into(),
+            x: 48_000.0,
+        };
+        let row = |label: &str, rps: f64| RunResult {
+            label: label.into(),
+            x: 48_000.0,
+            rps,
+            ..RunResult::default()
+        };
+        let p = plan(true);
+        let kept = [row("uring", 47_990.0), row("epoll", 47_000.0)];
+        assert!(p.behind(&kept, std::slice::from_ref(&at)).is_empty());
+        let short = [row("uring", 44_000.0), row("epoll", 47_000.0)];
+        let lines = p.behind(&short, std::slice::from_ref(&at));
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].contains("75% load (3 × 48k req/s)")
+                && lines[0].contains("uring 92%")
+                && !lines[0].contains("epoll"),
+            "{lines:?}"
+        );
     }
 
     #[test]
