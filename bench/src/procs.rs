@@ -44,6 +44,22 @@ impl Bins {
     }
 }
 
+/// Make the process `cmd` starts end with the bench: SIGTERM to it when the bench's thread that
+/// started it ends (`PR_SET_PDEATHSIG`), so that a bench ended by any signal, SIGKILL included,
+/// leaves no server or client of its own running. Servers and clients are started from the
+/// bench's main thread, which lives as long as the bench.
+pub fn ends_with_bench(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // work is allowed: it makes one prctl system call and neither allocates nor takes a lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
 /// CPU time (user, system) and context switches of a process, summed over its threads.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcSample {
@@ -211,7 +227,7 @@ impl Server {
             ),
             None => (Command::new(&bins.server), "127.0.0.1:0".to_string()),
         };
-        let mut child = cmd
+        let mut child = ends_with_bench(&mut cmd)
             .args(args)
             .args(["--listen", &listen, "--stats-json"])
             .arg(&stats_path)

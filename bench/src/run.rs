@@ -273,7 +273,7 @@ fn spawn_client(
         spec.client_cores,
         spec.client_args.join(" ")
     );
-    let child = cmd
+    let child = crate::procs::ends_with_bench(&mut cmd)
         .spawn()
         .with_context(|| format!("starting {}", bins.client.display()))?;
     Ok(ClientRun {

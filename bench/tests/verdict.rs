@@ -48,7 +48,10 @@ fn compare_quick_prints_the_verdict_first_and_writes_it_to_results_json() {
     );
 
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let first_verdict = stdout.find("uring vs epoll, 512 conns, 50% load (");
+    // (On a loaded machine the load may have been lowered to what the rows kept.)
+    let first_verdict = stdout
+        .find("uring vs epoll, 512 conns, 50% load (")
+        .or_else(|| stdout.find("uring vs epoll, 512 conns, 50% load, lowered to "));
     let first_table = stdout.find("| conns |");
     assert!(
         first_verdict.is_some() && first_verdict < first_table,
@@ -119,8 +122,10 @@ fn compare_measures_a_points_rows_side_by_side_unless_sequential() {
             "**Sequential**"
         };
         assert!(report.contains(method), "{report}");
-        // Side by side the three rows share the load's rate.
-        assert_eq!(report.contains("50% load (3 × "), together, "{report}");
+        // Side by side the three rows share the load's rate (lowered, on a loaded machine, to
+        // what they kept).
+        let shared = report.contains("50% load (3 × ") || report.contains("lowered to 3 × ");
+        assert_eq!(shared, together, "{report}");
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap())
                 .unwrap();
@@ -132,8 +137,9 @@ fn compare_measures_a_points_rows_side_by_side_unless_sequential() {
                 .or_default()
                 .push(r["window_start_ms"].as_u64().unwrap());
         }
-        // Equal load and server-bound, two repetitions each.
-        assert_eq!(sets.len(), 4, "{sets:?}");
+        // Equal load and server-bound, two repetitions each (one at equal load if its rate
+        // was lowered after the first).
+        assert!((3..=4).contains(&sets.len()), "{sets:?}");
         for (key, mut starts) in sets {
             assert_eq!(starts.len(), 3, "uring, epoll and the A/A row at {key:?}");
             starts.sort_unstable();
@@ -166,4 +172,65 @@ fn a_bad_load_is_refused_in_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--loads takes percentages"), "{err}");
     let _ = std::fs::remove_dir_all(out_dir("badload"));
+}
+
+/// The processes whose command line mentions `needle` (the bench's report directory: its
+/// servers' statistics files live there).
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        // A zombie has an empty command line: it runs nothing.
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A bench killed outright (SIGKILL: no handler runs) leaves none of its servers running:
+/// each dies with it (PR_SET_PDEATHSIG).
+#[test]
+fn a_killed_bench_leaves_no_server_running() {
+    let dir = out_dir("killed");
+    let mut child = Command::new(BIN)
+        .args(["compare", "--quick", "--duration", "3"])
+        .arg("--out")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let needle = dir.join("tmp").display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while seen.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        seen = processes_mentioning(&needle);
+    }
+    assert!(!seen.is_empty(), "no server of the bench was seen running");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut left = processes_mentioning(&needle);
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = processes_mentioning(&needle);
+    }
+    assert!(
+        left.is_empty(),
+        "left running after the bench was killed: {left:?}"
+    );
+    // SIGKILL gave the bench no chance to remove its CPU-cap group, if it had made one.
+    for g in leftover_cgroups(pid) {
+        let _ = std::fs::remove_dir(g);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

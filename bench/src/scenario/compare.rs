@@ -50,7 +50,7 @@ impl Scenario for Compare {
             plan.conns
         );
         let caps = probe(ctx, &plan)?;
-        let (load_specs, load_at) = plan.load_specs(ctx, &caps)?;
+        let (mut load_specs, mut load_at) = plan.load_specs(ctx, &caps)?;
         let cap = if ctx.run.netns.is_some() {
             Err("not under --netns (the server runs in another namespace's cgroup view)".into())
         } else if ctx.run.fleet.is_some() {
@@ -113,6 +113,13 @@ impl Scenario for Compare {
                 }
             }
             reps += 1;
+            if reps == 1 {
+                // A load the rows could not keep is lowered once, to what they kept, and its
+                // point starts over: a verdict at unequal loads would compare nothing.
+                for l in plan.lower_behind(&mut load_specs, &mut load_at, &mut load_runs) {
+                    eprintln!("compare: {l}");
+                }
+            }
             let raw: Vec<RunResult> = load_runs
                 .iter()
                 .chain(&cap_runs)
@@ -581,6 +588,66 @@ impl Plan {
         out
     }
 
+    /// After the first repetition: every equal-load point where some row achieved less than
+    /// [`BEHIND`] of its offered rate gets a rate of 95% of the lowest achieved, and its runs
+    /// so far are dropped (one line each says so).
+    fn lower_behind(
+        &self,
+        specs: &mut [RunSpec],
+        at: &mut [At],
+        runs: &mut [Vec<RunResult>],
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for k in 0..at.len() {
+            let old = at[k].x;
+            let kept = runs
+                .iter()
+                .flatten()
+                .filter(|r| r.x == old)
+                .map(|r| r.rps / old)
+                .reduce(f64::min);
+            let Some(kept) = kept.filter(|&m| m < BEHIND) else {
+                continue;
+            };
+            let mut rate = (old * kept * 0.95).round().max(1.0);
+            while at.iter().any(|a| a.x == rate) {
+                rate -= 1.0; // one x per (conns, load)
+            }
+            for (s, r) in specs.iter_mut().zip(runs.iter_mut()) {
+                if s.x == old {
+                    s.x = rate;
+                    if let Some(i) = s.client_args.iter().position(|a| a == "--rate") {
+                        s.client_args[i + 1] = rate.to_string();
+                    }
+                    r.clear();
+                }
+            }
+            let name = at[k]
+                .load
+                .split(" (")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let each = |x: f64| {
+                if self.together {
+                    format!("{} × {}", self.rows.len(), rate_text(x))
+                } else {
+                    rate_text(x)
+                }
+            };
+            out.push(format!(
+                "at {} conns, {name}: the rows kept only {:.0}% of {}; lowered to {} and started over",
+                at[k].conns,
+                kept * 100.0,
+                each(old),
+                each(rate)
+            ));
+            at[k].load = format!("{name}, lowered to {}", each(rate));
+            at[k].x = rate;
+        }
+        out
+    }
+
     /// The ratio cell of `row` against the baseline at `x` (the A/A row is its own floor).
     fn cell(&self, raw: &[RunResult], row: &str, x: f64, m: Metric) -> String {
         if row == self.baseline {
@@ -964,6 +1031,64 @@ mod tests {
             budget: Duration::from_secs(60),
             together,
         }
+    }
+
+    #[test]
+    fn a_load_the_rows_could_not_keep_is_lowered_once_and_started_over() {
+        let p = plan(true);
+        let spec = |label: &str, x: f64| RunSpec {
+            label: label.into(),
+            x,
+            client_args: vec![
+                "--rate".into(),
+                x.to_string(),
+                "--conns".into(),
+                "512".into(),
+            ],
+            ..RunSpec::default()
+        };
+        let mut specs = vec![
+            spec("uring", 20_000.0),
+            spec("epoll", 20_000.0),
+            spec("uring", 40_000.0),
+            spec("epoll", 40_000.0),
+        ];
+        let run = |label: &str, x: f64, rps: f64| RunResult {
+            label: label.into(),
+            x,
+            rps,
+            ..RunResult::default()
+        };
+        let mut runs = vec![
+            vec![run("uring", 20_000.0, 19_990.0)],
+            vec![run("epoll", 20_000.0, 19_900.0)],
+            vec![run("uring", 40_000.0, 38_000.0)],
+            vec![run("epoll", 40_000.0, 36_000.0)],
+        ];
+        let at = |x: f64, l: &str| At {
+            scenario: "compare".into(),
+            conns: 512,
+            load: format!("{l} (3 × {}k req/s)", x / 1000.0),
+            x,
+        };
+        let mut ats = vec![at(20_000.0, "25% load"), at(40_000.0, "50% load")];
+        let lines = p.lower_behind(&mut specs, &mut ats, &mut runs);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("kept only 90% of 3 × 40k req/s"),
+            "{lines:?}"
+        );
+        // 95% of the 36,000 the slower row kept.
+        assert_eq!(ats[1].x, 34_200.0);
+        assert_eq!(ats[1].load, "50% load, lowered to 3 × 34k req/s");
+        assert_eq!(specs[2].x, 34_200.0);
+        assert_eq!(specs[3].client_args[1], "34200");
+        assert!(runs[2].is_empty() && runs[3].is_empty());
+        // The point that kept its rate is untouched.
+        assert_eq!(
+            (ats[0].x, specs[0].x, runs[0].len()),
+            (20_000.0, 20_000.0, 1)
+        );
     }
 
     #[test]
