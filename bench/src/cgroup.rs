@@ -73,6 +73,21 @@ static LIVE: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
 impl CpuCap {
     /// A new group capped at `share` of one CPU (5 ms periods), or why there can be none.
     pub fn create(share: f64) -> Result<CpuCap> {
+        Self::create_named(share, format!("ringlab-bench-{}", std::process::id()))
+    }
+
+    /// `n` groups, each capped at `share` of one CPU (`ringlab-bench-PID-I`; one alone is
+    /// `ringlab-bench-PID`), or why there can be none (the groups made so far are removed).
+    pub fn create_many(share: f64, n: usize) -> Result<Vec<CpuCap>> {
+        if n == 1 {
+            return Ok(vec![Self::create(share)?]);
+        }
+        (0..n)
+            .map(|i| Self::create_named(share, format!("ringlab-bench-{}-{i}", std::process::id())))
+            .collect()
+    }
+
+    fn create_named(share: f64, name: String) -> Result<CpuCap> {
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let h = find(&mounts, |d| {
             std::fs::read_to_string(d.join("cgroup.controllers")).ok()
@@ -85,7 +100,7 @@ impl CpuCap {
             // Let the root's children use the controller (already on in most setups).
             let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu");
         }
-        let dir = root.join(format!("ringlab-bench-{}", std::process::id()));
+        let dir = root.join(name);
         std::fs::create_dir(&dir)
             .with_context(|| format!("cannot create cgroup {}", dir.display()))?;
         let mut cap = CpuCap {
@@ -97,8 +112,9 @@ impl CpuCap {
         register(&cap);
         // Short periods throttle in small slices: on a 2-vCPU VM the capacity of a server at half
         // a CPU varied less between runs with 5 ms periods than with 20 or 100 ms (below 5 ms the
-        // server no longer got its whole quota).
-        let period = 5_000;
+        // server no longer got its whole quota). A smaller share gets a longer period, so that
+        // its quota stays at least the kernel's 1 ms minimum.
+        let period = 5_000u64.max((1_000.0 / share).ceil() as u64);
         let mut what = Vec::new();
         for (file, v) in quota_files(&h, share, period) {
             std::fs::write(cap.dir.join(file), &v)

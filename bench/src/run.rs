@@ -599,15 +599,25 @@ pub fn run_rep(
     }
 }
 
+/// What [`run_together`] runs: `order`, indices into the specs in start order, and the CPU-cap
+/// groups of the places in that order (none: each spec's own).
+#[derive(Clone, Copy, Debug)]
+pub struct Together<'a> {
+    pub order: &'a [usize],
+    pub groups: &'a [std::path::PathBuf],
+}
+
 /// Repetition `rep` side by side: every spec of `order` (indices into `specs`) on its own
 /// fresh server at the same time, each with its own client, all clients measuring over the
 /// same window ([`measure`] together); the targets start in `order` (rotate it between
 /// repetitions so that no row always starts first). Results go to `all` as in [`run_rep`]; a
-/// target that fails is reported and left out, the others' runs still count.
+/// target that fails is reported and left out, the others' runs still count. With `groups`,
+/// the k-th target started goes into the k-th group (CPU caps: the rows change groups as the
+/// order rotates), instead of its spec's.
 pub fn run_together(
     bins: &Bins,
     specs: &[RunSpec],
-    order: &[usize],
+    set: Together<'_>,
     rep: usize,
     opts: &RunOpts,
     all: &mut [Vec<RunResult>],
@@ -620,6 +630,7 @@ pub fn run_together(
             eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x);
         }
     };
+    let Together { order, groups } = set;
     let mut started: Vec<(usize, Target)> = Vec::new();
     for (k, &i) in order.iter().enumerate() {
         let s = &specs[i];
@@ -627,8 +638,13 @@ pub fn run_together(
             continue;
         }
         progress(k, s);
+        // The group of this place in the start order, if the set has groups; else the spec's.
+        let group = match groups {
+            [] => s.cgroup.as_ref(),
+            g => g.get(started.len() % g.len()),
+        };
         match Target::start(bins, s, opts) {
-            Ok(t) => match s.cgroup.as_ref().map(|d| crate::cgroup::enter(d, t.pids())) {
+            Ok(t) => match group.map(|d| crate::cgroup::enter(d, t.pids())) {
                 Some(Err(e)) => {
                     let _ = t.stop();
                     failed(s, e);

@@ -37,20 +37,6 @@ pub const RPS: Metric = Metric {
     get: |r| r.rps,
 };
 
-/// Requests served per second of server CPU: a server-bound run's capacity per CPU, which does
-/// not depend on how servers that share a capped group split its CPU between them.
-pub const REQ_PER_CPU_S: Metric = Metric {
-    key: "requests_per_cpu_s",
-    name: "req/s per server CPU",
-    get: |r| {
-        if r.cpu_per_req_us > 0.0 {
-            1e6 / r.cpu_per_req_us
-        } else {
-            0.0
-        }
-    },
-};
-
 pub const P99: Metric = Metric {
     key: "p99_us",
     name: "p99 latency",

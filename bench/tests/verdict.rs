@@ -13,17 +13,22 @@ fn out_dir(what: &str) -> std::path::PathBuf {
 
 /// This bench process's CPU-cap cgroups, wherever the cpu controller is mounted.
 fn leftover_cgroups(bench_pid: u32) -> Vec<String> {
+    // One group (`--sequential`), or one per row side by side (`ringlab-bench-PID-I`).
     let name = format!("ringlab-bench-{bench_pid}");
-    [
+    let mut out = Vec::new();
+    for root in [
         "/sys/fs/cgroup/cpu",
         "/sys/fs/cgroup/cpu,cpuacct",
         "/sys/fs/cgroup",
-    ]
-    .iter()
-    .map(|d| std::path::Path::new(d).join(&name))
-    .filter(|p| p.exists())
-    .map(|p| p.display().to_string())
-    .collect()
+    ] {
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n == name || n.starts_with(&format!("{name}-")) {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -74,7 +79,7 @@ fn compare_quick_prints_the_verdict_first_and_writes_it_to_results_json() {
         "how the repetitions ended:\n{report}"
     );
     assert!(
-        report.contains("Server-bound capacity: the server in cgroup")
+        report.contains("Server-bound capacity: each server in a cgroup of its own, capped at 0.167 of a CPU (0.5 in all)")
             || report.contains("Server-bound capacity skipped: no cgroup could be written"),
         "{report}"
     );

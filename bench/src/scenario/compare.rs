@@ -21,7 +21,7 @@ use crate::profile::{Area, Breakdown};
 use crate::report::Report;
 use crate::run::{self, RunResult, RunSpec};
 use crate::stats;
-use crate::verdict::{self, At, Metric, Verdict, CPU_PER_REQ, P99, REQ_PER_CPU_S, RPS};
+use crate::verdict::{self, At, Metric, Verdict, CPU_PER_REQ, P99, RPS};
 
 /// `ringlab-bench compare`.
 pub struct Compare;
@@ -56,7 +56,10 @@ impl Scenario for Compare {
         } else if ctx.run.fleet.is_some() {
             Err("not in fleet mode (the server runs on another host)".into())
         } else {
-            CpuCap::create(ctx.o.server_share).map_err(|e| format!("{e:#}"))
+            // Side by side, a group of its own for each row's server, each capped at an equal
+            // part of the share: the same CPU budget for every row.
+            let n = if plan.together { plan.rows.len() } else { 1 };
+            CpuCap::create_many(ctx.o.server_share / n as f64, n).map_err(|e| format!("{e:#}"))
         };
         let (cap_specs, cap_at) = match &cap {
             Ok(c) => plan.capacity_specs(ctx, c)?,
@@ -91,9 +94,15 @@ impl Scenario for Compare {
                 k += 1;
                 eprintln!("  rep {} [{k}/{n}] {} x={:.0}", reps + 1, s.label, s.x);
             };
-            for (specs, order, runs) in [
-                (&load_specs, &load_order, &mut load_runs),
-                (&cap_specs, &cap_order, &mut cap_runs),
+            // Side by side, each server-bound row goes into the group of its place in the start
+            // order, which rotates with it.
+            let groups: Vec<std::path::PathBuf> = match &cap {
+                Ok(c) if plan.together => c.iter().map(|g| g.dir.clone()).collect(),
+                _ => Vec::new(),
+            };
+            for (specs, order, runs, groups) in [
+                (&load_specs, &load_order, &mut load_runs, &[][..]),
+                (&cap_specs, &cap_order, &mut cap_runs, &groups[..]),
             ] {
                 if plan.together {
                     // One point at a time, its rows side by side.
@@ -101,7 +110,7 @@ impl Scenario for Compare {
                         run::run_together(
                             &ctx.bins,
                             specs,
-                            set,
+                            run::Together { order: set, groups },
                             reps,
                             &ctx.run,
                             runs,
@@ -147,10 +156,16 @@ impl Scenario for Compare {
                 break e;
             }
         };
-        let cap_note = match &cap {
-            Ok(c) => format!(
+        let cap_note = match cap.as_deref() {
+            Ok([c]) => format!(
                 "Server-bound capacity: the server in cgroup {}, capped at {} of a CPU.",
                 c.what, c.share
+            ),
+            Ok(cs) => format!(
+                "Server-bound capacity: each server in a cgroup of its own, capped at {:.3} of a CPU ({} in all): {}.",
+                cs.first().map_or(0.0, |c| c.share),
+                ctx.o.server_share,
+                cs.iter().map(|c| c.what.as_str()).collect::<Vec<_>>().join("; ")
             ),
             Err(e) => format!("Server-bound capacity skipped: no cgroup could be written ({e})."),
         };
@@ -403,16 +418,6 @@ impl Plan {
         })
     }
 
-    /// The capacity verdict's figure: req/s of a server alone in its group; side by side,
-    /// requests per second of server CPU (the servers share one capped group).
-    fn cap_metric(&self) -> Metric {
-        if self.together {
-            REQ_PER_CPU_S
-        } else {
-            RPS
-        }
-    }
-
     /// The offered rate of each row at `load` percent of `capacity`: side by side the rows
     /// share it, so the server CPUs are as busy in all as one server alone at that load.
     fn rate(&self, capacity: f64, load: f64) -> f64 {
@@ -468,14 +473,23 @@ impl Plan {
     }
 
     /// Server-bound specs: per conns, every row closed loop with the server in `cap`.
-    fn capacity_specs(&self, ctx: &Ctx, cap: &CpuCap) -> Result<(Vec<RunSpec>, Vec<At>)> {
+    fn capacity_specs(&self, ctx: &Ctx, caps: &[CpuCap]) -> Result<(Vec<RunSpec>, Vec<At>)> {
+        let share = caps.iter().map(|c| c.share).sum::<f64>();
         let mut specs = Vec::new();
         let mut at = Vec::new();
         for &c in &self.conns {
             at.push(At {
                 scenario: "compare".into(),
                 conns: c,
-                load: format!("server-bound ({} CPU)", cap.share),
+                load: if self.together {
+                    format!(
+                        "server-bound ({} × {:.3} CPU)",
+                        caps.len(),
+                        caps.first().map_or(0.0, |c| c.share)
+                    )
+                } else {
+                    format!("server-bound ({share} CPU)")
+                },
                 x: c as f64,
             });
             for row in &self.rows {
@@ -485,7 +499,10 @@ impl Plan {
                     c as f64,
                     &["--size", SIZE, "--conns", &c.to_string()],
                 )?;
-                s.cgroup = Some(cap.dir.clone());
+                // Side by side the group goes with the place in the start order (run_together).
+                if !self.together {
+                    s.cgroup = caps.first().map(|c| c.dir.clone());
+                }
                 specs.push(s);
             }
         }
@@ -502,7 +519,7 @@ impl Plan {
         cap_at: &[At],
     ) -> Vec<(f64, Option<Vec<stats::Interval>>)> {
         let mut out = Vec::new();
-        for (ats, m) in [(load_at, CPU_PER_REQ), (cap_at, self.cap_metric())] {
+        for (ats, m) in [(load_at, CPU_PER_REQ), (cap_at, RPS)] {
             for a in ats {
                 let ivs = self
                     .candidates
@@ -552,10 +569,7 @@ impl Plan {
         cap_at: &[At],
     ) -> Vec<Verdict> {
         let mut out = Vec::new();
-        for (raw, ats, m) in [
-            (load_raw, load_at, CPU_PER_REQ),
-            (cap_raw, cap_at, self.cap_metric()),
-        ] {
+        for (raw, ats, m) in [(load_raw, load_at, CPU_PER_REQ), (cap_raw, cap_at, RPS)] {
             for a in ats {
                 let floor = verdict::interval(raw, &self.aa, &self.baseline, a.x, m);
                 for c in &self.candidates {
@@ -692,12 +706,7 @@ impl Plan {
             return String::new();
         }
         let b = &self.baseline;
-        let what = if self.together {
-            "req/s per server CPU-s"
-        } else {
-            "req/s"
-        };
-        let mut t = format!("| conns | backend | req/s (capacity) | ×{b} {what} (95% CI) | server CPU µs/req | p99 µs | server RSS MiB | note |\n|---:|---|---:|---|---:|---:|---:|---|\n");
+        let mut t = format!("| conns | backend | req/s (capacity) | ×{b} (95% CI) | server CPU µs/req | p99 µs | server RSS MiB | note |\n|---:|---|---:|---|---:|---:|---:|---|\n");
         for a in at {
             for r in m.iter().filter(|r| r.x == a.x) {
                 let _ = writeln!(
@@ -706,7 +715,7 @@ impl Plan {
                     a.conns,
                     r.label,
                     r.rps,
-                    self.cell(raw, &r.label, a.x, self.cap_metric()),
+                    self.cell(raw, &r.label, a.x, RPS),
                     r.cpu_per_req_us,
                     r.p99_us,
                     r.server_rss_kib / 1024.0,
@@ -793,7 +802,10 @@ fn probe(ctx: &Ctx, plan: &Plan) -> Result<Vec<Probe>> {
             run::run_together(
                 &ctx.bins,
                 &specs,
-                &order,
+                run::Together {
+                    order: &order,
+                    groups: &[],
+                },
                 0,
                 &ctx.run,
                 &mut runs,
@@ -1120,22 +1132,12 @@ mod tests {
     }
 
     #[test]
-    fn side_by_side_rows_share_the_load_and_capacity_is_per_cpu() {
+    fn side_by_side_rows_share_the_load() {
         // Alone, each row gets the load's rate; side by side the three share it, so the
         // server CPUs are as busy in all.
         assert_eq!(plan(false).rate(120_000.0, 50.0), 60_000.0);
         assert_eq!(plan(true).rate(120_000.0, 50.0), 20_000.0);
         assert_eq!(plan(true).rate(1.0, 1.0), 1.0);
-        // Server-bound side by side: requests per second of server CPU, not req/s (the
-        // servers share one capped group, and need not get equal parts of it).
-        let r = RunResult {
-            rps: 50_000.0,
-            cpu_per_req_us: 8.0,
-            ..RunResult::default()
-        };
-        assert_eq!((plan(false).cap_metric().get)(&r), 50_000.0);
-        assert_eq!((plan(true).cap_metric().get)(&r), 125_000.0);
-        assert_eq!((plan(true).cap_metric().get)(&RunResult::default()), 0.0);
     }
 
     #[test]
