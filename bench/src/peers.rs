@@ -567,6 +567,21 @@ impl PeerProc {
         if let Some(st) = self.child.try_wait()? {
             bail!("it exited during the run ({st}){}", self.output_tail());
         }
+        // A process of it that ended (its server under `timeout`, say) took its CPU time with
+        // it: the peer died too, and its leader's exit, if it follows within a second, says how.
+        if let Some(&gone) = self.pids.iter().find(|&&p| !running(p)) {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < deadline {
+                if let Some(st) = self.child.try_wait()? {
+                    bail!("it exited during the run ({st}){}", self.output_tail());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            bail!(
+                "it exited during the run (its process {gone} ended){}",
+                self.output_tail()
+            );
+        }
         self.signal_group(rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -626,6 +641,14 @@ fn group_and_descendants(pgid: u32) -> Vec<u32> {
         i += 1;
     }
     v
+}
+
+/// Whether process `pid` is there and not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
 }
 
 /// A process's group and start time (clock ticks after boot), from `/proc/PID/stat`.
@@ -864,5 +887,36 @@ mod tests {
                 .is_ok_and(|s| !s.contains(") Z "));
             assert!(!alive, "{p} ({}) still running", comm(p).trim());
         }
+    }
+
+    /// A peer whose server ends while the shell that started it lives on has died all the
+    /// same: stop says so, instead of the bench failing to read the server's /proc files.
+    #[test]
+    fn a_peer_whose_server_ended_died_during_the_run() {
+        let tmp = std::env::temp_dir();
+        let server = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent()?.parent().map(|d| d.join("ringlab-server")))
+            .filter(|s| s.is_file());
+        let Some(server) = server else {
+            assert!(
+                std::env::var_os("RINGLAB_REQUIRE_PEERS").is_none(),
+                "ringlab-server is not built beside the tests (run `cargo test --workspace`)"
+            );
+            eprintln!("ringlab-server is not built beside the tests: skipped");
+            return;
+        };
+        let p = Peer::parse(&format!(
+            "x=timeout 0.5 {} --io epoll --listen 127.0.0.1:{{port}}; sleep 600",
+            server.display()
+        ))
+        .unwrap();
+        let proc = PeerProc::start(&p, "0", &tmp).unwrap();
+        let leader = proc.pids[0];
+        std::thread::sleep(Duration::from_millis(1000));
+        let e = proc.stop().unwrap_err().to_string();
+        assert!(e.contains("exited during the run (its process "), "{e}");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!running(leader), "the peer's shell still runs");
     }
 }
