@@ -172,7 +172,22 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
     let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
-    let name = match cli.cmd.unwrap_or(Cmd::Compare) {
+    let cmd = cli.cmd.unwrap_or(Cmd::Compare);
+    // --peer is global (it may follow the subcommand), but only scenarios measure peers; the
+    // scenarios that do not refuse it in scenario::run.
+    let not_a_scenario = match &cmd {
+        Cmd::Completions { .. } => Some("completions"),
+        Cmd::Man => Some("man"),
+        Cmd::Merge { .. } => Some("merge"),
+        Cmd::Hold { .. } => Some("hold"),
+        Cmd::Peers { .. } => Some("peers build"),
+        Cmd::Doctor => Some("doctor"),
+        _ => None,
+    };
+    if let (Some(what), false) = (not_a_scenario, cli.opts.peer.is_empty()) {
+        anyhow::bail!("{}", scenario::refuses_peers(what));
+    }
+    let name = match cmd {
         // Generated from this command line (ringlab_runtime::cli); an unknown shell is one line
         // and exit 2, like clap's usage errors.
         Cmd::Completions { shell } => {

@@ -75,7 +75,7 @@ pub struct Opts {
     /// server CPUs, started fresh for every run, measured from outside like the backends (CPU
     /// over all its processes and threads), stopped by SIGTERM to its process group. Its rows
     /// are `peer:NAME`, compared against epoll. compare, latency, sizes and multiplex take
-    /// peers. A peer that fails to start, dies or answers wrongly is reported on one line and
+    /// peers (`all` runs them there); the others refuse --peer. A peer that fails to start, dies or answers wrongly is reported on one line and
     /// left out of later runs. `ringlab-bench peers build` makes two reference peers.
     #[arg(long, global = true, value_name = "NAME=COMMAND")]
     pub peer: Vec<String>,

@@ -481,7 +481,12 @@ impl Dropped {
 pub struct PeerProc {
     child: Child,
     pub addr: String,
+    /// Its processes when it first accepted: its process group and every descendant, also
+    /// those in groups of their own (`timeout` and `setsid` make one), measured together.
     pub pids: Vec<u32>,
+    /// Those process groups of its own, each with a member that was in it: (pgid, member,
+    /// the member's start time), signalled with the peer's group while that member lives.
+    groups: Vec<(u32, u32, u64)>,
     log: std::path::PathBuf,
     pub cmd: String,
 }
@@ -511,6 +516,7 @@ impl PeerProc {
             child,
             addr: format!("127.0.0.1:{port}"),
             pids: Vec::new(),
+            groups: Vec::new(),
             log,
             cmd: format!("taskset -c {cores} sh -c '{cmd}'"),
         };
@@ -531,7 +537,14 @@ impl PeerProc {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        p.pids = group_pids(p.child.id());
+        p.pids = group_and_descendants(p.child.id());
+        for &pid in &p.pids {
+            if let Some((pgid, start)) = pgid_and_start(pid) {
+                if pgid != p.child.id() && !p.groups.iter().any(|g| g.0 == pgid) {
+                    p.groups.push((pgid, pid, start));
+                }
+            }
+        }
         Ok(p)
     }
 
@@ -554,6 +567,21 @@ impl PeerProc {
         if let Some(st) = self.child.try_wait()? {
             bail!("it exited during the run ({st}){}", self.output_tail());
         }
+        // A process of it that ended (its server under `timeout`, say) took its CPU time with
+        // it: the peer died too, and its leader's exit, if it follows within a second, says how.
+        if let Some(&gone) = self.pids.iter().find(|&&p| !running(p)) {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < deadline {
+                if let Some(st) = self.child.try_wait()? {
+                    bail!("it exited during the run ({st}){}", self.output_tail());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            bail!(
+                "it exited during the run (its process {gone} ended){}",
+                self.output_tail()
+            );
+        }
         self.signal_group(rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -568,10 +596,19 @@ impl PeerProc {
         Ok(())
     }
 
-    /// Signal its process group (the group of the process the bench started: its PID).
+    /// Signal its process group (the group of the process the bench started: its PID), and
+    /// each group of its own that one of its descendants made, while the member recorded in it
+    /// is still there (so that the group id cannot have been reused).
     fn signal_group(&self, sig: rustix::process::Signal) {
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
             let _ = rustix::process::kill_process_group(pid, sig);
+        }
+        for &(pgid, member, start) in &self.groups {
+            if pgid_and_start(member) == Some((pgid, start)) {
+                if let Some(g) = rustix::process::Pid::from_raw(pgid as i32) {
+                    let _ = rustix::process::kill_process_group(g, sig);
+                }
+            }
         }
     }
 }
@@ -589,11 +626,38 @@ impl Drop for PeerProc {
     }
 }
 
-/// The processes in process group `pgid`: the leader first.
-fn group_pids(pgid: u32) -> Vec<u32> {
+/// The processes in process group `pgid` and every descendant of its leader `pgid`, also
+/// those that moved to a group of their own: the leader first.
+fn group_and_descendants(pgid: u32) -> Vec<u32> {
     let mut v = vec![pgid];
     v.extend(procs_where(2, pgid).into_iter().filter(|&p| p != pgid));
+    let mut i = 0;
+    while i < v.len() {
+        for c in children_of(v[i]) {
+            if !v.contains(&c) {
+                v.push(c);
+            }
+        }
+        i += 1;
+    }
     v
+}
+
+/// Whether process `pid` is there and not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
+/// A process's group and start time (clock ticks after boot), from `/proc/PID/stat`.
+fn pgid_and_start(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state): the group is field 5, the start time field 22.
+    Some((f.get(2)?.parse().ok()?, f.get(19)?.parse().ok()?))
 }
 
 /// A reference peer this repository carries (bench/peers/), compiled by `peers build`.
@@ -777,5 +841,82 @@ mod tests {
                 .is_ok_and(|s| !s.contains(") Z "));
             assert!(!alive, "{p} still running");
         }
+    }
+
+    /// A peer run under `timeout` (which moves itself and the server to a process group of its
+    /// own) is measured with the server it runs and stopped with it.
+    #[test]
+    fn a_peer_in_a_group_of_its_own_is_measured_and_stopped() {
+        let tmp = std::env::temp_dir();
+        let server = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent()?.parent().map(|d| d.join("ringlab-server")))
+            .filter(|s| s.is_file());
+        let Some(server) = server else {
+            assert!(
+                std::env::var_os("RINGLAB_REQUIRE_PEERS").is_none(),
+                "ringlab-server is not built beside the tests (run `cargo test --workspace`)"
+            );
+            eprintln!("ringlab-server is not built beside the tests: skipped");
+            return;
+        };
+        // `; true` keeps sh from exec'ing timeout: the bench's group is sh's, not timeout's.
+        let p = Peer::parse(&format!(
+            "x=timeout 600 {} --io epoll --listen 127.0.0.1:{{port}}; true",
+            server.display()
+        ))
+        .unwrap();
+        let proc = PeerProc::start(&p, "0", &tmp).unwrap();
+        let pids = proc.pids.clone();
+        let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        let server_pid = pids
+            .iter()
+            .copied()
+            .find(|&p| comm(p).trim() == "ringlab-server")
+            .unwrap_or_else(|| panic!("the server is not among the measured {pids:?}"));
+        let group = |p: u32| pgid_and_start(p).map(|g| g.0);
+        assert_ne!(
+            group(server_pid),
+            Some(pids[0]),
+            "timeout made no group of its own"
+        );
+        proc.stop().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        for p in pids {
+            let alive = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "));
+            assert!(!alive, "{p} ({}) still running", comm(p).trim());
+        }
+    }
+
+    /// A peer whose server ends while the shell that started it lives on has died all the
+    /// same: stop says so, instead of the bench failing to read the server's /proc files.
+    #[test]
+    fn a_peer_whose_server_ended_died_during_the_run() {
+        let tmp = std::env::temp_dir();
+        let server = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent()?.parent().map(|d| d.join("ringlab-server")))
+            .filter(|s| s.is_file());
+        let Some(server) = server else {
+            assert!(
+                std::env::var_os("RINGLAB_REQUIRE_PEERS").is_none(),
+                "ringlab-server is not built beside the tests (run `cargo test --workspace`)"
+            );
+            eprintln!("ringlab-server is not built beside the tests: skipped");
+            return;
+        };
+        let p = Peer::parse(&format!(
+            "x=timeout 0.5 {} --io epoll --listen 127.0.0.1:{{port}}; sleep 600",
+            server.display()
+        ))
+        .unwrap();
+        let proc = PeerProc::start(&p, "0", &tmp).unwrap();
+        let leader = proc.pids[0];
+        std::thread::sleep(Duration::from_millis(1000));
+        let e = proc.stop().unwrap_err().to_string();
+        assert!(e.contains("exited during the run (its process "), "{e}");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!running(leader), "the peer's shell still runs");
     }
 }

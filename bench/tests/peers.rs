@@ -169,3 +169,55 @@ fn a_bad_peer_flag_fails_with_one_line() {
         assert!(err.contains(want), "{flag}: {err}");
     }
 }
+
+/// Only compare, latency, sizes and multiplex measure peers: every other scenario, and every
+/// subcommand that is not a scenario, refuses --peer in one line before it runs anything.
+#[test]
+fn scenarios_without_peers_refuse_the_flag_in_one_line() {
+    let out_dir = tmp("refused");
+    for cmd in [
+        &["seeds"][..],
+        &["pinning"],
+        &["http"],
+        &["features"],
+        &["coalesce"],
+        &["c10k"],
+        &["files"],
+        &["doctor"],
+        &["peers", "build"],
+        &["merge", "nothing.hlog"],
+        &["completions", "bash"],
+        &["man"],
+    ] {
+        let started = std::time::Instant::now();
+        let out = Command::new(BIN)
+            .args(cmd)
+            .args(["--peer", "c-epoll=./c-epoll {port}", "--out"])
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{cmd:?}: {err}");
+        let what = if cmd[0] == "peers" {
+            "peers build"
+        } else {
+            cmd[0]
+        };
+        assert!(
+            err.contains(&format!("{what} does not take --peer"))
+                && err.contains("compare, latency, sizes, multiplex"),
+            "{cmd:?}: {err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{cmd:?} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!out_dir.exists(), "{cmd:?} made its report directory");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{cmd:?} ran"
+        );
+    }
+}

@@ -67,6 +67,11 @@ pub fn run_files(args: &FilesArgs, o: &Opts) -> Result<()> {
 
 /// Run `scenarios` (called `name` in the report directory's name) with the flags `o`.
 fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> {
+    // A scenario that measures no peer refuses --peer before it runs anything (`all` takes
+    // them for the scenarios that do, and says which do not).
+    if !o.peer.is_empty() && !scenarios.iter().any(|s| s.takes_peers()) {
+        bail!("{}", refuses_peers(name));
+    }
     let bins = Bins::find(o.bin_dir.as_deref())?;
     let out = match &o.out {
         Some(o) => o.clone(),
@@ -174,6 +179,23 @@ fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> 
     Ok(())
 }
 
+/// The scenarios that take `--peer`, in the order `all` runs them.
+pub fn peer_scenarios() -> Vec<&'static str> {
+    SCENARIOS
+        .into_iter()
+        .filter(|s| s.takes_peers())
+        .map(|s| s.name())
+        .collect()
+}
+
+/// The one line that refuses `--peer` to `what` (a scenario or another subcommand).
+pub fn refuses_peers(what: &str) -> String {
+    format!(
+        "{what} does not take --peer: peers are echo servers measured beside the backends in {} only",
+        peer_scenarios().join(", ")
+    )
+}
+
 /// `target/ringlab` of the workspace this binary was built in, or of the current directory.
 pub fn default_target_dir() -> PathBuf {
     if let Ok(exe) = std::env::current_exe() {
@@ -190,6 +212,18 @@ pub fn default_target_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peer_scenarios_are_the_echo_comparisons() {
+        assert_eq!(
+            peer_scenarios(),
+            ["compare", "latency", "sizes", "multiplex"]
+        );
+        assert_eq!(
+            refuses_peers("pinning"),
+            "pinning does not take --peer: peers are echo servers measured beside the backends in compare, latency, sizes, multiplex only"
+        );
+    }
 
     #[test]
     fn all_is_every_scenario_but_c10k_in_order() {
