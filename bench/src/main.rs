@@ -108,6 +108,13 @@ enum Cmd {
         /// How long the echo check waits without a new answer.
         #[arg(long, default_value = "10s", value_parser = ringlab_runtime::duration::parse_duration)]
         verify_patience: std::time::Duration,
+        /// fds (a descriptor per connection) or uring-direct (io_uring direct descriptors).
+        #[arg(long, default_value = "fds")]
+        holder_io: hold::HolderIo,
+        /// uring-direct: entries of each ring's fixed-file table (default: the soft
+        /// RLIMIT_NOFILE).
+        #[arg(long)]
+        fixed_table: Option<u32>,
     },
     /// What this machine allows (kernel, io_uring, limits, CPUs) and what will hold a
     /// benchmark back.
@@ -185,6 +192,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             cpu,
             best_effort,
             verify_patience,
+            holder_io,
+            fixed_table,
         } => {
             return done(hold::hold(&hold::HoldArgs {
                 addr,
@@ -193,6 +202,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 cpu,
                 best_effort,
                 patience: verify_patience,
+                io: holder_io,
+                fixed_table,
             }))
         }
         Cmd::Peers {
