@@ -108,9 +108,6 @@ enum Cmd {
         /// How long the echo check waits without a new answer.
         #[arg(long, default_value = "10s", value_parser = ringlab_runtime::duration::parse_duration)]
         verify_patience: std::time::Duration,
-        /// fds (a descriptor per connection) or uring-direct (io_uring direct descriptors).
-        #[arg(long, default_value = "fds")]
-        holder_io: hold::HolderIo,
         /// uring-direct: entries of each ring's fixed-file table (default: the soft
         /// RLIMIT_NOFILE).
         #[arg(long)]
@@ -192,9 +189,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             cpu,
             best_effort,
             verify_patience,
-            holder_io,
             fixed_table,
         } => {
+            // The global --holder-io (one mode here; fds by default).
+            let io = match cli.opts.holder_io.as_deref() {
+                None => hold::HolderIo::Fds,
+                Some([one]) => one.parse().map_err(anyhow::Error::msg)?,
+                Some(_) => anyhow::bail!("hold: one --holder-io"),
+            };
             return done(hold::hold(&hold::HoldArgs {
                 addr,
                 conns: count,
@@ -202,9 +204,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 cpu,
                 best_effort,
                 patience: verify_patience,
-                io: holder_io,
+                io,
                 fixed_table,
-            }))
+            }));
         }
         Cmd::Peers {
             cmd: PeersCmd::Build { out, cc, with },
