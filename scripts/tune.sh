@@ -12,9 +12,18 @@
 #   net.ipv4.ip_local_port_range=1024 65535   ~64k ephemeral ports per source address
 #   net.ipv4.tcp_tw_reuse=1             reuse TIME_WAIT ports for new outgoing connections
 #   fs.nr_open=2097152, fs.file-max=4194304   descriptor ceilings (a process still needs
-#                                        `ulimit -n`, which only a privileged parent can raise)
+#                                        `ulimit -n`, which only a privileged parent can raise);
+#                                        file-max counts every socket's file, direct descriptors
+#                                        too: 1M connections with both ends here are 2M files
 #   net.core.rmem_max / wmem_max=16777216      let sockets grow their buffers
+#   net.ipv4.tcp_mem=786432 1048576 1572864   pages (3 / 4 / 6 GiB): a socket holding any received
+#                                        byte is charged a whole page, so 1M sockets holding one
+#                                        byte each need 4 GiB; the default max here is 2.2 GiB
+#   vm.max_map_count=262144             headroom (per process; ringlab's processes map hundreds)
+#   net.netfilter.nf_conntrack_max=2097152    where conntrack is loaded: a tracked connection
+#                                        needs an entry (skipped when the module is not loaded)
 #   CPU frequency governor=performance  where cpufreq exists (not in most VMs)
+# kernel-notes/scale.md has the values and why for a million connections.
 # It does not touch IRQ affinity: see kernel-notes/tuning.md for pinning NIC queues.
 set -euo pipefail
 
@@ -30,12 +39,15 @@ settings=(
   "fs.file-max=4194304"
   "net.core.rmem_max=16777216"
   "net.core.wmem_max=16777216"
+  "net.ipv4.tcp_mem=786432 1048576 1572864"
+  "vm.max_map_count=262144"
+  "net.netfilter.nf_conntrack_max=2097152"
 )
 
 path_of() { echo "/proc/sys/${1//.//}"; }
 
 case "$mode" in
-  -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
   --revert)
     [ -f "$state" ] || { echo "tune.sh: nothing to revert ($state not found)" >&2; exit 1; }
     while IFS='=' read -r key value; do
@@ -62,8 +74,8 @@ fi
 changed=0
 for kv in "${settings[@]}"; do
   key="${kv%%=*}"; want="${kv#*=}"; p="$(path_of "$key")"
-  [ -w "$p" ] || [ "$mode" = --dry-run ] || { echo "skip $key: not writable here"; continue; }
   [ -r "$p" ] || { echo "skip $key: not present"; continue; }
+  [ -w "$p" ] || [ "$mode" = --dry-run ] || { echo "skip $key: not writable here"; continue; }
   have="$(tr -s '\t ' '  ' < "$p")"
   if [ "$have" = "$want" ]; then echo "ok   $key = $have"; continue; fi
   echo "set  $key: $have -> $want   (undo: sysctl -w $key=\"$have\")"

@@ -110,6 +110,10 @@ enum Cmd {
         /// How long the echo check waits without a new answer.
         #[arg(long, default_value = "10s", value_parser = ringlab_runtime::duration::parse_duration)]
         verify_patience: std::time::Duration,
+        /// uring-direct: entries of each ring's fixed-file table (default: the soft
+        /// RLIMIT_NOFILE).
+        #[arg(long)]
+        fixed_table: Option<u32>,
     },
     /// What this machine allows (kernel, io_uring, limits, CPUs) and what will hold a
     /// benchmark back.
@@ -202,7 +206,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             cpu,
             best_effort,
             verify_patience,
+            fixed_table,
         } => {
+            // The global --holder-io (one mode here; fds by default).
+            let io = match cli.opts.holder_io.as_deref() {
+                None => hold::HolderIo::Fds,
+                Some([one]) => one.parse().map_err(anyhow::Error::msg)?,
+                Some(_) => anyhow::bail!("hold: one --holder-io"),
+            };
             return done(hold::hold(&hold::HoldArgs {
                 addr,
                 conns: count,
@@ -210,7 +221,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 cpu,
                 best_effort,
                 patience: verify_patience,
-            }))
+                io,
+                fixed_table,
+            }));
         }
         Cmd::Peers {
             cmd: PeersCmd::Build { out, cc, with },

@@ -66,6 +66,13 @@ pub struct Opts {
     /// noise is common to all of them and cancels in their ratios.
     #[arg(long, global = true)]
     pub sequential: bool,
+    /// c10k: how the holder processes make and keep the idle connections: fds (a descriptor
+    /// each, so a process per `ulimit -n` of them) or uring-direct (io_uring direct
+    /// descriptors, IORING_OP_SOCKET into fixed-file tables: up to 500,000 per process;
+    /// Linux 6.11). A comma list measures every row once per mode. Default: uring-direct where
+    /// the kernel has it, else fds. (`hold` takes one.)
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub holder_io: Option<Vec<String>>,
     /// compare: the server's CPU cap for the server-bound capacity, as a share of one CPU.
     #[arg(long, global = true, default_value_t = 0.5)]
     pub server_share: f64,

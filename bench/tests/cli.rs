@@ -160,24 +160,34 @@ fn c10k_holds_idle_connections_and_reports_memory_per_connection() {
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
     let epoll = report_row(&report, "| 300 | epoll |");
     let fixed = report_row(&report, "| 300 | uring-fixed |");
-    // Columns: idle, backend, server procs, holders, server fds, active req/s, p99 µs, server
-    // CPU µs/req, server RSS KiB/conn, kernel slab KiB/conn, TCP buffers KiB/conn, connect all
-    // s, connect p99 µs, note.
+    // Columns: idle, backend, holder io, holders, holder rings, server procs, server loops,
+    // server fds, active req/s, p99 µs, server CPU µs/req, server RSS KiB/conn, kernel slab
+    // KiB/conn, TCP buffers KiB/conn, connect all s, connect p99 µs, unverified, note.
     for r in [&epoll, &fixed] {
-        assert!(!r[14].starts_with("failed"), "{r:?}\n{stderr}");
+        assert!(!r[18].starts_with("failed"), "{r:?}\n{stderr}");
         // Memory per connection: measured for each row that held its connections. The server's
         // own memory grows with them; the kernel's figures are machine-wide (other processes
         // move them), so only their presence is checked.
-        let rss = num(r, 9);
+        let rss = num(r, 12);
         assert!(
             rss.is_finite() && rss > 0.0,
             "server RSS per connection: {r:?}"
         );
-        for i in [10, 11] {
+        for i in [13, 14] {
             assert!(num(r, i).is_finite(), "kernel memory per connection: {r:?}");
         }
+        // Every idle connection verified; one holder, one server process and loop.
+        assert_eq!(num(r, 17), 0.0, "unverified: {r:?}");
+        assert_eq!((num(r, 4), num(r, 6), num(r, 7)), (1.0, 1.0, 1.0), "{r:?}");
+        // The default holders: direct descriptors where the kernel has them (one ring for
+        // 300), else descriptors.
+        if uring_direct_usable() {
+            assert_eq!((r[3].as_str(), num(r, 5)), ("uring-direct", 1.0), "{r:?}");
+        } else {
+            assert_eq!((r[3].as_str(), num(r, 5)), ("fds", 0.0), "{r:?}");
+        }
     }
-    let fds = |r: &[String]| num(r, 5) as u64;
+    let fds = |r: &[String]| num(r, 8) as u64;
     assert!(
         fds(&epoll) >= 300,
         "epoll holds a descriptor per connection: {epoll:?}"
@@ -188,7 +198,56 @@ fn c10k_holds_idle_connections_and_reports_memory_per_connection() {
         (1..50).contains(&fds(&fixed)),
         "fixed files take no descriptors, and the count is measured (0: /proc unread): {fixed:?}"
     );
+    // The second table: kernel memory in totals, opening and teardown, per row. Columns: idle,
+    // backend, holder io, Slab Δ MiB, SUnreclaim Δ MiB, TCP mem Δ pages, open all s, teardown
+    // s, slab returned %, settled in s, sockets left.
+    let m = report
+        .lines()
+        .skip_while(|l| !l.starts_with("| idle conns | backend | holder io | Slab"))
+        .find(|l| l.starts_with("| 300 | epoll |"))
+        .unwrap_or_else(|| panic!("no memory row for epoll:\n{report}"));
+    let m: Vec<String> = m.split('|').map(|c| c.trim().to_string()).collect();
+    for i in [4, 5, 6, 7, 8, 9, 10] {
+        assert!(num(&m, i).is_finite(), "memory row cell {i}: {m:?}");
+    }
+    // Both ends of 300 connections were opened and checked, then everything was ended: both
+    // take time, and a teardown is bounded (30 s per process group).
+    assert!(
+        num(&m, 7) > 0.0 && num(&m, 8) > 0.0 && num(&m, 8) < 60.0,
+        "{m:?}"
+    );
+    // The preflight: the limits, the plan and a line per kernel setting.
+    for want in [
+        "fixed-file table",
+        "holder process(es)",
+        "net.core.somaxconn",
+        "net.ipv4.tcp_mem",
+        "fs.file-max",
+        "MemAvailable",
+    ] {
+        assert!(
+            report.contains(want),
+            "the preflight lacks {want:?}:\n{report}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether a holder can use io_uring direct descriptors here (IORING_OP_BIND: Linux 6.11);
+/// with RINGLAB_REQUIRE_URING=1 (CI) not being able to is a failure.
+fn uring_direct_usable() -> bool {
+    let ok = io_uring::IoUring::new(8)
+        .and_then(|r| {
+            let mut p = io_uring::Probe::new();
+            r.submitter().register_probe(&mut p)?;
+            Ok(p.is_supported(io_uring::opcode::Bind::CODE)
+                && p.is_supported(io_uring::opcode::Socket::CODE))
+        })
+        .unwrap_or(false);
+    if !ok && std::env::var("RINGLAB_REQUIRE_URING").is_ok_and(|v| v == "1") {
+        panic!("RINGLAB_REQUIRE_URING=1 but io_uring direct sockets are unavailable (IORING_OP_SOCKET and IORING_OP_BIND: Linux 6.11)");
+    }
+    ok
 }
 
 #[test]
@@ -222,8 +281,8 @@ fn c10k_exits_non_zero_naming_a_failed_row() {
         "last line: {last:?}\n{stderr}"
     );
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(!report_row(&report, "| 20 | epoll |")[14].starts_with("failed"));
-    assert!(report_row(&report, "| 20 | nosuch |")[14].starts_with("failed"));
+    assert!(!report_row(&report, "| 20 | epoll |")[18].starts_with("failed"));
+    assert!(report_row(&report, "| 20 | nosuch |")[18].starts_with("failed"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -255,13 +314,21 @@ fn odd_echo_server(
     addr
 }
 
-/// `ringlab-bench hold ADDR --count N`, its stdin kept open: (exit status, stdout, stderr),
-/// after closing stdin once the `held` line (or the exit) came.
-fn hold(addr: std::net::SocketAddr, n: usize) -> (std::process::ExitStatus, String, String) {
+/// `ringlab-bench hold ADDR --count N --holder-io IO [EXTRA..]`, its stdin kept open: (exit
+/// status, stdout, stderr), after closing stdin once the `held` line (or the exit) came.
+/// `while_held` runs (with the holder's pid) before stdin is closed.
+fn hold_with(
+    addr: std::net::SocketAddr,
+    n: usize,
+    io: &str,
+    extra: &[&str],
+    while_held: impl FnOnce(u32),
+) -> (std::process::ExitStatus, String, String) {
     use std::io::{BufRead, Read};
     let mut child = Command::new(BIN)
         .args(["hold", &addr.to_string(), "--count", &n.to_string()])
-        .args(["--verify-patience", "500ms"])
+        .args(["--verify-patience", "500ms", "--holder-io", io])
+        .args(extra)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -270,28 +337,42 @@ fn hold(addr: std::net::SocketAddr, n: usize) -> (std::process::ExitStatus, Stri
     let mut line = String::new();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let _ = out.read_line(&mut line);
+    if line.starts_with("held ") {
+        while_held(child.id());
+    }
     drop(child.stdin.take()); // a holder stops when its stdin closes
     let mut err = String::new();
     let _ = child.stderr.take().unwrap().read_to_string(&mut err);
     (child.wait().unwrap(), line, err)
 }
 
-#[test]
-fn a_holder_waits_for_slow_echoes_and_reports_the_unanswered_instead_of_failing() {
+fn hold(
+    addr: std::net::SocketAddr,
+    n: usize,
+    io: &str,
+) -> (std::process::ExitStatus, String, String) {
+    hold_with(addr, n, io, &[], |_| {})
+}
+
+/// The slow, silent and wrong echo servers against a holder of mode `io`.
+fn a_holder_waits_for_slow_echoes_and_reports_the_unanswered(io: &str) {
     // Slow but steady: answers spread over about a second (more than the patience of 0.5 s
     // in all, never 0.5 s between two): every connection verified.
     let addr = odd_echo_server(Some, |b| {
         std::time::Duration::from_millis(25 * u64::from(b))
     });
-    let (st, line, err) = hold(addr, 40);
+    let (st, line, err) = hold(addr, 40, io);
     assert!(st.success(), "{st}: {err}");
     assert!(
-        line.starts_with("held 40 ") && line.contains(" echo_ok=40 unverified=0"),
+        line.starts_with("held 40 ")
+            && line.contains(" echo_ok=40 unverified=0")
+            && line.contains(&format!(" io={io} ")),
         "{line}"
     );
-    // Connections 3, 11, 19, 27, 35 never answered: reported, not fatal.
+    // Connections 3, 11, 19, 27, 35 never answered: their check times out, and they are
+    // reported, not fatal.
     let addr = odd_echo_server(|b| (b % 8 != 3).then_some(b), |_| std::time::Duration::ZERO);
-    let (st, line, err) = hold(addr, 40);
+    let (st, line, err) = hold(addr, 40, io);
     assert!(st.success(), "{st}: {err}");
     assert!(line.contains(" echo_ok=35 unverified=5"), "{line}");
     assert!(
@@ -303,7 +384,91 @@ fn a_holder_waits_for_slow_echoes_and_reports_the_unanswered_instead_of_failing(
         |b| Some(if b == 7 { 8 } else { b }),
         |_| std::time::Duration::ZERO,
     );
-    let (st, line, err) = hold(addr, 20);
+    let (st, line, err) = hold(addr, 20, io);
     assert!(!st.success() && line.is_empty(), "{st}: {line}");
     assert!(err.contains("connection 7: echo returned 8 for 7"), "{err}");
+}
+
+#[test]
+fn a_holder_waits_for_slow_echoes_and_reports_the_unanswered_instead_of_failing() {
+    a_holder_waits_for_slow_echoes_and_reports_the_unanswered("fds");
+}
+
+#[test]
+fn a_direct_descriptor_holder_reports_what_it_could_not_verify_instead_of_failing() {
+    if !uring_direct_usable() {
+        eprintln!("skipped: io_uring direct sockets unavailable");
+        return;
+    }
+    a_holder_waits_for_slow_echoes_and_reports_the_unanswered("uring-direct");
+}
+
+/// A ringlab-server (built beside ringlab-bench by `cargo test --workspace`) on a free port:
+/// the child and its address.
+fn ringlab_server(args: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let server = std::path::Path::new(BIN).with_file_name("ringlab-server");
+    assert!(
+        server.is_file(),
+        "{} missing: build the workspace (cargo test --workspace builds it)",
+        server.display()
+    );
+    let mut child = Command::new(server)
+        .args(["--listen", "127.0.0.1:0", "--proto", "echo", "--cores", "0"])
+        .args(["--max-conns", "100000", "--idle-timeout", "1h"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+#[test]
+fn direct_descriptor_holders_verify_every_connection_of_a_real_server_without_descriptors() {
+    if !uring_direct_usable() {
+        eprintln!("skipped: io_uring direct sockets unavailable");
+        return;
+    }
+    // 2,000 connections in tables of 512: four rings in one process, and (almost) no
+    // descriptors: stdio, the rings and what the runtime holds.
+    for server_args in [&["--io", "uring", "--fixed-files"][..], &["--io", "epoll"]] {
+        let (mut server, addr) = ringlab_server(server_args);
+        let mut fds = None;
+        let (st, line, err) = hold_with(
+            addr,
+            2000,
+            "uring-direct",
+            &["--fixed-table", "512", "--bind", "127.66.1.1-127.66.1.8"],
+            |pid| {
+                fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|d| d.count())
+                    .ok()
+            },
+        );
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(st.success(), "{server_args:?}: {st}: {err}");
+        assert!(
+            line.starts_with("held 2000 ")
+                && line.contains(" echo_ok=2000 unverified=0 ")
+                && line.contains(" io=uring-direct rings=4"),
+            "{server_args:?}: {line}"
+        );
+        let fds = fds.expect("the holder's /proc/PID/fd");
+        assert!(
+            fds < 20,
+            "2,000 connections held with {fds} descriptors ({server_args:?})"
+        );
+    }
 }

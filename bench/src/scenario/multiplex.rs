@@ -9,6 +9,7 @@
 use anyhow::{bail, Result};
 
 use crate::ctx::{backend_args, Ctx, Scenario};
+use crate::hold::HolderIo;
 use crate::plot;
 use crate::report::{self, Report};
 use crate::run::{self, drive, RunResult, Target};
@@ -212,7 +213,7 @@ fn idle_run(
     );
     let target = Target::start(&ctx.bins, &spec, &ctx.run)?;
     let (holders, failed) = if n > 0 {
-        start_holders(target.addr(), n, lim.per_holder(), client_cpu, false)?
+        start_holders(target.addr(), n, lim, HolderIo::Fds, client_cpu, false)?
     } else {
         (Vec::new(), Vec::new())
     };
