@@ -809,21 +809,29 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_peer_is_stopped_with_whatever_it_forked() {
-        let tmp = std::env::temp_dir();
-        // The peer is a shell that forks `sleep` and runs ringlab-server (built beside the
-        // tests by `cargo test --workspace`) as the listener.
+    /// ringlab-server as `cargo test --workspace` builds it beside the tests; none (skipped,
+    /// or a failure under RINGLAB_REQUIRE_PEERS) where it is not there.
+    fn server_beside_tests() -> Option<std::path::PathBuf> {
         let server = std::env::current_exe()
             .ok()
             .and_then(|e| e.parent()?.parent().map(|d| d.join("ringlab-server")))
             .filter(|s| s.is_file());
-        let Some(server) = server else {
+        if server.is_none() {
             assert!(
                 std::env::var_os("RINGLAB_REQUIRE_PEERS").is_none(),
                 "ringlab-server is not built beside the tests (run `cargo test --workspace`)"
             );
             eprintln!("ringlab-server is not built beside the tests: skipped");
+        }
+        server
+    }
+
+    #[test]
+    fn a_peer_is_stopped_with_whatever_it_forked() {
+        let tmp = std::env::temp_dir();
+        // The peer is a shell that forks `sleep` and runs ringlab-server (built beside the
+        // tests by `cargo test --workspace`) as the listener.
+        let Some(server) = server_beside_tests() else {
             return;
         };
         let p = Peer::parse(&format!(
@@ -848,16 +856,7 @@ mod tests {
     #[test]
     fn a_peer_in_a_group_of_its_own_is_measured_and_stopped() {
         let tmp = std::env::temp_dir();
-        let server = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent()?.parent().map(|d| d.join("ringlab-server")))
-            .filter(|s| s.is_file());
-        let Some(server) = server else {
-            assert!(
-                std::env::var_os("RINGLAB_REQUIRE_PEERS").is_none(),
-                "ringlab-server is not built beside the tests (run `cargo test --workspace`)"
-            );
-            eprintln!("ringlab-server is not built beside the tests: skipped");
+        let Some(server) = server_beside_tests() else {
             return;
         };
         // `; true` keeps sh from exec'ing timeout: the bench's group is sh's, not timeout's.
@@ -894,16 +893,7 @@ mod tests {
     #[test]
     fn a_peer_whose_server_ended_died_during_the_run() {
         let tmp = std::env::temp_dir();
-        let server = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent()?.parent().map(|d| d.join("ringlab-server")))
-            .filter(|s| s.is_file());
-        let Some(server) = server else {
-            assert!(
-                std::env::var_os("RINGLAB_REQUIRE_PEERS").is_none(),
-                "ringlab-server is not built beside the tests (run `cargo test --workspace`)"
-            );
-            eprintln!("ringlab-server is not built beside the tests: skipped");
+        let Some(server) = server_beside_tests() else {
             return;
         };
         let p = Peer::parse(&format!(

@@ -1142,18 +1142,7 @@ mod tests {
 
     #[test]
     fn a_point_within_3_percent_stops_running() {
-        let plan = Plan {
-            conns: vec![512],
-            rows: vec!["uring".into(), "epoll".into(), "epoll A/A".into()],
-            candidates: vec!["uring".into()],
-            dropped: Dropped::default(),
-            baseline: "epoll".into(),
-            aa: "epoll A/A".into(),
-            loads: vec![50.0],
-            dur: 1.0,
-            budget: Duration::from_secs(60),
-            together: false,
-        };
+        let plan = plan(false);
         let at = |x: f64| At {
             scenario: "compare".into(),
             conns: 512,
