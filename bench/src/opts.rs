@@ -73,7 +73,8 @@ pub struct Opts {
     /// the kernel has it, else fds. (`hold` takes one.)
     #[arg(long, global = true, value_delimiter = ',')]
     pub holder_io: Option<Vec<String>>,
-    /// compare: the server's CPU cap for the server-bound capacity, as a share of one CPU.
+    /// compare: the server's CPU cap for the server-bound capacity, as a share of one CPU (side
+    /// by side, the rows' servers get an equal part of it each, in cgroups of their own).
     #[arg(long, global = true, default_value_t = 0.5)]
     pub server_share: f64,
     /// A server of your own measured beside the backends, as NAME=COMMAND (repeatable): an
