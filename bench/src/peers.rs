@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::ctx::{backend_args, Ctx};
-use crate::procs::{have, ProcSample, Server};
+use crate::procs::{have, running, ProcSample, Server};
 use crate::run::{combine, drive, RunResult, RunSpec};
 
 /// Parse wrk's duration ("123.45us", "1.20ms", "2.00s") into microseconds.
@@ -643,14 +643,6 @@ fn group_and_descendants(pgid: u32) -> Vec<u32> {
     v
 }
 
-/// Whether process `pid` is there and not a zombie.
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
-        .unwrap_or(false)
-}
-
 /// A process's group and start time (clock ticks after boot), from `/proc/PID/stat`.
 fn pgid_and_start(pid: u32) -> Option<(u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -845,9 +837,7 @@ mod tests {
         proc.stop().unwrap();
         std::thread::sleep(Duration::from_millis(100));
         for p in pids {
-            let alive = std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .is_ok_and(|s| !s.contains(") Z "));
-            assert!(!alive, "{p} still running");
+            assert!(!running(p), "{p} still running");
         }
     }
 
@@ -882,9 +872,7 @@ mod tests {
         proc.stop().unwrap();
         std::thread::sleep(Duration::from_millis(200));
         for p in pids {
-            let alive = std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .is_ok_and(|s| !s.contains(") Z "));
-            assert!(!alive, "{p} ({}) still running", comm(p).trim());
+            assert!(!running(p), "{p} ({}) still running", comm(p).trim());
         }
     }
 

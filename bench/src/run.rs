@@ -169,11 +169,17 @@ pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
         return f.run(spec, &opts.tmp).or_else(|e| f.abort(&e));
     }
     let target = Target::start(bins, spec, opts)?;
-    let server_cmd = target.cmd(bins, spec);
     if let Some(dir) = &spec.cgroup {
         crate::cgroup::enter(dir, target.pids())?;
     }
     let r = drive(bins, target.addr(), target.pids(), spec, opts);
+    finish(bins, spec, target, r)
+}
+
+/// Stop `target` after its measured run `r` and complete the run's figures: its command, its
+/// syscalls per request; an error if the peer died or answered wrongly, or the run failed.
+fn finish(bins: &Bins, spec: &RunSpec, target: Target, r: Result<RunResult>) -> Result<RunResult> {
+    let server_cmd = target.cmd(bins, spec);
     let (stats, mut r) = match (target.stop(), r) {
         // A peer that died explains the client's failure better than the client does.
         (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
@@ -183,6 +189,16 @@ pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
     r.server_cmd = server_cmd;
     r.syscalls_per_req = stats.as_ref().and_then(syscalls_per_req);
     Ok(r)
+}
+
+/// A run of `s` that failed: a peer is left out from here on, with one line saying why; a
+/// backend's run is reported and left out (its repetition then has no pair).
+fn failed(opts: &RunOpts, s: &RunSpec, e: &anyhow::Error) {
+    if s.peer.is_some() {
+        opts.dropped.drop_row(&s.label, &format!("{e:#}"));
+    } else {
+        eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x);
+    }
 }
 
 /// A peer's run with wrong answers is an error (a ringlab backend's counts as errors in its
@@ -220,6 +236,13 @@ pub fn drive(
     measure(bins, &[(spec, addr, pids)], opts, false)
         .pop()
         .context("no run measured")?
+}
+
+/// `t` as Unix time in milliseconds.
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// A client started for one target of [`measure`].
@@ -299,13 +322,8 @@ pub fn measure(
     };
     // The start instant: late enough for every client to be started and set up before it
     // (a client more than a second late refuses to run).
-    let start_at = together.then(|| {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        ms + 300 + 100 * targets.len() as u64
-    });
+    let start_at =
+        together.then(|| unix_ms(std::time::SystemTime::now()) + 300 + 100 * targets.len() as u64);
     let clients: Vec<Result<ClientRun>> = targets
         .iter()
         .map(|&(spec, addr, pids)| {
@@ -333,10 +351,7 @@ pub fn measure(
     cpus.dedup();
     let steal0 = steal_ticks(&cpus);
     let window_start = std::time::Instant::now();
-    let window_start_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    let window_start_ms = unix_ms(std::time::SystemTime::now());
     let before: Vec<Result<ProcSample>> =
         targets.iter().map(|t| ProcSample::read_all(t.2)).collect();
     let window_end = window_start + Duration::from_secs_f64(first.duration_s);
@@ -592,9 +607,7 @@ pub fn run_rep(
                 r.rep = rep;
                 all[i].push(r);
             }
-            // A peer that fails is left out from here on, with one line saying why.
-            Err(e) if s.peer.is_some() => opts.dropped.drop_row(&s.label, &format!("{e:#}")),
-            Err(e) => eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x),
+            Err(e) => failed(opts, s, &e),
         }
     }
 }
@@ -623,13 +636,6 @@ pub fn run_together(
     all: &mut [Vec<RunResult>],
     progress: &mut dyn FnMut(usize, &RunSpec),
 ) {
-    let failed = |s: &RunSpec, e: anyhow::Error| {
-        if s.peer.is_some() {
-            opts.dropped.drop_row(&s.label, &format!("{e:#}"));
-        } else {
-            eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x);
-        }
-    };
     let Together { order, groups } = set;
     let mut started: Vec<(usize, Target)> = Vec::new();
     for (k, &i) in order.iter().enumerate() {
@@ -647,11 +653,11 @@ pub fn run_together(
             Ok(t) => match group.map(|d| crate::cgroup::enter(d, t.pids())) {
                 Some(Err(e)) => {
                     let _ = t.stop();
-                    failed(s, e);
+                    failed(opts, s, &e);
                 }
                 _ => started.push((i, t)),
             },
-            Err(e) => failed(s, e),
+            Err(e) => failed(opts, s, &e),
         }
     }
     let targets: Vec<(&RunSpec, &str, &[u32])> = started
@@ -661,23 +667,13 @@ pub fn run_together(
     let results = measure(bins, &targets, opts, true);
     for ((i, t), r) in started.into_iter().zip(results) {
         let s = &specs[i];
-        let server_cmd = t.cmd(bins, s);
-        let stats = match (t.stop(), r) {
-            (Err(e), _) | (Ok(_), Err(e)) => {
-                failed(s, e);
-                continue;
+        match finish(bins, s, t, r) {
+            Ok(mut r) => {
+                r.rep = rep;
+                all[i].push(r);
             }
-            (Ok(stats), Ok(r)) => (stats, r),
-        };
-        let (stats, mut r) = stats;
-        if let Err(e) = checked(s, &r) {
-            failed(s, e);
-            continue;
+            Err(e) => failed(opts, s, &e),
         }
-        r.server_cmd = server_cmd;
-        r.syscalls_per_req = stats.as_ref().and_then(syscalls_per_req);
-        r.rep = rep;
-        all[i].push(r);
     }
 }
 

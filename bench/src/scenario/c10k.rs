@@ -11,7 +11,7 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 use crate::ctx::{backend_args, Ctx, Scenario};
 use crate::hold::{direct, HolderIo};
-use crate::procs::{open_fds, rss_kib, Server};
+use crate::procs::{open_fds, rss_kib, running, Server};
 use crate::report::Report;
 use crate::run::{drive, RunResult};
 
@@ -243,14 +243,7 @@ pub fn parse_sockstat(s: &str) -> (u64, u64, u64) {
 fn wait_gone(pids: &[u32], bound: Duration) -> bool {
     let deadline = Instant::now() + bound;
     loop {
-        let alive = pids.iter().any(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|st| {
-                // The state follows the parenthesized command name.
-                st.rsplit_once(')')
-                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            })
-        });
-        if !alive {
+        if !pids.iter().any(|&p| running(p)) {
             return true;
         }
         if Instant::now() >= deadline {

@@ -418,6 +418,15 @@ impl Plan {
         })
     }
 
+    /// A point's rate as the report shows it: `30k req/s`, side by side `3 × 10k req/s`.
+    fn rate_label(&self, rate: f64) -> String {
+        if self.together {
+            format!("{} × {}", self.rows.len(), rate_text(rate))
+        } else {
+            rate_text(rate)
+        }
+    }
+
     /// The offered rate of each row at `load` percent of `capacity`: side by side the rows
     /// share it, so the server CPUs are as busy in all as one server alone at that load.
     fn rate(&self, capacity: f64, load: f64) -> f64 {
@@ -447,15 +456,10 @@ impl Plan {
                 while at.iter().any(|a| a.x == rate) {
                     rate += 1.0; // one x per (conns, load): runs are paired by it
                 }
-                let each = if self.together {
-                    format!("{} × {}", self.rows.len(), rate_text(rate))
-                } else {
-                    rate_text(rate)
-                };
                 at.push(At {
                     scenario: "compare".into(),
                     conns: p.conns,
-                    load: format!("{l}% load ({each})"),
+                    load: format!("{l}% load ({})", self.rate_label(rate)),
                     x: rate,
                 });
                 let (c, r) = (p.conns.to_string(), rate.to_string());
@@ -642,21 +646,14 @@ impl Plan {
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            let each = |x: f64| {
-                if self.together {
-                    format!("{} × {}", self.rows.len(), rate_text(x))
-                } else {
-                    rate_text(x)
-                }
-            };
             out.push(format!(
                 "at {} conns, {name}: the rows kept only {:.0}% of {}; lowered to {} and started over",
                 at[k].conns,
                 kept * 100.0,
-                each(old),
-                each(rate)
+                self.rate_label(old),
+                self.rate_label(rate)
             ));
-            at[k].load = format!("{name}, lowered to {}", each(rate));
+            at[k].load = format!("{name}, lowered to {}", self.rate_label(rate));
             at[k].x = rate;
         }
         out
