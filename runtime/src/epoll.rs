@@ -123,6 +123,8 @@ impl Epoll {
     }
 
     /// Wait for events (at most `events.capacity()`), up to `timeout`. `EINTR` returns no events.
+    /// The timeout is kept to the nanosecond (`epoll_pwait2`, Linux 5.11; plain `epoll_pwait`
+    /// would round it up to whole milliseconds).
     pub fn wait(
         &self,
         events: &mut Vec<Event>,
@@ -141,6 +143,37 @@ impl Epoll {
             Err(rustix::io::Errno::INTR) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A wait of 200 µs on an idle epoll ends well before a millisecond at least once in 50
+    /// tries: with the timeout rounded up to whole milliseconds (`epoll_pwait`), none can,
+    /// since the kernel never ends a wait before its timeout.
+    #[test]
+    fn sub_millisecond_timeouts_are_kept() {
+        let ep = Epoll::new().expect("epoll");
+        let mut events = Vec::with_capacity(8);
+        let mut counters = SyscallCounters::default();
+        let shortest = (0..50)
+            .map(|_| {
+                let t = Instant::now();
+                ep.wait(&mut events, Some(Duration::from_micros(200)), &mut counters)
+                    .expect("wait");
+                t.elapsed()
+            })
+            .min()
+            .expect("50 waits");
+        assert!(events.is_empty());
+        assert!(
+            shortest < Duration::from_micros(900),
+            "the shortest of 50 waits of 200 µs took {shortest:?}: the timeout was rounded up to a millisecond"
+        );
+        assert!(shortest >= Duration::from_micros(200), "{shortest:?}");
     }
 }
 
