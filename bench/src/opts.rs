@@ -87,8 +87,10 @@ pub struct Opts {
     /// left out of later runs. `ringlab-bench peers build` makes two reference peers.
     #[arg(long, global = true, value_name = "NAME=COMMAND")]
     pub peer: Vec<String>,
-    /// compare: also record where the server's CPU goes, per backend, with
-    /// `perf record -e cpu-clock` on the server's CPUs (one extra run per backend).
+    /// compare, coalesce: also record where the server's CPU goes with `perf record -e
+    /// cpu-clock` on the server's CPUs (compare: one extra run per backend at the middle load;
+    /// coalesce: per load, each backend at D = 0 and at the largest D, with idle and sleep/wake
+    /// shares).
     #[arg(long, global = true)]
     pub profile: bool,
     /// Fleet mode: run the server on this host over SSH (a destination as `ssh` takes it,

@@ -158,6 +158,13 @@ pub struct Breakdown {
     pub samples: u64,
     /// Samples on the server's CPUs that were not the server (idle, other processes).
     pub not_server: u64,
+    /// Of `not_server`: the idle task's (pid 0), and of those the ones not in the halt itself
+    /// (entering and leaving idle: the governor, tick stop and restart).
+    pub idle: u64,
+    pub idle_transitions: u64,
+    /// Server samples with the scheduler or a timer anywhere on the stack (going to sleep,
+    /// being woken, arming the wait's timer): the price of the idle/wake cycle inside the server.
+    pub sleep_wake: u64,
     pub by_area: Vec<(Area, u64)>,
     /// The heaviest leaf symbols and their samples.
     pub top: Vec<(String, u64)>,
@@ -185,6 +192,51 @@ impl Breakdown {
     pub fn ceiling(&self) -> f64 {
         self.share(&[Area::Syscall, Area::Readiness])
     }
+}
+
+/// Whether `sym` (a kernel symbol) is the scheduler or the timers that a sleep and a wake-up go
+/// through.
+pub fn is_sleep_wake(sym: &str) -> bool {
+    let s = sym.trim_start_matches('_');
+    [
+        "schedule",
+        "try_to_wake_up",
+        "ttwu_",
+        "wake_up_q",
+        "enqueue_task",
+        "dequeue_task",
+        "pick_next",
+        "put_prev",
+        "set_next_task",
+        "finish_task_switch",
+        "context_switch",
+        "switch_to",
+        "switch_mm",
+        "hrtimer_",
+        "do_nanosleep",
+        "update_curr",
+        "psi_",
+        "select_task_rq",
+        "check_preempt",
+    ]
+    .iter()
+    .any(|p| s.starts_with(p))
+}
+
+/// Whether `sym` is where an idle CPU actually waits (the halt), not its way in or out.
+fn is_halt(sym: &str) -> bool {
+    let s = sym.trim_start_matches('_');
+    [
+        "pv_native_safe_halt",
+        "native_safe_halt",
+        "default_idle",
+        "mwait_idle",
+        "intel_idle",
+        "acpi_idle",
+        "cpu_idle_poll",
+    ]
+    .iter()
+    .any(|p| s.starts_with(p))
 }
 
 /// One frame of a sample: a kernel address or not, and its symbol.
@@ -250,7 +302,16 @@ pub fn tally(script: &str, pids: &[u32]) -> Breakdown {
     for (pid, frames) in samples(script) {
         if !pids.contains(&pid) {
             b.not_server += 1;
+            if pid == 0 {
+                b.idle += 1;
+                if !frames.first().is_some_and(|f| is_halt(&f.1)) {
+                    b.idle_transitions += 1;
+                }
+            }
             continue;
+        }
+        if frames.iter().any(|(k, s)| *k && is_sleep_wake(s)) {
+            b.sleep_wake += 1;
         }
         let a = area_of(&frames);
         b.samples += 1;
@@ -427,12 +488,23 @@ garbage line
  42 \n\tffffffff8226e079 __schedule ([kernel.kallsyms])
 
  7 \n\tffffffff8225f8ab pv_native_safe_halt ([kernel.kallsyms])
+
+ 0 \n\tffffffff8225f8ab pv_native_safe_halt ([kernel.kallsyms])
+\tffffffff8225f000 default_idle ([kernel.kallsyms])
+
+ 0 \n\tffffffff8225f8ab _raw_spin_unlock_irqrestore ([kernel.kallsyms])
+\tffffffff8225f100 hrtimer_start_range_ns ([kernel.kallsyms])
+\tffffffff8225f200 tick_nohz_idle_stop_tick ([kernel.kallsyms])
 ";
 
     #[test]
     fn a_generic_leaf_takes_its_callers_area() {
         let b = tally(CALLGRAPH, &[42]);
-        assert_eq!((b.samples, b.not_server), (4, 1));
+        assert_eq!((b.samples, b.not_server), (4, 3));
+        // pid 0 is idle: one sample in the halt, one on the way into idle.
+        assert_eq!((b.idle, b.idle_transitions), (2, 1));
+        // The server's samples with the scheduler on the stack: the wake-up and both __schedule.
+        assert_eq!(b.sleep_wake, 3);
         let n = |a| b.by_area.iter().find(|x| x.0 == a).unwrap().1;
         assert_eq!(n(Area::Readiness), 1, "woken through ep_poll_callback");
         assert_eq!(n(Area::Tcp), 1, "allocating an skb");
