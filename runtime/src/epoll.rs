@@ -52,11 +52,28 @@ pub struct Epoll {
 }
 
 impl Epoll {
-    /// A new epoll instance (close-on-exec).
+    /// A new epoll instance (close-on-exec). Fails with one clear line where the kernel has no
+    /// `epoll_pwait2` (before Linux 5.11), which every wait here uses.
     pub fn new() -> io::Result<Epoll> {
-        Ok(Epoll {
+        let ep = Epoll {
             fd: epoll::create(epoll::CreateFlags::CLOEXEC)?,
-        })
+        };
+        // One wait that returns at once: the kernel says here, not mid-run, if it lacks the call.
+        let mut none = Vec::with_capacity(1);
+        match epoll::wait(
+            &ep.fd,
+            rustix::buffer::spare_capacity(&mut none),
+            Some(&rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            }),
+        ) {
+            Err(rustix::io::Errno::NOSYS) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "epoll_pwait2 is missing (Linux 5.11 or later is needed for ringlab's epoll loops)",
+            )),
+            _ => Ok(ep),
+        }
     }
 
     /// Register `fd` with `flags`, tagged with `data`.
