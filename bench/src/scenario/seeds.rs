@@ -375,7 +375,7 @@ fn connect_limit(rows: &[RunResult]) -> Option<String> {
     };
     let why = if !ka.is_empty() && ka.iter().all(|r| r.rps >= 1.5 * most_churn) {
         format!(
-            "This is the TCP connection setup and teardown (connect, accept, close for every request), not the IO model: {same}with one persistent connection per client the same servers reach {} QPS at the same {x} clients (server CPU per request {} against {} with a new connection).",
+            "That is this machine's rate of TCP connection setup and teardown (connect, accept, close for every request), not the IO model: {same}with one persistent connection per client the same servers reach {} QPS at the same {x} clients (server CPU per request {} against {} with a new connection).",
             list(&ka, |r| r.rps, ""),
             cpu(&ka),
             cpu(&at)
@@ -384,12 +384,12 @@ fn connect_limit(rows: &[RunResult]) -> Option<String> {
         "Keep-alive was not measured at that count, so this run does not separate the connection rate from the IO model.".to_string()
     } else {
         format!(
-            "Keep-alive at the same {x} clients reaches {} QPS, not well above it: here the connections are not the only limit.",
+            "Keep-alive at the same {x} clients reaches {} QPS, not well above it: the connections are not the only limit here.",
             list(&ka, |r| r.rps, "")
         )
     };
     Some(format!(
-        "Connection rate: with a new connection per request the async backends stay below the ideal line at {x} clients ({qps} QPS of {ideal:.0}): the client established {rates} connections a second (its connect counter over its run, warm-up included), this machine's connection rate. {why}"
+        "Connection rate: with a new connection per request the async backends stay below the ideal line at {x} clients ({qps} QPS of {ideal:.0}), where the client established {rates} connections a second (its connect counter over its run, warm-up included). {why}"
     ))
 }
 
@@ -622,6 +622,10 @@ mod tests {
             s.contains("established uring 20100, epoll 20400 connections a second"),
             "{s}"
         );
+        assert!(
+            s.contains("That is this machine's rate of TCP connection setup and teardown"),
+            "{s}"
+        );
         assert!(s.contains("not the IO model: every IO model stops at about the same rate, and with one persistent"), "{s}");
         assert!(s.contains("reach uring 97000, epoll 98000 QPS"), "{s}");
         assert!(
@@ -642,6 +646,7 @@ mod tests {
         let s = connect_limit(&alone).unwrap();
         assert!(!s.contains("not the IO model"), "{s}");
         assert!(s.contains("Keep-alive was not measured"), "{s}");
+        assert!(!s.contains("this machine's rate"), "{s}");
         // Keep-alive no better: not the connections alone.
         let flat = [
             run("epoll new conn", 10_000.0, 19_000.0, 19_500.0, 20.0),
