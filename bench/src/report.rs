@@ -190,6 +190,31 @@ pub fn knee(points: &[(f64, f64, f64)]) -> Option<Knee> {
     }
 }
 
+/// A row's most QPS and the smallest count from which every point is within 10% of it: where
+/// a row that left the ideal line flattens (a pool's size, the machine's limit). `points` as
+/// for [`knee`].
+pub fn ceiling(points: &[(f64, f64, f64)]) -> Option<(f64, f64)> {
+    let mut p = points.to_vec();
+    p.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    let most = p.iter().map(|q| q.1).fold(f64::NAN, f64::max);
+    let below = p.iter().rposition(|q| q.1 < 0.9 * most);
+    let from = p.get(below.map_or(0, |i| i + 1))?;
+    Some((from.0, most))
+}
+
+/// A row's knee in one sentence, and where it flattens if it left the line.
+pub fn knee_summary(points: &[(f64, f64, f64)]) -> Option<String> {
+    let k = knee(points)?;
+    let mut s = knee_line(&k);
+    if let (Knee::Leaves { .. }, Some((from, most))) = (&k, ceiling(points)) {
+        s += &format!(
+            "; most QPS {} (within 10% of it from {from} clients on)",
+            fmt_num(most)
+        );
+    }
+    Some(s)
+}
+
 /// A row's knee in one sentence.
 pub fn knee_line(k: &Knee) -> String {
     match *k {
@@ -202,7 +227,7 @@ pub fn knee_line(k: &Knee) -> String {
             mean_s,
             first,
         } => format!(
-            "{} the ideal line by more than 3% {} {at} clients: QPS {} of {} ({:.0}%), latency {mean_s:.4} s",
+            "{} the ideal line by more than 3% {} {at} clients: QPS {} of {} ({:.1}%), latency {mean_s:.4} s",
             if first { "below" } else { "leaves" },
             if first { "from its first point," } else { "at" },
             fmt_num(rps),
@@ -223,8 +248,8 @@ fn labels_of(rows: &[RunResult]) -> Vec<&str> {
     labels
 }
 
-/// Each row's knee: `(label, knee)`, in the rows' order.
-pub fn seeds_knees(rows: &[RunResult]) -> Vec<(String, Knee)> {
+/// Each row's [`knee_summary`]: `(label, summary)`, in the rows' order.
+pub fn seeds_knees(rows: &[RunResult]) -> Vec<(String, String)> {
     labels_of(rows)
         .into_iter()
         .filter_map(|l| {
@@ -233,7 +258,7 @@ pub fn seeds_knees(rows: &[RunResult]) -> Vec<(String, Knee)> {
                 .filter(|r| r.label == l)
                 .map(|r| (r.x, r.rps, r.mean_us / 1e6))
                 .collect();
-            knee(&pts).map(|k| (l.to_string(), k))
+            knee_summary(&pts).map(|k| (l.to_string(), k))
         })
         .collect()
 }
@@ -258,7 +283,7 @@ pub fn seeds_lines(rows: &[RunResult]) -> String {
             }
             let _ = writeln!(
                 t,
-                "{} clients. Latency: {:.4}, QPS: {:.4}, ideal: {ideal:.0} ({:.0}%){}",
+                "{} clients. Latency: {:.4}, QPS: {:.4}, ideal: {ideal:.0} ({:.1}%){}",
                 r.x,
                 r.mean_us / 1e6,
                 r.rps,
@@ -271,8 +296,8 @@ pub fn seeds_lines(rows: &[RunResult]) -> String {
             );
         }
         let pts: Vec<(f64, f64, f64)> = own.iter().map(|r| (r.x, r.rps, r.mean_us / 1e6)).collect();
-        if let Some(k) = knee(&pts) {
-            let _ = writeln!(t, "knee: {}", knee_line(&k));
+        if let Some(k) = knee_summary(&pts) {
+            let _ = writeln!(t, "knee: {k}");
         }
     }
     t
@@ -429,7 +454,7 @@ mod tests {
         );
         assert_eq!(
             knee_line(&knee(&pts).unwrap()),
-            "leaves the ideal line by more than 3% at 5000 clients: QPS 34000 of 50000 (68%), latency 0.1200 s"
+            "leaves the ideal line by more than 3% at 5000 clients: QPS 34000 of 50000 (68.0%), latency 0.1200 s"
         );
     }
 
@@ -449,8 +474,34 @@ mod tests {
         );
         assert_eq!(
             knee_line(&k),
-            "below the ideal line by more than 3% from its first point, 1 clients: QPS 9.60 of 10 (96%), latency 0.1040 s"
+            "below the ideal line by more than 3% from its first point, 1 clients: QPS 9.60 of 10 (96.0%), latency 0.1040 s"
         );
+    }
+
+    #[test]
+    fn a_pool_flattens_at_its_size() {
+        // blocking-64, as measured: 3% under the line from the start (its 104 ms answers),
+        // flat from 64 clients.
+        let pts = [
+            (1.0, 9.67, 0.104),
+            (16.0, 149.3, 0.105),
+            (64.0, 601.2, 0.105),
+            (128.0, 605.7, 0.210),
+            (256.0, 597.5, 0.418),
+            (512.0, 598.6, 0.848),
+        ];
+        assert_eq!(ceiling(&pts), Some((64.0, 605.7)));
+        assert_eq!(
+            knee_summary(&pts).unwrap(),
+            "below the ideal line by more than 3% from its first point, 1 clients: QPS 9.67 of 10 (96.7%), latency 0.1040 s; most QPS 606 (within 10% of it from 64 clients on)"
+        );
+        // A dip below 90% of the most, then back: flat only from after the dip.
+        let dip = [(1.0, 100.0, 0.1), (2.0, 80.0, 0.1), (3.0, 95.0, 0.1)];
+        assert_eq!(ceiling(&dip), Some((3.0, 100.0)));
+        // On the line to the end: no ceiling in the summary.
+        let on = [(1.0, 10.0, 0.1), (2.0, 20.0, 0.1)];
+        assert!(!knee_summary(&on).unwrap().contains("most QPS"));
+        assert_eq!(ceiling(&[]), None);
     }
 
     #[test]
@@ -466,13 +517,13 @@ mod tests {
         assert_eq!(
             seeds_lines(&rows),
             "uring keep-alive:\n\
-             1 clients. Latency: 0.1006, QPS: 9.9103, ideal: 10 (99%)\n\
-             5000 clients. Latency: 0.1010, QPS: 49000.0000, ideal: 50000 (98%)\n\
-             10000 clients. Latency: 0.1500, QPS: 60000.0000, ideal: 100000 (60%)  (3 non-2xx responses)\n\
-             knee: leaves the ideal line by more than 3% at 10000 clients: QPS 60000 of 100000 (60%), latency 0.1500 s\n\
+             1 clients. Latency: 0.1006, QPS: 9.9103, ideal: 10 (99.1%)\n\
+             5000 clients. Latency: 0.1010, QPS: 49000.0000, ideal: 50000 (98.0%)\n\
+             10000 clients. Latency: 0.1500, QPS: 60000.0000, ideal: 100000 (60.0%)  (3 non-2xx responses)\n\
+             knee: leaves the ideal line by more than 3% at 10000 clients: QPS 60000 of 100000 (60.0%), latency 0.1500 s; most QPS 60000 (within 10% of it from 10000 clients on)\n\
              blocking-1 new conn:\n\
-             1 clients. Latency: 0.1039, QPS: 9.5991, ideal: 10 (96%)\n\
-             knee: below the ideal line by more than 3% from its first point, 1 clients: QPS 9.60 of 10 (96%), latency 0.1039 s\n"
+             1 clients. Latency: 0.1039, QPS: 9.5991, ideal: 10 (96.0%)\n\
+             knee: below the ideal line by more than 3% from its first point, 1 clients: QPS 9.60 of 10 (96.0%), latency 0.1039 s; most QPS 9.60 (within 10% of it from 1 clients on)\n"
         );
         let knees = seeds_knees(&rows);
         assert_eq!(knees.len(), 2);
