@@ -53,8 +53,10 @@ enum Cmd {
     /// CPU-second); repetitions until every ratio's 95% interval is within ±3% or --budget runs
     /// out. --profile: where the server's CPU goes.
     Compare,
-    /// The seed notes' tables: every request held 100 ms; clients 1 → 10,000; blocking pools of
-    /// 1, 64 and 128 workers against uring and epoll.
+    /// The seed notes' tables: every request held 100 ms; clients 1 → 20,000; uring and epoll
+    /// with one persistent connection per client and with a new connection per request,
+    /// blocking pools of 1, 64 and 128 workers; the ideal line (clients / 0.1 s), each row's
+    /// knee, the connection rate. About 4-5 minutes (--quick: under half a minute).
     Seeds,
     /// Open-loop rate sweep at 10% … 90% of the measured maximum: latency percentile curves.
     Latency,

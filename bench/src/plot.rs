@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
 use crate::run::RunResult;
@@ -37,6 +38,36 @@ pub fn lines(
     rows: &[RunResult],
     y: fn(&RunResult) -> f64,
 ) -> Result<()> {
+    lines_with(path, title, x_desc, y_desc, rows, y, None)
+}
+
+/// A reference curve drawn dashed beside the measured lines: its legend label and its y at x.
+pub struct Reference<'a> {
+    pub label: &'a str,
+    pub y: &'a dyn Fn(f64) -> f64,
+}
+
+/// Points of `r` over `xmin..=xmax`, evenly spaced on the log scale.
+fn reference_points(r: &Reference<'_>, xmin: f64, xmax: f64) -> Vec<(f64, f64)> {
+    const N: usize = 64;
+    (0..=N)
+        .map(|i| {
+            let x = xmin * (xmax / xmin).powf(i as f64 / N as f64);
+            (x, (r.y)(x))
+        })
+        .collect()
+}
+
+/// [`lines`], with a `reference` curve (an ideal line) dashed in black beside them.
+pub fn lines_with(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    rows: &[RunResult],
+    y: fn(&RunResult) -> f64,
+    reference: Option<Reference<'_>>,
+) -> Result<()> {
     let e = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
     let xmin = rows
         .iter()
@@ -48,7 +79,17 @@ pub fn lines(
         .map(|r| r.x)
         .fold(0.0, f64::max)
         .max(xmin * 1.01);
-    let ymax = rows.iter().map(y).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let ref_pts = reference
+        .as_ref()
+        .map(|r| reference_points(r, xmin, xmax))
+        .unwrap_or_default();
+    let ymax = rows
+        .iter()
+        .map(y)
+        .chain(ref_pts.iter().map(|p| p.1))
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.1;
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let mut c = ChartBuilder::on(&root)
@@ -63,6 +104,13 @@ pub fn lines(
         .y_desc(y_desc)
         .draw()
         .map_err(|x| e(&x))?;
+    if let Some(r) = &reference {
+        let dashed = BLACK.stroke_width(2);
+        c.draw_series(DashedLineSeries::new(ref_pts.clone(), 8, 6, dashed))
+            .map_err(|x| e(&x))?
+            .label(r.label)
+            .legend(move |(x, y)| DashedPathElement::new(vec![(x, y), (x + 20, y)], 4, 3, dashed));
+    }
     for (i, l) in labels(rows).iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let pts: Vec<(f64, f64)> = rows

@@ -141,30 +141,163 @@ pub fn table(rows: &[RunResult], raw: &[RunResult], x_name: &str, baseline: &str
     t
 }
 
-/// The seed notes' shape: `64 clients. Latency: 0.1074, QPS: 536.2712`, grouped by backend.
-pub fn seeds_lines(rows: &[RunResult]) -> String {
+/// How long the server holds every request of the seeds experiment (`GET /delay/100`).
+pub const HOLD_S: f64 = 0.1;
+
+/// How far below the ideal line a point may be and still be on it (3%).
+pub const ON_LINE: f64 = 0.97;
+
+/// The seed's async line: every client always has one request held [`HOLD_S`], so `clients`
+/// clients make `clients / HOLD_S` requests a second.
+pub fn ideal_qps(clients: f64) -> f64 {
+    clients / HOLD_S
+}
+
+/// Where a row leaves the ideal line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Knee {
+    /// Within 3% of the ideal (or above it) at some point at or beyond `last` clients, the
+    /// largest count measured.
+    Follows { last: f64 },
+    /// More than 3% below the ideal from `at` clients on, at every larger count too (a point
+    /// below followed by one back on the line is noise, not a knee); `first` says it is the
+    /// row's smallest count (below the line from the start).
+    Leaves {
+        at: f64,
+        rps: f64,
+        mean_s: f64,
+        first: bool,
+    },
+}
+
+/// The knee of one row's points `(clients, rps, mean latency s)`, in any order.
+pub fn knee(points: &[(f64, f64, f64)]) -> Option<Knee> {
+    let mut p = points.to_vec();
+    p.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    let last = p.last()?.0;
+    // The first point after the last one on the line.
+    let on = p
+        .iter()
+        .rposition(|&(x, rps, _)| rps >= ON_LINE * ideal_qps(x));
+    match on.map_or(Some(0), |i| (i + 1 < p.len()).then_some(i + 1)) {
+        None => Some(Knee::Follows { last }),
+        Some(i) => Some(Knee::Leaves {
+            at: p[i].0,
+            rps: p[i].1,
+            mean_s: p[i].2,
+            first: i == 0,
+        }),
+    }
+}
+
+/// A row's most QPS and the smallest count from which every point is within 10% of it: where
+/// a row that left the ideal line flattens (a pool's size, the machine's limit). `points` as
+/// for [`knee`].
+pub fn ceiling(points: &[(f64, f64, f64)]) -> Option<(f64, f64)> {
+    let mut p = points.to_vec();
+    p.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    let most = p.iter().map(|q| q.1).fold(f64::NAN, f64::max);
+    let below = p.iter().rposition(|q| q.1 < 0.9 * most);
+    let from = p.get(below.map_or(0, |i| i + 1))?;
+    Some((from.0, most))
+}
+
+/// A row's knee in one sentence, and where it flattens if it left the line.
+pub fn knee_summary(points: &[(f64, f64, f64)]) -> Option<String> {
+    let k = knee(points)?;
+    let mut s = knee_line(&k);
+    if let (Knee::Leaves { .. }, Some((from, most))) = (&k, ceiling(points)) {
+        s += &format!(
+            "; most QPS {} (within 10% of it from {from} clients on)",
+            fmt_num(most)
+        );
+    }
+    Some(s)
+}
+
+/// A row's knee in one sentence.
+pub fn knee_line(k: &Knee) -> String {
+    match *k {
+        Knee::Follows { last } => {
+            format!("on the ideal line (within 3%) up to {last} clients, the most measured")
+        }
+        Knee::Leaves {
+            at,
+            rps,
+            mean_s,
+            first,
+        } => format!(
+            "{} the ideal line by more than 3% {} {at} clients: QPS {} of {} ({:.1}%), latency {mean_s:.4} s",
+            if first { "below" } else { "leaves" },
+            if first { "from its first point," } else { "at" },
+            fmt_num(rps),
+            fmt_num(ideal_qps(at)),
+            100.0 * rps / ideal_qps(at)
+        ),
+    }
+}
+
+/// The labels of `rows`, in their first order.
+fn labels_of(rows: &[RunResult]) -> Vec<&str> {
     let mut labels: Vec<&str> = Vec::new();
     for r in rows {
         if !labels.contains(&r.label.as_str()) {
             labels.push(&r.label);
         }
     }
+    labels
+}
+
+/// Each row's [`knee_summary`]: `(label, summary)`, in the rows' order.
+pub fn seeds_knees(rows: &[RunResult]) -> Vec<(String, String)> {
+    labels_of(rows)
+        .into_iter()
+        .filter_map(|l| {
+            let pts: Vec<(f64, f64, f64)> = rows
+                .iter()
+                .filter(|r| r.label == l)
+                .map(|r| (r.x, r.rps, r.mean_us / 1e6))
+                .collect();
+            knee_summary(&pts).map(|k| (l.to_string(), k))
+        })
+        .collect()
+}
+
+/// The seed notes' shape, `64 clients. Latency: 0.1074, QPS: 536.2712`, grouped by row, each
+/// line followed by the ideal QPS (clients / 0.1 s) and the share of it measured, each row
+/// ending with its knee.
+pub fn seeds_lines(rows: &[RunResult]) -> String {
     let mut t = String::new();
-    for l in labels {
+    for l in labels_of(rows) {
         let _ = writeln!(t, "{l}:");
-        for r in rows.iter().filter(|r| r.label == l) {
+        let mut own: Vec<&RunResult> = rows.iter().filter(|r| r.label == l).collect();
+        own.sort_by(|a, b| a.x.partial_cmp(&b.x).unwrap_or(std::cmp::Ordering::Equal));
+        for r in &own {
+            let ideal = ideal_qps(r.x);
+            let mut notes = Vec::new();
+            if r.errors > 0.0 {
+                notes.push(format!("{} errors/timeouts", r.errors));
+            }
+            if r.non_2xx > 0.0 {
+                notes.push(format!("{} non-2xx responses", r.non_2xx));
+            }
             let _ = writeln!(
                 t,
-                "{} clients. Latency: {:.4}, QPS: {:.4}{}",
+                "{} clients. Latency: {:.4}, QPS: {:.4}, ideal: {ideal:.0} ({:.1}%){}",
                 r.x,
                 r.mean_us / 1e6,
                 r.rps,
-                if r.errors > 0.0 {
-                    format!("  ({} errors/timeouts)", r.errors)
-                } else {
+                100.0 * r.rps / ideal,
+                if notes.is_empty() {
                     String::new()
+                } else {
+                    format!("  ({})", notes.join(", "))
                 }
             );
+        }
+        let pts: Vec<(f64, f64, f64)> = own.iter().map(|r| (r.x, r.rps, r.mean_us / 1e6)).collect();
+        if let Some(k) = knee_summary(&pts) {
+            let _ = writeln!(t, "knee: {k}");
         }
     }
     t
@@ -264,5 +397,136 @@ impl Report {
             serde_json::to_string_pretty(&json)? + "\n",
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(label: &str, x: f64, rps: f64, mean_s: f64) -> RunResult {
+        RunResult {
+            label: label.into(),
+            x,
+            rps,
+            mean_us: mean_s * 1e6,
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn the_ideal_line_is_clients_over_the_hold() {
+        assert_eq!(ideal_qps(1.0), 10.0);
+        assert_eq!(ideal_qps(10_000.0), 100_000.0);
+        assert_eq!(ideal_qps(20_000.0), 200_000.0);
+    }
+
+    #[test]
+    fn a_row_on_the_line_to_its_end_has_no_knee() {
+        // 97% of the ideal is still on it; above it too.
+        let pts = [
+            (1.0, 9.9, 0.1),
+            (1000.0, 9700.0, 0.1),
+            (2000.0, 20_500.0, 0.1),
+        ];
+        assert_eq!(knee(&pts), Some(Knee::Follows { last: 2000.0 }));
+        assert_eq!(knee(&[]), None);
+    }
+
+    #[test]
+    fn the_knee_is_where_the_row_leaves_the_line_for_good() {
+        // Given out of order; 4% low at 64 clients and back on at 128 is noise, not the knee.
+        let pts = [
+            (5000.0, 34_000.0, 0.12),
+            (64.0, 614.0, 0.1),
+            (2000.0, 19_400.0, 0.1),
+            (128.0, 1280.0, 0.1),
+            (10_000.0, 32_000.0, 0.2),
+        ];
+        assert_eq!(
+            knee(&pts),
+            Some(Knee::Leaves {
+                at: 5000.0,
+                rps: 34_000.0,
+                mean_s: 0.12,
+                first: false
+            })
+        );
+        assert_eq!(
+            knee_line(&knee(&pts).unwrap()),
+            "leaves the ideal line by more than 3% at 5000 clients: QPS 34000 of 50000 (68.0%), latency 0.1200 s"
+        );
+    }
+
+    #[test]
+    fn a_row_below_the_line_from_the_start_says_so() {
+        // The synchronous server: flat at 9.6 QPS.
+        let pts = [(1.0, 9.6, 0.104), (32.0, 9.6, 3.33)];
+        let k = knee(&pts).unwrap();
+        assert_eq!(
+            k,
+            Knee::Leaves {
+                at: 1.0,
+                rps: 9.6,
+                mean_s: 0.104,
+                first: true
+            }
+        );
+        assert_eq!(
+            knee_line(&k),
+            "below the ideal line by more than 3% from its first point, 1 clients: QPS 9.60 of 10 (96.0%), latency 0.1040 s"
+        );
+    }
+
+    #[test]
+    fn a_pool_flattens_at_its_size() {
+        // blocking-64, as measured: 3% under the line from the start (its 104 ms answers),
+        // flat from 64 clients.
+        let pts = [
+            (1.0, 9.67, 0.104),
+            (16.0, 149.3, 0.105),
+            (64.0, 601.2, 0.105),
+            (128.0, 605.7, 0.210),
+            (256.0, 597.5, 0.418),
+            (512.0, 598.6, 0.848),
+        ];
+        assert_eq!(ceiling(&pts), Some((64.0, 605.7)));
+        assert_eq!(
+            knee_summary(&pts).unwrap(),
+            "below the ideal line by more than 3% from its first point, 1 clients: QPS 9.67 of 10 (96.7%), latency 0.1040 s; most QPS 606 (within 10% of it from 64 clients on)"
+        );
+        // A dip below 90% of the most, then back: flat only from after the dip.
+        let dip = [(1.0, 100.0, 0.1), (2.0, 80.0, 0.1), (3.0, 95.0, 0.1)];
+        assert_eq!(ceiling(&dip), Some((3.0, 100.0)));
+        // On the line to the end: no ceiling in the summary.
+        let on = [(1.0, 10.0, 0.1), (2.0, 20.0, 0.1)];
+        assert!(!knee_summary(&on).unwrap().contains("most QPS"));
+        assert_eq!(ceiling(&[]), None);
+    }
+
+    #[test]
+    fn seeds_lines_keep_the_seed_shape_and_add_the_ideal() {
+        let mut refused = row("uring keep-alive", 10_000.0, 60_000.0, 0.15);
+        refused.non_2xx = 3.0;
+        let rows = [
+            row("uring keep-alive", 1.0, 9.9103, 0.1006),
+            row("blocking-1 new conn", 1.0, 9.5991, 0.1039),
+            refused,
+            row("uring keep-alive", 5000.0, 49_000.0, 0.101),
+        ];
+        assert_eq!(
+            seeds_lines(&rows),
+            "uring keep-alive:\n\
+             1 clients. Latency: 0.1006, QPS: 9.9103, ideal: 10 (99.1%)\n\
+             5000 clients. Latency: 0.1010, QPS: 49000.0000, ideal: 50000 (98.0%)\n\
+             10000 clients. Latency: 0.1500, QPS: 60000.0000, ideal: 100000 (60.0%)  (3 non-2xx responses)\n\
+             knee: leaves the ideal line by more than 3% at 10000 clients: QPS 60000 of 100000 (60.0%), latency 0.1500 s; most QPS 60000 (within 10% of it from 10000 clients on)\n\
+             blocking-1 new conn:\n\
+             1 clients. Latency: 0.1039, QPS: 9.5991, ideal: 10 (96.0%)\n\
+             knee: below the ideal line by more than 3% from its first point, 1 clients: QPS 9.60 of 10 (96.0%), latency 0.1039 s; most QPS 9.60 (within 10% of it from 1 clients on)\n"
+        );
+        let knees = seeds_knees(&rows);
+        assert_eq!(knees.len(), 2);
+        assert_eq!(knees[0].0, "uring keep-alive");
     }
 }

@@ -57,6 +57,11 @@ pub struct RunResult {
     pub p999_us: f64,
     pub max_us: f64,
     pub errors: f64,
+    /// HTTP responses other than 2xx or 3xx (e.g. `503` from a server at its --max-conns).
+    pub non_2xx: f64,
+    /// Connections the client established per second over its whole run (warm-up included):
+    /// with a new connection per request, the rate of TCP connection setups and teardowns.
+    pub connects_per_s: f64,
     /// Responses that were not what was sent (echo bytes that differ, malformed HTTP).
     pub data_errors: f64,
     /// Resident memory of the server's processes at the end of the window, KiB.
@@ -466,6 +471,8 @@ fn measured(
         p999_us: pct(99.9),
         max_us: lat.max as f64,
         errors: cj.errors_total as f64,
+        non_2xx: cj.non_2xx_3xx as f64,
+        connects_per_s: cj.counters.connects as f64 / (cj.warmup_s + cj.elapsed_s).max(1e-9),
         data_errors: cj.data_errors as f64,
         server_rss_kib: 0.0,
         steal_pct: 0.0,
@@ -540,6 +547,8 @@ pub fn combine(runs: &[RunResult]) -> RunResult {
         p999_us: m(|r| r.p999_us),
         max_us: m(|r| r.max_us),
         errors: m(|r| r.errors),
+        non_2xx: m(|r| r.non_2xx),
+        connects_per_s: m(|r| r.connects_per_s),
         data_errors: m(|r| r.data_errors),
         server_rss_kib: m(|r| r.server_rss_kib),
         steal_pct: m(|r| r.steal_pct),
@@ -745,6 +754,9 @@ mod tests {
             p.raw.record(v).unwrap();
         }
         p.counters.measured = 1000;
+        p.counters.connects = 250;
+        p.counters.status.insert(200, 990);
+        p.counters.status.insert(503, 10);
         p.elapsed = Duration::from_secs(2);
         build_from(&cfg, p).to_json()
     }
@@ -781,6 +793,9 @@ mod tests {
         assert!((r.cpu_per_req_us - 40.0).abs() < 1e-9);
         assert_eq!(r.ctx_switches_per_req, 0.5);
         assert_eq!(r.perf_syscalls_per_req, Some(1.0));
+        // 250 connections over a 2 s run with no warm-up; ten 503s.
+        assert_eq!(r.connects_per_s, 125.0);
+        assert_eq!(r.non_2xx, 10.0);
         assert!(!r.client_saturated);
         assert_eq!(r.percentiles.last().map(|p| p.1), Some(1099.0));
     }

@@ -1069,6 +1069,8 @@ pub fn merge_hosts(
         p999_us: q(99.9),
         max_us: hist.max() as f64,
         errors: sum(|r| r.errors_total as f64),
+        non_2xx: sum(|r| r.non_2xx_3xx as f64),
+        connects_per_s: sum(|r| r.counters.connects as f64 / (r.warmup_s + r.elapsed_s).max(1e-9)),
         data_errors: sum(|r| r.data_errors as f64),
         client_cpu: sum(|r| r.cpu.iter().map(|t| t.busy).sum()),
         client_saturated: reports.iter().any(|(_, r)| r.saturation.saturated),
