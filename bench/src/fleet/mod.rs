@@ -9,8 +9,12 @@
 //! CPU read from /proc over SSH at the window's ends; the clients' JSON and HdrHistogram
 //! interval logs fetched and merged exactly (histograms added). Every remote process runs
 //! under `setsid` and `timeout` and is stopped by its PID (process group) on the way out.
-//! A host that fails ends the whole bench with one line naming it.
+//! A host that fails ends the whole bench: its error ([`HostFailed`]) is passed up through the
+//! scenario to `main`, which prints it as one line naming the host; every remote process is
+//! stopped on the way ([`session::Session`]'s drop) and the hosts' directories removed
+//! ([`Fleet`]'s drop).
 
+pub mod session;
 pub mod ssh;
 
 use std::fmt::Write as _;
@@ -23,9 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
-use ringlab_client::intervals::Merged;
 use ringlab_client::Report as ClientReport;
-use ringlab_server::ServerStats;
 use serde::Serialize;
 
 use crate::opts::Opts;
@@ -210,6 +212,25 @@ fn local_identity(bin: &Path) -> Result<(String, String)> {
     ))
 }
 
+/// A host of the fleet failed (unreachable, lost, a process that did not start or died): the
+/// one line naming it. It ends the whole bench: scenarios pass it up instead of leaving a run
+/// out ([`is_host_failure`]).
+#[derive(Debug)]
+pub struct HostFailed(pub String);
+
+impl std::fmt::Display for HostFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HostFailed {}
+
+/// Whether `e` is a host failure of fleet mode (which ends the bench).
+pub fn is_host_failure(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<HostFailed>().is_some()
+}
+
 /// What the fleet flags ask for.
 #[derive(Clone, Debug)]
 pub struct FleetOpts {
@@ -217,6 +238,7 @@ pub struct FleetOpts {
     pub clients: Vec<String>,
     pub ssh_options: Vec<String>,
     pub server_addr: Option<String>,
+    pub server_port: Option<u16>,
     pub install: bool,
     pub remote_dir: String,
     pub keep: bool,
@@ -242,6 +264,7 @@ impl FleetOpts {
             clients,
             ssh_options: o.ssh_option.clone(),
             server_addr: o.server_addr.clone(),
+            server_port: o.server_port,
             install: o.install,
             remote_dir: o.remote_dir.trim_end_matches('/').to_string(),
             keep: o.keep,
@@ -282,6 +305,10 @@ pub struct HostRow {
     /// Responses over the whole run (warm-up included), to set against the server's count.
     pub responses_total: u64,
     pub exit_code: i32,
+    /// The host's clock offset (its clock minus ours, ms), and the start instant it was given
+    /// on its own clock (Unix ms): ours plus its offset.
+    pub offset_ms: f64,
+    pub start_at_ms: u64,
 }
 
 /// One run as the fleet saw it.
@@ -294,6 +321,15 @@ pub struct FleetRun {
     /// (warm-up included): equal when nothing was lost.
     pub server_requests: u64,
     pub client_responses: u64,
+    /// Requests made by processes beside the clients, which the server counts too (the idle
+    /// connection holders' one checking echo each): `server_requests` is `client_responses`
+    /// plus these when nothing was lost.
+    pub beside_requests: u64,
+    /// Whether the clients count every response (ringlab-client); wrk does not count the
+    /// responses to the requests it has in flight when it stops, so its counts fall short.
+    pub exact: bool,
+    /// Client runs against this one server (a warm-up run counts).
+    pub client_runs: u64,
     pub requests: u64,
     pub rps: f64,
     pub p99_us: f64,
@@ -312,11 +348,41 @@ pub struct Fleet {
     seq: Mutex<u64>,
     pub runs: Mutex<Vec<FleetRun>>,
     torn_down: Mutex<bool>,
+    /// The host failure that ended the fleet's use (see [`Fleet::guard`]).
+    failed: Mutex<Option<String>>,
+}
+
+impl Drop for Fleet {
+    /// The hosts' directories go whatever path ends the bench.
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// What a remote process is, for the watch and the messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Server,
+    /// ringlab-client, or a peer tool in its place (wrk).
+    Client,
+    /// A process beside the clients (an idle-connection holder), named.
+    Beside(String),
+}
+
+impl Kind {
+    fn program(&self) -> &str {
+        match self {
+            Kind::Server => "ringlab-server",
+            Kind::Client => "ringlab-client",
+            Kind::Beside(w) => w,
+        }
+    }
 }
 
 /// A remote process started by a run: where, its PID, and the ssh session watching it.
 struct Remote {
     host: usize,
+    kind: Kind,
     pid: Option<u32>,
     lines: mpsc::Receiver<Option<String>>,
     child: Child,
@@ -326,7 +392,7 @@ struct Remote {
 }
 
 impl Remote {
-    fn start(ssh: &Ssh, host: usize, script: &str) -> Result<Remote> {
+    fn start(ssh: &Ssh, host: usize, kind: Kind, script: &str) -> Result<Remote> {
         let mut child = ssh
             .command(script)
             .stdin(Stdio::null())
@@ -356,6 +422,7 @@ impl Remote {
         });
         Ok(Remote {
             host,
+            kind,
             pid: None,
             lines: rx,
             child,
@@ -480,12 +547,13 @@ impl Fleet {
             seq: Mutex::new(0),
             runs: Mutex::new(Vec::new()),
             torn_down: Mutex::new(false),
+            failed: Mutex::new(None),
         };
-        let r = f.prepare(bins);
-        if r.is_err() {
-            f.teardown();
+        // On failure `f` is dropped, which removes what was made on the hosts.
+        match f.prepare(bins) {
+            Ok(()) => Ok(f),
+            Err(e) => Err(anyhow::Error::new(HostFailed(format!("{e:#}")))),
         }
-        r.map(|()| f)
     }
 
     fn hosts_mut(&mut self) -> impl Iterator<Item = &mut Host> {
@@ -604,14 +672,6 @@ impl Fleet {
         }
     }
 
-    /// A run failed: everything is stopped already; remove the directories, say why in one
-    /// line, and end the bench.
-    pub fn abort(&self, e: &anyhow::Error) -> ! {
-        self.teardown();
-        eprintln!("ringlab-bench: {e:#}");
-        std::process::exit(1)
-    }
-
     fn host(&self, i: usize) -> &Host {
         if i == 0 {
             &self.server
@@ -648,298 +708,68 @@ impl Fleet {
         live.clear();
     }
 
-    /// Run `spec` across the fleet.
-    pub fn run(&self, spec: &RunSpec, tmp: &Path) -> Result<RunResult> {
-        let mut live = Vec::new();
-        let r = self.run_inner(spec, tmp, &mut live);
-        // Whatever happened, nothing is left running.
-        self.stop_all(&mut live);
-        r
-    }
-
-    fn run_inner(&self, spec: &RunSpec, tmp: &Path, live: &mut Vec<Remote>) -> Result<RunResult> {
-        let seq = {
-            let mut s = self.seq.lock().map_err(|_| anyhow!("poisoned"))?;
-            *s += 1;
-            *s
-        };
-        let window = spec.warmup_s + spec.duration_s;
-        let limit = (START_MARGIN.as_secs_f64() + window + 30.0).ceil() as u64;
-        let srv = &self.server;
-        let sname = srv.name();
-        // The server, on all addresses, its statistics in its directory.
-        let stats = format!("{}/server-{seq}.json", srv.dir);
-        let mut argv = vec![srv.bin.clone()];
-        argv.extend(spec.server_args.iter().cloned());
-        argv.extend([
-            "--listen".into(),
-            "0.0.0.0:0".into(),
-            "--stats-json".into(),
-            stats.clone(),
-        ]);
-        let script = ssh::spawn_script(
-            &srv.dir,
-            limit,
-            &argv,
-            &format!("server-{seq}"),
-            true,
-            Some(&stats),
-        );
-        live.push(Remote::start(&srv.ssh, 0, &script).map_err(|e| anyhow!("{sname}: {e:#}"))?);
-        let ready = {
-            let r = live.last_mut().context("server")?;
-            let mut ready = None;
-            while let Some(l) = r
-                .line(Duration::from_secs(25))
-                .map_err(|e| anyhow!("{sname}: {e:#}"))?
-            {
-                if let Some(p) = l.strip_prefix("pid=") {
-                    r.pid = p.trim().parse().ok();
-                } else if l.starts_with("ready ") {
-                    ready = Some(l);
-                    break;
-                } else if l.starts_with("exit=") {
-                    break;
-                }
-            }
-            match ready {
-                Some(l) => l,
-                None => {
-                    let end = read_end(r, Duration::from_secs(5)).unwrap_or_default();
-                    bail!(
-                        "{sname}: ringlab-server failed to start: {}",
-                        if end.err.is_empty() {
-                            r.lost()
-                        } else {
-                            end.err.join(" / ")
-                        }
-                    );
-                }
-            }
-        };
-        let field = |k: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_string)
-        };
-        let port = field("listen=")
-            .and_then(|a| a.rsplit_once(':').map(|(_, p)| p.to_string()))
-            .with_context(|| format!("{sname}: ready line without listen=: {ready}"))?;
-        let mut spids: Vec<u32> = field("pids=")
-            .map(|l| l.split(',').filter_map(|p| p.parse().ok()).collect())
-            .unwrap_or_default();
-        if spids.is_empty() {
-            spids = field("pid=")
-                .and_then(|p| p.parse().ok())
-                .into_iter()
-                .collect();
+    /// Send SIGTERM to the process groups `pids` (each `(host, pid)`), host by host.
+    fn signal_groups(&self, pids: &[(usize, u32)]) {
+        let mut by_host: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
+        for &(h, p) in pids {
+            by_host.entry(h).or_default().push(p);
         }
-        let target = if self.server_addr.contains(':') {
-            format!("[{}]:{port}", self.server_addr)
-        } else {
-            format!("{}:{port}", self.server_addr)
-        };
-
-        // The clients: one start instant for all.
-        let start_at = SystemTime::now() + START_MARGIN;
-        let start_ms = start_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let dur = format!("{}ms", (spec.duration_s * 1e3) as u64);
-        let warm = format!("{}ms", (spec.warmup_s * 1e3) as u64);
-        let n = self.clients.len();
-        let mut cmds = Vec::new();
-        for (i, h) in self.clients.iter().enumerate() {
-            let mut argv = vec![
-                h.bin.clone(),
-                target.clone(),
-                "--cores".into(),
-                spec.client_cores.clone(),
-                "--duration".into(),
-                dur.clone(),
-                "--warmup".into(),
-                warm.clone(),
-                "--start-at".into(),
-                start_ms.to_string(),
-                "--no-progress".into(),
-                "--json".into(),
-                format!("{}/client-{seq}.json", h.dir),
-                "--hist-log".into(),
-                format!("{}/client-{seq}.hlog", h.dir),
-            ];
-            argv.extend(host_args(&spec.client_args, i, n));
-            cmds.push(format!("{}: {}", h.ssh.dest, ssh::join(&argv)));
-            let script =
-                ssh::spawn_script(&h.dir, limit, &argv, &format!("client-{seq}"), false, None);
-            let mut r = Remote::start(&h.ssh, i + 1, &script)
-                .map_err(|e| anyhow!("{}: {e:#}", h.name()))?;
-            match r.line(Duration::from_secs(15)) {
-                Ok(Some(l)) if l.starts_with("pid=") => r.pid = l[4..].trim().parse().ok(),
-                _ => {
-                    let why = r.lost();
-                    live.push(r);
-                    bail!("{}: could not start ringlab-client: {why}", h.name());
-                }
-            }
-            live.push(r);
-        }
-
-        // The server's CPU over the measured window, read on its host.
-        let win0 = start_at + Duration::from_secs_f64(spec.warmup_s);
-        let win1 = win0 + Duration::from_secs_f64(spec.duration_s);
-        self.watch_until(live, win0)?;
-        let s0 = call(&srv.ssh, &ssh::proc_script(&spids))
-            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
-        self.watch_until(live, win1)?;
-        let s1 = call(&srv.ssh, &ssh::proc_script(&spids))
-            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
-        let (p0, p1) = (ProcRead::parse(&s0?)?, ProcRead::parse(&s1?)?);
-
-        // Every client's end.
-        let mut ends = Vec::new();
-        for r in live.iter_mut().skip(1) {
-            let hname = self.host(r.host).name();
-            let e = read_end(r, Duration::from_secs(limit))
-                .map_err(|e| anyhow!("{hname}: ringlab-client did not finish: {e:#}"))?;
-            if e.code.unwrap_or(-1) >= 2 {
-                bail!(
-                    "{hname}: ringlab-client exited with {}: {}",
-                    e.code.unwrap_or(-1),
-                    e.err.join(" / ")
+        for (h, pids) in by_host {
+            if let Err(e) = call(&self.host(h).ssh, &ssh::term_script(&pids)) {
+                eprintln!(
+                    "fleet: {}: could not signal pids {pids:?}: {e:#}",
+                    self.host(h).name()
                 );
             }
-            ends.push(e.code.unwrap_or(-1));
         }
-        // Stop the server: SIGTERM to its timeout, which passes it on.
-        let spid = live[0].pid.context("server pid")?;
-        call(&srv.ssh, &format!("kill -TERM {spid}"))
-            .map_err(|e| anyhow!("{sname}: stopping the server: {e:#}"))?;
-        let end = read_end(&mut live[0], Duration::from_secs(25))
-            .map_err(|e| anyhow!("{sname}: {e:#}"))?;
-        if end.code != Some(0) {
-            bail!(
-                "{sname}: ringlab-server exited with {:?}: {}",
-                end.code,
-                end.err.join(" / ")
-            );
-        }
-        let stats: ServerStats = serde_json::from_str(&end.file)
-            .with_context(|| format!("{sname}: parsing the server's statistics"))?;
-        live[0].pid = None;
-
-        // Fetch and merge the clients' results.
-        let local = tmp.join(format!("fleet-{seq}"));
-        std::fs::create_dir_all(&local)?;
-        let mut reports = Vec::new();
-        let mut logs = Vec::new();
-        for (i, h) in self.clients.iter().enumerate() {
-            let name = h.name();
-            // A file of the run's directory on the host, by `cat` over its session.
-            let fetch = |file: String, what: &str| {
-                call(
-                    &h.ssh,
-                    &format!("cat {}", ssh::quote(&format!("{}/{file}", h.dir))),
-                )
-                .map_err(|e| anyhow!("{name}: fetching {what}: {e:#}"))
-            };
-            let json = fetch(format!("client-{seq}.json"), "results")?;
-            let rep: ClientReport = serde_json::from_str(&json)
-                .with_context(|| format!("{name}: parsing ringlab-client's JSON"))?;
-            let hlog = fetch(format!("client-{seq}.hlog"), "the interval log")?;
-            let lp = local.join(format!("client-{i}.hlog"));
-            std::fs::write(&lp, hlog)?;
-            std::fs::write(local.join(format!("client-{i}.json")), json)?;
-            logs.push(lp);
-            reports.push((h.ssh.dest.clone(), rep));
-        }
-        for r in live.iter_mut() {
-            r.pid = None;
-        }
-        let merged = Merged::read(&logs).context("merging the clients' interval logs")?;
-        let mut res = merge_hosts(spec, &reports, &merged.corrected_total(), &ends);
-        let d = p1.sample.since(&p0.sample);
-        // Scale the CPU read between the two samples to the clients' window.
-        let span = (p1.now_ns - p0.now_ns) as f64 / 1e9;
-        let scale = if span > 0.0 {
-            spec.duration_s / span
-        } else {
-            1.0
-        };
-        res.server_cpu_s = d.cpu_s() * scale;
-        res.server_user_s = d.user_s * scale;
-        res.server_sys_s = d.sys_s * scale;
-        if res.requests > 0.0 {
-            res.cpu_per_req_us = res.server_cpu_s * 1e6 / res.requests;
-            res.ctx_switches_per_req = d.ctx_switches as f64 * scale / res.requests;
-        }
-        res.server_rss_kib = p1.rss_kib as f64;
-        res.server_cmd = format!("{}: {}", srv.ssh.dest, ssh::join(&argv));
-        res.client_cmd = cmds.join("\n");
-        let served = stats.total.requests;
-        if served > 0 && !matches!(stats.io.as_str(), "tokio" | "tokio-uring") {
-            res.syscalls_per_req = Some(stats.total.syscalls.total() as f64 / served as f64);
-        }
-        let hosts = host_rows(&reports, &ends);
-        let run = FleetRun {
-            seq,
-            label: spec.label.clone(),
-            x: spec.x,
-            server_requests: served,
-            client_responses: hosts.iter().map(|h| h.responses_total).sum(),
-            requests: res.requests as u64,
-            rps: res.rps,
-            p99_us: res.p99_us,
-            server_cpu_s: res.server_cpu_s,
-            hosts,
-        };
-        eprintln!("{}", run_table(&run));
-        if let Ok(mut v) = self.runs.lock() {
-            v.push(run);
-        }
-        if res.requests == 0.0 {
-            bail!("no request completed on any client host");
-        }
-        Ok(res)
     }
 
-    /// Sleep until `t`, watching every remote session: one that ended early is the run's end.
-    fn watch_until(&self, live: &mut [Remote], t: SystemTime) -> Result<()> {
-        loop {
-            for r in live.iter_mut() {
-                if r.pending.is_some() {
-                    continue;
-                }
-                match r.lines.try_recv() {
-                    // A client that finished well as its window ends: read on later.
-                    Ok(Some(l)) if r.host > 0 && l == "exit=0" => r.pending = Some(l),
-                    Ok(Some(l)) if l.starts_with("exit=") => {
-                        let who = self.host(r.host).name();
-                        let prog = if r.host == 0 {
-                            "ringlab-server"
-                        } else {
-                            "ringlab-client"
-                        };
-                        let code = l[5..].to_string();
-                        let end = read_end(r, Duration::from_secs(3)).unwrap_or_default();
-                        bail!(
-                            "{who}: {prog} died mid-run (exit {code}): {}",
-                            end.err.join(" / ")
-                        );
-                    }
-                    Ok(Some(_)) | Err(mpsc::TryRecvError::Empty) => {}
-                    Ok(None) | Err(mpsc::TryRecvError::Disconnected) => {
-                        let who = self.host(r.host).name();
-                        bail!("{who}: {} mid-run", r.lost());
-                    }
-                }
-            }
-            let left = t.duration_since(SystemTime::now()).unwrap_or_default();
-            if left.is_zero() {
-                return Ok(());
-            }
-            std::thread::sleep(left.min(Duration::from_millis(50)));
+    /// A session on this fleet (one server's life; see [`session`]): its remote processes
+    /// live at most `limit_s` seconds each. Refused once a host has failed.
+    pub fn session(&self, tmp: &Path, limit_s: u64) -> Result<session::Session<'_>> {
+        if let Some(e) = self.failure() {
+            return Err(e);
         }
+        session::Session::new(self, tmp, limit_s)
+    }
+
+    /// `body` on this fleet: any error it returns is a host failure that ends the bench
+    /// ([`HostFailed`]), remembered so that every later use of the fleet refuses at once.
+    pub fn guard<T>(&self, body: impl FnOnce() -> Result<T>) -> Result<T> {
+        body().map_err(|e| {
+            if is_host_failure(&e) {
+                return e;
+            }
+            let f = HostFailed(format!("{e:#}"));
+            if let Ok(mut m) = self.failed.lock() {
+                m.get_or_insert_with(|| f.0.clone());
+            }
+            anyhow::Error::new(f)
+        })
+    }
+
+    /// The host failure that ended the fleet's use, if one did.
+    pub fn failure(&self) -> Option<anyhow::Error> {
+        let m = self.failed.lock().ok()?;
+        m.as_ref()
+            .map(|s| anyhow::Error::new(HostFailed(s.clone())))
+    }
+
+    /// Run `spec` across the fleet: a fresh server, one client run, the server stopped.
+    pub fn run(&self, spec: &RunSpec, tmp: &Path) -> Result<RunResult> {
+        self.guard(|| {
+            let window = spec.warmup_s + spec.duration_s;
+            let limit = (START_MARGIN.as_secs_f64() + window + 30.0).ceil() as u64;
+            let mut s = self.session(tmp, limit)?;
+            s.server(&spec.server_args)?;
+            let mut r = s.clients(spec)?;
+            let stats = s.finish()?;
+            let served = stats.total.requests;
+            if served > 0 && !matches!(stats.io.as_str(), "tokio" | "tokio-uring") {
+                r.syscalls_per_req = Some(stats.total.syscalls.total() as f64 / served as f64);
+            }
+            Ok(r)
+        })
     }
 
     /// The report's section: the hosts, their clock offsets, and every run per host.
@@ -1042,6 +872,8 @@ fn host_rows(reports: &[(String, ClientReport)], ends: &[i32]) -> Vec<HostRow> {
             errors: r.errors_total,
             responses_total: r.counters.responses,
             exit_code: code,
+            offset_ms: 0.0,
+            start_at_ms: 0,
         })
         .collect()
 }
@@ -1080,25 +912,53 @@ pub fn merge_hosts(
     }
 }
 
+impl FleetRun {
+    /// Whether the server's count is the clients' (and the processes' beside them): `None`
+    /// where the clients do not count every response (wrk).
+    pub fn counts_equal(&self) -> Option<bool> {
+        self.exact
+            .then(|| self.server_requests == self.client_responses + self.beside_requests)
+    }
+}
+
 /// One run's per-host table (markdown, also printed).
 pub fn run_table(r: &FleetRun) -> String {
+    let beside = if r.beside_requests > 0 {
+        format!(
+            " + {} checking echoes of the idle-connection holders",
+            r.beside_requests
+        )
+    } else {
+        String::new()
+    };
+    let runs = if r.client_runs > 1 {
+        format!(" over {} client runs", r.client_runs)
+    } else {
+        String::new()
+    };
+    let counts = match r.counts_equal() {
+        Some(eq) => format!(
+            "server answered {}, clients received {}{runs}{beside} ({})",
+            r.server_requests,
+            r.client_responses,
+            if eq { "equal" } else { "DIFFERENT" }
+        ),
+        None => format!(
+            "server answered {}, the clients counted {} (not compared: wrk does not count the responses to requests in flight when it stops)",
+            r.server_requests, r.client_responses
+        ),
+    };
     let mut t = format!(
-        "run {} {} x={}: {} requests, {:.0} req/s, p99 {:.0} µs; server answered {}, clients received {} ({})\n\n| host | processes | conns | requests | req/s | p50 µs | p99 µs | max µs | errors | exit |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        r.seq,
-        r.label,
-        r.x,
-        r.requests,
-        r.rps,
-        r.p99_us,
-        r.server_requests,
-        r.client_responses,
-        if r.server_requests == r.client_responses { "equal" } else { "DIFFERENT" }
+        "run {} {} x={}: {} requests, {:.0} req/s, p99 {:.0} µs; {counts}\n\n| host | clock offset ms | start-at (its clock) | processes | conns | requests | req/s | p50 µs | p99 µs | max µs | errors | exit |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        r.seq, r.label, r.x, r.requests, r.rps, r.p99_us,
     );
     for h in &r.hosts {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {:+.2} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             h.host,
+            h.offset_ms,
+            h.start_at_ms,
             h.processes,
             h.conns,
             h.requests,
@@ -1340,6 +1200,9 @@ mod tests {
             x: 6.0,
             server_requests: 1024,
             client_responses: 1024,
+            beside_requests: 0,
+            exact: true,
+            client_runs: 1,
             requests: 1010,
             rps: 1010.0,
             p99_us: r.p99_us,
@@ -1351,7 +1214,21 @@ mod tests {
             t.contains("server answered 1024, clients received 1024 (equal)"),
             "{t}"
         );
-        assert!(t.contains("| a | 1 | 4 | 1000 | 1000 | 100 |"), "{t}");
+        assert!(
+            t.contains("| a | +0.00 | 0 | 1 | 4 | 1000 | 1000 | 100 |"),
+            "{t}"
+        );
+        // Holders' checking echoes are the server's too; wrk's counts are not compared.
+        let mut held = run.clone();
+        held.server_requests = 1524;
+        held.beside_requests = 500;
+        assert_eq!(held.counts_equal(), Some(true));
+        assert!(run_table(&held).contains("+ 500 checking echoes"), "{t}");
+        held.beside_requests = 499;
+        assert_eq!(held.counts_equal(), Some(false));
+        held.exact = false;
+        assert_eq!(held.counts_equal(), None);
+        assert!(run_table(&held).contains("not compared"));
     }
 
     #[test]

@@ -104,15 +104,16 @@ pub fn plain_path(p: &str) -> bool {
 /// signal on to its child and then to its whole process group, so the child gets a SIGTERM
 /// twice, and ringlab-server takes a second one as "exit at once" (seen: exit 143 instead of a
 /// drained 0, about one run in eight). It prints `pid=PID` (the group to kill), then, with
-/// `ready`, waits (up to 15 s) for a line starting `ready ` in its output and prints it, then
-/// waits for the process and prints `exit=CODE`, the last lines of its stderr as `err: ...`,
-/// and, when `tail_file` exists, `--file--` and that file.
+/// `ready` = (PREFIX, S), waits (up to S seconds, while the process lives) for a line starting
+/// PREFIX in its output and prints it, then waits for the process and prints `exit=CODE`, the
+/// last lines of its stderr as `err: ...`, and, when `tail_file` exists, `--file--` and that
+/// file.
 pub fn spawn_script(
     dir: &str,
     limit_s: u64,
     argv: &[String],
     name: &str,
-    ready: bool,
+    ready: Option<(&str, u64)>,
     tail_file: Option<&str>,
 ) -> String {
     let out = quote(&format!("{name}.out"));
@@ -122,9 +123,11 @@ pub fn spawn_script(
         quote(dir),
         join(argv)
     );
-    if ready {
+    if let Some((prefix, secs)) = ready {
+        let pat = quote(&format!("^{prefix}"));
+        let ticks = secs.max(1) * 20;
         s += &format!(
-            "n=0\nuntil grep -q '^ready ' {out} 2>/dev/null; do\n  st=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)\n  if [ -z \"$st\" ] || [ \"$st\" = Z ] || [ $n -ge 300 ]; then break; fi\n  n=$((n+1)); sleep 0.05\ndone\ngrep '^ready ' {out}\n"
+            "n=0\nuntil grep -q {pat} {out} 2>/dev/null; do\n  st=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)\n  if [ -z \"$st\" ] || [ \"$st\" = Z ] || [ $n -ge {ticks} ]; then break; fi\n  n=$((n+1)); sleep 0.05\ndone\ngrep {pat} {out}\n"
         );
     }
     s += &format!("wait $p\necho \"exit=$?\"\ntail -n 5 {err} | sed 's/^/err: /'\n");
@@ -149,6 +152,14 @@ pub fn kill_script(pids: &[u32]) -> String {
     let list = pid_list(pids);
     format!(
         "for p in {list}; do kill -TERM -- -$p 2>/dev/null; done\nsleep 1\nfor p in {list}; do kill -KILL -- -$p 2>/dev/null; done\nexit 0\n"
+    )
+}
+
+/// Send SIGTERM to the process groups `pids`. Prints nothing; exits 0.
+pub fn term_script(pids: &[u32]) -> String {
+    format!(
+        "for p in {}; do kill -TERM -- -$p 2>/dev/null; done\nexit 0\n",
+        pid_list(pids)
     )
 }
 
@@ -247,7 +258,14 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let script = spawn_script(dir.to_str().unwrap(), 10, &argv, "t", true, None);
+        let script = spawn_script(
+            dir.to_str().unwrap(),
+            10,
+            &argv,
+            "t",
+            Some(("ready ", 15)),
+            None,
+        );
         let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let lines: Vec<&str> = text.lines().collect();

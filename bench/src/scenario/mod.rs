@@ -151,10 +151,16 @@ fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> 
             }
         }
         rep.write()?;
-        if let (Err(_), Some(f)) = (&r, &ctx.run.fleet) {
-            f.teardown();
+        // A host failure is its own one line (naming the host), whatever the scenario made of
+        // it; anything else failed the scenario. The hosts' directories go when the fleet is
+        // dropped, on every path.
+        if let Some(e) = ctx.run.fleet.as_ref().and_then(|f| f.failure()) {
+            return Err(e);
         }
-        r.with_context(|| format!("scenario {}", s.name()))?;
+        match r {
+            Err(e) if crate::fleet::is_host_failure(&e) => return Err(e),
+            r => r.with_context(|| format!("scenario {}", s.name()))?,
+        }
     }
     if let Some(f) = &ctx.run.fleet {
         f.teardown();
