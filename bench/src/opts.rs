@@ -92,8 +92,8 @@ pub struct Opts {
     #[arg(long, global = true)]
     pub profile: bool,
     /// Fleet mode: run the server on this host over SSH (a destination as `ssh` takes it,
-    /// e.g. root@10.0.0.1); needs --client-hosts. Every scenario but files runs this way (see
-    /// kernel-notes/scale.md, "Fleet mode").
+    /// e.g. root@10.0.0.1); needs --client-hosts. Every scenario but files runs this way (c10k's and
+    /// multiplex's holders and http's wrk on the client hosts; see kernel-notes/scale.md).
     #[arg(
         long,
         global = true,

@@ -47,6 +47,10 @@ pub struct Host {
     pub dir: String,
     /// The binary to run there (ours copied, or one found that matches).
     pub bin: String,
+    /// ringlab-bench there, where the scenario runs it (idle-connection holders).
+    pub bench: String,
+    /// What the host allows a process.
+    pub limits: HostLimits,
     /// Its clock against ours, measured at setup.
     pub offset: Offset,
     /// Whether `dir` was made there (and so is removed at the end, unless --keep).
@@ -226,9 +230,126 @@ impl std::fmt::Display for HostFailed {
 
 impl std::error::Error for HostFailed {}
 
+/// A run on the fleet that failed on its own account (no request completed), not a host's:
+/// reported and left out as on one machine ([`Fleet::guard`] passes it as it is).
+#[derive(Debug)]
+pub struct RunFailed(pub String);
+
+impl std::fmt::Display for RunFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RunFailed {}
+
 /// Whether `e` is a host failure of fleet mode (which ends the bench).
 pub fn is_host_failure(e: &anyhow::Error) -> bool {
     e.downcast_ref::<HostFailed>().is_some()
+}
+
+/// One of this build's binaries, to find or copy on a host.
+struct Binary {
+    name: &'static str,
+    /// Its `--version` line and SHA-256.
+    version: String,
+    sum: String,
+    local: std::path::PathBuf,
+}
+
+/// Where `b` is on host `h`: the one on its PATH when it is this very build (and not
+/// `--install`), else ours copied with scp into the host's directory (made here first).
+fn place(h: &mut Host, b: &Binary, install: bool) -> Result<String> {
+    let name = h.name();
+    let bin_name = b.name;
+    let check = format!(
+        "mkdir -p {dir} || exit 96\np=$(command -v {bin_name} 2>/dev/null)\nif [ -n \"$p\" ]; then echo \"path=$p\"; echo \"sum=$(sha256sum < \"$p\" | cut -d' ' -f1)\"; echo \"version=$(\"$p\" --version 2>/dev/null | head -n 1)\"; fi\n",
+        dir = ssh::quote(&h.dir)
+    );
+    let out = call(&h.ssh, &check).map_err(|e| anyhow!("{name}: {e:#}"))?;
+    h.made = true;
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|s| s.trim().to_string())
+    };
+    let found = field("path=");
+    let same = field("version=").as_deref() == Some(b.version.as_str())
+        && field("sum=").as_deref() == Some(b.sum.as_str());
+    if let (Some(p), true, false) = (&found, same, install) {
+        eprintln!("fleet: {name}: using {p} ({}, same build)", b.version);
+        return Ok(p.clone());
+    }
+    let dest = format!("{}/{bin_name}", h.dir);
+    let why = match (&found, install) {
+        (_, true) => "--install".to_string(),
+        (None, _) => "not installed".to_string(),
+        (Some(p), _) => format!("{p} is another build"),
+    };
+    let st = h
+        .ssh
+        .scp(&b.local, &dest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running scp")
+        .and_then(|c| wait_output(c, Duration::from_secs(120)))
+        .map_err(|e| anyhow!("{name}: copying {bin_name}: {e:#}"))?;
+    if !st.status.success() {
+        bail!(
+            "{name}: scp of {bin_name} failed: {}",
+            last_line(&String::from_utf8_lossy(&st.stderr))
+        );
+    }
+    let v = call(&h.ssh, &format!("{} --version", ssh::quote(&dest)))
+        .map_err(|e| anyhow!("{name}: the copied {bin_name} does not run: {e:#}"))?;
+    if v.trim() != b.version {
+        bail!(
+            "{name}: the copied {bin_name} says {:?}, not {:?}",
+            v.trim(),
+            b.version
+        );
+    }
+    eprintln!("fleet: {name}: copied {bin_name} to {dest} ({why})");
+    Ok(dest)
+}
+
+/// What a host allows a process (read over SSH at setup, from [`ssh::LIMITS_SCRIPT`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostLimits {
+    /// The hard descriptor limit (`ulimit -Hn`; processes there raise their soft one to it).
+    pub nofile_hard: u64,
+    pub nr_open: u64,
+    /// Ephemeral ports (`net.ipv4.ip_local_port_range`).
+    pub ports: u64,
+}
+
+impl HostLimits {
+    pub fn parse(text: &str) -> HostLimits {
+        let get = |k: &str| -> Vec<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // `unlimited` (no number): as high as the kernel lets a process go.
+        let nr_open = get("nr_open=").first().copied().unwrap_or(1 << 20);
+        let nofile_hard = get("nofile_hard=").first().copied().unwrap_or(nr_open);
+        let ports = match get("ports=")[..] {
+            [lo, hi] if hi >= lo => hi - lo + 1,
+            _ => 28232,
+        };
+        HostLimits {
+            nofile_hard,
+            nr_open,
+            ports,
+        }
+    }
 }
 
 /// What the fleet flags ask for.
@@ -243,6 +364,10 @@ pub struct FleetOpts {
     pub remote_dir: String,
     pub keep: bool,
     pub max_offset: Duration,
+    /// ringlab-bench is needed on the client hosts (the scenario runs holders there), or on
+    /// the server host.
+    pub bench_on_clients: bool,
+    pub bench_on_server: bool,
 }
 
 impl FleetOpts {
@@ -269,6 +394,8 @@ impl FleetOpts {
             remote_dir: o.remote_dir.trim_end_matches('/').to_string(),
             keep: o.keep,
             max_offset: o.max_clock_offset,
+            bench_on_clients: false,
+            bench_on_server: false,
         }))
     }
 }
@@ -528,6 +655,8 @@ impl Fleet {
             // One directory per host, even where hosts share a file system.
             dir: format!("{base}-h{i}"),
             bin: String::new(),
+            bench: String::new(),
+            limits: HostLimits::default(),
             offset: Offset::default(),
             made: false,
         };
@@ -567,18 +696,24 @@ impl Fleet {
     fn prepare(&mut self, bins: &Bins) -> Result<()> {
         let max = self.o.max_offset;
         let install = self.o.install;
-        let ids = [
-            (
-                "ringlab-server",
-                local_identity(&bins.server)?,
-                &bins.server,
-            ),
-            (
-                "ringlab-client",
-                local_identity(&bins.client)?,
-                &bins.client,
-            ),
-        ];
+        let bench = std::env::current_exe().context("locating ringlab-bench")?;
+        let ident = |name: &'static str, p: &Path| -> Result<Binary> {
+            let (version, sum) = local_identity(p)?;
+            Ok(Binary {
+                name,
+                version,
+                sum,
+                local: p.to_path_buf(),
+            })
+        };
+        let server_bin = ident("ringlab-server", &bins.server)?;
+        let client_bin = ident("ringlab-client", &bins.client)?;
+        let bench_bin = if self.o.bench_on_clients || self.o.bench_on_server {
+            Some(ident("ringlab-bench", &bench)?)
+        } else {
+            None
+        };
+        let (on_clients, on_server) = (self.o.bench_on_clients, self.o.bench_on_server);
         for h in self.hosts_mut() {
             let name = h.name();
             let off = measure_offset(&h.ssh).map_err(|e| anyhow!("{name}: {e:#}"))?;
@@ -595,59 +730,15 @@ impl Fleet {
                     max.as_millis()
                 );
             }
-            let (bin_name, (version, sum), local) =
-                if h.role == "server" { &ids[0] } else { &ids[1] };
-            let check = format!(
-                "mkdir -p {dir} || exit 96\np=$(command -v {bin_name} 2>/dev/null)\nif [ -n \"$p\" ]; then echo \"path=$p\"; echo \"sum=$(sha256sum < \"$p\" | cut -d' ' -f1)\"; echo \"version=$(\"$p\" --version 2>/dev/null | head -n 1)\"; fi\n",
-                dir = ssh::quote(&h.dir)
-            );
-            let out = call(&h.ssh, &check).map_err(|e| anyhow!("{name}: {e:#}"))?;
-            h.made = true;
-            let field = |k: &str| {
-                out.lines()
-                    .find_map(|l| l.strip_prefix(k))
-                    .map(|s| s.trim().to_string())
-            };
-            let found = field("path=");
-            let same = field("version=").as_deref() == Some(version.as_str())
-                && field("sum=").as_deref() == Some(sum.as_str());
-            if let (Some(p), true, false) = (&found, same, install) {
-                eprintln!("fleet: {name}: using {p} ({version}, same build)");
-                h.bin = p.clone();
-                continue;
+            let server = h.role == "server";
+            let main = if server { &server_bin } else { &client_bin };
+            h.bin = place(h, main, install)?;
+            let wants_bench = if server { on_server } else { on_clients };
+            if let (true, Some(b)) = (wants_bench, &bench_bin) {
+                h.bench = place(h, b, install)?;
             }
-            let dest = format!("{}/{bin_name}", h.dir);
-            let why = match (&found, install) {
-                (_, true) => "--install".to_string(),
-                (None, _) => "not installed".to_string(),
-                (Some(p), _) => format!("{p} is another build"),
-            };
-            let st = h
-                .ssh
-                .scp(local, &dest)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("running scp")
-                .and_then(|c| wait_output(c, Duration::from_secs(120)))
-                .map_err(|e| anyhow!("{name}: copying {bin_name}: {e:#}"))?;
-            if !st.status.success() {
-                bail!(
-                    "{name}: scp of {bin_name} failed: {}",
-                    last_line(&String::from_utf8_lossy(&st.stderr))
-                );
-            }
-            let v = call(&h.ssh, &format!("{} --version", ssh::quote(&dest)))
-                .map_err(|e| anyhow!("{name}: the copied {bin_name} does not run: {e:#}"))?;
-            if v.trim() != version {
-                bail!(
-                    "{name}: the copied {bin_name} says {:?}, not {version:?}",
-                    v.trim()
-                );
-            }
-            eprintln!("fleet: {name}: copied {bin_name} to {dest} ({why})");
-            h.bin = dest;
+            let lim = call(&h.ssh, ssh::LIMITS_SCRIPT).map_err(|e| anyhow!("{name}: {e:#}"))?;
+            h.limits = HostLimits::parse(&lim);
         }
         Ok(())
     }
@@ -708,6 +799,23 @@ impl Fleet {
         live.clear();
     }
 
+    /// Run `script` on the server host (bounded): its stdout.
+    pub fn on_server(&self, script: &str) -> Result<String> {
+        call(&self.server.ssh, script).map_err(|e| anyhow!("{}: {e:#}", self.server.name()))
+    }
+
+    /// Run `script` on every client host (bounded): each host's destination and stdout.
+    pub fn on_clients(&self, script: &str) -> Result<Vec<(String, String)>> {
+        self.clients
+            .iter()
+            .map(|h| {
+                call(&h.ssh, script)
+                    .map(|out| (h.ssh.dest.clone(), out))
+                    .map_err(|e| anyhow!("{}: {e:#}", h.name()))
+            })
+            .collect()
+    }
+
     /// Send SIGTERM to the process groups `pids` (each `(host, pid)`), host by host.
     fn signal_groups(&self, pids: &[(usize, u32)]) {
         let mut by_host: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
@@ -733,11 +841,12 @@ impl Fleet {
         session::Session::new(self, tmp, limit_s)
     }
 
-    /// `body` on this fleet: any error it returns is a host failure that ends the bench
-    /// ([`HostFailed`]), remembered so that every later use of the fleet refuses at once.
+    /// `body` on this fleet: any error it returns but a [`RunFailed`] is a host failure that
+    /// ends the bench ([`HostFailed`]), remembered so that every later use of the fleet refuses
+    /// at once.
     pub fn guard<T>(&self, body: impl FnOnce() -> Result<T>) -> Result<T> {
         body().map_err(|e| {
-            if is_host_failure(&e) {
+            if is_host_failure(&e) || e.downcast_ref::<RunFailed>().is_some() {
                 return e;
             }
             let f = HostFailed(format!("{e:#}"));
@@ -1082,6 +1191,34 @@ mod tests {
         .unwrap();
         assert!((o.offset_ms + 100.0).abs() < 1e-9);
         assert!(estimate(&[]).is_none());
+    }
+
+    #[test]
+    fn host_limits_parse() {
+        let l = HostLimits::parse("nofile_hard=1048576\nnr_open=1048576\nports=32768\t60999\n");
+        assert_eq!(
+            (l.nofile_hard, l.nr_open, l.ports),
+            (1048576, 1048576, 28232)
+        );
+        // `ulimit -Hn` says unlimited: as far as nr_open; an unreadable range: Linux's default.
+        let l = HostLimits::parse("nofile_hard=unlimited\nnr_open=524288\nports=\n");
+        assert_eq!((l.nofile_hard, l.ports), (524288, 28232));
+        // What the script prints here parses.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(ssh::LIMITS_SCRIPT)
+            .output()
+            .unwrap();
+        let l = HostLimits::parse(&String::from_utf8_lossy(&out.stdout));
+        assert!(l.nofile_hard > 0 && l.ports > 1000, "{l:?}");
+    }
+
+    #[test]
+    fn host_failures_are_told_apart_and_keep_their_line() {
+        let e = anyhow::Error::new(HostFailed("client host root@h: lost".into()));
+        assert!(is_host_failure(&e));
+        assert_eq!(format!("{e:#}"), "client host root@h: lost");
+        assert!(!is_host_failure(&anyhow!("a run failed")));
     }
 
     #[test]

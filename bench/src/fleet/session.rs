@@ -20,6 +20,7 @@ use super::{
     call, host_args, host_rows, merge_hosts, read_end, run_table, ssh, Fleet, FleetRun, HostRow,
     Kind, ProcRead, Remote, START_MARGIN,
 };
+use crate::procs::ProcSample;
 use crate::run::{RunResult, RunSpec};
 
 /// The server of a session, up.
@@ -102,6 +103,16 @@ impl<'a> Session<'a> {
         self.f
     }
 
+    /// The server's processes (from its ready line).
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.server.as_ref().map_or(Vec::new(), |u| u.spids.clone())
+    }
+
+    /// Run `script` on the server host (bounded): its stdout.
+    pub fn on_server(&self, script: &str) -> Result<String> {
+        self.f.on_server(script)
+    }
+
     /// Start ringlab-server with `args` on the server host, listening on all its addresses, and
     /// wait for its ready line; one line naming the host and the cause if it does not start.
     pub fn server(&mut self, args: &[String]) -> Result<()> {
@@ -121,7 +132,7 @@ impl<'a> Session<'a> {
         let script = ssh::spawn_script(
             &srv.dir,
             self.limit,
-            &argv,
+            &ssh::raised(&argv),
             &format!("server-{seq}"),
             Some(("ready ", 15)),
             Some(&stats),
@@ -241,6 +252,11 @@ impl<'a> Session<'a> {
         Ok(lines)
     }
 
+    /// Count `n` responses a peer tool's clients received (see [`Session::tool`]).
+    pub fn add_client_responses(&mut self, n: u64) {
+        self.responses += n;
+    }
+
     /// Count `n` requests made by the processes beside the clients (the server counts them).
     pub fn add_beside_requests(&mut self, n: u64) {
         self.beside_requests += n;
@@ -302,8 +318,6 @@ impl<'a> Session<'a> {
         let seq = self.seq;
         let up = self.server.as_ref().context("no server started")?;
         let (target, spids, server_cmd) = (up.target.clone(), up.spids.clone(), up.cmd.clone());
-        let srv = &f.server;
-        let sname = srv.name();
         let run = {
             let n = self.last.as_ref().map_or(0, |r| r.client_runs) + 1;
             format!("{seq}-{n}")
@@ -361,22 +375,25 @@ impl<'a> Session<'a> {
 
         // The server's CPU over the measured window, read on its host.
         let win0 = start_at + Duration::from_secs_f64(spec.warmup_s);
-        let win1 = win0 + Duration::from_secs_f64(spec.duration_s);
-        self.watch_until(win0)?;
-        let s0 = call(&srv.ssh, &ssh::proc_script(&spids))
-            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
-        self.watch_until(win1)?;
-        let s1 = call(&srv.ssh, &ssh::proc_script(&spids))
-            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
-        let (p0, p1) = (ProcRead::parse(&s0?)?, ProcRead::parse(&s1?)?);
+        let cpu = self.window(&spids, win0, spec.duration_s)?;
 
         // Every client's end.
         let mut ends = Vec::new();
+        let mut said = Vec::new();
         for r in self.live.iter_mut().filter(|r| r.kind == Kind::Client) {
             let hname = f.host(r.host).name();
             let e = read_end(r, Duration::from_secs(self.limit))
                 .map_err(|e| anyhow!("{hname}: ringlab-client did not finish: {e:#}"))?;
             r.pid = None;
+            said.push(format!(
+                "{hname}: exit {}{}",
+                e.code.unwrap_or(-1),
+                if e.err.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", e.err.join(" / "))
+                }
+            ));
             if e.code.unwrap_or(-1) >= 2 {
                 bail!(
                     "{hname}: ringlab-client exited with {}: {}",
@@ -414,22 +431,7 @@ impl<'a> Session<'a> {
         }
         let merged = Merged::read(&logs).context("merging the clients' interval logs")?;
         let mut res = merge_hosts(spec, &reports, &merged.corrected_total(), &ends);
-        let d = p1.sample.since(&p0.sample);
-        // Scale the CPU read between the two samples to the clients' window.
-        let span = (p1.now_ns - p0.now_ns) as f64 / 1e9;
-        let scale = if span > 0.0 {
-            spec.duration_s / span
-        } else {
-            1.0
-        };
-        res.server_cpu_s = d.cpu_s() * scale;
-        res.server_user_s = d.user_s * scale;
-        res.server_sys_s = d.sys_s * scale;
-        if res.requests > 0.0 {
-            res.cpu_per_req_us = res.server_cpu_s * 1e6 / res.requests;
-            res.ctx_switches_per_req = d.ctx_switches as f64 * scale / res.requests;
-        }
-        res.server_rss_kib = p1.rss_kib as f64;
+        cpu.apply(&mut res);
         res.server_cmd = server_cmd;
         res.client_cmd = cmds.join("\n");
         let mut hosts = host_rows(&reports, &ends);
@@ -440,28 +442,51 @@ impl<'a> Session<'a> {
         self.responses += hosts.iter().map(|h| h.responses_total).sum::<u64>();
         self.record(spec, &res, hosts);
         if res.requests == 0.0 {
-            bail!("no request completed on any client host");
+            // The run's own failure (as on one machine), not a host's: reported, left out.
+            let errors: Vec<String> = reports
+                .iter()
+                .map(|(h, r)| {
+                    format!(
+                        "{h}: {} responses, {} errors",
+                        r.counters.responses, r.errors_total
+                    )
+                })
+                .collect();
+            return Err(anyhow::Error::new(super::RunFailed(format!(
+                "no request completed in the window on any client host ({}; {})",
+                errors.join(", "),
+                said.join("; ")
+            ))));
         }
         Ok(res)
     }
 
     /// Run `argvs` (each `(client host index, argv)`) on the client hosts, each from one start
     /// instant on its host's clock, for about `run_s` seconds: each one's exit code and stdout,
-    /// in order. Their counts are not the server's to the request (see [`FleetRun::exact`]).
+    /// in order, and the server's CPU over those seconds. Their counts are not the server's to
+    /// the request (see [`FleetRun::exact`]).
     pub fn tool(
         &mut self,
         what: &str,
         argvs: &[(usize, Vec<String>)],
         run_s: f64,
-    ) -> Result<Vec<(i32, String)>> {
+    ) -> Result<(Vec<ToolEnd>, WindowCpu)> {
         let f = self.f;
+        let spids = self
+            .server
+            .as_ref()
+            .context("no server started")?
+            .spids
+            .clone();
         self.exact = false;
         let start_at = SystemTime::now() + START_MARGIN;
         let start_ms = unix_ms(start_at);
         let mut idx = Vec::new();
+        let mut starts = Vec::new();
         for (k, (ci, argv)) in argvs.iter().enumerate() {
             let h = f.clients.get(*ci).context("no such client host")?;
             let at = on_host_clock(start_ms, h.offset.offset_ms);
+            starts.push(at);
             // Sleep until the instant on the host's clock, then become the tool.
             let mut wrapped: Vec<String> = [
                 "sh",
@@ -498,18 +523,22 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        self.watch_until(start_at + Duration::from_secs_f64(run_s))?;
+        let cpu = self.window(&spids, start_at, run_s)?;
         let mut out = Vec::new();
-        for &i in &idx {
+        for (&i, &start_at_ms) in idx.iter().zip(&starts) {
             let r = &mut self.live[i];
             let hname = f.host(r.host).name();
             let e = read_end(r, Duration::from_secs(self.limit))
                 .map_err(|e| anyhow!("{hname}: {what} did not finish: {e:#}"))?;
             r.pid = None;
-            out.push((e.code.unwrap_or(-1), e.file));
+            out.push(ToolEnd {
+                code: e.code.unwrap_or(-1),
+                stdout: e.file,
+                start_at_ms,
+            });
         }
         self.live.retain(|r| r.kind != Kind::Client);
-        Ok(out)
+        Ok((out, cpu))
     }
 
     /// Record a client run's table (its server fields filled in by [`Session::finish`]).
@@ -572,6 +601,33 @@ impl<'a> Session<'a> {
         Ok(stats)
     }
 
+    /// The server processes `spids` measured on their host from `win0` for `dur_s` seconds,
+    /// every remote process watched meanwhile.
+    fn window(&mut self, spids: &[u32], win0: SystemTime, dur_s: f64) -> Result<WindowCpu> {
+        let srv = &self.f.server;
+        let sname = srv.name();
+        self.watch_until(win0)?;
+        let s0 = call(&srv.ssh, &ssh::proc_script(spids))
+            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
+        self.watch_until(win0 + Duration::from_secs_f64(dur_s))?;
+        let s1 = call(&srv.ssh, &ssh::proc_script(spids))
+            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
+        let (p0, p1) = (ProcRead::parse(&s0?)?, ProcRead::parse(&s1?)?);
+        let d = p1.sample.since(&p0.sample);
+        // Scale the CPU read between the two samples to the window.
+        let span = (p1.now_ns - p0.now_ns) as f64 / 1e9;
+        let k = if span > 0.0 { dur_s / span } else { 1.0 };
+        Ok(WindowCpu {
+            d: ProcSample {
+                user_s: d.user_s * k,
+                sys_s: d.sys_s * k,
+                ctx_switches: (d.ctx_switches as f64 * k) as u64,
+                run_ns: d.run_ns.map(|n| (n as f64 * k) as u64),
+            },
+            rss_kib: p1.rss_kib,
+        })
+    }
+
     /// Sleep until `t`, watching every remote process: one that ended early is the run's end.
     fn watch_until(&mut self, t: SystemTime) -> Result<()> {
         let f = self.f;
@@ -587,6 +643,8 @@ impl<'a> Session<'a> {
                         let who = f.host(r.host).name();
                         let prog = r.kind.program().to_string();
                         let code = l[5..].to_string();
+                        // read_end reads the `exit=` line again, then the stderr lines.
+                        r.pending = Some(l);
                         let end = read_end(r, Duration::from_secs(3)).unwrap_or_default();
                         r.pid = None;
                         bail!(
@@ -607,6 +665,35 @@ impl<'a> Session<'a> {
             }
             std::thread::sleep(left.min(Duration::from_millis(50)));
         }
+    }
+}
+
+/// How a tool run by [`Session::tool`] ended on its host.
+pub struct ToolEnd {
+    pub code: i32,
+    pub stdout: String,
+    /// The start instant it was given, on its host's clock (Unix ms).
+    pub start_at_ms: u64,
+}
+
+/// The server's CPU over a measured window, read on its host (scaled to the window from the
+/// span between the two reads).
+pub struct WindowCpu {
+    pub d: ProcSample,
+    pub rss_kib: u64,
+}
+
+impl WindowCpu {
+    /// Into `res`: the server's CPU, per request, context switches per request, RSS.
+    pub fn apply(&self, res: &mut RunResult) {
+        res.server_cpu_s = self.d.cpu_s();
+        res.server_user_s = self.d.user_s;
+        res.server_sys_s = self.d.sys_s;
+        if res.requests > 0.0 {
+            res.cpu_per_req_us = res.server_cpu_s * 1e6 / res.requests;
+            res.ctx_switches_per_req = self.d.ctx_switches as f64 / res.requests;
+        }
+        res.server_rss_kib = self.rss_kib as f64;
     }
 }
 

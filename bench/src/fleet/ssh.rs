@@ -138,6 +138,30 @@ pub fn spawn_script(
     s
 }
 
+/// `argv` run with its soft descriptor limit raised to the hard one (as the bench raises its
+/// own locally, for the processes it starts): `sh -c 'ulimit -n ...; exec "$@"' sh ARGV`.
+pub fn raised(argv: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "sh",
+        "-c",
+        "ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$@\"",
+        "sh",
+    ]
+    .map(String::from)
+    .to_vec();
+    v.extend(argv.iter().cloned());
+    v
+}
+
+/// Print the memory that grows with sockets, host-wide (/proc/meminfo's slab lines and
+/// /proc/net/sockstat), and the descriptors and resident memory of processes `pids`.
+pub fn mem_script(pids: &[u32]) -> String {
+    format!(
+        "grep -E '^(Slab|SUnreclaim):' /proc/meminfo\ncat /proc/net/sockstat\nn=0\nfor p in {}; do\n  n=$((n + $(ls /proc/$p/fd 2>/dev/null | wc -l)))\n  grep -h VmRSS /proc/$p/status 2>/dev/null\ndone\necho \"fds $n\"\n",
+        pid_list(pids)
+    )
+}
+
 /// `pids` as a shell word list.
 fn pid_list(pids: &[u32]) -> String {
     pids.iter()
@@ -154,6 +178,9 @@ pub fn kill_script(pids: &[u32]) -> String {
         "for p in {list}; do kill -TERM -- -$p 2>/dev/null; done\nsleep 1\nfor p in {list}; do kill -KILL -- -$p 2>/dev/null; done\nexit 0\n"
     )
 }
+
+/// Print the host's descriptor and port limits for [`super::HostLimits::parse`].
+pub const LIMITS_SCRIPT: &str = "echo \"nofile_hard=$(ulimit -Hn)\"\necho \"nr_open=$(cat /proc/sys/fs/nr_open 2>/dev/null)\"\necho \"ports=$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)\"\n";
 
 /// Send SIGTERM to the process groups `pids`. Prints nothing; exits 0.
 pub fn term_script(pids: &[u32]) -> String {

@@ -98,17 +98,15 @@ fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> 
     }
     let fleet = match crate::fleet::FleetOpts::of(o)? {
         None => None,
-        Some(f) => {
-            const FLEET: [&str; 7] = [
-                "compare", "seeds", "latency", "sizes", "pinning", "features", "coalesce",
-            ];
-            if let Some(s) = scenarios.iter().find(|s| !FLEET.contains(&s.name())) {
+        Some(mut f) => {
+            if let Some(s) = scenarios.iter().find(|s| s.fleet_refusal().is_some()) {
                 bail!(
-                    "{} does not run in fleet mode (it runs its clients itself); these do: {}",
+                    "{} does not run in fleet mode: {}",
                     s.name(),
-                    FLEET.join(", ")
+                    s.fleet_refusal().unwrap_or_default()
                 );
             }
+            f.bench_on_clients = scenarios.iter().any(|s| s.fleet_needs_bench());
             if netns.is_some() || !peers.is_empty() {
                 bail!("--server-host does not go with --netns or --peer");
             }

@@ -184,6 +184,10 @@ impl Scenario for Files {
         "files"
     }
 
+    fn fleet_refusal(&self) -> Option<&'static str> {
+        Some("not yet: its data set, page-cache dropping and disk counters are this machine's")
+    }
+
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
         let a = &self.args;
         let q = ctx.o.quick;
