@@ -198,7 +198,7 @@ bad="$(jq -r '.[] | select(.server_requests != .client_responses) | "run \(.seq)
 grep -E '^fleet: ' "$tmp/bench1.err" || true
 jq -r '.[] | "run \(.seq) \(.label) x=\(.x): server \(.server_requests) = clients \(.client_responses); " + ([.hosts[] | "\(.host): \(.requests) req, p99 \(.p99_us) µs"] | join("; "))' "$tmp/report1/fleet.json"
 echo "fleet-demo: last run per host:"
-jq -r '.[-1].hosts[] | "  \(.host)  processes \(.processes)  conns \(.conns)  requests \(.requests)  req/s \(.rps|floor)  p50 \(.p50_us) µs  p99 \(.p99_us) µs  errors \(.errors)"' "$tmp/report1/fleet.json"
+jq -r '.[-1].hosts[] | "  \(.host)  clock offset \(.offset_ms*100|round/100) ms  start-at \(.start_at_ms) (its clock)  processes \(.processes)  conns \(.conns)  requests \(.requests)  req/s \(.rps|floor)  p50 \(.p50_us) µs  p99 \(.p99_us) µs  errors \(.errors)"' "$tmp/report1/fleet.json"
 [ -z "$(ringlab_left)" ] || die "phase 1: ringlab processes left: $(ringlab_left)"
 [ -z "$(ls -A "$tmp/remote")" ] || die "phase 1: remote directories left: $(ls "$tmp/remote")"
 echo "fleet-demo: phase 1 ok: $runs runs, merged client count = server count in every one, nothing left running"

@@ -609,6 +609,23 @@ struct Ended {
     file: String,
 }
 
+/// A log line without the timestamp and level a tracing subscriber puts first
+/// (`2026-12-02T08:55:54.451751Z ERROR ringlab-server: ...` → `ringlab-server: ...`).
+fn untimed(line: &str) -> &str {
+    let mut w = line.splitn(3, ' ');
+    match (w.next(), w.next(), w.next()) {
+        (Some(t), Some(lvl), Some(rest))
+            if t.len() > 20
+                && t.ends_with('Z')
+                && t.as_bytes().get(10) == Some(&b'T')
+                && ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&lvl) =>
+        {
+            rest.trim_start()
+        }
+        _ => line,
+    }
+}
+
 fn read_end(r: &mut Remote, limit: Duration) -> Result<Ended> {
     let deadline = Instant::now() + limit;
     let mut e = Ended::default();
@@ -624,7 +641,7 @@ fn read_end(r: &mut Remote, limit: Duration) -> Result<Ended> {
         } else if let Some(c) = l.strip_prefix("exit=") {
             e.code = c.trim().parse().ok();
         } else if let Some(m) = l.strip_prefix("err: ") {
-            e.err.push(m.to_string());
+            e.err.push(untimed(m).to_string());
         } else if l == "--file--" {
             in_file = true;
         }
@@ -908,8 +925,10 @@ impl Fleet {
 }
 
 /// `--conns`, `--rate`, `--requests` and `--connect-rate` of `args` shared out among `n`
-/// hosts (host `i`'s share; an absent `--conns` is the client's default, 64); the rest as is.
-pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
+/// hosts (host `i`'s share; an absent `--conns` is the client's default, 64); `--processes`
+/// at most the host's connections; the rest as is. `None`: host `i`'s share is no connection
+/// (fewer connections than hosts), so it sits this run out.
+pub fn host_args(args: &[String], i: usize, n: usize) -> Option<Vec<String>> {
     let get = |names: &[&str]| -> Option<String> {
         let mut v = None;
         let mut it = args.iter();
@@ -928,7 +947,11 @@ pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(64);
     let conns = ringlab_runtime::cpus::even_shares(total, n.max(1));
-    let frac = conns[i] as f64 / total.max(1) as f64;
+    let mine = conns.get(i).copied().unwrap_or(0);
+    if mine == 0 {
+        return None;
+    }
+    let frac = mine as f64 / total.max(1) as f64;
     let mut out = Vec::new();
     let mut it = args.iter();
     let split = [
@@ -939,6 +962,7 @@ pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
         "--requests",
         "-n",
         "--connect-rate",
+        "--processes",
     ];
     while let Some(a) = it.next() {
         if split.contains(&a.as_str()) {
@@ -950,7 +974,10 @@ pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
         }
         out.push(a.clone());
     }
-    out.extend(["--conns".to_string(), conns[i].to_string()]);
+    if let Some(p) = get(&["--processes"]).and_then(|p| p.parse::<usize>().ok()) {
+        out.extend(["--processes".to_string(), p.min(mine).to_string()]);
+    }
+    out.extend(["--conns".to_string(), mine.to_string()]);
     if let Some(r) = get(&["--rate", "-R"]).and_then(|r| r.parse::<f64>().ok()) {
         out.extend(["--rate".to_string(), format!("{}", r * frac)]);
     }
@@ -961,7 +988,7 @@ pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
     if let Some(r) = get(&["--connect-rate"]).and_then(|r| r.parse::<f64>().ok()) {
         out.extend(["--connect-rate".to_string(), format!("{}", r * frac)]);
     }
-    out
+    Some(out)
 }
 
 /// The per-host rows of one run.
@@ -1194,6 +1221,18 @@ mod tests {
     }
 
     #[test]
+    fn log_lines_lose_their_timestamp() {
+        assert_eq!(
+            untimed(
+                "2026-12-02T08:55:54.451751Z ERROR ringlab-server: cannot listen on 0.0.0.0:22"
+            ),
+            "ringlab-server: cannot listen on 0.0.0.0:22"
+        );
+        assert_eq!(untimed("  WARN x: y"), "  WARN x: y");
+        assert_eq!(untimed("ringlab-client: bad"), "ringlab-client: bad");
+    }
+
+    #[test]
     fn host_limits_parse() {
         let l = HostLimits::parse("nofile_hard=1048576\nnr_open=1048576\nports=32768\t60999\n");
         assert_eq!(
@@ -1247,8 +1286,8 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let h0 = host_args(&a, 0, 2);
-        let h1 = host_args(&a, 1, 2);
+        let h0 = host_args(&a, 0, 2).unwrap();
+        let h1 = host_args(&a, 1, 2).unwrap();
         assert_eq!(
             h0,
             [
@@ -1280,8 +1319,18 @@ mod tests {
             ]
         );
         // No --conns: the client's default, shared.
-        let d = host_args(&["--requests=9".to_string()], 2, 3);
+        let d = host_args(&["--requests=9".to_string()], 2, 3).unwrap();
         assert_eq!(d, ["--conns", "21", "--requests", "3"]);
+        // One connection over two hosts with two processes each: the first host runs it in
+        // one process, the second sits the run out.
+        let one: Vec<String> = ["--processes", "2", "--conns", "1"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            host_args(&one, 0, 2).unwrap(),
+            ["--processes", "1", "--conns", "1"]
+        );
+        assert_eq!(host_args(&one, 1, 2), None);
     }
 
     fn report(n: u64, us: u64, conns: &str) -> ClientReport {

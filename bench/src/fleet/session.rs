@@ -330,7 +330,13 @@ impl<'a> Session<'a> {
         let n = f.clients.len();
         let mut cmds = Vec::new();
         let mut starts = Vec::new();
+        // The hosts with a share of the connections (all, unless there are fewer than hosts).
+        let mut part = Vec::new();
         for (i, h) in f.clients.iter().enumerate() {
+            let Some(args) = host_args(&spec.client_args, i, n) else {
+                continue;
+            };
+            part.push(i);
             let at = on_host_clock(start_ms, h.offset.offset_ms);
             starts.push(at);
             let mut argv = vec![
@@ -350,7 +356,7 @@ impl<'a> Session<'a> {
                 "--hist-log".into(),
                 format!("{}/client-{run}.hlog", h.dir),
             ];
-            argv.extend(host_args(&spec.client_args, i, n));
+            argv.extend(args);
             cmds.push(format!("{}: {}", h.ssh.dest, ssh::join(&argv)));
             let script = ssh::spawn_script(
                 &h.dir,
@@ -410,7 +416,8 @@ impl<'a> Session<'a> {
         std::fs::create_dir_all(&local)?;
         let mut reports = Vec::new();
         let mut logs = Vec::new();
-        for (i, h) in f.clients.iter().enumerate() {
+        for &i in &part {
+            let h = &f.clients[i];
             let name = h.name();
             let fetch = |file: String, what: &str| {
                 call(
@@ -435,8 +442,8 @@ impl<'a> Session<'a> {
         res.server_cmd = server_cmd;
         res.client_cmd = cmds.join("\n");
         let mut hosts = host_rows(&reports, &ends);
-        for (row, (h, at)) in hosts.iter_mut().zip(f.clients.iter().zip(&starts)) {
-            row.offset_ms = h.offset.offset_ms;
+        for (row, (&i, at)) in hosts.iter_mut().zip(part.iter().zip(&starts)) {
+            row.offset_ms = f.clients[i].offset.offset_ms;
             row.start_at_ms = *at;
         }
         self.responses += hosts.iter().map(|h| h.responses_total).sum::<u64>();
