@@ -185,7 +185,7 @@ impl Scenario for Files {
     }
 
     fn fleet_refusal(&self) -> Option<&'static str> {
-        Some("not yet: its data set, page-cache dropping and disk counters are this machine's")
+        Some("it makes and verifies its data set on this machine, drops this machine's page cache before every run and reads this machine's disk counters; on a fleet all three would have to happen on the server host, which is not built yet")
     }
 
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
