@@ -4,10 +4,13 @@
 //! Before the first run: every host reached (one line naming it if not), its clock offset
 //! measured over SSH (refused beyond `--max-clock-offset`), the binaries checked
 //! (`--version` and SHA-256 against this build's) and copied with scp into a per-host
-//! directory when missing or different (`--install` always). Every run: the server started
-//! and its ready line awaited; every client given the same `--start-at` instant; the server's
-//! CPU read from /proc over SSH at the window's ends; the clients' JSON and HdrHistogram
-//! interval logs fetched and merged exactly (histograms added). Every remote process runs
+//! directory when missing or different (`--install` always; ringlab-bench too where the
+//! scenario runs holders). Every run ([`session`]): the server started and its ready line
+//! awaited; processes beside it started where the scenario needs them (idle-connection
+//! holders); every client given one start instant, on its own host's clock (ours plus its
+//! offset); the server's CPU read from /proc over SSH at the window's ends; the clients' JSON
+//! and HdrHistogram interval logs fetched and merged exactly (histograms added). Every remote
+//! process runs
 //! under `setsid` and `timeout` and is stopped by its PID (process group) on the way out.
 //! A host that fails ends the whole bench: its error ([`HostFailed`]) is passed up through the
 //! scenario to `main`, which prints it as one line naming the host; every remote process is
@@ -901,7 +904,7 @@ impl Fleet {
     /// The report's section: the hosts, their clock offsets, and every run per host.
     pub fn section(&self) -> String {
         let mut t = String::from(
-            "Fleet mode: the server and the clients on separate hosts over SSH (every client given one `--start-at` instant; clock offsets measured over SSH before the first run, the sample with the shortest round trip).\n\n| role | host | binary | clock offset ms | ± ms |\n|---|---|---|---:|---:|\n",
+            "Fleet mode: the server and the clients on separate hosts over SSH (every client given one start instant as `--start-at` on its own host's clock: ours plus that host's offset, shown per host and run below; clock offsets measured over SSH before the first run, the sample with the shortest round trip).\n\n| role | host | binary | clock offset ms | ± ms |\n|---|---|---|---:|---:|\n",
         );
         for h in self.hosts() {
             let _ = writeln!(
