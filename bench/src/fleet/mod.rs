@@ -10,9 +10,8 @@
 //! holders); every client given one start instant, on its own host's clock (ours plus its
 //! offset); the server's CPU read from /proc over SSH at the window's ends; the clients' JSON
 //! and HdrHistogram interval logs fetched and merged exactly (histograms added). Every remote
-//! process runs
-//! under `setsid` and `timeout` and is stopped by its PID (process group) on the way out.
-//! A host that fails ends the whole bench: its error ([`HostFailed`]) is passed up through the
+//! process runs under `setsid` and `timeout` and is stopped by its PID (process group) on the
+//! way out. A host that fails ends the whole bench: its error ([`HostFailed`]) is passed up through the
 //! scenario to `main`, which prints it as one line naming the host; every remote process is
 //! stopped on the way ([`session::Session`]'s drop) and the hosts' directories removed
 //! ([`Fleet`]'s drop).
