@@ -366,10 +366,8 @@ pub struct FleetOpts {
     pub remote_dir: String,
     pub keep: bool,
     pub max_offset: Duration,
-    /// ringlab-bench is needed on the client hosts (the scenario runs holders there), or on
-    /// the server host.
+    /// ringlab-bench is needed on the client hosts (the scenario runs holders there).
     pub bench_on_clients: bool,
-    pub bench_on_server: bool,
 }
 
 impl FleetOpts {
@@ -397,7 +395,6 @@ impl FleetOpts {
             keep: o.keep,
             max_offset: o.max_clock_offset,
             bench_on_clients: false,
-            bench_on_server: false,
         }))
     }
 }
@@ -492,8 +489,9 @@ impl Drop for Fleet {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Kind {
     Server,
-    /// ringlab-client, or a peer tool in its place (wrk).
     Client,
+    /// A peer tool in ringlab-client's place (wrk), named.
+    Tool(String),
     /// A process beside the clients (an idle-connection holder), named.
     Beside(String),
 }
@@ -503,8 +501,14 @@ impl Kind {
         match self {
             Kind::Server => "ringlab-server",
             Kind::Client => "ringlab-client",
-            Kind::Beside(w) => w,
+            Kind::Tool(w) | Kind::Beside(w) => w,
         }
+    }
+
+    /// Whether it is the load (ringlab-client or a tool): it ends by itself, `exit=0` at the
+    /// end of its run.
+    fn is_load(&self) -> bool {
+        matches!(self, Kind::Client | Kind::Tool(_))
     }
 }
 
@@ -727,12 +731,11 @@ impl Fleet {
         };
         let server_bin = ident("ringlab-server", &bins.server)?;
         let client_bin = ident("ringlab-client", &bins.client)?;
-        let bench_bin = if self.o.bench_on_clients || self.o.bench_on_server {
+        let bench_bin = if self.o.bench_on_clients {
             Some(ident("ringlab-bench", &bench)?)
         } else {
             None
         };
-        let (on_clients, on_server) = (self.o.bench_on_clients, self.o.bench_on_server);
         for h in self.hosts_mut() {
             let name = h.name();
             let off = measure_offset(&h.ssh).map_err(|e| anyhow!("{name}: {e:#}"))?;
@@ -752,8 +755,7 @@ impl Fleet {
             let server = h.role == "server";
             let main = if server { &server_bin } else { &client_bin };
             h.bin = place(h, main, install)?;
-            let wants_bench = if server { on_server } else { on_clients };
-            if let (true, Some(b)) = (wants_bench, &bench_bin) {
+            if let (false, Some(b)) = (server, &bench_bin) {
                 h.bench = place(h, b, install)?;
             }
             let lim = call(&h.ssh, ssh::LIMITS_SCRIPT).map_err(|e| anyhow!("{name}: {e:#}"))?;

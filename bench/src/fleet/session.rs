@@ -515,7 +515,7 @@ impl<'a> Session<'a> {
                 None,
                 Some(&format!("{name}.out")),
             );
-            let r = Remote::start(&h.ssh, ci + 1, Kind::Client, &script)
+            let r = Remote::start(&h.ssh, ci + 1, Kind::Tool(what.to_string()), &script)
                 .map_err(|e| anyhow!("{}: {e:#}", h.name()))?;
             self.live.push(r);
             idx.push(self.live.len() - 1);
@@ -544,7 +544,7 @@ impl<'a> Session<'a> {
                 start_at_ms,
             });
         }
-        self.live.retain(|r| r.kind != Kind::Client);
+        self.live.retain(|r| !r.kind.is_load());
         Ok((out, cpu))
     }
 
@@ -644,8 +644,14 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 match r.lines.try_recv() {
-                    // A client that finished well as its window ends: read on later.
-                    Ok(Some(l)) if r.kind == Kind::Client && l == "exit=0" => r.pending = Some(l),
+                    // A client that finished as its window ends (1: with errors, which its
+                    // report counts): read on later.
+                    Ok(Some(l))
+                        if r.kind.is_load()
+                            && (l == "exit=0" || (r.kind == Kind::Client && l == "exit=1")) =>
+                    {
+                        r.pending = Some(l)
+                    }
                     Ok(Some(l)) if l.starts_with("exit=") => {
                         let who = f.host(r.host).name();
                         let prog = r.kind.program().to_string();
