@@ -4,7 +4,8 @@
 # made for the demo in a temp dir; ringlab-bench runs from a fourth namespace (the one holding
 # the bridge) and drives them over SSH. Nothing leaves the namespaces made here.
 #
-#   scripts/fleet-demo.sh [--kill-client-sshd] [--bin-dir DIR] [-- EXTRA BENCH ARGS]
+#   scripts/fleet-demo.sh [--kill-client-sshd] [--server-fails] [--scenario 'NAME ARGS...']
+#                         [--bin-dir DIR] [-- EXTRA BENCH ARGS]
 #
 # Phase 1: `ringlab-bench compare --quick` across the hosts (--client-processes 2); checks that
 # for every run the merged client response count equals the server's request count
@@ -12,6 +13,13 @@
 # Phase 2 (--kill-client-sshd): a longer run; one client host's sshd (listener and sessions)
 # is killed mid-run; the bench must end with one line naming that host, and no ringlab process
 # may be left in any namespace.
+# Phase 3 (--server-fails): the server cannot start on its host (--server-port 22: the port of
+# that host's sshd, taken); the bench must end non-zero with one line naming the server host
+# and the cause, nothing left running, no remote directory left.
+# Phase 4 (--scenario 'NAME ARGS', repeatable): another scenario across the hosts (e.g.
+# 'multiplex --quick', 'http --quick', 'c10k --quick --conns 2000'); every run whose clients
+# count each response (not wrk's) must have the server's count equal to the clients' plus the
+# idle-connection holders' checking echoes.
 # Everything (namespaces, bridge, sshd processes, temp dir) is removed on exit, failure
 # included. Needs root, iproute2, openssh-server and jq (both installed with apt-get if missing).
 # Names: RINGLAB_FLEET_PREFIX (default rlfleet); addresses 10.78.0.0/24.
@@ -19,14 +27,18 @@ set -euo pipefail
 
 prefix="${RINGLAB_FLEET_PREFIX:-rlfleet}"
 kill_phase=0
+fail_phase=0
+scenarios=()
 bin_dir=""
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --kill-client-sshd) kill_phase=1; shift ;;
+    --server-fails) fail_phase=1; shift ;;
+    --scenario) scenarios+=("${2:?--scenario needs a scenario and its arguments}"); shift 2 ;;
     --bin-dir) bin_dir="${2:?--bin-dir needs a directory}"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "fleet-demo.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -77,6 +89,8 @@ ringlab_left() {
   for n in "${names[@]}"; do
     ns_procs "$prefix-$n" ringlab-client
     ns_procs "$prefix-$n" ringlab-server
+    ns_procs "$prefix-$n" ringlab-bench
+    ns_procs "$prefix-$n" wrk
     ns_procs "$prefix-$n" timeout
   done
 }
@@ -184,10 +198,50 @@ bad="$(jq -r '.[] | select(.server_requests != .client_responses) | "run \(.seq)
 grep -E '^fleet: ' "$tmp/bench1.err" || true
 jq -r '.[] | "run \(.seq) \(.label) x=\(.x): server \(.server_requests) = clients \(.client_responses); " + ([.hosts[] | "\(.host): \(.requests) req, p99 \(.p99_us) µs"] | join("; "))' "$tmp/report1/fleet.json"
 echo "fleet-demo: last run per host:"
-jq -r '.[-1].hosts[] | "  \(.host)  processes \(.processes)  conns \(.conns)  requests \(.requests)  req/s \(.rps|floor)  p50 \(.p50_us) µs  p99 \(.p99_us) µs  errors \(.errors)"' "$tmp/report1/fleet.json"
+jq -r '.[-1].hosts[] | "  \(.host)  clock offset \(.offset_ms*100|round/100) ms  start-at \(.start_at_ms) (its clock)  processes \(.processes)  conns \(.conns)  requests \(.requests)  req/s \(.rps|floor)  p50 \(.p50_us) µs  p99 \(.p99_us) µs  errors \(.errors)"' "$tmp/report1/fleet.json"
 [ -z "$(ringlab_left)" ] || die "phase 1: ringlab processes left: $(ringlab_left)"
 [ -z "$(ls -A "$tmp/remote")" ] || die "phase 1: remote directories left: $(ls "$tmp/remote")"
 echo "fleet-demo: phase 1 ok: $runs runs, merged client count = server count in every one, nothing left running"
+
+# Phase 4: other scenarios.
+k=0
+for scenario in "${scenarios[@]}"; do
+  k=$((k + 1))
+  read -r -a sc <<< "$scenario"
+  r="$tmp/report4-$k"
+  echo "fleet-demo: phase 4: ringlab-bench ${sc[*]} across the fleet"
+  ip netns exec "$ctl" "$bench" "${sc[@]}" "${common[@]}" --out "$r" "${extra[@]}" \
+    > "$tmp/bench4-$k.out" 2> "$tmp/bench4-$k.err" || { cat "$tmp/bench4-$k.err" >&2; die "phase 4: ringlab-bench ${sc[*]} failed"; }
+  runs="$(jq length "$r/fleet.json")"
+  exact="$(jq '[.[] | select(.exact)] | length' "$r/fleet.json")"
+  bad="$(jq -r '.[] | select(.exact and .server_requests != .client_responses + .beside_requests) | "run \(.seq) \(.label) x=\(.x): server \(.server_requests), clients \(.client_responses) + holders \(.beside_requests)"' "$r/fleet.json")"
+  [ "$exact" -gt 0 ] || die "phase 4: ${sc[0]}: no run with exact counts recorded"
+  [ -z "$bad" ] || die "phase 4: ${sc[0]}: counts differ: $bad"
+  jq -r '.[] | "run \(.seq) \(.label) x=\(.x): server \(.server_requests) " + (if .exact then "= clients \(.client_responses) + holders \(.beside_requests)" else "(wrk counted \(.client_responses): not compared)" end) + "; " + ([.hosts[] | "\(.host): \(.requests) req, p99 \(.p99_us) µs"] | join("; "))' "$r/fleet.json"
+  grep -hE 'skipped|not in fleet mode|not installed' "$tmp/bench4-$k.out" "$tmp/bench4-$k.err" | sort -u | sed 's/^ *- */  note: /' || true
+  [ -z "$(ringlab_left)" ] || die "phase 4: ringlab processes left: $(ringlab_left)"
+  [ -z "$(ls -A "$tmp/remote")" ] || die "phase 4: remote directories left: $(ls "$tmp/remote")"
+  echo "fleet-demo: phase 4 ok: ${sc[0]}: $runs runs ($exact with exact counts, equal in every one), nothing left running"
+done
+
+# Phase 3: a server that cannot start (its port taken by the host's sshd).
+if [ $fail_phase = 1 ]; then
+  echo "fleet-demo: phase 3: the server's port taken on root@${addrs[0]} (its sshd's 22)"
+  set +e
+  ip netns exec "$ctl" "$bench" compare --quick --backends epoll --reps 1 "${common[@]}" --server-port 22 \
+    --out "$tmp/report3" > "$tmp/bench3.out" 2> "$tmp/bench3.err"
+  brc=$?
+  set -e
+  last="$(tail -n 1 "$tmp/bench3.err")"
+  echo "fleet-demo: bench exit $brc, last line: $last"
+  [ $brc != 0 ] || die "phase 3: the bench succeeded although the server could not start"
+  [ "$(grep -c '^ringlab-bench: ' "$tmp/bench3.err")" = 1 ] || { cat "$tmp/bench3.err" >&2; die "phase 3: expected one ringlab-bench: line"; }
+  [[ "$last" == "ringlab-bench: server host root@${addrs[0]}: ringlab-server failed to start: "* ]] || { cat "$tmp/bench3.err" >&2; die "phase 3: the last line does not name the server host"; }
+  grep -qi 'in use' <<< "$last" || die "phase 3: the last line does not give the cause (address in use)"
+  [ -z "$(ringlab_left)" ] || die "phase 3: ringlab processes left: $(ringlab_left)"
+  [ -z "$(ls -A "$tmp/remote")" ] || die "phase 3: remote directories left: $(ls "$tmp/remote")"
+  echo "fleet-demo: phase 3 ok: one line naming the server host and the cause, exit $brc, nothing left running"
+fi
 
 if [ $kill_phase = 1 ]; then
   victim="$prefix-c2"

@@ -20,6 +20,15 @@ pub trait Scenario {
     fn takes_peers(&self) -> bool {
         false
     }
+    /// Fleet mode: whether it runs ringlab-bench on the client hosts (idle-connection
+    /// holders), which is then copied there too.
+    fn fleet_needs_bench(&self) -> bool {
+        false
+    }
+    /// Fleet mode: why it cannot run that way (one line), if it cannot.
+    fn fleet_refusal(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// What every scenario runs with: the binaries, the flags, the options of every run.

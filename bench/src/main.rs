@@ -116,6 +116,10 @@ enum Cmd {
         /// RLIMIT_NOFILE).
         #[arg(long)]
         fixed_table: Option<u32>,
+        /// Hold until SIGTERM only, not until stdin closes (fleet mode: stdin is /dev/null on
+        /// the far host; the holder is bounded by `timeout` there).
+        #[arg(long)]
+        no_stdin: bool,
     },
     /// What this machine allows (kernel, io_uring, limits, CPUs) and what will hold a
     /// benchmark back.
@@ -209,6 +213,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             best_effort,
             verify_patience,
             fixed_table,
+            no_stdin,
         } => {
             // The global --holder-io (one mode here; fds by default).
             let io = match cli.opts.holder_io.as_deref() {
@@ -225,6 +230,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 patience: verify_patience,
                 io,
                 fixed_table,
+                watch_stdin: !no_stdin,
             }));
         }
         Cmd::Peers {

@@ -94,8 +94,8 @@ pub struct Opts {
     #[arg(long, global = true)]
     pub profile: bool,
     /// Fleet mode: run the server on this host over SSH (a destination as `ssh` takes it,
-    /// e.g. root@10.0.0.1); needs --client-hosts. Scenarios whose runs go through the common
-    /// run (compare, seeds, latency, sizes, pinning, features, coalesce) run this way.
+    /// e.g. root@10.0.0.1); needs --client-hosts. Every scenario but files runs this way (c10k's and
+    /// multiplex's holders and http's wrk on the client hosts; see kernel-notes/scale.md).
     #[arg(
         long,
         global = true,
@@ -131,6 +131,15 @@ pub struct Opts {
         help_heading = "Fleet (several hosts over SSH)"
     )]
     pub server_addr: Option<String>,
+    /// Fleet mode: the port the server listens on, on every address of its host (for a
+    /// firewall that opens one port) [default: any free port, read from its ready line].
+    #[arg(
+        long,
+        global = true,
+        value_name = "PORT",
+        help_heading = "Fleet (several hosts over SSH)"
+    )]
+    pub server_port: Option<u16>,
     /// Fleet mode: copy the binaries to every host even where a matching build is installed.
     #[arg(long, global = true, help_heading = "Fleet (several hosts over SSH)")]
     pub install: bool,

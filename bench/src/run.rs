@@ -170,8 +170,9 @@ impl Target {
 /// Run `spec` once on a fresh server (or peer).
 pub fn run(bins: &Bins, spec: &RunSpec, opts: &RunOpts) -> Result<RunResult> {
     if let Some(f) = &opts.fleet {
-        // A host that fails ends the bench (everything stopped, one line naming it).
-        return f.run(spec, &opts.tmp).or_else(|e| f.abort(&e));
+        // A host that fails ends the bench: its error is a HostFailed, passed up (everything
+        // stopped on the way, one line naming it).
+        return f.run(spec, &opts.tmp);
     }
     let target = Target::start(bins, spec, opts)?;
     if let Some(dir) = &spec.cgroup {
@@ -197,13 +198,18 @@ fn finish(bins: &Bins, spec: &RunSpec, target: Target, r: Result<RunResult>) -> 
 }
 
 /// A run of `s` that failed: a peer is left out from here on, with one line saying why; a
-/// backend's run is reported and left out (its repetition then has no pair).
-fn failed(opts: &RunOpts, s: &RunSpec, e: &anyhow::Error) {
+/// backend's run is reported and left out (its repetition then has no pair). A host failure
+/// of fleet mode is no run's own: it is passed up and ends the bench.
+fn failed(opts: &RunOpts, s: &RunSpec, e: anyhow::Error) -> Result<()> {
+    if crate::fleet::is_host_failure(&e) {
+        return Err(e);
+    }
     if s.peer.is_some() {
         opts.dropped.drop_row(&s.label, &format!("{e:#}"));
     } else {
         eprintln!("ringlab-bench: run {} x={} failed: {e:#}", s.label, s.x);
     }
+    Ok(())
 }
 
 /// A peer's run with wrong answers is an error (a ringlab backend's counts as errors in its
@@ -589,13 +595,14 @@ pub fn run_interleaved(
                 s.label,
                 s.x
             ))
-        });
+        })?;
     }
     Ok(medians_and_raw(all))
 }
 
 /// Repetition `rep`: every spec once, in `order` (indices into `specs`), each run added to its
-/// spec's list in `all` (a failed run is reported and left out: its rep then has no pair).
+/// spec's list in `all` (a failed run is reported and left out: its rep then has no pair; a
+/// host failure of fleet mode ends it with that error).
 pub fn run_rep(
     bins: &Bins,
     specs: &[RunSpec],
@@ -604,7 +611,7 @@ pub fn run_rep(
     opts: &RunOpts,
     all: &mut [Vec<RunResult>],
     progress: &mut dyn FnMut(usize, &RunSpec),
-) {
+) -> Result<()> {
     for (k, &i) in order.iter().enumerate() {
         let s = &specs[i];
         if opts.dropped.has(&s.label) {
@@ -616,9 +623,10 @@ pub fn run_rep(
                 r.rep = rep;
                 all[i].push(r);
             }
-            Err(e) => failed(opts, s, &e),
+            Err(e) => failed(opts, s, e)?,
         }
     }
+    Ok(())
 }
 
 /// What [`run_together`] runs: `order`, indices into the specs in start order, and the CPU-cap
@@ -644,7 +652,7 @@ pub fn run_together(
     opts: &RunOpts,
     all: &mut [Vec<RunResult>],
     progress: &mut dyn FnMut(usize, &RunSpec),
-) {
+) -> Result<()> {
     let Together { order, groups } = set;
     let mut started: Vec<(usize, Target)> = Vec::new();
     for (k, &i) in order.iter().enumerate() {
@@ -662,11 +670,11 @@ pub fn run_together(
             Ok(t) => match group.map(|d| crate::cgroup::enter(d, t.pids())) {
                 Some(Err(e)) => {
                     let _ = t.stop();
-                    failed(opts, s, &e);
+                    failed(opts, s, e)?;
                 }
                 _ => started.push((i, t)),
             },
-            Err(e) => failed(opts, s, &e),
+            Err(e) => failed(opts, s, e)?,
         }
     }
     let targets: Vec<(&RunSpec, &str, &[u32])> = started
@@ -681,9 +689,10 @@ pub fn run_together(
                 r.rep = rep;
                 all[i].push(r);
             }
-            Err(e) => failed(opts, s, &e),
+            Err(e) => failed(opts, s, e)?,
         }
     }
+    Ok(())
 }
 
 /// The median of each spec's runs (specs with none left out) and every run.

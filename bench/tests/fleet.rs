@@ -1,7 +1,10 @@
 //! Fleet mode end to end: scripts/fleet-demo.sh (three namespace "hosts" with their own sshd,
-//! `ringlab-bench compare --quick` across them, client and server counts equal per run, then a
-//! client host's sshd killed mid-run: one line naming it, nothing left running). Needs root;
-//! skipped otherwise, or failed when RINGLAB_REQUIRE_NETADMIN=1 (CI runs as root).
+//! `ringlab-bench compare --quick` across them, client and server counts equal per run; then
+//! multiplex (idle-connection holders on the client hosts), http (wrk on the client hosts) and
+//! c10k across them, counts equal (holders' checking echoes included); a server that cannot
+//! start (its port taken): one line naming the server host and the cause; a client host's sshd
+//! killed mid-run: one line naming it; nothing left running after any). Needs root; skipped
+//! otherwise, or failed when RINGLAB_REQUIRE_NETADMIN=1 (CI runs as root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,9 +49,13 @@ fn fleet_demo_over_ssh_in_namespaces() {
     let dir = bin_dir();
     // Bounded: the script tears everything down on SIGTERM (its trap).
     let out = Command::new("timeout")
-        .args(["-s", "TERM", "-k", "20", "400"])
+        .args(["-s", "TERM", "-k", "20", "420"])
         .arg(&script)
         .arg("--kill-client-sshd")
+        .arg("--server-fails")
+        .args(["--scenario", "multiplex --quick --backends epoll"])
+        .args(["--scenario", "http --quick --backends epoll"])
+        .args(["--scenario", "c10k --quick --conns 2000 --backends epoll"])
         .arg("--bin-dir")
         .arg(&dir)
         .env(
@@ -68,6 +75,18 @@ fn fleet_demo_over_ssh_in_namespaces() {
         out.status
     );
     assert!(text.contains("phase 1 ok"), "{text}");
+    for s in ["multiplex", "http", "c10k"] {
+        assert!(text.contains(&format!("phase 4 ok: {s}: ")), "{s}: {text}");
+    }
+    // multiplex held 1000 idle connections from the client hosts: their echoes are counted.
+    assert!(text.contains("+ holders 1000;"), "{text}");
+    // http: wrk from the client hosts, its counts not compared.
+    assert!(text.contains("epoll (wrk) x=64: server"), "{text}");
+    assert!(text.contains("phase 3 ok"), "{text}");
+    assert!(
+        text.contains("last line: ringlab-bench: server host root@10.78.0.1: ringlab-server failed to start: "),
+        "{text}"
+    );
     assert!(text.contains("phase 2 ok"), "{text}");
     assert!(
         text.contains("last line: ringlab-bench: client host root@10.78.0.3:"),

@@ -4,13 +4,19 @@
 //! Before the first run: every host reached (one line naming it if not), its clock offset
 //! measured over SSH (refused beyond `--max-clock-offset`), the binaries checked
 //! (`--version` and SHA-256 against this build's) and copied with scp into a per-host
-//! directory when missing or different (`--install` always). Every run: the server started
-//! and its ready line awaited; every client given the same `--start-at` instant; the server's
-//! CPU read from /proc over SSH at the window's ends; the clients' JSON and HdrHistogram
-//! interval logs fetched and merged exactly (histograms added). Every remote process runs
-//! under `setsid` and `timeout` and is stopped by its PID (process group) on the way out.
-//! A host that fails ends the whole bench with one line naming it.
+//! directory when missing or different (`--install` always; ringlab-bench too where the
+//! scenario runs holders). Every run ([`session`]): the server started and its ready line
+//! awaited; processes beside it started where the scenario needs them (idle-connection
+//! holders); every client given one start instant, on its own host's clock (ours plus its
+//! offset); the server's CPU read from /proc over SSH at the window's ends; the clients' JSON
+//! and HdrHistogram interval logs fetched and merged exactly (histograms added). Every remote
+//! process runs under `setsid` and `timeout` and is stopped by its PID (process group) on the
+//! way out. A host that fails ends the whole bench: its error ([`HostFailed`]) is passed up through the
+//! scenario to `main`, which prints it as one line naming the host; every remote process is
+//! stopped on the way ([`session::Session`]'s drop) and the hosts' directories removed
+//! ([`Fleet`]'s drop).
 
+pub mod session;
 pub mod ssh;
 
 use std::fmt::Write as _;
@@ -23,9 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
-use ringlab_client::intervals::Merged;
 use ringlab_client::Report as ClientReport;
-use ringlab_server::ServerStats;
 use serde::Serialize;
 
 use crate::opts::Opts;
@@ -45,6 +49,10 @@ pub struct Host {
     pub dir: String,
     /// The binary to run there (ours copied, or one found that matches).
     pub bin: String,
+    /// ringlab-bench there, where the scenario runs it (idle-connection holders).
+    pub bench: String,
+    /// What the host allows a process.
+    pub limits: HostLimits,
     /// Its clock against ours, measured at setup.
     pub offset: Offset,
     /// Whether `dir` was made there (and so is removed at the end, unless --keep).
@@ -210,6 +218,142 @@ fn local_identity(bin: &Path) -> Result<(String, String)> {
     ))
 }
 
+/// A host of the fleet failed (unreachable, lost, a process that did not start or died): the
+/// one line naming it. It ends the whole bench: scenarios pass it up instead of leaving a run
+/// out ([`is_host_failure`]).
+#[derive(Debug)]
+pub struct HostFailed(pub String);
+
+impl std::fmt::Display for HostFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HostFailed {}
+
+/// A run on the fleet that failed on its own account (no request completed), not a host's:
+/// reported and left out as on one machine ([`Fleet::guard`] passes it as it is).
+#[derive(Debug)]
+pub struct RunFailed(pub String);
+
+impl std::fmt::Display for RunFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RunFailed {}
+
+/// Whether `e` is a host failure of fleet mode (which ends the bench).
+pub fn is_host_failure(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<HostFailed>().is_some()
+}
+
+/// One of this build's binaries, to find or copy on a host.
+struct Binary {
+    name: &'static str,
+    /// Its `--version` line and SHA-256.
+    version: String,
+    sum: String,
+    local: std::path::PathBuf,
+}
+
+/// Where `b` is on host `h`: the one on its PATH when it is this very build (and not
+/// `--install`), else ours copied with scp into the host's directory (made here first).
+fn place(h: &mut Host, b: &Binary, install: bool) -> Result<String> {
+    let name = h.name();
+    let bin_name = b.name;
+    let check = format!(
+        "mkdir -p {dir} || exit 96\np=$(command -v {bin_name} 2>/dev/null)\nif [ -n \"$p\" ]; then echo \"path=$p\"; echo \"sum=$(sha256sum < \"$p\" | cut -d' ' -f1)\"; echo \"version=$(\"$p\" --version 2>/dev/null | head -n 1)\"; fi\n",
+        dir = ssh::quote(&h.dir)
+    );
+    let out = call(&h.ssh, &check).map_err(|e| anyhow!("{name}: {e:#}"))?;
+    h.made = true;
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|s| s.trim().to_string())
+    };
+    let found = field("path=");
+    let same = field("version=").as_deref() == Some(b.version.as_str())
+        && field("sum=").as_deref() == Some(b.sum.as_str());
+    if let (Some(p), true, false) = (&found, same, install) {
+        eprintln!("fleet: {name}: using {p} ({}, same build)", b.version);
+        return Ok(p.clone());
+    }
+    let dest = format!("{}/{bin_name}", h.dir);
+    let why = match (&found, install) {
+        (_, true) => "--install".to_string(),
+        (None, _) => "not installed".to_string(),
+        (Some(p), _) => format!("{p} is another build"),
+    };
+    let st = h
+        .ssh
+        .scp(&b.local, &dest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running scp")
+        .and_then(|c| wait_output(c, Duration::from_secs(120)))
+        .map_err(|e| anyhow!("{name}: copying {bin_name}: {e:#}"))?;
+    if !st.status.success() {
+        bail!(
+            "{name}: scp of {bin_name} failed: {}",
+            last_line(&String::from_utf8_lossy(&st.stderr))
+        );
+    }
+    let v = call(&h.ssh, &format!("{} --version", ssh::quote(&dest)))
+        .map_err(|e| anyhow!("{name}: the copied {bin_name} does not run: {e:#}"))?;
+    if v.trim() != b.version {
+        bail!(
+            "{name}: the copied {bin_name} says {:?}, not {:?}",
+            v.trim(),
+            b.version
+        );
+    }
+    eprintln!("fleet: {name}: copied {bin_name} to {dest} ({why})");
+    Ok(dest)
+}
+
+/// What a host allows a process (read over SSH at setup, from [`ssh::LIMITS_SCRIPT`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostLimits {
+    /// The hard descriptor limit (`ulimit -Hn`; processes there raise their soft one to it).
+    pub nofile_hard: u64,
+    pub nr_open: u64,
+    /// Ephemeral ports (`net.ipv4.ip_local_port_range`).
+    pub ports: u64,
+}
+
+impl HostLimits {
+    pub fn parse(text: &str) -> HostLimits {
+        let get = |k: &str| -> Vec<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // `unlimited` (no number): as high as the kernel lets a process go.
+        let nr_open = get("nr_open=").first().copied().unwrap_or(1 << 20);
+        let nofile_hard = get("nofile_hard=").first().copied().unwrap_or(nr_open);
+        let ports = match get("ports=")[..] {
+            [lo, hi] if hi >= lo => hi - lo + 1,
+            _ => 28232,
+        };
+        HostLimits {
+            nofile_hard,
+            nr_open,
+            ports,
+        }
+    }
+}
+
 /// What the fleet flags ask for.
 #[derive(Clone, Debug)]
 pub struct FleetOpts {
@@ -217,10 +361,13 @@ pub struct FleetOpts {
     pub clients: Vec<String>,
     pub ssh_options: Vec<String>,
     pub server_addr: Option<String>,
+    pub server_port: Option<u16>,
     pub install: bool,
     pub remote_dir: String,
     pub keep: bool,
     pub max_offset: Duration,
+    /// ringlab-bench is needed on the client hosts (the scenario runs holders there).
+    pub bench_on_clients: bool,
 }
 
 impl FleetOpts {
@@ -242,10 +389,12 @@ impl FleetOpts {
             clients,
             ssh_options: o.ssh_option.clone(),
             server_addr: o.server_addr.clone(),
+            server_port: o.server_port,
             install: o.install,
             remote_dir: o.remote_dir.trim_end_matches('/').to_string(),
             keep: o.keep,
             max_offset: o.max_clock_offset,
+            bench_on_clients: false,
         }))
     }
 }
@@ -282,6 +431,10 @@ pub struct HostRow {
     /// Responses over the whole run (warm-up included), to set against the server's count.
     pub responses_total: u64,
     pub exit_code: i32,
+    /// The host's clock offset (its clock minus ours, ms), and the start instant it was given
+    /// on its own clock (Unix ms): ours plus its offset.
+    pub offset_ms: f64,
+    pub start_at_ms: u64,
 }
 
 /// One run as the fleet saw it.
@@ -294,6 +447,15 @@ pub struct FleetRun {
     /// (warm-up included): equal when nothing was lost.
     pub server_requests: u64,
     pub client_responses: u64,
+    /// Requests made by processes beside the clients, which the server counts too (the idle
+    /// connection holders' one checking echo each): `server_requests` is `client_responses`
+    /// plus these when nothing was lost.
+    pub beside_requests: u64,
+    /// Whether the clients count every response (ringlab-client); wrk does not count the
+    /// responses to the requests it has in flight when it stops, so its counts fall short.
+    pub exact: bool,
+    /// Client runs against this one server (a warm-up run counts).
+    pub client_runs: u64,
     pub requests: u64,
     pub rps: f64,
     pub p99_us: f64,
@@ -312,11 +474,48 @@ pub struct Fleet {
     seq: Mutex<u64>,
     pub runs: Mutex<Vec<FleetRun>>,
     torn_down: Mutex<bool>,
+    /// The host failure that ended the fleet's use (see [`Fleet::guard`]).
+    failed: Mutex<Option<String>>,
+}
+
+impl Drop for Fleet {
+    /// The hosts' directories go whatever path ends the bench.
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// What a remote process is, for the watch and the messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Server,
+    Client,
+    /// A peer tool in ringlab-client's place (wrk), named.
+    Tool(String),
+    /// A process beside the clients (an idle-connection holder), named.
+    Beside(String),
+}
+
+impl Kind {
+    fn program(&self) -> &str {
+        match self {
+            Kind::Server => "ringlab-server",
+            Kind::Client => "ringlab-client",
+            Kind::Tool(w) | Kind::Beside(w) => w,
+        }
+    }
+
+    /// Whether it is the load (ringlab-client or a tool): it ends by itself, `exit=0` at the
+    /// end of its run.
+    fn is_load(&self) -> bool {
+        matches!(self, Kind::Client | Kind::Tool(_))
+    }
 }
 
 /// A remote process started by a run: where, its PID, and the ssh session watching it.
 struct Remote {
     host: usize,
+    kind: Kind,
     pid: Option<u32>,
     lines: mpsc::Receiver<Option<String>>,
     child: Child,
@@ -326,7 +525,7 @@ struct Remote {
 }
 
 impl Remote {
-    fn start(ssh: &Ssh, host: usize, script: &str) -> Result<Remote> {
+    fn start(ssh: &Ssh, host: usize, kind: Kind, script: &str) -> Result<Remote> {
         let mut child = ssh
             .command(script)
             .stdin(Stdio::null())
@@ -356,6 +555,7 @@ impl Remote {
         });
         Ok(Remote {
             host,
+            kind,
             pid: None,
             lines: rx,
             child,
@@ -415,6 +615,23 @@ struct Ended {
     file: String,
 }
 
+/// A log line without the timestamp and level a tracing subscriber puts first
+/// (`2026-12-02T08:55:54.451751Z ERROR ringlab-server: ...` → `ringlab-server: ...`).
+fn untimed(line: &str) -> &str {
+    let mut w = line.splitn(3, ' ');
+    match (w.next(), w.next(), w.next()) {
+        (Some(t), Some(lvl), Some(rest))
+            if t.len() > 20
+                && t.ends_with('Z')
+                && t.as_bytes().get(10) == Some(&b'T')
+                && ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&lvl) =>
+        {
+            rest.trim_start()
+        }
+        _ => line,
+    }
+}
+
 fn read_end(r: &mut Remote, limit: Duration) -> Result<Ended> {
     let deadline = Instant::now() + limit;
     let mut e = Ended::default();
@@ -430,7 +647,7 @@ fn read_end(r: &mut Remote, limit: Duration) -> Result<Ended> {
         } else if let Some(c) = l.strip_prefix("exit=") {
             e.code = c.trim().parse().ok();
         } else if let Some(m) = l.strip_prefix("err: ") {
-            e.err.push(m.to_string());
+            e.err.push(untimed(m).to_string());
         } else if l == "--file--" {
             in_file = true;
         }
@@ -461,6 +678,8 @@ impl Fleet {
             // One directory per host, even where hosts share a file system.
             dir: format!("{base}-h{i}"),
             bin: String::new(),
+            bench: String::new(),
+            limits: HostLimits::default(),
             offset: Offset::default(),
             made: false,
         };
@@ -480,12 +699,13 @@ impl Fleet {
             seq: Mutex::new(0),
             runs: Mutex::new(Vec::new()),
             torn_down: Mutex::new(false),
+            failed: Mutex::new(None),
         };
-        let r = f.prepare(bins);
-        if r.is_err() {
-            f.teardown();
+        // On failure `f` is dropped, which removes what was made on the hosts.
+        match f.prepare(bins) {
+            Ok(()) => Ok(f),
+            Err(e) => Err(anyhow::Error::new(HostFailed(format!("{e:#}")))),
         }
-        r.map(|()| f)
     }
 
     fn hosts_mut(&mut self) -> impl Iterator<Item = &mut Host> {
@@ -499,18 +719,23 @@ impl Fleet {
     fn prepare(&mut self, bins: &Bins) -> Result<()> {
         let max = self.o.max_offset;
         let install = self.o.install;
-        let ids = [
-            (
-                "ringlab-server",
-                local_identity(&bins.server)?,
-                &bins.server,
-            ),
-            (
-                "ringlab-client",
-                local_identity(&bins.client)?,
-                &bins.client,
-            ),
-        ];
+        let bench = std::env::current_exe().context("locating ringlab-bench")?;
+        let ident = |name: &'static str, p: &Path| -> Result<Binary> {
+            let (version, sum) = local_identity(p)?;
+            Ok(Binary {
+                name,
+                version,
+                sum,
+                local: p.to_path_buf(),
+            })
+        };
+        let server_bin = ident("ringlab-server", &bins.server)?;
+        let client_bin = ident("ringlab-client", &bins.client)?;
+        let bench_bin = if self.o.bench_on_clients {
+            Some(ident("ringlab-bench", &bench)?)
+        } else {
+            None
+        };
         for h in self.hosts_mut() {
             let name = h.name();
             let off = measure_offset(&h.ssh).map_err(|e| anyhow!("{name}: {e:#}"))?;
@@ -527,59 +752,14 @@ impl Fleet {
                     max.as_millis()
                 );
             }
-            let (bin_name, (version, sum), local) =
-                if h.role == "server" { &ids[0] } else { &ids[1] };
-            let check = format!(
-                "mkdir -p {dir} || exit 96\np=$(command -v {bin_name} 2>/dev/null)\nif [ -n \"$p\" ]; then echo \"path=$p\"; echo \"sum=$(sha256sum < \"$p\" | cut -d' ' -f1)\"; echo \"version=$(\"$p\" --version 2>/dev/null | head -n 1)\"; fi\n",
-                dir = ssh::quote(&h.dir)
-            );
-            let out = call(&h.ssh, &check).map_err(|e| anyhow!("{name}: {e:#}"))?;
-            h.made = true;
-            let field = |k: &str| {
-                out.lines()
-                    .find_map(|l| l.strip_prefix(k))
-                    .map(|s| s.trim().to_string())
-            };
-            let found = field("path=");
-            let same = field("version=").as_deref() == Some(version.as_str())
-                && field("sum=").as_deref() == Some(sum.as_str());
-            if let (Some(p), true, false) = (&found, same, install) {
-                eprintln!("fleet: {name}: using {p} ({version}, same build)");
-                h.bin = p.clone();
-                continue;
+            let server = h.role == "server";
+            let main = if server { &server_bin } else { &client_bin };
+            h.bin = place(h, main, install)?;
+            if let (false, Some(b)) = (server, &bench_bin) {
+                h.bench = place(h, b, install)?;
             }
-            let dest = format!("{}/{bin_name}", h.dir);
-            let why = match (&found, install) {
-                (_, true) => "--install".to_string(),
-                (None, _) => "not installed".to_string(),
-                (Some(p), _) => format!("{p} is another build"),
-            };
-            let st = h
-                .ssh
-                .scp(local, &dest)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("running scp")
-                .and_then(|c| wait_output(c, Duration::from_secs(120)))
-                .map_err(|e| anyhow!("{name}: copying {bin_name}: {e:#}"))?;
-            if !st.status.success() {
-                bail!(
-                    "{name}: scp of {bin_name} failed: {}",
-                    last_line(&String::from_utf8_lossy(&st.stderr))
-                );
-            }
-            let v = call(&h.ssh, &format!("{} --version", ssh::quote(&dest)))
-                .map_err(|e| anyhow!("{name}: the copied {bin_name} does not run: {e:#}"))?;
-            if v.trim() != version {
-                bail!(
-                    "{name}: the copied {bin_name} says {:?}, not {version:?}",
-                    v.trim()
-                );
-            }
-            eprintln!("fleet: {name}: copied {bin_name} to {dest} ({why})");
-            h.bin = dest;
+            let lim = call(&h.ssh, ssh::LIMITS_SCRIPT).map_err(|e| anyhow!("{name}: {e:#}"))?;
+            h.limits = HostLimits::parse(&lim);
         }
         Ok(())
     }
@@ -602,14 +782,6 @@ impl Fleet {
                 eprintln!("fleet: {}: could not remove {}: {e:#}", h.name(), h.dir);
             }
         }
-    }
-
-    /// A run failed: everything is stopped already; remove the directories, say why in one
-    /// line, and end the bench.
-    pub fn abort(&self, e: &anyhow::Error) -> ! {
-        self.teardown();
-        eprintln!("ringlab-bench: {e:#}");
-        std::process::exit(1)
     }
 
     fn host(&self, i: usize) -> &Host {
@@ -648,304 +820,92 @@ impl Fleet {
         live.clear();
     }
 
-    /// Run `spec` across the fleet.
-    pub fn run(&self, spec: &RunSpec, tmp: &Path) -> Result<RunResult> {
-        let mut live = Vec::new();
-        let r = self.run_inner(spec, tmp, &mut live);
-        // Whatever happened, nothing is left running.
-        self.stop_all(&mut live);
-        r
+    /// Run `script` on the server host (bounded): its stdout.
+    pub fn on_server(&self, script: &str) -> Result<String> {
+        call(&self.server.ssh, script).map_err(|e| anyhow!("{}: {e:#}", self.server.name()))
     }
 
-    fn run_inner(&self, spec: &RunSpec, tmp: &Path, live: &mut Vec<Remote>) -> Result<RunResult> {
-        let seq = {
-            let mut s = self.seq.lock().map_err(|_| anyhow!("poisoned"))?;
-            *s += 1;
-            *s
-        };
-        let window = spec.warmup_s + spec.duration_s;
-        let limit = (START_MARGIN.as_secs_f64() + window + 30.0).ceil() as u64;
-        let srv = &self.server;
-        let sname = srv.name();
-        // The server, on all addresses, its statistics in its directory.
-        let stats = format!("{}/server-{seq}.json", srv.dir);
-        let mut argv = vec![srv.bin.clone()];
-        argv.extend(spec.server_args.iter().cloned());
-        argv.extend([
-            "--listen".into(),
-            "0.0.0.0:0".into(),
-            "--stats-json".into(),
-            stats.clone(),
-        ]);
-        let script = ssh::spawn_script(
-            &srv.dir,
-            limit,
-            &argv,
-            &format!("server-{seq}"),
-            true,
-            Some(&stats),
-        );
-        live.push(Remote::start(&srv.ssh, 0, &script).map_err(|e| anyhow!("{sname}: {e:#}"))?);
-        let ready = {
-            let r = live.last_mut().context("server")?;
-            let mut ready = None;
-            while let Some(l) = r
-                .line(Duration::from_secs(25))
-                .map_err(|e| anyhow!("{sname}: {e:#}"))?
-            {
-                if let Some(p) = l.strip_prefix("pid=") {
-                    r.pid = p.trim().parse().ok();
-                } else if l.starts_with("ready ") {
-                    ready = Some(l);
-                    break;
-                } else if l.starts_with("exit=") {
-                    break;
-                }
-            }
-            match ready {
-                Some(l) => l,
-                None => {
-                    let end = read_end(r, Duration::from_secs(5)).unwrap_or_default();
-                    bail!(
-                        "{sname}: ringlab-server failed to start: {}",
-                        if end.err.is_empty() {
-                            r.lost()
-                        } else {
-                            end.err.join(" / ")
-                        }
-                    );
-                }
-            }
-        };
-        let field = |k: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_string)
-        };
-        let port = field("listen=")
-            .and_then(|a| a.rsplit_once(':').map(|(_, p)| p.to_string()))
-            .with_context(|| format!("{sname}: ready line without listen=: {ready}"))?;
-        let mut spids: Vec<u32> = field("pids=")
-            .map(|l| l.split(',').filter_map(|p| p.parse().ok()).collect())
-            .unwrap_or_default();
-        if spids.is_empty() {
-            spids = field("pid=")
-                .and_then(|p| p.parse().ok())
-                .into_iter()
-                .collect();
+    /// Run `script` on every client host (bounded): each host's destination and stdout.
+    pub fn on_clients(&self, script: &str) -> Result<Vec<(String, String)>> {
+        self.clients
+            .iter()
+            .map(|h| {
+                call(&h.ssh, script)
+                    .map(|out| (h.ssh.dest.clone(), out))
+                    .map_err(|e| anyhow!("{}: {e:#}", h.name()))
+            })
+            .collect()
+    }
+
+    /// Send SIGTERM to the process groups `pids` (each `(host, pid)`), host by host.
+    fn signal_groups(&self, pids: &[(usize, u32)]) {
+        let mut by_host: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
+        for &(h, p) in pids {
+            by_host.entry(h).or_default().push(p);
         }
-        let target = if self.server_addr.contains(':') {
-            format!("[{}]:{port}", self.server_addr)
-        } else {
-            format!("{}:{port}", self.server_addr)
-        };
-
-        // The clients: one start instant for all.
-        let start_at = SystemTime::now() + START_MARGIN;
-        let start_ms = start_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let dur = format!("{}ms", (spec.duration_s * 1e3) as u64);
-        let warm = format!("{}ms", (spec.warmup_s * 1e3) as u64);
-        let n = self.clients.len();
-        let mut cmds = Vec::new();
-        for (i, h) in self.clients.iter().enumerate() {
-            let mut argv = vec![
-                h.bin.clone(),
-                target.clone(),
-                "--cores".into(),
-                spec.client_cores.clone(),
-                "--duration".into(),
-                dur.clone(),
-                "--warmup".into(),
-                warm.clone(),
-                "--start-at".into(),
-                start_ms.to_string(),
-                "--no-progress".into(),
-                "--json".into(),
-                format!("{}/client-{seq}.json", h.dir),
-                "--hist-log".into(),
-                format!("{}/client-{seq}.hlog", h.dir),
-            ];
-            argv.extend(host_args(&spec.client_args, i, n));
-            cmds.push(format!("{}: {}", h.ssh.dest, ssh::join(&argv)));
-            let script =
-                ssh::spawn_script(&h.dir, limit, &argv, &format!("client-{seq}"), false, None);
-            let mut r = Remote::start(&h.ssh, i + 1, &script)
-                .map_err(|e| anyhow!("{}: {e:#}", h.name()))?;
-            match r.line(Duration::from_secs(15)) {
-                Ok(Some(l)) if l.starts_with("pid=") => r.pid = l[4..].trim().parse().ok(),
-                _ => {
-                    let why = r.lost();
-                    live.push(r);
-                    bail!("{}: could not start ringlab-client: {why}", h.name());
-                }
-            }
-            live.push(r);
-        }
-
-        // The server's CPU over the measured window, read on its host.
-        let win0 = start_at + Duration::from_secs_f64(spec.warmup_s);
-        let win1 = win0 + Duration::from_secs_f64(spec.duration_s);
-        self.watch_until(live, win0)?;
-        let s0 = call(&srv.ssh, &ssh::proc_script(&spids))
-            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
-        self.watch_until(live, win1)?;
-        let s1 = call(&srv.ssh, &ssh::proc_script(&spids))
-            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
-        let (p0, p1) = (ProcRead::parse(&s0?)?, ProcRead::parse(&s1?)?);
-
-        // Every client's end.
-        let mut ends = Vec::new();
-        for r in live.iter_mut().skip(1) {
-            let hname = self.host(r.host).name();
-            let e = read_end(r, Duration::from_secs(limit))
-                .map_err(|e| anyhow!("{hname}: ringlab-client did not finish: {e:#}"))?;
-            if e.code.unwrap_or(-1) >= 2 {
-                bail!(
-                    "{hname}: ringlab-client exited with {}: {}",
-                    e.code.unwrap_or(-1),
-                    e.err.join(" / ")
+        for (h, pids) in by_host {
+            if let Err(e) = call(&self.host(h).ssh, &ssh::term_script(&pids)) {
+                eprintln!(
+                    "fleet: {}: could not signal pids {pids:?}: {e:#}",
+                    self.host(h).name()
                 );
             }
-            ends.push(e.code.unwrap_or(-1));
         }
-        // Stop the server: SIGTERM to its timeout, which passes it on.
-        let spid = live[0].pid.context("server pid")?;
-        call(&srv.ssh, &format!("kill -TERM {spid}"))
-            .map_err(|e| anyhow!("{sname}: stopping the server: {e:#}"))?;
-        let end = read_end(&mut live[0], Duration::from_secs(25))
-            .map_err(|e| anyhow!("{sname}: {e:#}"))?;
-        if end.code != Some(0) {
-            bail!(
-                "{sname}: ringlab-server exited with {:?}: {}",
-                end.code,
-                end.err.join(" / ")
-            );
-        }
-        let stats: ServerStats = serde_json::from_str(&end.file)
-            .with_context(|| format!("{sname}: parsing the server's statistics"))?;
-        live[0].pid = None;
-
-        // Fetch and merge the clients' results.
-        let local = tmp.join(format!("fleet-{seq}"));
-        std::fs::create_dir_all(&local)?;
-        let mut reports = Vec::new();
-        let mut logs = Vec::new();
-        for (i, h) in self.clients.iter().enumerate() {
-            let name = h.name();
-            // A file of the run's directory on the host, by `cat` over its session.
-            let fetch = |file: String, what: &str| {
-                call(
-                    &h.ssh,
-                    &format!("cat {}", ssh::quote(&format!("{}/{file}", h.dir))),
-                )
-                .map_err(|e| anyhow!("{name}: fetching {what}: {e:#}"))
-            };
-            let json = fetch(format!("client-{seq}.json"), "results")?;
-            let rep: ClientReport = serde_json::from_str(&json)
-                .with_context(|| format!("{name}: parsing ringlab-client's JSON"))?;
-            let hlog = fetch(format!("client-{seq}.hlog"), "the interval log")?;
-            let lp = local.join(format!("client-{i}.hlog"));
-            std::fs::write(&lp, hlog)?;
-            std::fs::write(local.join(format!("client-{i}.json")), json)?;
-            logs.push(lp);
-            reports.push((h.ssh.dest.clone(), rep));
-        }
-        for r in live.iter_mut() {
-            r.pid = None;
-        }
-        let merged = Merged::read(&logs).context("merging the clients' interval logs")?;
-        let mut res = merge_hosts(spec, &reports, &merged.corrected_total(), &ends);
-        let d = p1.sample.since(&p0.sample);
-        // Scale the CPU read between the two samples to the clients' window.
-        let span = (p1.now_ns - p0.now_ns) as f64 / 1e9;
-        let scale = if span > 0.0 {
-            spec.duration_s / span
-        } else {
-            1.0
-        };
-        res.server_cpu_s = d.cpu_s() * scale;
-        res.server_user_s = d.user_s * scale;
-        res.server_sys_s = d.sys_s * scale;
-        if res.requests > 0.0 {
-            res.cpu_per_req_us = res.server_cpu_s * 1e6 / res.requests;
-            res.ctx_switches_per_req = d.ctx_switches as f64 * scale / res.requests;
-        }
-        res.server_rss_kib = p1.rss_kib as f64;
-        res.server_cmd = format!("{}: {}", srv.ssh.dest, ssh::join(&argv));
-        res.client_cmd = cmds.join("\n");
-        let served = stats.total.requests;
-        if served > 0 && !matches!(stats.io.as_str(), "tokio" | "tokio-uring") {
-            res.syscalls_per_req = Some(stats.total.syscalls.total() as f64 / served as f64);
-        }
-        let hosts = host_rows(&reports, &ends);
-        let run = FleetRun {
-            seq,
-            label: spec.label.clone(),
-            x: spec.x,
-            server_requests: served,
-            client_responses: hosts.iter().map(|h| h.responses_total).sum(),
-            requests: res.requests as u64,
-            rps: res.rps,
-            p99_us: res.p99_us,
-            server_cpu_s: res.server_cpu_s,
-            hosts,
-        };
-        eprintln!("{}", run_table(&run));
-        if let Ok(mut v) = self.runs.lock() {
-            v.push(run);
-        }
-        if res.requests == 0.0 {
-            bail!("no request completed on any client host");
-        }
-        Ok(res)
     }
 
-    /// Sleep until `t`, watching every remote session: one that ended early is the run's end.
-    fn watch_until(&self, live: &mut [Remote], t: SystemTime) -> Result<()> {
-        loop {
-            for r in live.iter_mut() {
-                if r.pending.is_some() {
-                    continue;
-                }
-                match r.lines.try_recv() {
-                    // A client that finished well as its window ends: read on later.
-                    Ok(Some(l)) if r.host > 0 && l == "exit=0" => r.pending = Some(l),
-                    Ok(Some(l)) if l.starts_with("exit=") => {
-                        let who = self.host(r.host).name();
-                        let prog = if r.host == 0 {
-                            "ringlab-server"
-                        } else {
-                            "ringlab-client"
-                        };
-                        let code = l[5..].to_string();
-                        let end = read_end(r, Duration::from_secs(3)).unwrap_or_default();
-                        bail!(
-                            "{who}: {prog} died mid-run (exit {code}): {}",
-                            end.err.join(" / ")
-                        );
-                    }
-                    Ok(Some(_)) | Err(mpsc::TryRecvError::Empty) => {}
-                    Ok(None) | Err(mpsc::TryRecvError::Disconnected) => {
-                        let who = self.host(r.host).name();
-                        bail!("{who}: {} mid-run", r.lost());
-                    }
-                }
-            }
-            let left = t.duration_since(SystemTime::now()).unwrap_or_default();
-            if left.is_zero() {
-                return Ok(());
-            }
-            std::thread::sleep(left.min(Duration::from_millis(50)));
+    /// A session on this fleet (one server's life; see [`session`]): its remote processes
+    /// live at most `limit_s` seconds each. Refused once a host has failed.
+    pub fn session(&self, tmp: &Path, limit_s: u64) -> Result<session::Session<'_>> {
+        if let Some(e) = self.failure() {
+            return Err(e);
         }
+        session::Session::new(self, tmp, limit_s)
+    }
+
+    /// `body` on this fleet: any error it returns but a [`RunFailed`] is a host failure that
+    /// ends the bench ([`HostFailed`]), remembered so that every later use of the fleet refuses
+    /// at once.
+    pub fn guard<T>(&self, body: impl FnOnce() -> Result<T>) -> Result<T> {
+        body().map_err(|e| {
+            if is_host_failure(&e) || e.downcast_ref::<RunFailed>().is_some() {
+                return e;
+            }
+            let f = HostFailed(format!("{e:#}"));
+            if let Ok(mut m) = self.failed.lock() {
+                m.get_or_insert_with(|| f.0.clone());
+            }
+            anyhow::Error::new(f)
+        })
+    }
+
+    /// The host failure that ended the fleet's use, if one did.
+    pub fn failure(&self) -> Option<anyhow::Error> {
+        let m = self.failed.lock().ok()?;
+        m.as_ref()
+            .map(|s| anyhow::Error::new(HostFailed(s.clone())))
+    }
+
+    /// Run `spec` across the fleet: a fresh server, one client run, the server stopped.
+    pub fn run(&self, spec: &RunSpec, tmp: &Path) -> Result<RunResult> {
+        self.guard(|| {
+            let window = spec.warmup_s + spec.duration_s;
+            let limit = (START_MARGIN.as_secs_f64() + window + 30.0).ceil() as u64;
+            let mut s = self.session(tmp, limit)?;
+            s.server(&spec.server_args)?;
+            let mut r = s.clients(spec)?;
+            let stats = s.finish()?;
+            let served = stats.total.requests;
+            if served > 0 && !matches!(stats.io.as_str(), "tokio" | "tokio-uring") {
+                r.syscalls_per_req = Some(stats.total.syscalls.total() as f64 / served as f64);
+            }
+            Ok(r)
+        })
     }
 
     /// The report's section: the hosts, their clock offsets, and every run per host.
     pub fn section(&self) -> String {
         let mut t = String::from(
-            "Fleet mode: the server and the clients on separate hosts over SSH (every client given one `--start-at` instant; clock offsets measured over SSH before the first run, the sample with the shortest round trip).\n\n| role | host | binary | clock offset ms | ± ms |\n|---|---|---|---:|---:|\n",
+            "Fleet mode: the server and the clients on separate hosts over SSH (every client given one start instant as `--start-at` on its own host's clock: ours plus that host's offset, shown per host and run below; clock offsets measured over SSH before the first run, the sample with the shortest round trip).\n\n| role | host | binary | clock offset ms | ± ms |\n|---|---|---|---:|---:|\n",
         );
         for h in self.hosts() {
             let _ = writeln!(
@@ -969,8 +929,10 @@ impl Fleet {
 }
 
 /// `--conns`, `--rate`, `--requests` and `--connect-rate` of `args` shared out among `n`
-/// hosts (host `i`'s share; an absent `--conns` is the client's default, 64); the rest as is.
-pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
+/// hosts (host `i`'s share; an absent `--conns` is the client's default, 64); `--processes`
+/// at most the host's connections; the rest as is. `None`: host `i`'s share is no connection
+/// (fewer connections than hosts), so it sits this run out.
+pub fn host_args(args: &[String], i: usize, n: usize) -> Option<Vec<String>> {
     let get = |names: &[&str]| -> Option<String> {
         let mut v = None;
         let mut it = args.iter();
@@ -989,7 +951,11 @@ pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(64);
     let conns = ringlab_runtime::cpus::even_shares(total, n.max(1));
-    let frac = conns[i] as f64 / total.max(1) as f64;
+    let mine = conns.get(i).copied().unwrap_or(0);
+    if mine == 0 {
+        return None;
+    }
+    let frac = mine as f64 / total.max(1) as f64;
     let mut out = Vec::new();
     let mut it = args.iter();
     let split = [
@@ -1000,6 +966,7 @@ pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
         "--requests",
         "-n",
         "--connect-rate",
+        "--processes",
     ];
     while let Some(a) = it.next() {
         if split.contains(&a.as_str()) {
@@ -1011,7 +978,10 @@ pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
         }
         out.push(a.clone());
     }
-    out.extend(["--conns".to_string(), conns[i].to_string()]);
+    if let Some(p) = get(&["--processes"]).and_then(|p| p.parse::<usize>().ok()) {
+        out.extend(["--processes".to_string(), p.min(mine).to_string()]);
+    }
+    out.extend(["--conns".to_string(), mine.to_string()]);
     if let Some(r) = get(&["--rate", "-R"]).and_then(|r| r.parse::<f64>().ok()) {
         out.extend(["--rate".to_string(), format!("{}", r * frac)]);
     }
@@ -1022,7 +992,7 @@ pub fn host_args(args: &[String], i: usize, n: usize) -> Vec<String> {
     if let Some(r) = get(&["--connect-rate"]).and_then(|r| r.parse::<f64>().ok()) {
         out.extend(["--connect-rate".to_string(), format!("{}", r * frac)]);
     }
-    out
+    Some(out)
 }
 
 /// The per-host rows of one run.
@@ -1042,6 +1012,8 @@ fn host_rows(reports: &[(String, ClientReport)], ends: &[i32]) -> Vec<HostRow> {
             errors: r.errors_total,
             responses_total: r.counters.responses,
             exit_code: code,
+            offset_ms: 0.0,
+            start_at_ms: 0,
         })
         .collect()
 }
@@ -1082,25 +1054,53 @@ pub fn merge_hosts(
     }
 }
 
+impl FleetRun {
+    /// Whether the server's count is the clients' (and the processes' beside them): `None`
+    /// where the clients do not count every response (wrk).
+    pub fn counts_equal(&self) -> Option<bool> {
+        self.exact
+            .then(|| self.server_requests == self.client_responses + self.beside_requests)
+    }
+}
+
 /// One run's per-host table (markdown, also printed).
 pub fn run_table(r: &FleetRun) -> String {
+    let beside = if r.beside_requests > 0 {
+        format!(
+            " + {} checking echoes of the idle-connection holders",
+            r.beside_requests
+        )
+    } else {
+        String::new()
+    };
+    let runs = if r.client_runs > 1 {
+        format!(" over {} client runs", r.client_runs)
+    } else {
+        String::new()
+    };
+    let counts = match r.counts_equal() {
+        Some(eq) => format!(
+            "server answered {}, clients received {}{runs}{beside} ({})",
+            r.server_requests,
+            r.client_responses,
+            if eq { "equal" } else { "DIFFERENT" }
+        ),
+        None => format!(
+            "server answered {}, the clients counted {} (not compared: wrk does not count the responses to requests in flight when it stops)",
+            r.server_requests, r.client_responses
+        ),
+    };
     let mut t = format!(
-        "run {} {} x={}: {} requests, {:.0} req/s, p99 {:.0} µs; server answered {}, clients received {} ({})\n\n| host | processes | conns | requests | req/s | p50 µs | p99 µs | max µs | errors | exit |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        r.seq,
-        r.label,
-        r.x,
-        r.requests,
-        r.rps,
-        r.p99_us,
-        r.server_requests,
-        r.client_responses,
-        if r.server_requests == r.client_responses { "equal" } else { "DIFFERENT" }
+        "run {} {} x={}: {} requests, {:.0} req/s, p99 {:.0} µs; {counts}\n\n| host | clock offset ms | start-at (its clock) | processes | conns | requests | req/s | p50 µs | p99 µs | max µs | errors | exit |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        r.seq, r.label, r.x, r.requests, r.rps, r.p99_us,
     );
     for h in &r.hosts {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {:+.2} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             h.host,
+            h.offset_ms,
+            h.start_at_ms,
             h.processes,
             h.conns,
             h.requests,
@@ -1227,6 +1227,46 @@ mod tests {
     }
 
     #[test]
+    fn log_lines_lose_their_timestamp() {
+        assert_eq!(
+            untimed(
+                "2026-12-02T08:55:54.451751Z ERROR ringlab-server: cannot listen on 0.0.0.0:22"
+            ),
+            "ringlab-server: cannot listen on 0.0.0.0:22"
+        );
+        assert_eq!(untimed("  WARN x: y"), "  WARN x: y");
+        assert_eq!(untimed("ringlab-client: bad"), "ringlab-client: bad");
+    }
+
+    #[test]
+    fn host_limits_parse() {
+        let l = HostLimits::parse("nofile_hard=1048576\nnr_open=1048576\nports=32768\t60999\n");
+        assert_eq!(
+            (l.nofile_hard, l.nr_open, l.ports),
+            (1048576, 1048576, 28232)
+        );
+        // `ulimit -Hn` says unlimited: as far as nr_open; an unreadable range: Linux's default.
+        let l = HostLimits::parse("nofile_hard=unlimited\nnr_open=524288\nports=\n");
+        assert_eq!((l.nofile_hard, l.ports), (524288, 28232));
+        // What the script prints here parses.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(ssh::LIMITS_SCRIPT)
+            .output()
+            .unwrap();
+        let l = HostLimits::parse(&String::from_utf8_lossy(&out.stdout));
+        assert!(l.nofile_hard > 0 && l.ports > 1000, "{l:?}");
+    }
+
+    #[test]
+    fn host_failures_are_told_apart_and_keep_their_line() {
+        let e = anyhow::Error::new(HostFailed("client host root@h: lost".into()));
+        assert!(is_host_failure(&e));
+        assert_eq!(format!("{e:#}"), "client host root@h: lost");
+        assert!(!is_host_failure(&anyhow!("a run failed")));
+    }
+
+    #[test]
     fn host_part_of_destinations() {
         assert_eq!(host_of("10.0.0.1"), "10.0.0.1");
         assert_eq!(host_of("root@10.0.0.1"), "10.0.0.1");
@@ -1252,8 +1292,8 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let h0 = host_args(&a, 0, 2);
-        let h1 = host_args(&a, 1, 2);
+        let h0 = host_args(&a, 0, 2).unwrap();
+        let h1 = host_args(&a, 1, 2).unwrap();
         assert_eq!(
             h0,
             [
@@ -1285,8 +1325,18 @@ mod tests {
             ]
         );
         // No --conns: the client's default, shared.
-        let d = host_args(&["--requests=9".to_string()], 2, 3);
+        let d = host_args(&["--requests=9".to_string()], 2, 3).unwrap();
         assert_eq!(d, ["--conns", "21", "--requests", "3"]);
+        // One connection over two hosts with two processes each: the first host runs it in
+        // one process, the second sits the run out.
+        let one: Vec<String> = ["--processes", "2", "--conns", "1"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            host_args(&one, 0, 2).unwrap(),
+            ["--processes", "1", "--conns", "1"]
+        );
+        assert_eq!(host_args(&one, 1, 2), None);
     }
 
     fn report(n: u64, us: u64, conns: &str) -> ClientReport {
@@ -1342,6 +1392,9 @@ mod tests {
             x: 6.0,
             server_requests: 1024,
             client_responses: 1024,
+            beside_requests: 0,
+            exact: true,
+            client_runs: 1,
             requests: 1010,
             rps: 1010.0,
             p99_us: r.p99_us,
@@ -1353,7 +1406,21 @@ mod tests {
             t.contains("server answered 1024, clients received 1024 (equal)"),
             "{t}"
         );
-        assert!(t.contains("| a | 1 | 4 | 1000 | 1000 | 100 |"), "{t}");
+        assert!(
+            t.contains("| a | +0.00 | 0 | 1 | 4 | 1000 | 1000 | 100 |"),
+            "{t}"
+        );
+        // Holders' checking echoes are the server's too; wrk's counts are not compared.
+        let mut held = run.clone();
+        held.server_requests = 1524;
+        held.beside_requests = 500;
+        assert_eq!(held.counts_equal(), Some(true));
+        assert!(run_table(&held).contains("+ 500 checking echoes"), "{t}");
+        held.beside_requests = 499;
+        assert_eq!(held.counts_equal(), Some(false));
+        held.exact = false;
+        assert_eq!(held.counts_equal(), None);
+        assert!(run_table(&held).contains("not compared"));
     }
 
     #[test]

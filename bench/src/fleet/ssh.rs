@@ -104,15 +104,16 @@ pub fn plain_path(p: &str) -> bool {
 /// signal on to its child and then to its whole process group, so the child gets a SIGTERM
 /// twice, and ringlab-server takes a second one as "exit at once" (seen: exit 143 instead of a
 /// drained 0, about one run in eight). It prints `pid=PID` (the group to kill), then, with
-/// `ready`, waits (up to 15 s) for a line starting `ready ` in its output and prints it, then
-/// waits for the process and prints `exit=CODE`, the last lines of its stderr as `err: ...`,
-/// and, when `tail_file` exists, `--file--` and that file.
+/// `ready` = (PREFIX, S), waits (up to S seconds, while the process lives) for a line starting
+/// PREFIX in its output and prints it, then waits for the process and prints `exit=CODE`, the
+/// last lines of its stderr as `err: ...`, and, when `tail_file` exists, `--file--` and that
+/// file.
 pub fn spawn_script(
     dir: &str,
     limit_s: u64,
     argv: &[String],
     name: &str,
-    ready: bool,
+    ready: Option<(&str, u64)>,
     tail_file: Option<&str>,
 ) -> String {
     let out = quote(&format!("{name}.out"));
@@ -122,9 +123,11 @@ pub fn spawn_script(
         quote(dir),
         join(argv)
     );
-    if ready {
+    if let Some((prefix, secs)) = ready {
+        let pat = quote(&format!("^{prefix}"));
+        let ticks = secs.max(1) * 20;
         s += &format!(
-            "n=0\nuntil grep -q '^ready ' {out} 2>/dev/null; do\n  st=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)\n  if [ -z \"$st\" ] || [ \"$st\" = Z ] || [ $n -ge 300 ]; then break; fi\n  n=$((n+1)); sleep 0.05\ndone\ngrep '^ready ' {out}\n"
+            "n=0\nuntil grep -q {pat} {out} 2>/dev/null; do\n  st=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)\n  if [ -z \"$st\" ] || [ \"$st\" = Z ] || [ $n -ge {ticks} ]; then break; fi\n  n=$((n+1)); sleep 0.05\ndone\ngrep {pat} {out}\n"
         );
     }
     s += &format!("wait $p\necho \"exit=$?\"\ntail -n 5 {err} | sed 's/^/err: /'\n");
@@ -133,6 +136,30 @@ pub fn spawn_script(
         s += &format!("if [ -s {f} ]; then echo --file--; cat {f}; fi\n");
     }
     s
+}
+
+/// `argv` run with its soft descriptor limit raised to the hard one (as the bench raises its
+/// own locally, for the processes it starts): `sh -c 'ulimit -n ...; exec "$@"' sh ARGV`.
+pub fn raised(argv: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "sh",
+        "-c",
+        "ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$@\"",
+        "sh",
+    ]
+    .map(String::from)
+    .to_vec();
+    v.extend(argv.iter().cloned());
+    v
+}
+
+/// Print the memory that grows with sockets, host-wide (/proc/meminfo's slab lines and
+/// /proc/net/sockstat), and the descriptors and resident memory of processes `pids`.
+pub fn mem_script(pids: &[u32]) -> String {
+    format!(
+        "grep -E '^(Slab|SUnreclaim):' /proc/meminfo\ncat /proc/net/sockstat\nn=0\nfor p in {}; do\n  n=$((n + $(ls /proc/$p/fd 2>/dev/null | wc -l)))\n  grep -h VmRSS /proc/$p/status 2>/dev/null\ndone\necho \"fds $n\"\n",
+        pid_list(pids)
+    )
 }
 
 /// `pids` as a shell word list.
@@ -149,6 +176,17 @@ pub fn kill_script(pids: &[u32]) -> String {
     let list = pid_list(pids);
     format!(
         "for p in {list}; do kill -TERM -- -$p 2>/dev/null; done\nsleep 1\nfor p in {list}; do kill -KILL -- -$p 2>/dev/null; done\nexit 0\n"
+    )
+}
+
+/// Print the host's descriptor and port limits for [`super::HostLimits::parse`].
+pub const LIMITS_SCRIPT: &str = "echo \"nofile_hard=$(ulimit -Hn)\"\necho \"nr_open=$(cat /proc/sys/fs/nr_open 2>/dev/null)\"\necho \"ports=$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)\"\n";
+
+/// Send SIGTERM to the process groups `pids`. Prints nothing; exits 0.
+pub fn term_script(pids: &[u32]) -> String {
+    format!(
+        "for p in {}; do kill -TERM -- -$p 2>/dev/null; done\nexit 0\n",
+        pid_list(pids)
     )
 }
 
@@ -247,7 +285,14 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let script = spawn_script(dir.to_str().unwrap(), 10, &argv, "t", true, None);
+        let script = spawn_script(
+            dir.to_str().unwrap(),
+            10,
+            &argv,
+            "t",
+            Some(("ready ", 15)),
+            None,
+        );
         let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let lines: Vec<&str> = text.lines().collect();

@@ -244,7 +244,7 @@ pub fn hold(a: &HoldArgs, term: &AtomicBool) -> Result<()> {
     let verify_s = t0.elapsed().as_secs_f64();
     v.missing.sort_by_key(|m| m.0);
     report_held(n, connect_s, &hist, &v, verify_s, a, rings.len())?;
-    wait_for_stop((), term)?;
+    wait_for_stop((), term, a.watch_stdin)?;
     // Close every connection now (the kernel would do it after the exit, from a worker).
     for r in &rings {
         let _ = r.ring.submitter().unregister_files();

@@ -82,6 +82,9 @@ pub struct HoldArgs {
     /// uring-direct: entries of each ring's fixed-file table (default: the soft RLIMIT_NOFILE,
     /// the most the kernel registers).
     pub fixed_table: Option<u32>,
+    /// Stop when stdin closes too (the parent died or is done). Off where stdin is /dev/null
+    /// (fleet mode: the holder runs on another host under `timeout`, stopped by SIGTERM).
+    pub watch_stdin: bool,
 }
 
 /// Connections whose echo check is in flight at once.
@@ -176,7 +179,7 @@ pub fn hold(a: &HoldArgs) -> Result<()> {
             hist.max()
         );
         std::io::stdout().flush()?;
-        return wait_for_stop(conns, &term);
+        return wait_for_stop(conns, &term, a.watch_stdin);
     }
     // Served: one byte echoed on every connection.
     let t = Instant::now();
@@ -184,7 +187,7 @@ pub fn hold(a: &HoldArgs) -> Result<()> {
     let v = verify(&mut conns, a.patience, max, &term)?;
     let verify_s = t.elapsed().as_secs_f64();
     report_held(conns.len(), connect_s, &hist, &v, verify_s, a, 0)?;
-    wait_for_stop(conns, &term)
+    wait_for_stop(conns, &term, a.watch_stdin)
 }
 
 /// Connect times in µs, up to a minute.
@@ -367,11 +370,12 @@ fn echo_best_effort(conns: &mut [TcpStream]) -> Result<usize> {
     Ok(ok)
 }
 
-/// Hold `conns` until SIGTERM or until stdin closes (at most an hour), then drop them.
-fn wait_for_stop<T>(conns: T, term: &AtomicBool) -> Result<()> {
+/// Hold `conns` until SIGTERM or, with `watch_stdin`, until stdin closes (at most an hour),
+/// then drop them.
+fn wait_for_stop<T>(conns: T, term: &AtomicBool, watch_stdin: bool) -> Result<()> {
     // Hold until SIGTERM or until the parent closes our stdin (it died or is done).
     let stdin_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
+    if watch_stdin {
         let flag = stdin_closed.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 64];

@@ -213,6 +213,33 @@ impl KernelMem {
         }
     }
 
+    /// What [`crate::fleet::ssh::mem_script`] printed on a host: its kernel memory, and the
+    /// descriptors and resident KiB of the processes it was asked about.
+    pub fn parse_remote(text: &str) -> (KernelMem, u64, u64) {
+        let kib = |key: &str| -> u64 {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(key))
+                .filter_map(|v| {
+                    v.split_whitespace()
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+                .sum()
+        };
+        let (tcp_pages, tcp_inuse, tcp_tw) = parse_sockstat(text);
+        (
+            KernelMem {
+                slab_kib: kib("Slab:"),
+                sunreclaim_kib: kib("SUnreclaim:"),
+                tcp_pages,
+                tcp_inuse,
+                tcp_tw,
+            },
+            kib("fds "),
+            kib("VmRSS:"),
+        )
+    }
+
     /// TCP buffer memory in KiB.
     pub fn tcp_kib(&self) -> u64 {
         self.tcp_pages * page_kib()
@@ -256,12 +283,17 @@ fn wait_gone(pids: &[u32], bound: Duration) -> bool {
 /// After a teardown: sample kernel memory until slab is back within 5% of its growth from
 /// `base` to `peak`, or stops moving (under 1 MiB over a second), or `bound` passes. The last
 /// sample and how long it took.
-fn settle_mem(base: KernelMem, peak: KernelMem, bound: Duration) -> (KernelMem, f64) {
+fn settle_mem(
+    base: KernelMem,
+    peak: KernelMem,
+    bound: Duration,
+    read: &mut dyn FnMut() -> KernelMem,
+) -> (KernelMem, f64) {
     let t = Instant::now();
     let growth = peak.slab_kib.saturating_sub(base.slab_kib);
     let mut recent: Vec<u64> = Vec::new();
     loop {
-        let now = KernelMem::read();
+        let now = read();
         recent.push(now.slab_kib);
         let back = now.slab_kib.saturating_sub(base.slab_kib) * 20 <= growth;
         let still = recent.len() >= 5 && {
@@ -485,9 +517,8 @@ pub(super) fn start_holders(
             .context("starting a holder")?;
         started.push(child);
     }
-    // Wait for every "held" line, bounded by the count (the echo check alone may take
-    // 120 s + 100 µs a connection).
-    let deadline = Instant::now() + Duration::from_secs(180 + n / 1000);
+    // Wait for every "held" line, bounded by the count.
+    let deadline = Instant::now() + Duration::from_secs(holders_wait_s(n));
     let mut holders = Vec::new();
     let mut failed = Vec::new();
     for mut child in started {
@@ -504,6 +535,75 @@ pub(super) fn start_holders(
         }
     }
     Ok((holders, failed))
+}
+
+/// Hold `n` idle connections to the server of fleet session `s` from the client hosts, shared
+/// out among them as the clients' connections are: `ringlab-bench hold` on each host (as many
+/// processes there as its descriptor limit asks, each raising its soft limit to the hard one),
+/// started through the session (their own process groups under the remote timeout, stopped by
+/// PID when the session finishes or is dropped) and awaited: each one's `held` line with its
+/// host. Their one checking echo per connection is counted beside the clients' responses. A
+/// host holds at most 90% of its ephemeral ports' worth: the holders there bind no source
+/// address of their own (a host has the one its route gives).
+pub(super) fn start_remote_holders(
+    s: &mut crate::fleet::session::Session<'_>,
+    n: u64,
+    io: HolderIo,
+) -> Result<Vec<(String, String)>> {
+    let f = s.fleet();
+    let target = s.target()?.to_string();
+    let shares = ringlab_runtime::cpus::even_shares(n as usize, f.clients.len().max(1));
+    let mut argvs = Vec::new();
+    for (ci, (h, &share)) in f.clients.iter().zip(&shares).enumerate() {
+        let share = share as u64;
+        if share == 0 {
+            continue;
+        }
+        let l = h.limits;
+        if share > l.ports * 9 / 10 {
+            bail!(
+                "client host {}: {share} idle connections to one server port need more than 90% of its {} ephemeral ports (one source address there): add client hosts, or widen net.ipv4.ip_local_port_range on it",
+                h.ssh.dest,
+                l.ports
+            );
+        }
+        let lim = Limits {
+            nofile_soft: l.nofile_hard,
+            nofile_hard: l.nofile_hard,
+            nr_open: l.nr_open,
+            ports: l.ports,
+        };
+        let per = match io {
+            HolderIo::Fds => lim.per_process(),
+            HolderIo::UringDirect => lim.per_holder_io(io),
+        };
+        let k = processes_for(share, per) as usize;
+        for c in ringlab_runtime::cpus::even_shares(share as usize, k.max(1)) {
+            let argv = crate::fleet::ssh::raised(&[
+                h.bench.clone(),
+                "hold".into(),
+                target.clone(),
+                "--count".into(),
+                c.to_string(),
+                "--bind".into(),
+                "0.0.0.0".into(),
+                "--holder-io".into(),
+                io.as_str().into(),
+                "--no-stdin".into(),
+            ]);
+            argvs.push((ci, argv));
+        }
+    }
+    let lines = s.beside("holder", &argvs, "held ", holders_wait_s(n))?;
+    let echoed = lines.iter().map(|(_, l)| field(l, "echo_ok=") as u64).sum();
+    s.add_beside_requests(echoed);
+    Ok(lines)
+}
+
+/// How long holders of `n` connections may take to say `held` (the echo check alone may take
+/// 120 s + 100 µs a connection).
+pub(super) fn holders_wait_s(n: u64) -> u64 {
+    180 + n / 1000
 }
 
 pub(super) fn stop_holders(holders: Vec<Holder>, failed: Vec<Child>) -> Vec<String> {
@@ -603,6 +703,10 @@ impl Scenario for C10k {
         "c10k"
     }
 
+    fn fleet_needs_bench(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
         let lim = Limits::read_and_raise();
         let idle: Vec<u64> = match &ctx.o.conns {
@@ -610,7 +714,14 @@ impl Scenario for C10k {
             None if ctx.o.quick => vec![1000, 10000],
             None => vec![1000, 10000, 50000, 100000],
         };
-        let (ios, io_note) = holder_ios(ctx.o.holder_io.as_deref())?;
+        let (ios, io_note) = match (&ctx.run.fleet, ctx.o.holder_io.as_deref()) {
+            // The client hosts' kernels are not this one: fds unless asked.
+            (Some(_), None) => (
+                vec![HolderIo::Fds],
+                "  holders: fds on the client hosts (fleet mode; --holder-io uring-direct where their kernels have it)\n".to_string(),
+            ),
+            (_, asked) => holder_ios(asked)?,
+        };
         let per = lim.per_process();
         let mut pre = format!(
             "limits: ulimit -n soft {} hard {}, fs.nr_open {}, {} ephemeral ports per source address, fixed-file table {} entries per ring\n{io_note}",
@@ -651,7 +762,19 @@ impl Scenario for C10k {
         }
         let most = idle.iter().copied().max().unwrap_or(0);
         let sys = Sys::read();
-        let findings = check_sys(most + ACTIVE as u64, &sys);
+        let mut findings = check_sys(most + ACTIVE as u64, &sys);
+        if let Some(f) = &ctx.run.fleet {
+            // This machine's kernel serves nothing here: say what the hosts allow instead.
+            findings.clear();
+            for h in std::iter::once(&f.server).chain(&f.clients) {
+                let l = h.limits;
+                let _ = writeln!(
+                    pre,
+                    "  fleet: {} {}: ulimit -Hn {}, fs.nr_open {}, {} ephemeral ports",
+                    h.role, h.ssh.dest, l.nofile_hard, l.nr_open, l.ports
+                );
+            }
+        }
         let _ = writeln!(pre, "kernel, for {most} connections:");
         for (ok, line) in &findings {
             let _ = writeln!(pre, "  {} {line}", if *ok { "ok " } else { "LOW" });
@@ -696,6 +819,7 @@ impl Scenario for C10k {
                             );
                             rows.push(r);
                         }
+                        Err(e) if crate::fleet::is_host_failure(&e) => return Err(e),
                         Err(e) => {
                             eprintln!("ringlab-bench: c10k {label} idle={n} holders={io}: {e:#}");
                             rows.push(Row {
@@ -716,6 +840,8 @@ impl Scenario for C10k {
         let medians: Vec<RunResult> = rows.iter().filter_map(|r| r.run.clone()).collect();
         let ceiling = if ctx.o.quick {
             String::new()
+        } else if ctx.run.fleet.is_some() {
+            "\n(One process against the descriptor ceiling: not measured in fleet mode; it runs its holders and server on this machine.)\n".to_string()
         } else {
             ceiling(ctx, &lim, client_cpu)
         };
@@ -896,20 +1022,11 @@ fn c10k_row(
     dur: f64,
     client_cpu: Option<usize>,
 ) -> Result<Row> {
-    let (backend, fixed) = match label {
-        "uring-fixed" => ("uring", true),
-        other => (other, false),
-    };
+    if let Some(f) = &ctx.run.fleet {
+        return f.guard(|| fleet_row(ctx, f, label, io, n, dur));
+    }
     let procs = processes_for(n + ACTIVE as u64 + 16, lim.per_process());
-    let mut args = vec!["--cores".to_string(), ctx.o.server_cores.clone()];
-    args.extend(backend_args(backend)?);
-    args.extend(SERVER_ARGS.map(String::from));
-    if fixed {
-        args.push("--fixed-files".into());
-    }
-    if procs > 1 {
-        args.extend(["--processes".to_string(), procs.to_string()]);
-    }
+    let args = row_args(ctx, label, procs)?;
     let server = Server::start(&ctx.bins, &args, &ctx.run.tmp, ctx.run.netns.as_ref())
         .with_context(|| format!("starting the server ({})", args.join(" ")))?;
     let pids = server.pids.clone();
@@ -967,7 +1084,7 @@ fn c10k_row(
     let stats = server.stop();
     let gone = wait_gone(&pids, Duration::from_secs(30));
     let teardown_s = tearing.elapsed().as_secs_f64();
-    let (mem2, settle_s) = settle_mem(mem0, mem1, Duration::from_secs(30));
+    let (mem2, settle_s) = settle_mem(mem0, mem1, Duration::from_secs(30), &mut KernelMem::read);
     let run = run?;
     let stats = stats?;
     let accepted = stats.total.accepted;
@@ -997,6 +1114,129 @@ fn c10k_row(
         server_procs: procs,
         server_loops: server_loops(&ctx.o.server_cores, procs),
         holders: nholders,
+        holder_rings,
+        run: Some(run),
+        rss_kib_per_conn: per(rss1, rss0),
+        slab_kib_per_conn: per(mem1.slab_kib, mem0.slab_kib),
+        tcp_kib_per_conn: per(mem1.tcp_kib(), mem0.tcp_kib()),
+        connect_s,
+        connect_p99_us: connect_p99,
+        unverified,
+        server_fds,
+        mem: [mem0, mem1, mem2],
+        open_s,
+        teardown_s,
+        settle_s,
+        note: note.join(", "),
+    })
+}
+
+/// The server arguments of a c10k row: the backend's, echo without limits, `--fixed-files`
+/// for uring-fixed, `--processes` when one process cannot hold them all.
+fn row_args(ctx: &Ctx, label: &str, procs: u64) -> Result<Vec<String>> {
+    let (backend, fixed) = match label {
+        "uring-fixed" => ("uring", true),
+        other => (other, false),
+    };
+    let mut args = vec!["--cores".to_string(), ctx.o.server_cores.clone()];
+    args.extend(backend_args(backend)?);
+    args.extend(SERVER_ARGS.map(String::from));
+    if fixed {
+        args.push("--fixed-files".into());
+    }
+    if procs > 1 {
+        args.extend(["--processes".to_string(), procs.to_string()]);
+    }
+    Ok(args)
+}
+
+/// A c10k row in fleet mode: the server on its host (as many processes as its descriptor
+/// limit asks), the holders on the client hosts and the active connections from their
+/// ringlab-clients, all through one fleet session. Memory, descriptors and RSS are read on the
+/// server host, so the kernel figures are the server's end only (on one machine they are both
+/// ends'); the teardown is until the server has exited.
+fn fleet_row(
+    ctx: &Ctx,
+    f: &crate::fleet::Fleet,
+    label: &str,
+    io: HolderIo,
+    n: u64,
+    dur: f64,
+) -> Result<Row> {
+    let sl = f.server.limits;
+    let lim = Limits {
+        nofile_soft: sl.nofile_hard,
+        nofile_hard: sl.nofile_hard,
+        nr_open: sl.nr_open,
+        ports: sl.ports,
+    };
+    let procs = processes_for(n + ACTIVE as u64 + 16, lim.per_process());
+    let args = row_args(ctx, label, procs)?;
+    let spec = ctx.spec(
+        label,
+        n as f64,
+        Vec::new(),
+        ["--proto", "echo", "--size", "64", "--conns"]
+            .into_iter()
+            .map(String::from)
+            .chain([ACTIVE.to_string()])
+            .collect(),
+        dur,
+    );
+    let limit = holders_wait_s(n) + (spec.warmup_s + dur) as u64 + 120;
+    let mut s = f.session(&ctx.run.tmp, limit)?;
+    s.server(&args)?;
+    let pids = s.server_pids();
+    let script = crate::fleet::ssh::mem_script(&pids);
+    let read = |s: &crate::fleet::session::Session<'_>| -> Result<(KernelMem, u64, u64)> {
+        Ok(KernelMem::parse_remote(&s.on_server(&script)?))
+    };
+    let mut warm = spec.clone();
+    warm.duration_s = 0.5;
+    warm.warmup_s = 0.1;
+    s.clients(&warm).context("warming the server up")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (mem0, _, rss0) = read(&s)?;
+    let opening = Instant::now();
+    let held = start_remote_holders(&mut s, n, io)?;
+    let open_s = opening.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let (mem1, server_fds, rss1) = read(&s)?;
+    let worst = |key: &str| held.iter().map(|h| field(&h.1, key)).fold(0.0, f64::max);
+    let total = |key: &str| -> u64 { held.iter().map(|h| field(&h.1, key) as u64).sum() };
+    let (connect_s, connect_p99) = (worst("connect_s="), worst("connect_p99_us="));
+    let (unverified, holder_rings) = (total("unverified="), total("rings="));
+    let run = s.clients(&spec)?;
+    let tearing = Instant::now();
+    let stats = s.finish()?;
+    let teardown_s = tearing.elapsed().as_secs_f64();
+    let mut remote = || {
+        f.on_server(&crate::fleet::ssh::mem_script(&[]))
+            .map(|t| KernelMem::parse_remote(&t).0)
+            .unwrap_or_default()
+    };
+    let (mem2, settle_s) = settle_mem(mem0, mem1, Duration::from_secs(30), &mut remote);
+    let accepted = stats.total.accepted;
+    let mut note = vec!["fleet: kernel memory of the server host (its end only)".to_string()];
+    if accepted < n + 2 * ACTIVE as u64 {
+        note.push(format!("server accepted only {accepted}"));
+    }
+    if unverified > 0 {
+        note.push(format!(
+            "{unverified} idle connections not verified (no echoed byte while the holders waited, or closed)"
+        ));
+    }
+    if run.client_saturated {
+        note.push("client saturated".into());
+    }
+    let per = |a: u64, b: u64| (a as f64 - b as f64) / n.max(1) as f64;
+    Ok(Row {
+        label: label.to_string(),
+        holder_io: io.to_string(),
+        idle: n,
+        server_procs: procs,
+        server_loops: server_loops(&ctx.o.server_cores, procs),
+        holders: held.len() as u64,
         holder_rings,
         run: Some(run),
         rss_kib_per_conn: per(rss1, rss0),
@@ -1130,6 +1370,23 @@ mod tests {
         assert_eq!(server_loops("0", 51), 51);
         assert_eq!(server_loops("0,1", 1), 2);
         assert_eq!(server_loops("0,1", 3), 3);
+    }
+
+    #[test]
+    fn server_host_memory_read_over_ssh() {
+        let text = "Slab:             204800 kB\nSUnreclaim:        51200 kB\nsockets: used 300\nTCP: inuse 12 orphan 0 tw 3 alloc 20 mem 7\nUDP: inuse 1 mem 0\nVmRSS:\t    2048 kB\nVmRSS:\t    1024 kB\nfds 42\n";
+        let (m, fds, rss) = KernelMem::parse_remote(text);
+        assert_eq!((m.slab_kib, m.sunreclaim_kib), (204800, 51200));
+        assert_eq!((m.tcp_pages, m.tcp_inuse, m.tcp_tw), (7, 12, 3));
+        assert_eq!((fds, rss), (42, 3072));
+        // The script, run here on this very process.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(crate::fleet::ssh::mem_script(&[std::process::id()]))
+            .output()
+            .unwrap();
+        let (m, fds, rss) = KernelMem::parse_remote(&String::from_utf8_lossy(&out.stdout));
+        assert!(m.slab_kib > 0 && fds > 2 && rss > 0, "{m:?} {fds} {rss}");
     }
 
     #[test]

@@ -115,10 +115,10 @@ impl Scenario for Compare {
                             &ctx.run,
                             runs,
                             &mut progress,
-                        );
+                        )?;
                     }
                 } else {
-                    run::run_rep(&ctx.bins, specs, order, reps, &ctx.run, runs, &mut progress);
+                    run::run_rep(&ctx.bins, specs, order, reps, &ctx.run, runs, &mut progress)?;
                 }
             }
             reps += 1;
@@ -757,6 +757,7 @@ impl Plan {
                     r.profile
                         .map(|b| (format!("{row}, {} conns, {l}% load", p.conns), b)),
                 ),
+                Err(e) if crate::fleet::is_host_failure(&e) => return Err(e),
                 Err(e) => eprintln!("ringlab-bench: profile run {row} failed: {e:#}"),
             }
         }
@@ -807,7 +808,7 @@ fn probe(ctx: &Ctx, plan: &Plan) -> Result<Vec<Probe>> {
                 &ctx.run,
                 &mut runs,
                 &mut progress,
-            );
+            )?;
         } else {
             run::run_rep(
                 &ctx.bins,
@@ -817,7 +818,7 @@ fn probe(ctx: &Ctx, plan: &Plan) -> Result<Vec<Probe>> {
                 &ctx.run,
                 &mut runs,
                 &mut progress,
-            );
+            )?;
         }
         let slowest = runs.iter().flatten().min_by(|a, b| a.rps.total_cmp(&b.rps));
         let together = if plan.together {

@@ -37,6 +37,7 @@ impl Scenario for Http {
                 m.extend(wm);
                 raw.extend(wraw);
             }
+            Err(e) if crate::fleet::is_host_failure(&e) => return Err(e),
             Err(e) => notes += &format!("\n- wrk rows skipped: {e:#}\n"),
         }
         match peers::nginx_rows(ctx, &conns, dur, ctx.reps(3)) {

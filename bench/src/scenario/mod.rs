@@ -98,17 +98,15 @@ fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> 
     }
     let fleet = match crate::fleet::FleetOpts::of(o)? {
         None => None,
-        Some(f) => {
-            const FLEET: [&str; 7] = [
-                "compare", "seeds", "latency", "sizes", "pinning", "features", "coalesce",
-            ];
-            if let Some(s) = scenarios.iter().find(|s| !FLEET.contains(&s.name())) {
+        Some(mut f) => {
+            if let Some(s) = scenarios.iter().find(|s| s.fleet_refusal().is_some()) {
                 bail!(
-                    "{} does not run in fleet mode (it runs its clients itself); these do: {}",
+                    "{} does not run in fleet mode: {}",
                     s.name(),
-                    FLEET.join(", ")
+                    s.fleet_refusal().unwrap_or_default()
                 );
             }
+            f.bench_on_clients = scenarios.iter().any(|s| s.fleet_needs_bench());
             if netns.is_some() || !peers.is_empty() {
                 bail!("--server-host does not go with --netns or --peer");
             }
@@ -151,10 +149,16 @@ fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> 
             }
         }
         rep.write()?;
-        if let (Err(_), Some(f)) = (&r, &ctx.run.fleet) {
-            f.teardown();
+        // A host failure is its own one line (naming the host), whatever the scenario made of
+        // it; anything else failed the scenario. The hosts' directories go when the fleet is
+        // dropped, on every path.
+        if let Some(e) = ctx.run.fleet.as_ref().and_then(|f| f.failure()) {
+            return Err(e);
         }
-        r.with_context(|| format!("scenario {}", s.name()))?;
+        match r {
+            Err(e) if crate::fleet::is_host_failure(&e) => return Err(e),
+            r => r.with_context(|| format!("scenario {}", s.name()))?,
+        }
     }
     if let Some(f) = &ctx.run.fleet {
         f.teardown();

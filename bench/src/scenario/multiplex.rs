@@ -13,7 +13,9 @@ use crate::hold::HolderIo;
 use crate::plot;
 use crate::report::{self, Report};
 use crate::run::{self, drive, RunResult, Target};
-use crate::scenario::c10k::{start_holders, stop_holders, Limits, SERVER_ARGS};
+use crate::scenario::c10k::{
+    holders_wait_s, start_holders, start_remote_holders, stop_holders, Limits, SERVER_ARGS,
+};
 use crate::verdict::{self, Pair, CPU_PER_REQ, RPS};
 
 /// `ringlab-bench multiplex`.
@@ -35,6 +37,10 @@ impl Scenario for Multiplex {
     }
 
     fn takes_peers(&self) -> bool {
+        true
+    }
+
+    fn fleet_needs_bench(&self) -> bool {
         true
     }
 
@@ -87,6 +93,7 @@ impl Scenario for Multiplex {
                             x.rep = r;
                             runs[i * rows.len() + j].push(x);
                         }
+                        Err(e) if crate::fleet::is_host_failure(&e) => return Err(e),
                         Err(e) if ctx.peer(row).is_some() => {
                             ctx.run.dropped.drop_row(row, &format!("{e:#}"))
                         }
@@ -211,6 +218,21 @@ fn idle_run(
             .collect(),
         dur,
     );
+    if let Some(f) = &ctx.run.fleet {
+        // The server on its host, the holders on the client hosts beside the clients.
+        return f.guard(|| {
+            let wait = if n > 0 { holders_wait_s(n) } else { 0 };
+            let limit = (spec.warmup_s + spec.duration_s) as u64 + wait + 40;
+            let mut s = f.session(&ctx.run.tmp, limit)?;
+            s.server(&spec.server_args)?;
+            if n > 0 {
+                start_remote_holders(&mut s, n, HolderIo::Fds)?;
+            }
+            let r = s.clients(&spec)?;
+            s.finish()?;
+            Ok(r)
+        });
+    }
     let target = Target::start(&ctx.bins, &spec, &ctx.run)?;
     let (holders, failed) = if n > 0 {
         start_holders(target.addr(), n, lim, HolderIo::Fds, client_cpu, false)?

@@ -184,6 +184,10 @@ impl Scenario for Files {
         "files"
     }
 
+    fn fleet_refusal(&self) -> Option<&'static str> {
+        Some("it makes and verifies its data set on this machine, drops this machine's page cache before every run and reads this machine's disk counters; on a fleet all three would have to happen on the server host, which is not built yet")
+    }
+
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
         let a = &self.args;
         let q = ctx.o.quick;
