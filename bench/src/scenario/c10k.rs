@@ -1087,52 +1087,104 @@ fn c10k_row(
     let (mem2, settle_s) = settle_mem(mem0, mem1, Duration::from_secs(30), &mut KernelMem::read);
     let run = run?;
     let stats = stats?;
-    let accepted = stats.total.accepted;
     let mut note = Vec::new();
-    if accepted < n + ACTIVE as u64 {
-        note.push(format!("server accepted only {accepted}"));
-    }
-    if unverified > 0 {
-        note.push(format!(
-            "{unverified} idle connections not verified (no echoed byte while the holders waited, or closed)"
-        ));
-    }
     if !errs.is_empty() {
         note.push(format!("holder errors: {}", errs.join("; ")));
     }
     if !gone {
         note.push("server processes still running 30 s after the stop".into());
     }
-    if run.client_saturated {
-        note.push("client saturated".into());
-    }
-    let per = |a: u64, b: u64| (a as f64 - b as f64) / n.max(1) as f64;
-    Ok(Row {
-        label: label.to_string(),
-        holder_io: io.to_string(),
-        idle: n,
-        server_procs: procs,
-        server_loops: server_loops(&ctx.o.server_cores, procs),
+    Ok(Point {
+        label,
+        io,
+        n,
+        procs,
         holders: nholders,
         holder_rings,
-        run: Some(run),
-        rss_kib_per_conn: per(rss1, rss0),
-        slab_kib_per_conn: per(mem1.slab_kib, mem0.slab_kib),
-        tcp_kib_per_conn: per(mem1.tcp_kib(), mem0.tcp_kib()),
-        connect_s,
-        connect_p99_us: connect_p99,
+        run,
+        rss: [rss0, rss1],
+        mem: [mem0, mem1, mem2],
+        connect: (connect_s, connect_p99),
         unverified,
         server_fds,
-        mem: [mem0, mem1, mem2],
-        open_s,
-        teardown_s,
-        settle_s,
-        note: note.join(", "),
-    })
+        times: [open_s, teardown_s, settle_s],
+        accepted: stats.total.accepted,
+        expected: n + ACTIVE as u64,
+        note,
+    }
+    .row(ctx))
 }
 
-/// The server arguments of a c10k row: the backend's, echo without limits, `--fixed-files`
-/// for uring-fixed, `--processes` when one process cannot hold them all.
+/// What one point measured, locally or in fleet mode, before it is a [`Row`].
+struct Point<'a> {
+    label: &'a str,
+    io: HolderIo,
+    /// Idle connections asked for.
+    n: u64,
+    procs: u64,
+    holders: u64,
+    holder_rings: u64,
+    run: RunResult,
+    /// Server RSS (KiB, all processes) before and with the idle connections.
+    rss: [u64; 2],
+    mem: [KernelMem; 3],
+    /// The worst holder's time to connect all and its connect p99 (µs).
+    connect: (f64, f64),
+    unverified: u64,
+    server_fds: u64,
+    /// open_s, teardown_s, settle_s (see [`Row`]).
+    times: [f64; 3],
+    /// Connections the server accepted, and how many it should have.
+    accepted: u64,
+    expected: u64,
+    /// Notes of its own path (holder errors, processes left, ...); the shared ones follow.
+    note: Vec<String>,
+}
+
+impl Point<'_> {
+    fn row(self, ctx: &Ctx) -> Row {
+        let mut note = self.note;
+        if self.accepted < self.expected {
+            note.push(format!("server accepted only {}", self.accepted));
+        }
+        if self.unverified > 0 {
+            note.push(format!(
+                "{} idle connections not verified (no echoed byte while the holders waited, or closed)",
+                self.unverified
+            ));
+        }
+        if self.run.client_saturated {
+            note.push("client saturated".into());
+        }
+        let n = self.n;
+        let per = |a: u64, b: u64| (a as f64 - b as f64) / n.max(1) as f64;
+        let [mem0, mem1, _] = &self.mem;
+        let [open_s, teardown_s, settle_s] = self.times;
+        Row {
+            label: self.label.to_string(),
+            holder_io: self.io.to_string(),
+            idle: n,
+            server_procs: self.procs,
+            server_loops: server_loops(&ctx.o.server_cores, self.procs),
+            holders: self.holders,
+            holder_rings: self.holder_rings,
+            rss_kib_per_conn: per(self.rss[1], self.rss[0]),
+            slab_kib_per_conn: per(mem1.slab_kib, mem0.slab_kib),
+            tcp_kib_per_conn: per(mem1.tcp_kib(), mem0.tcp_kib()),
+            run: Some(self.run),
+            connect_s: self.connect.0,
+            connect_p99_us: self.connect.1,
+            unverified: self.unverified,
+            server_fds: self.server_fds,
+            mem: self.mem,
+            open_s,
+            teardown_s,
+            settle_s,
+            note: note.join(", "),
+        }
+    }
+}
+
 fn row_args(ctx: &Ctx, label: &str, procs: u64) -> Result<Vec<String>> {
     let (backend, fixed) = match label {
         "uring-fixed" => ("uring", true),
@@ -1216,42 +1268,25 @@ fn fleet_row(
             .unwrap_or_default()
     };
     let (mem2, settle_s) = settle_mem(mem0, mem1, Duration::from_secs(30), &mut remote);
-    let accepted = stats.total.accepted;
-    let mut note = vec!["fleet: kernel memory of the server host (its end only)".to_string()];
-    if accepted < n + 2 * ACTIVE as u64 {
-        note.push(format!("server accepted only {accepted}"));
-    }
-    if unverified > 0 {
-        note.push(format!(
-            "{unverified} idle connections not verified (no echoed byte while the holders waited, or closed)"
-        ));
-    }
-    if run.client_saturated {
-        note.push("client saturated".into());
-    }
-    let per = |a: u64, b: u64| (a as f64 - b as f64) / n.max(1) as f64;
-    Ok(Row {
-        label: label.to_string(),
-        holder_io: io.to_string(),
-        idle: n,
-        server_procs: procs,
-        server_loops: server_loops(&ctx.o.server_cores, procs),
+    Ok(Point {
+        label,
+        io,
+        n,
+        procs,
         holders: held.len() as u64,
         holder_rings,
-        run: Some(run),
-        rss_kib_per_conn: per(rss1, rss0),
-        slab_kib_per_conn: per(mem1.slab_kib, mem0.slab_kib),
-        tcp_kib_per_conn: per(mem1.tcp_kib(), mem0.tcp_kib()),
-        connect_s,
-        connect_p99_us: connect_p99,
+        run,
+        rss: [rss0, rss1],
+        mem: [mem0, mem1, mem2],
+        connect: (connect_s, connect_p99),
         unverified,
         server_fds,
-        mem: [mem0, mem1, mem2],
-        open_s,
-        teardown_s,
-        settle_s,
-        note: note.join(", "),
-    })
+        times: [open_s, teardown_s, settle_s],
+        accepted: stats.total.accepted,
+        expected: n + 2 * ACTIVE as u64,
+        note: vec!["fleet: kernel memory of the server host (its end only)".to_string()],
+    }
+    .row(ctx))
 }
 
 #[cfg(test)]
