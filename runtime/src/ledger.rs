@@ -239,6 +239,25 @@ impl<T: SlotSock, B> Ledger<T, B> {
         unsafe { sq.submit(e.user_data(user_data(op, NO_SLOT, 0)), sc) };
     }
 
+    /// Queue an operation on no slot, tagged `op` with [`NO_SLOT`] and `tag` in the generation
+    /// field (which the completion's [`UserData::gen`] gives back: e.g. which of several rings
+    /// an eventfd poll watches).
+    ///
+    /// # Safety
+    /// As [`Submit::submit`].
+    pub unsafe fn push_tagged(
+        &mut self,
+        sq: &mut impl Submit,
+        op: u8,
+        tag: u32,
+        e: squeue::Entry,
+        sc: &mut SyscallCounters,
+    ) {
+        self.ops += 1;
+        // SAFETY: the caller's contract.
+        unsafe { sq.submit(e.user_data(user_data(op, NO_SLOT, tag)), sc) };
+    }
+
     /// Queue operation `op` on `slot`; it counts as in flight on the slot until its final
     /// completion, and the slot is not freed before. Returns false (and queues nothing) if the
     /// slot is free.
@@ -413,50 +432,68 @@ impl<T: SlotSock, B> Ledger<T, B> {
 
     /// At exit: cancel everything in flight and wait up to [`FINISH_WAIT`] for it, handing every
     /// completion to `on_cqe` first (to close a socket accepted in the last moment) and giving
-    /// the provided buffers completions carry back to `bufs`. Returns the number of operations
-    /// that never completed; then the slots, the lent buffers and the provided-buffer ring are
-    /// leaked, never freed: the kernel may still use them. `bundle`: the group's receives are
-    /// bundles (a completion may carry several buffers).
+    /// the provided buffers completions carry back to their ring's `bufs`. Returns the number of
+    /// operations that never completed; then the slots, the lent buffers and the provided-buffer
+    /// rings are leaked, never freed: the kernel may still use them. `bundle`: the groups'
+    /// receives are bundles (a completion may carry several buffers).
+    ///
+    /// `rings`: every ring this ledger's operations went to, each with its own provided-buffer
+    /// ring. With one, the wait sleeps on it; with several (whose completions the first no
+    /// longer hears of once its eventfd polls are cancelled) they are looked at in turn, a
+    /// millisecond apart.
     pub fn finish(
         &mut self,
-        ring: &mut Ring<'_>,
-        bufs: &mut Option<BufRing<'_>>,
+        rings: &mut [(&mut Ring<'_>, &mut Option<BufRing<'_>>)],
         bundle: bool,
         sc: &mut SyscallCounters,
         mut on_cqe: impl FnMut(&cqueue::Entry),
     ) -> u64 {
         if self.ops > 0 {
-            let e = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build();
-            // SAFETY: a cancel refers to no memory.
-            unsafe { self.push(ring, OP_CANCEL_ANY, e, sc) };
+            for (ring, _) in rings.iter_mut() {
+                let e = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build();
+                // SAFETY: a cancel refers to no memory.
+                unsafe { self.push(*ring, OP_CANCEL_ANY, e, sc) };
+            }
         }
         let until = Instant::now() + FINISH_WAIT;
         let mut cqes = Vec::new();
-        while self.ops > 0 && Instant::now() < until {
+        let single = rings.len() == 1;
+        'wait: while self.ops > 0 && Instant::now() < until {
             let left = until.saturating_duration_since(Instant::now());
-            if ring.submit_and_wait(1, Some(left), sc).is_err() {
-                break;
-            }
-            ring.reap(&mut cqes);
-            for cqe in cqes.drain(..) {
-                on_cqe(&cqe);
-                if let (Some(bid), Some(b)) = (cqueue::buffer_select(cqe.flags()), bufs.as_mut()) {
-                    let (n, more) = (
-                        cqe.result().max(0) as usize,
-                        cqueue::buffer_more(cqe.flags()),
-                    );
-                    // SAFETY: a receive completion on the group, reaped here once.
-                    unsafe { b.discard(bid, n, bundle, more) };
+            let wait = if single {
+                left
+            } else {
+                left.min(Duration::from_millis(1))
+            };
+            for (ring, bufs) in rings.iter_mut() {
+                if ring.submit_and_wait(1, Some(wait), sc).is_err() {
+                    break 'wait;
                 }
-                // Closed values have nothing in flight: dropping them is safe.
-                drop(self.complete(cqe.user_data(), cqe.result(), cqe.flags()));
+                ring.reap(&mut cqes);
+                for cqe in cqes.drain(..) {
+                    on_cqe(&cqe);
+                    if let (Some(bid), Some(b)) =
+                        (cqueue::buffer_select(cqe.flags()), bufs.as_mut())
+                    {
+                        let (n, more) = (
+                            cqe.result().max(0) as usize,
+                            cqueue::buffer_more(cqe.flags()),
+                        );
+                        // SAFETY: a receive completion on the group, reaped here once.
+                        unsafe { b.discard(bid, n, bundle, more) };
+                    }
+                    // Closed values have nothing in flight: dropping them is safe.
+                    drop(self.complete(cqe.user_data(), cqe.result(), cqe.flags()));
+                }
             }
         }
         if self.ops > 0 {
             std::mem::forget(std::mem::take(&mut self.slots));
             std::mem::forget(std::mem::take(&mut self.lent));
-            if let Some(b) = bufs.take() {
-                b.leak();
+            for (_, bufs) in rings.iter_mut() {
+                if let Some(b) = bufs.take() {
+                    b.leak();
+                }
             }
         }
         self.ops

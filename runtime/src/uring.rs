@@ -396,6 +396,15 @@ impl<'a> Ring<'a> {
         self.cq.sync();
     }
 
+    /// Completions are waiting in the CQ, or deferred task work the last enter left over
+    /// (`IORING_SQ_TASKRUN`, which the kernel sets again when it stops a pass with work left):
+    /// a loop that waits on another ring must look at this one again before it sleeps.
+    pub fn ready(&mut self) -> bool {
+        self.cq.sync();
+        self.sq.sync();
+        !self.cq.is_empty() || (self.deferred && self.sq.taskrun())
+    }
+
     /// Entries waiting in the backlog.
     pub fn backlog_len(&self) -> usize {
         self.backlog.len()

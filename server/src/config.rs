@@ -15,6 +15,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--fixed-placement`: which of a loop's rings takes a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Placement {
+    /// The first ring with room.
+    Fill,
+    /// The rings in turn (skipping full ones).
+    Spread,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Io {
     /// io_uring completion model (raw io-uring crate): multishot accept, multishot recv into a
@@ -348,6 +357,25 @@ pub struct Args {
     /// RLIMIT_NOFILE, the most the kernel allows); beyond it accepts fail with ENFILE and back off.
     #[arg(long, default_value_t = 0, help_heading = "io_uring")]
     pub fixed_table: u32,
+    /// uring with --fixed-files: hold each loop's connections in N rings' fixed-file tables
+    /// instead of one, so that one loop (one thread, one process) holds N × --fixed-table
+    /// connections. The kernel caps a table at the soft RLIMIT_NOFILE, so this is how a single
+    /// process gets past the descriptor ceiling without running more processes.
+    ///
+    /// How: the loop sleeps on its first ring; every other ring signals an eventfd
+    /// (IORING_REGISTER_EVENTFD) that the first ring polls, and the loop then enters that ring
+    /// to submit and run its completions. A connection's operations all go to its own ring.
+    /// Accepts arrive as descriptors and are moved into a table with room
+    /// (IORING_REGISTER_FILES_UPDATE, then close), placed by --fixed-placement. Each ring has
+    /// its own provided-buffer ring of --buf-count ÷ N buffers (a power of two, at least 64).
+    /// Not with --sqpoll (a polling thread per ring) or --no-defer-taskrun.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096), help_heading = "io_uring")]
+    pub fixed_rings: u16,
+    /// uring with --fixed-rings: which ring a new connection goes to: fill (the first with
+    /// room: connections opened together share a ring, and a turn enters few rings) or spread
+    /// (the rings in turn: busy connections are spread over every ring, the costly case).
+    #[arg(long, value_enum, default_value_t = Placement::Fill, help_heading = "io_uring")]
+    pub fixed_placement: Placement,
     /// uring: IORING_SETUP_SQPOLL: a kernel thread per ring polls the SQ, so submissions need no
     /// syscall (io_uring_enter is still used to wait). Uses COOP_TASKRUN, as DEFER_TASKRUN cannot
     /// be combined with SQPOLL. The thread runs on --sqpoll-cpu.
@@ -487,6 +515,22 @@ impl Args {
         }
         if self.fixed_table > 0 && !self.fixed_files {
             return Err("--fixed-table needs --fixed-files".into());
+        }
+        if self.fixed_rings > 1 {
+            if !self.fixed_files {
+                return Err("--fixed-rings holds connections in fixed-file tables: add --fixed-files (and --io uring)".into());
+            }
+            if self.sqpoll {
+                return Err("--fixed-rings cannot be combined with --sqpoll (each ring would need a polling thread)".into());
+            }
+            if self.no_defer_taskrun {
+                return Err("--fixed-rings needs DEFER_TASKRUN rings (the loop runs each ring's completions itself): drop --no-defer-taskrun".into());
+            }
+        }
+        if self.fixed_placement != Placement::Fill && self.fixed_rings == 1 {
+            return Err(
+                "--fixed-placement chooses among --fixed-rings: add --fixed-rings N (N > 1)".into(),
+            );
         }
         if self.no_multishot_recv && (self.recv_bundle || self.buf_incremental) {
             return Err(

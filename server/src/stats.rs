@@ -72,11 +72,20 @@ pub struct LoopStats {
     /// uring --file-fixed-bufs: reads into registered buffers (of `file_reads`).
     #[serde(default)]
     pub file_fixed_reads: u64,
+    /// uring: io_uring instances the loop ran (1, or N with `--fixed-rings N`), and how many
+    /// times the loop entered a ring other than its first (each such enter is also in
+    /// `syscalls.io_uring_enter`).
+    #[serde(default)]
+    pub rings: u64,
+    #[serde(default)]
+    pub extra_enters: u64,
 }
 
 impl LoopStats {
     /// Add `o` into `self`.
     pub fn add(&mut self, o: &LoopStats) {
+        self.rings += o.rings;
+        self.extra_enters += o.extra_enters;
         self.requests += o.requests;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
@@ -223,6 +232,9 @@ impl ServerStats {
                 t.enobufs, t.multishot_rearms, t.short_sends, t.cq_overflows, t.backpressure_pauses,
                 t.zc_sends, t.zc_copied, t.zc_fallbacks, t.recv_bundles, t.buf_partial
             );
+            if t.rings > self.per_core.len() as u64 {
+                out += &format!("rings total={} extra_enters={}\n", t.rings, t.extra_enters);
+            }
         }
         for p in &self.processes {
             out += &format!(

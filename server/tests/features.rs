@@ -200,6 +200,91 @@ fn fixed_table_smaller_than_the_load_serves_every_connection() {
 }
 
 #[test]
+fn fixed_rings_hold_several_tables_in_one_loop() {
+    // Four rings with tables of 8: one loop holds 32 connections, none of them a descriptor of
+    // the process; the 33rd waits until a slot frees anywhere; every ring's completions are
+    // run by the loop that sleeps on the first.
+    if !uring_ok() {
+        return;
+    }
+    for placement in ["fill", "spread"] {
+        let args = [
+            "--fixed-files",
+            "--fixed-table",
+            "8",
+            "--fixed-rings",
+            "4",
+            "--fixed-placement",
+            placement,
+        ];
+        let mut srv = Server::start_with_stats("uring", &args);
+        let before = srv.open_fds();
+        let mut held: Vec<_> = (0..32).map(|_| srv.connect()).collect();
+        for (i, s) in held.iter_mut().enumerate() {
+            let msg = format!("conn {i:02}");
+            s.write_all(msg.as_bytes()).unwrap();
+            let mut b = [0u8; 7];
+            s.read_exact(&mut b).unwrap();
+            assert_eq!(&b, msg.as_bytes(), "{placement}");
+        }
+        // All 32 are in the rings' tables, not in the descriptor table.
+        let during = srv.open_fds();
+        assert!(
+            during < before + 4,
+            "{placement}: {during} descriptors with 32 connections open, {before} before"
+        );
+        // Every connection is served again after the others were: no ring is left unheard.
+        for (i, s) in held.iter_mut().enumerate().rev() {
+            let msg = format!("again {i:02}");
+            s.write_all(msg.as_bytes()).unwrap();
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).unwrap();
+            assert_eq!(&b, msg.as_bytes(), "{placement}");
+        }
+        let mut extra = srv.connect();
+        extra.write_all(b"33rd").unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut got = [0u8; 4];
+        assert!(
+            extra.read_exact(&mut got).is_err(),
+            "{placement}: served beyond the tables"
+        );
+        // The slot that frees is in whichever ring that connection was in.
+        drop(held.swap_remove(5));
+        extra
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        extra.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"33rd", "{placement}");
+        drop(held);
+        drop(extra);
+        srv.stop_and_wait(EXIT_TIMEOUT);
+        let st = srv.stats();
+        assert_eq!(json_u64(&st, "total.rings"), 4, "{st:#}");
+        assert!(json_u64(&st, "total.extra_enters") > 0, "{st:#}");
+        assert_eq!(json_u64(&st, "total.accepted"), 33, "{st:#}");
+        assert_eq!(json_u64(&st, "total.closed"), 33, "{st:#}");
+        assert_eq!(json_u64(&st, "total.conn_errors"), 0, "{st:#}");
+        assert_eq!(json_u64(&st, "total.accept_errors"), 0, "{st:#}");
+    }
+    // Large transfers, half-closes and pipelined HTTP through tables of 2 in 8 rings.
+    let many = [
+        "--fixed-files",
+        "--fixed-table",
+        "2",
+        "--fixed-rings",
+        "8",
+        "--fixed-placement",
+        "spread",
+    ];
+    integrity("uring", &many);
+    half_close_large("uring", &many);
+    http_pipelined("uring", &many);
+}
+
+#[test]
 fn sqpoll_runs_a_kernel_thread_and_keeps_every_byte() {
     if !uring_ok() {
         return;
@@ -403,6 +488,42 @@ fn switches_for_another_backend_are_refused_with_one_line() {
         (
             &["--io", "uring", "--fixed-table", "8"][..],
             "--fixed-table needs --fixed-files",
+        ),
+        (
+            &["--io", "uring", "--fixed-rings", "4"][..],
+            "--fixed-rings holds connections in fixed-file tables: add --fixed-files",
+        ),
+        (
+            &[
+                "--io",
+                "uring",
+                "--fixed-files",
+                "--fixed-rings",
+                "4",
+                "--sqpoll",
+            ][..],
+            "--fixed-rings cannot be combined with --sqpoll",
+        ),
+        (
+            &[
+                "--io",
+                "uring",
+                "--fixed-files",
+                "--fixed-rings",
+                "4",
+                "--no-defer-taskrun",
+            ][..],
+            "--fixed-rings needs DEFER_TASKRUN",
+        ),
+        (
+            &[
+                "--io",
+                "uring",
+                "--fixed-files",
+                "--fixed-placement",
+                "spread",
+            ][..],
+            "--fixed-placement chooses among --fixed-rings",
         ),
         (
             &["--io", "uring", "--sqpoll-cpu", "0"][..],

@@ -371,7 +371,12 @@ impl Loop<'_> {
             eng,
             ..
         } = self;
-        let left = ledger.finish(ring, bufs, false, &mut eng.counters.syscalls, |_| {});
+        let left = ledger.finish(
+            &mut [(ring, bufs)],
+            false,
+            &mut eng.counters.syscalls,
+            |_| {},
+        );
         if left > 0 {
             // The ledger leaked its slots and the provided buffers: the kernel may still use them.
             eprintln!(

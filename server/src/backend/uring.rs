@@ -94,6 +94,8 @@ const OP_FILE_OPEN: u8 = 12;
 const OP_FILE_STAT: u8 = 13;
 const OP_FILE_READ: u8 = 14;
 const OP_FILE_CLOSE: u8 = 15;
+/// `--fixed-rings`: the first ring's poll on another ring's eventfd (tagged with that ring).
+const OP_RING_WAKE: u8 = 16;
 
 /// Whether a zero-copy send's result says the kernel could not pin or account its pages
 /// (ENOBUFS: the socket's option memory or the locked-memory limit; ENOMEM), rather than that
@@ -156,6 +158,8 @@ struct Conn {
     /// ring's close).
     fd: Option<OwnedFd>,
     sock: Sock,
+    /// The ring its socket operations go to (0: the loop's first; `--fixed-rings`).
+    ring: u16,
     core: ConnCore,
     recv: Recv,
     /// The armed recv is multishot (else single-shot, one buffer).
@@ -190,6 +194,7 @@ impl Conn {
         Conn {
             fd,
             sock,
+            ring: 0,
             core,
             recv: Recv::Idle,
             multishot: false,
@@ -219,10 +224,70 @@ impl SlotSock for Conn {
     }
 }
 
+/// `--fixed-rings`: one of a loop's rings beyond the first, whose fixed-file table holds
+/// connections of its own.
+struct Extra<'r> {
+    ring: Ring<'r>,
+    bufs: Option<BufRing<'r>>,
+    /// Registered with the ring (`IORING_REGISTER_EVENTFD`) and polled by the first ring; kept
+    /// open for the loop's life.
+    evfd: OwnedFd,
+    /// Its eventfd fired, or it has completions or task work left: enter it this turn.
+    flagged: bool,
+}
+
+/// `--fixed-rings`: the fixed-file tables of all the loop's rings, as free indexes per ring.
+struct Tables {
+    /// Free indexes of each ring's table (ring 0 first), popped from the end.
+    free: Vec<Vec<u32>>,
+    placement: crate::config::Placement,
+    /// `spread`: the ring that takes the next connection.
+    next: usize,
+}
+
+impl Tables {
+    fn new(rings: usize, cap: u32, placement: crate::config::Placement) -> Tables {
+        Tables {
+            free: (0..rings).map(|_| (0..cap).rev().collect()).collect(),
+            placement,
+            next: 0,
+        }
+    }
+
+    /// A free index, and its ring, by the placement rule.
+    fn take(&mut self) -> Option<(u16, u32)> {
+        let n = self.free.len();
+        let start = match self.placement {
+            crate::config::Placement::Fill => 0,
+            crate::config::Placement::Spread => self.next,
+        };
+        for k in (0..n).map(|i| (start + i) % n) {
+            if let Some(i) = self.free[k].pop() {
+                self.next = (k + 1) % n;
+                return Some((k as u16, i));
+            }
+        }
+        None
+    }
+
+    fn give_back(&mut self, ring: u16, i: u32) {
+        self.free[ring as usize].push(i);
+    }
+
+    fn free_total(&self) -> usize {
+        self.free.iter().map(Vec::len).sum()
+    }
+}
+
 /// The IO of one io_uring loop.
 struct UringIo<'r> {
     ring: Ring<'r>,
     bufs: Option<BufRing<'r>>,
+    /// `--fixed-rings`: the loop's other rings (ring k is `extra[k - 1]`) and the tables of all.
+    extra: Vec<Extra<'r>>,
+    tables: Option<Tables>,
+    /// The ring whose completions are being handled (their provided buffers are its).
+    cur: u16,
     /// The connections and every operation in flight.
     conns: Ledger<Conn, Bytes>,
     listener: Arc<OwnedFd>,
@@ -309,14 +374,73 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
             .register_napi(&mut napi)
             .map_err(|e| setup_failed(&ctx, "io_uring_register(NAPI)", e))?;
     }
-    let bufs = if a.no_multishot_recv {
-        None
+    // `--fixed-rings N`: N - 1 more rings, each with a table and buffers of its own; the
+    // provided buffers are shared out among all N.
+    let rings = if a.fixed_files {
+        a.fixed_rings.max(1)
     } else {
-        let flags = if a.buf_incremental { PBUF_RING_INC } else { 0 };
-        let b = BufRing::with_flags(ring.uring(), BGID, a.buf_count, a.buf_size, flags)
-            .map_err(|e| setup_failed(&ctx, "io_uring_register(PBUF_RING)", e))?;
-        Some(b)
+        1
     };
+    let buf_count = if rings > 1 {
+        (a.buf_count / rings).max(64).next_power_of_two()
+    } else {
+        a.buf_count
+    };
+    fn buf_ring<'a>(ctx: &LoopCtx, ring: &Ring<'a>, count: u16) -> io::Result<Option<BufRing<'a>>> {
+        let a = &ctx.args;
+        if a.no_multishot_recv {
+            return Ok(None);
+        }
+        let flags = if a.buf_incremental { PBUF_RING_INC } else { 0 };
+        let b = BufRing::with_flags(ring.uring(), BGID, count, a.buf_size, flags)
+            .map_err(|e| setup_failed(ctx, "io_uring_register(PBUF_RING)", e))?;
+        Ok(Some(b))
+    }
+    let bufs = buf_ring(&ctx, &ring, buf_count)?;
+    // Only a few ring fds can be registered per thread (16): the others are entered by fd.
+    let ecfg = RingConfig {
+        register_ring_fd: false,
+        ..rcfg.clone()
+    };
+    let mut extra_urings = Vec::with_capacity(usize::from(rings) - 1);
+    for _ in 1..rings {
+        extra_urings.push(build_ring(&ecfg).map_err(|e| {
+            setup_failed(&ctx, &format!("io_uring_setup (--fixed-rings {rings})"), e)
+        })?);
+    }
+    let mut extra = Vec::with_capacity(extra_urings.len());
+    for u in extra_urings.iter_mut() {
+        let r = Ring::new(u, &ecfg)
+            .map_err(|e| setup_failed(&ctx, "io_uring_register(RING_FDS)", e))?;
+        r.submitter()
+            .register_files_sparse(fixed_cap as u32)
+            .map_err(|e| {
+                setup_failed(
+                    &ctx,
+                    &format!(
+                        "io_uring_register(FILES_SPARSE, {fixed_cap}) (--fixed-rings {rings})"
+                    ),
+                    e,
+                )
+            })?;
+        let evfd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| setup_failed(&ctx, "eventfd", e.into()))?;
+        r.submitter()
+            .register_eventfd(evfd.as_raw_fd())
+            .map_err(|e| setup_failed(&ctx, "io_uring_register(EVENTFD)", e))?;
+        let bufs = buf_ring(&ctx, &r, buf_count)?;
+        extra.push(Extra {
+            ring: r,
+            bufs,
+            evfd,
+            flagged: false,
+        });
+    }
+    let tables =
+        (rings > 1).then(|| Tables::new(usize::from(rings), fixed_cap as u32, a.fixed_placement));
     let fixed_bufs = match a.file_fixed_bufs {
         0 => None,
         n => Some(
@@ -324,9 +448,12 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
                 .map_err(|e| fixed_bufs_failed(&ctx, n, a.file_chunk, e))?,
         ),
     };
+    let n_extra = extra.len() as u64;
     let io = UringIo {
         ring,
         bufs,
+        extra,
+        cur: 0,
         conns: Ledger::default(),
         listener: ctx.listener.clone(),
         waker: ctx.waker.clone(),
@@ -338,7 +465,9 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         multishot_accept: !a.no_multishot_accept,
         buf_size: a.buf_size as usize,
         mshot_limit: !a.no_recv_limit,
-        fixed: a.fixed_files,
+        // With several tables, accepts arrive as descriptors and the loop places them.
+        fixed: a.fixed_files && tables.is_none(),
+        tables,
         fixed_cap,
         accept_multi: false,
         accept_full: false,
@@ -358,14 +487,24 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         + u64::from(!a.no_register_ring_fd)
         + u64::from(a.fixed_files)
         + u64::from(!a.napi_busy_poll.is_zero())
-        + u64::from(a.file_fixed_bufs > 0);
+        + u64::from(a.file_fixed_bufs > 0)
+        + 3 * n_extra;
+    lp.core.stats.rings = 1 + n_extra;
     lp.io.arm_wake(&mut lp.core);
+    for k in 1..=n_extra as u16 {
+        lp.io.arm_ring_wake(&mut lp.core, k);
+    }
     lp.io.accept(&mut lp.core);
     let r = lp.run();
     lp.io.finish(&mut lp.core);
     r.map(|()| {
         let mut s = lp.stats();
-        s.cq_overflows = lp.io.ring.cq_overflow_events;
+        s.cq_overflows = lp.io.ring.cq_overflow_events
+            + lp.io
+                .extra
+                .iter()
+                .map(|x| x.ring.cq_overflow_events)
+                .sum::<u64>();
         s
     })
 }
@@ -402,21 +541,56 @@ impl Driver for UringIo<'_> {
         // Registered buffers given back during the turn (their bytes sent, or dropped with a
         // connection, wherever that happened) let queued reads go, in this same enter. One
         // answered without the ring changed a session: look again at once.
-        let timeout = if !self.file_queue.is_empty() && self.file_next(core) {
+        let mut timeout = if !self.file_queue.is_empty() && self.file_next(core) {
             Some(Duration::ZERO)
         } else {
             timeout
         };
+        // `--fixed-rings`: submit what the turn queued on the other rings (running their task
+        // work too); one with completions or work left is looked at again before any sleep.
+        for x in self.extra.iter_mut() {
+            if x.ring.unsubmitted() > 0 {
+                core.stats.extra_enters += 1;
+                x.ring
+                    .submit_and_wait(0, Some(Duration::ZERO), &mut core.stats.syscalls)?;
+            }
+            if x.ring.ready() {
+                x.flagged = true;
+                timeout = Some(Duration::ZERO);
+            }
+        }
         self.ring
             .submit_and_wait(1, timeout, &mut core.stats.syscalls)
     }
 
     fn dispatch(&mut self, core: &mut LoopCore) {
         let mut cqes = std::mem::take(&mut self.cqes);
+        self.cur = 0;
         self.ring.reap(&mut cqes);
         for cqe in cqes.drain(..) {
             self.handle(core, cqe);
         }
+        // `--fixed-rings`: every ring the first one heard from (its eventfd fired) or that had
+        // completions waiting: enter it to run its task work, then handle its completions.
+        for k in 0..self.extra.len() {
+            let x = &mut self.extra[k];
+            if !std::mem::take(&mut x.flagged) {
+                continue;
+            }
+            core.stats.extra_enters += 1;
+            if let Err(e) =
+                x.ring
+                    .submit_and_wait(0, Some(Duration::ZERO), &mut core.stats.syscalls)
+            {
+                tracing::warn!("ringlab-server: io_uring_enter on ring {}: {e}", k + 1);
+            }
+            x.ring.reap(&mut cqes);
+            self.cur = k as u16 + 1;
+            for cqe in cqes.drain(..) {
+                self.handle(core, cqe);
+            }
+        }
+        self.cur = 0;
         self.cqes = cqes;
     }
 
@@ -425,6 +599,33 @@ impl Driver for UringIo<'_> {
     }
 
     fn add(&mut self, core: &mut LoopCore, fd: OwnedFd, conn: ConnCore) {
+        // `--fixed-rings`: the accepted descriptor moves into a table with room (the table
+        // takes its own reference to the socket, so the descriptor is closed at once); with
+        // every table full, or if the kernel refuses, it is served as a descriptor.
+        if let Some((ring, i)) = self.tables.as_mut().and_then(Tables::take) {
+            let submitter = match ring {
+                0 => self.ring.submitter(),
+                k => self.extra[usize::from(k) - 1].ring.submitter(),
+            };
+            core.stats.syscalls.io_uring_register += 1;
+            match submitter.register_files_update(i, &[fd.as_raw_fd()]) {
+                Ok(_) => {
+                    core.stats.syscalls.close += 1;
+                    drop(fd);
+                    let mut c = Conn::new(None, Sock::Fixed(i), conn);
+                    c.ring = ring;
+                    let (slot, _) = self.conns.insert(c);
+                    self.pump(core, slot);
+                    return;
+                }
+                Err(e) => {
+                    if let Some(t) = self.tables.as_mut() {
+                        t.give_back(ring, i);
+                    }
+                    tracing::warn!("ringlab-server: io_uring_register(FILES_UPDATE) into ring {ring}: {e}; serving the connection as a descriptor");
+                }
+            }
+        }
         let sock = Sock::Fd(fd.as_raw_fd());
         let (slot, _) = self.conns.insert(Conn::new(Some(fd), sock, conn));
         self.pump(core, slot);
@@ -448,7 +649,7 @@ impl Driver for UringIo<'_> {
             return; // at --max-conns (echo): retried at `accept.retry_at`
         }
         let mut multishot = self.multishot_accept;
-        if self.fixed {
+        if self.fixed || self.tables.is_some() {
             let (free, burst) = self.fixed_room();
             if free == 0 {
                 self.accept_full = true;
@@ -504,8 +705,46 @@ impl UringIo<'_> {
         };
     }
 
-    /// Queue operation `op` on connection `slot`.
+    /// `--fixed-rings`: the first ring's eventfd poll on ring `k`'s eventfd (multishot, like
+    /// the waker's; the eventfd is never read: each signal wakes the poll all the same).
+    fn arm_ring_wake(&mut self, core: &mut LoopCore, k: u16) {
+        let fd = self.extra[usize::from(k) - 1].evfd.as_raw_fd();
+        let e = opcode::PollAdd::new(types::Fd(fd), POLLIN)
+            .multi(true)
+            .build();
+        // SAFETY: the entry refers only to ring k's eventfd, which the loop keeps open until
+        // its rings go (after every operation is drained or leaked).
+        unsafe {
+            self.conns.push_tagged(
+                &mut self.ring,
+                OP_RING_WAKE,
+                u32::from(k),
+                e,
+                &mut core.stats.syscalls,
+            )
+        };
+    }
+
+    /// The ring the socket operations of connection `slot` go to (the first ring for a slot
+    /// that is gone, where the ledger queues nothing anyway).
+    fn ring_of(&mut self, slot: u32) -> u16 {
+        match self.conns.open(slot) {
+            Some((_, c)) => c.ring,
+            None => 0,
+        }
+    }
+
+    /// Queue operation `op` on connection `slot`: on its ring for a socket operation, on the
+    /// first ring for a file operation (files are descriptors, not in any table).
     fn push_for(&mut self, core: &mut LoopCore, slot: u32, op: u8, e: squeue::Entry) {
+        let k = match op {
+            OP_FILE_OPEN | OP_FILE_STAT | OP_FILE_READ | OP_FILE_CLOSE => 0,
+            _ => self.ring_of(slot),
+        };
+        let ring = match k {
+            0 => &mut self.ring,
+            k => &mut self.extra[usize::from(k) - 1].ring,
+        };
         // SAFETY: every entry built in this file for a connection refers only to its socket,
         // to buffers its `Conn` owns (the single-shot recv buffer, a file operation's `FileIo`,
         // whose registered buffer's mapping its `FixedBuf` keeps alive, and whose registration
@@ -518,7 +757,7 @@ impl UringIo<'_> {
         // operation before the buffer ring goes.
         unsafe {
             self.conns
-                .push_for(&mut self.ring, slot, op, e, &mut core.stats.syscalls)
+                .push_for(ring, slot, op, e, &mut core.stats.syscalls)
         };
     }
 
@@ -540,7 +779,10 @@ impl UringIo<'_> {
     /// the listen queue (`--backlog`) per turn, and its cancel is submitted before the next
     /// turn's accepts run, so it is kept only while more slots than that are free.
     fn fixed_room(&self) -> (usize, usize) {
-        let free = self.fixed_cap.saturating_sub(self.conns.len());
+        let free = match &self.tables {
+            Some(t) => t.free_total(),
+            None => self.fixed_cap.saturating_sub(self.conns.len()),
+        };
         (free, self.args.backlog.max(0) as usize + 1)
     }
 
@@ -550,12 +792,15 @@ impl UringIo<'_> {
         let UringIo {
             ring,
             bufs,
+            extra,
             conns,
             fixed,
             bundle,
             ..
         } = self;
-        let left = conns.finish(ring, bufs, *bundle, &mut core.stats.syscalls, |cqe| {
+        let mut rings: Vec<(&mut Ring<'_>, &mut Option<BufRing<'_>>)> = vec![(ring, bufs)];
+        rings.extend(extra.iter_mut().map(|x| (&mut x.ring, &mut x.bufs)));
+        let left = conns.finish(&mut rings, *bundle, &mut core.stats.syscalls, |cqe| {
             // A connection accepted in the last moment: close it.
             let u = UserData::decode(cqe.user_data());
             if u.op == OP_ACCEPT && cqe.result() >= 0 && !*fixed {
@@ -600,8 +845,12 @@ impl UringIo<'_> {
                 self.pump(core, slot);
             }
             Done::Pump(slot) => self.pump(core, slot),
-            Done::Closed(_) => {
+            Done::Closed(c) => {
                 core.stats.closed += 1;
+                // `--fixed-rings`: its table index is free again (the close took it out).
+                if let (Some(t), Sock::Fixed(i)) = (self.tables.as_mut(), c.sock) {
+                    t.give_back(c.ring, i);
+                }
                 // A fixed-file slot is free again.
                 if self.accept_full && core.accept.retry_at.is_none() {
                     self.accept(core);
@@ -645,6 +894,16 @@ impl UringIo<'_> {
                 }
                 if !more && res != -rustix::io::Errno::CANCELED.raw_os_error() {
                     self.arm_wake(core);
+                }
+            }
+            OP_RING_WAKE => {
+                // Ring `u.gen` has task work or completions: entered in this turn's dispatch.
+                let k = u.gen as usize;
+                if (1..=self.extra.len()).contains(&k) {
+                    self.extra[k - 1].flagged = true;
+                    if !more && res != -rustix::io::Errno::CANCELED.raw_os_error() {
+                        self.arm_ring_wake(core, k as u16);
+                    }
                 }
             }
             OP_CANCEL_ACCEPT => {}
@@ -725,7 +984,7 @@ impl UringIo<'_> {
                 return;
             }
         }
-        if self.fixed && self.accept_armed && self.accept_multi {
+        if (self.fixed || self.tables.is_some()) && self.accept_armed && self.accept_multi {
             let (free, burst) = self.fixed_room();
             if free <= burst {
                 // Near a full table: single-shot accepts from here (re-armed on the cancel).
@@ -744,9 +1003,16 @@ impl UringIo<'_> {
         let UringIo {
             conns,
             bufs,
+            extra,
+            cur,
             pieces,
             ..
         } = self;
+        // The completion came from ring `cur`: its buffers are that ring's.
+        let bufs = match *cur {
+            0 => bufs,
+            k => &mut extra[usize::from(k) - 1].bufs,
+        };
         // The provided buffers this completion filled, as pieces of bytes in order (a bundle's
         // several, an incremental buffer's next part).
         pieces.clear();
@@ -867,7 +1133,7 @@ impl UringIo<'_> {
         // SAFETY (pointer arithmetic): `off < buf.len()`, so the pointer stays in the buffer.
         let ptr = buf[off..].as_ptr();
         let zc = self.send_zc > 0 && len as usize >= self.send_zc;
-        let sock = c.sock;
+        let (sock, c_ring) = (c.sock, c.ring);
         let lend = zc.then(|| buf.clone());
         c.send = Some((buf, off));
         if let Some(buf) = lend {
@@ -879,7 +1145,12 @@ impl UringIo<'_> {
             // (a reference-counted buffer whose bytes never move) under this send's own
             // identity until its last completion, the notification; the socket is the
             // connection's, open until its close, which waits for this send.
-            unsafe { self.conns.push_lent(&mut self.ring, slot, buf, e, sc) };
+            let ring = match c_ring {
+                0 => &mut self.ring,
+                k => &mut self.extra[usize::from(k) - 1].ring,
+            };
+            // SAFETY: as just said.
+            unsafe { self.conns.push_lent(ring, slot, buf, e, sc) };
         } else {
             let e = on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
                 .flags(libc_flags::MSG_NOSIGNAL)
@@ -1217,8 +1488,11 @@ impl UringIo<'_> {
                 self.end_files(core, slot);
                 // Cancel what is in flight on the socket, then (once it all completed, file
                 // operations included) close it; the slot is freed when the close completes.
-                self.conns
-                    .close(&mut self.ring, slot, &mut core.stats.syscalls);
+                let ring = match self.ring_of(slot) {
+                    0 => &mut self.ring,
+                    k => &mut self.extra[usize::from(k) - 1].ring,
+                };
+                self.conns.close(ring, slot, &mut core.stats.syscalls);
                 return;
             }
             Action::ShutdownWrite => {
