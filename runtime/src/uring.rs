@@ -396,13 +396,44 @@ impl<'a> Ring<'a> {
         self.cq.sync();
     }
 
-    /// Completions are waiting in the CQ, or deferred task work the last enter left over
-    /// (`IORING_SQ_TASKRUN`, which the kernel sets again when it stops a pass with work left):
-    /// a loop that waits on another ring must look at this one again before it sleeps.
+    /// Submit what is queued (one `io_uring_enter`, not waiting) with the ring's registered
+    /// eventfd muted meanwhile, so that the completions this enter posts itself (sends that
+    /// complete inline) do not signal it; what arrives from elsewhere while it is muted is
+    /// caught by [`Ring::ready`] afterwards (the kernel posts or flags it before the enter
+    /// returns). For a loop that hears of this ring only through that eventfd.
+    pub fn submit_quiet(&mut self, counters: &mut SyscallCounters) -> io::Result<()> {
+        self.drain_backlog();
+        self.sq.sync();
+        if self.sq.cq_overflow() {
+            self.cq_overflow_events += 1;
+        }
+        counters.io_uring_enter += 1;
+        self.cq.disable_eventfd();
+        let r = self.submitter.submit();
+        self.cq.enable_eventfd();
+        // The kernel checks the muting after it flags new work; ours is checked after the
+        // unmuting: this fence orders our store before the loads in `ready`.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.sq.sync();
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => match rustix::io::Errno::from_io_error(&e) {
+                Some(rustix::io::Errno::INTR)
+                | Some(rustix::io::Errno::BUSY)
+                | Some(rustix::io::Errno::AGAIN) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Completions are waiting in the CQ, or task work is (`IORING_SQ_TASKRUN`: on a
+    /// `DEFER_TASKRUN` ring, work an enter left over or that came since; on a `COOP_TASKRUN`
+    /// ring, work the thread's next syscall runs): a loop that waits on another ring must look
+    /// at this one again before it sleeps.
     pub fn ready(&mut self) -> bool {
         self.cq.sync();
         self.sq.sync();
-        !self.cq.is_empty() || (self.deferred && self.sq.taskrun())
+        !self.cq.is_empty() || self.sq.taskrun()
     }
 
     /// Entries waiting in the backlog.

@@ -362,13 +362,14 @@ pub struct Args {
     /// connections. The kernel caps a table at the soft RLIMIT_NOFILE, so this is how a single
     /// process gets past the descriptor ceiling without running more processes.
     ///
-    /// How: the loop sleeps on its first ring; every other ring signals an eventfd
-    /// (IORING_REGISTER_EVENTFD) that the first ring polls, and the loop then enters that ring
-    /// to submit and run its completions. A connection's operations all go to its own ring.
+    /// How: the loop sleeps on its first ring; every other ring (COOP_TASKRUN, so its task work
+    /// runs in the thread's next syscall) signals an eventfd (IORING_REGISTER_EVENTFD) that the
+    /// first ring polls, and the loop takes that ring's completions; it enters another ring
+    /// only to submit to it. A connection's operations all go to its own ring.
     /// Accepts arrive as descriptors and are moved into a table with room
     /// (IORING_REGISTER_FILES_UPDATE, then close), placed by --fixed-placement. Each ring has
     /// its own provided-buffer ring of --buf-count ÷ N buffers (a power of two, at least 64).
-    /// Not with --sqpoll (a polling thread per ring) or --no-defer-taskrun.
+    /// Not with --sqpoll (a polling thread per ring).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096), help_heading = "io_uring")]
     pub fixed_rings: u16,
     /// uring with --fixed-rings: which ring a new connection goes to: fill (the first with
@@ -522,9 +523,6 @@ impl Args {
             }
             if self.sqpoll {
                 return Err("--fixed-rings cannot be combined with --sqpoll (each ring would need a polling thread)".into());
-            }
-            if self.no_defer_taskrun {
-                return Err("--fixed-rings needs DEFER_TASKRUN rings (the loop runs each ring's completions itself): drop --no-defer-taskrun".into());
             }
         }
         if self.fixed_placement != Placement::Fill && self.fixed_rings == 1 {

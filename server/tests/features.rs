@@ -509,17 +509,6 @@ fn switches_for_another_backend_are_refused_with_one_line() {
                 "--io",
                 "uring",
                 "--fixed-files",
-                "--fixed-rings",
-                "4",
-                "--no-defer-taskrun",
-            ][..],
-            "--fixed-rings needs DEFER_TASKRUN",
-        ),
-        (
-            &[
-                "--io",
-                "uring",
-                "--fixed-files",
                 "--fixed-placement",
                 "spread",
             ][..],

@@ -644,8 +644,10 @@ struct Row {
     holder_io: String,
     idle: u64,
     server_procs: u64,
-    /// Server loops over all processes (one ring each with uring).
+    /// Server loops over all processes.
     server_loops: u64,
+    /// io_uring instances over all of them (one per loop, or `--fixed-rings` each; 0 without).
+    server_rings: u64,
     holders: u64,
     /// uring-direct holders: their rings (fixed-file tables), over all of them.
     holder_rings: u64,
@@ -733,9 +735,23 @@ impl Scenario for C10k {
         );
         for &n in &idle {
             let procs = processes_for(n + ACTIVE as u64 + 16, per);
+            let loops = server_loops(&ctx.o.server_cores, 1);
+            let rings = server_plan(
+                "uring-fixed",
+                n + ACTIVE as u64 + 16,
+                per,
+                &ctx.o.server_cores,
+            )
+            .ok()
+            .and_then(|(a, _)| {
+                a.iter()
+                    .position(|x| x == "--fixed-rings")
+                    .and_then(|i| a.get(i + 1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(1);
             let _ = write!(
                 pre,
-                "  {n} idle + {ACTIVE} active: {procs} server process(es) of at most {per} connections ({} loops, a ring each with uring)",
+                "  {n} idle + {ACTIVE} active: {procs} server process(es) of at most {per} connections ({} loops) for uring, uring-fixed-procs and epoll; 1 process of {loops} loop(s) with {rings} ring(s) each for uring-fixed",
                 server_loops(&ctx.o.server_cores, procs)
             );
             for &io in &ios {
@@ -793,7 +809,12 @@ impl Scenario for C10k {
         }
         let labels = match &ctx.o.backends {
             Some(b) => b.clone(),
-            None => vec!["uring".into(), "uring-fixed".into(), "epoll".into()],
+            None => vec![
+                "uring".into(),
+                "uring-fixed".into(),
+                "uring-fixed-spread".into(),
+                "epoll".into(),
+            ],
         };
         let dur = ctx.duration(3.0);
         let client_cpu: Option<usize> = ctx
@@ -848,7 +869,7 @@ impl Scenario for C10k {
         println!("{ceiling}");
         rep.section(
             "c10k",
-            &format!("{ceiling}\nN idle connections held open (each checked by one echoed byte) while {ACTIVE} active connections run closed-loop echo of 64 B for {dur} s. `uring-fixed` is the uring backend with `--fixed-files`. Memory per connection is the growth from before the idle connections were opened to after, divided by N: server RSS (all server processes), kernel slab (socket, inode and file structures of both ends, since both are on this machine) and TCP buffer memory (/proc/net/sockstat). Holders are separate processes: `fds` holders keep a descriptor per connection (at most {} each), `uring-direct` holders make and keep them as io_uring direct descriptors (at most {} each, a fixed-file table of {} per ring); each holder has source addresses of its own. Server processes share the server CPU list. Unverified: idle connections whose echoed byte did not come back within the holders' bound (reported, not fatal). Connect p99 is the worst holder's: uring-direct holders make 256 connections at once per ring, so theirs includes waiting behind the others.\n\n```\n{pre}```\n\n{t}\n### Kernel memory, opening and teardown\n\nMachine-wide growth with the N idle connections open (both ends on this machine): /proc/meminfo Slab and SUnreclaim, /proc/net/sockstat TCP mem (pages). Open all: from starting the holders to every connection made and checked. Teardown: from telling the holders to stop to every holder and server process gone. Returned: the share of the slab growth gone once memory settled (back within 5%, or still for a second, at most 30 s after the teardown); sockets left: TCP sockets in use and in TIME_WAIT then (machine-wide).\n\n{m}",
+            &format!("{ceiling}\nN idle connections held open (each checked by one echoed byte) while {ACTIVE} active connections run closed-loop echo of 64 B for {dur} s. `uring-fixed` is the uring backend with `--fixed-files` in ONE process whose loop holds as many rings' fixed-file tables as the connections need (`--fixed-rings`, a new connection into the first ring with room, so the active connections, opened last, share a ring); `uring-fixed-spread` the same with the rings taken in turn (`--fixed-placement spread`: the active connections spread over every ring, the costly case); `uring-fixed-procs` is `--fixed-files` with one ring per process and as many processes as the tables need. Server loops (rings): the loops over all processes and, where a loop has several, the rings over all loops. Memory per connection is the growth from before the idle connections were opened to after, divided by N: server RSS (all server processes), kernel slab (socket, inode and file structures of both ends, since both are on this machine) and TCP buffer memory (/proc/net/sockstat). Holders are separate processes: `fds` holders keep a descriptor per connection (at most {} each), `uring-direct` holders make and keep them as io_uring direct descriptors (at most {} each, a fixed-file table of {} per ring); each holder has source addresses of its own. Server processes share the server CPU list. Unverified: idle connections whose echoed byte did not come back within the holders' bound (reported, not fatal). Connect p99 is the worst holder's: uring-direct holders make 256 connections at once per ring, so theirs includes waiting behind the others.\n\n```\n{pre}```\n\n{t}\n### Kernel memory, opening and teardown\n\nMachine-wide growth with the N idle connections open (both ends on this machine): /proc/meminfo Slab and SUnreclaim, /proc/net/sockstat TCP mem (pages). Open all: from starting the holders to every connection made and checked. Teardown: from telling the holders to stop to every holder and server process gone. Returned: the share of the slab growth gone once memory settled (back within 5%, or still for a second, at most 30 s after the teardown); sockets left: TCP sockets in use and in TIME_WAIT then (machine-wide).\n\n{m}",
                 lim.per_holder_io(HolderIo::Fds),
                 lim.per_holder_io(HolderIo::UringDirect),
                 lim.fixed_table()),
@@ -897,7 +918,11 @@ fn table(rows: &[Row]) -> String {
             r.holders,
             r.holder_rings,
             r.server_procs,
-            r.server_loops,
+            if r.server_rings > r.server_loops {
+                format!("{} ({})", r.server_loops, r.server_rings)
+            } else {
+                r.server_loops.to_string()
+            },
             r.server_fds,
             rps,
             p99,
@@ -963,6 +988,17 @@ fn ceiling(ctx: &Ctx, lim: &Limits, client_cpu: Option<usize>) -> String {
             2,
         ),
         (
+            "uring --fixed-files --fixed-rings 3, 1 loop",
+            vec![
+                "--io".into(),
+                "uring".into(),
+                "--fixed-files".into(),
+                "--fixed-rings".into(),
+                "3".into(),
+            ],
+            3,
+        ),
+        (
             "uring --fixed-files, 2 rings",
             vec![
                 "--io".into(),
@@ -1025,8 +1061,12 @@ fn c10k_row(
     if let Some(f) = &ctx.run.fleet {
         return f.guard(|| fleet_row(ctx, f, label, io, n, dur));
     }
-    let procs = processes_for(n + ACTIVE as u64 + 16, lim.per_process());
-    let args = row_args(ctx, label, procs)?;
+    let (args, procs) = server_plan(
+        label,
+        n + ACTIVE as u64 + 16,
+        lim.per_process(),
+        &ctx.o.server_cores,
+    )?;
     let server = Server::start(&ctx.bins, &args, &ctx.run.tmp, ctx.run.netns.as_ref())
         .with_context(|| format!("starting the server ({})", args.join(" ")))?;
     let pids = server.pids.clone();
@@ -1109,6 +1149,7 @@ fn c10k_row(
         server_fds,
         times: [open_s, teardown_s, settle_s],
         accepted: stats.total.accepted,
+        rings: stats.total.rings,
         expected: n + ACTIVE as u64,
         note,
     }
@@ -1137,6 +1178,8 @@ struct Point<'a> {
     /// Connections the server accepted, and how many it should have.
     accepted: u64,
     expected: u64,
+    /// io_uring instances over all server loops (0 for a backend without rings).
+    rings: u64,
     /// Notes of its own path (holder errors, processes left, ...); the shared ones follow.
     note: Vec<String>,
 }
@@ -1166,6 +1209,7 @@ impl Point<'_> {
             idle: n,
             server_procs: self.procs,
             server_loops: server_loops(&ctx.o.server_cores, self.procs),
+            server_rings: self.rings,
             holders: self.holders,
             holder_rings: self.holder_rings,
             rss_kib_per_conn: per(self.rss[1], self.rss[0]),
@@ -1185,21 +1229,50 @@ impl Point<'_> {
     }
 }
 
-fn row_args(ctx: &Ctx, label: &str, procs: u64) -> Result<Vec<String>> {
+/// The server of a c10k row for `conns` connections (idle, active and a margin) at `per`
+/// connections per process (the descriptor ceiling) or per fixed-file table: its arguments and
+/// process count.
+///
+/// * `uring-fixed`: ONE process whose loops hold their connections in as many rings'
+///   fixed-file tables as needed (`--fixed-rings`, new connections to the first ring with
+///   room); `uring-fixed-spread` the same with the rings taken in turn (`--fixed-placement
+///   spread`: the active connections spread over every ring, the costly case);
+/// * `uring-fixed-procs`: `--fixed-files` with a ring per process, as many processes as the
+///   tables need (how it was done before `--fixed-rings`);
+/// * every other backend: as many processes as the descriptor ceiling needs.
+pub fn server_plan(label: &str, conns: u64, per: u64, cores: &str) -> Result<(Vec<String>, u64)> {
     let (backend, fixed) = match label {
-        "uring-fixed" => ("uring", true),
+        "uring-fixed" | "uring-fixed-spread" | "uring-fixed-procs" => ("uring", true),
         other => (other, false),
     };
-    let mut args = vec!["--cores".to_string(), ctx.o.server_cores.clone()];
+    let mut args = vec!["--cores".to_string(), cores.to_string()];
     args.extend(backend_args(backend)?);
     args.extend(SERVER_ARGS.map(String::from));
     if fixed {
         args.push("--fixed-files".into());
     }
+    let procs = match label {
+        "uring-fixed" | "uring-fixed-spread" => {
+            // The loops share one accept queue, not always evenly: one ring of slack each.
+            let loops = server_loops(cores, 1);
+            let mut rings = conns.div_ceil((loops * per).max(1)).max(1);
+            if loops > 1 {
+                rings += 1;
+            }
+            if rings > 1 {
+                args.extend(["--fixed-rings".to_string(), rings.to_string()]);
+                if label == "uring-fixed-spread" {
+                    args.extend(["--fixed-placement".to_string(), "spread".to_string()]);
+                }
+            }
+            1
+        }
+        _ => processes_for(conns, per),
+    };
     if procs > 1 {
         args.extend(["--processes".to_string(), procs.to_string()]);
     }
-    Ok(args)
+    Ok((args, procs))
 }
 
 /// A c10k row in fleet mode: the server on its host (as many processes as its descriptor
@@ -1222,8 +1295,12 @@ fn fleet_row(
         nr_open: sl.nr_open,
         ports: sl.ports,
     };
-    let procs = processes_for(n + ACTIVE as u64 + 16, lim.per_process());
-    let args = row_args(ctx, label, procs)?;
+    let (args, procs) = server_plan(
+        label,
+        n + ACTIVE as u64 + 16,
+        lim.per_process(),
+        &ctx.o.server_cores,
+    )?;
     let spec = ctx.spec(
         label,
         n as f64,
@@ -1283,6 +1360,7 @@ fn fleet_row(
         server_fds,
         times: [open_s, teardown_s, settle_s],
         accepted: stats.total.accepted,
+        rings: stats.total.rings,
         expected: n + 2 * ACTIVE as u64,
         note: vec!["fleet: kernel memory of the server host (its end only)".to_string()],
     }
@@ -1292,6 +1370,41 @@ fn fleet_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uring_fixed_holds_a_million_in_one_process_and_the_others_need_many() {
+        let flag = |a: &[String], f: &str| {
+            a.iter()
+                .position(|x| x == f)
+                .and_then(|i| a.get(i + 1).cloned())
+        };
+        let (a, procs) = server_plan("uring-fixed", 1_000_080, 19744, "0").unwrap();
+        assert_eq!(procs, 1);
+        assert!(a.contains(&"--fixed-files".to_string()), "{a:?}");
+        assert_eq!(flag(&a, "--fixed-rings").as_deref(), Some("51"), "{a:?}");
+        assert_eq!(flag(&a, "--fixed-placement"), None, "{a:?}");
+        assert_eq!(flag(&a, "--processes"), None, "{a:?}");
+        let (a, procs) = server_plan("uring-fixed-spread", 1_000_080, 19744, "0").unwrap();
+        assert_eq!(procs, 1);
+        assert_eq!(
+            flag(&a, "--fixed-placement").as_deref(),
+            Some("spread"),
+            "{a:?}"
+        );
+        // One table is enough: one ring, and nothing to spread over.
+        let (a, _) = server_plan("uring-fixed-spread", 1_080, 19744, "0").unwrap();
+        assert_eq!(flag(&a, "--fixed-rings"), None, "{a:?}");
+        assert_eq!(flag(&a, "--fixed-placement"), None, "{a:?}");
+        // Two loops share the accepts: a ring of slack each.
+        let (a, _) = server_plan("uring-fixed", 100_000, 19744, "0,1").unwrap();
+        assert_eq!(flag(&a, "--fixed-rings").as_deref(), Some("4"), "{a:?}");
+        for label in ["uring-fixed-procs", "epoll", "uring"] {
+            let (a, procs) = server_plan(label, 1_000_080, 19744, "0").unwrap();
+            assert_eq!(procs, 51, "{label}");
+            assert_eq!(flag(&a, "--processes").as_deref(), Some("51"), "{label}");
+            assert_eq!(flag(&a, "--fixed-rings"), None, "{label}");
+        }
+    }
 
     #[test]
     fn process_counts_round_up() {

@@ -398,8 +398,11 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
     }
     let bufs = buf_ring(&ctx, &ring, buf_count)?;
     // Only a few ring fds can be registered per thread (16): the others are entered by fd.
+    // COOP_TASKRUN, not DEFER_TASKRUN: their task work then runs in whatever syscall the
+    // thread makes next (the first ring's wait), so the loop enters one of them only to submit.
     let ecfg = RingConfig {
         register_ring_fd: false,
+        defer_taskrun: false,
         ..rcfg.clone()
     };
     let mut extra_urings = Vec::with_capacity(usize::from(rings) - 1);
@@ -551,8 +554,7 @@ impl Driver for UringIo<'_> {
         for x in self.extra.iter_mut() {
             if x.ring.unsubmitted() > 0 {
                 core.stats.extra_enters += 1;
-                x.ring
-                    .submit_and_wait(0, Some(Duration::ZERO), &mut core.stats.syscalls)?;
+                x.ring.submit_quiet(&mut core.stats.syscalls)?;
             }
             if x.ring.ready() {
                 x.flagged = true;
@@ -571,18 +573,13 @@ impl Driver for UringIo<'_> {
             self.handle(core, cqe);
         }
         // `--fixed-rings`: every ring the first one heard from (its eventfd fired) or that had
-        // completions waiting: enter it to run its task work, then handle its completions.
+        // completions or task work waiting. They are COOP_TASKRUN rings: their task work ran
+        // in this thread's last syscall (the first ring's wait), so their completions are
+        // there to take without entering them.
         for k in 0..self.extra.len() {
             let x = &mut self.extra[k];
             if !std::mem::take(&mut x.flagged) {
                 continue;
-            }
-            core.stats.extra_enters += 1;
-            if let Err(e) =
-                x.ring
-                    .submit_and_wait(0, Some(Duration::ZERO), &mut core.stats.syscalls)
-            {
-                tracing::warn!("ringlab-server: io_uring_enter on ring {}: {e}", k + 1);
             }
             x.ring.reap(&mut cqes);
             self.cur = k as u16 + 1;
