@@ -606,7 +606,7 @@ impl Driver for UringIo<'_> {
             };
             core.stats.syscalls.io_uring_register += 1;
             match submitter.register_files_update(i, &[fd.as_raw_fd()]) {
-                Ok(_) => {
+                Ok(1) => {
                     core.stats.syscalls.close += 1;
                     drop(fd);
                     let mut c = Conn::new(None, Sock::Fixed(i), conn);
@@ -615,11 +615,15 @@ impl Driver for UringIo<'_> {
                     self.pump(core, slot);
                     return;
                 }
-                Err(e) => {
+                r => {
                     if let Some(t) = self.tables.as_mut() {
                         t.give_back(ring, i);
                     }
-                    tracing::warn!("ringlab-server: io_uring_register(FILES_UPDATE) into ring {ring}: {e}; serving the connection as a descriptor");
+                    let why = match r {
+                        Err(e) => e.to_string(),
+                        Ok(n) => format!("{n} entries updated"),
+                    };
+                    tracing::warn!("ringlab-server: io_uring_register(FILES_UPDATE) into ring {ring}: {why}; serving the connection as a descriptor");
                 }
             }
         }
@@ -722,10 +726,10 @@ impl UringIo<'_> {
         };
     }
 
-    /// The ring the socket operations of connection `slot` go to (the first ring for a slot
-    /// that is gone, where the ledger queues nothing anyway).
+    /// The ring the socket operations of connection `slot` go to, closing or not (the first
+    /// ring for a free slot, where the ledger queues nothing anyway).
     fn ring_of(&mut self, slot: u32) -> u16 {
-        match self.conns.open(slot) {
+        match self.conns.get_slot(slot) {
             Some((_, c)) => c.ring,
             None => 0,
         }
