@@ -4,8 +4,8 @@
 # made for the demo in a temp dir; ringlab-bench runs from a fourth namespace (the one holding
 # the bridge) and drives them over SSH. Nothing leaves the namespaces made here.
 #
-#   scripts/fleet-demo.sh [--kill-client-sshd] [--server-fails] [--scenario 'NAME ARGS...']
-#                         [--bin-dir DIR] [-- EXTRA BENCH ARGS]
+#   scripts/fleet-demo.sh [--kill-client-sshd] [--server-fails] [--interrupt]
+#                         [--scenario 'NAME ARGS...'] [--bin-dir DIR] [-- EXTRA BENCH ARGS]
 #
 # Phase 1: `ringlab-bench compare --quick` across the hosts (--client-processes 2); checks that
 # for every run the merged client response count equals the server's request count
@@ -20,6 +20,9 @@
 # 'multiplex --quick', 'http --quick', 'c10k --quick --conns 2000'); every run whose clients
 # count each response (not wrk's) must have the server's count equal to the clients' plus the
 # idle-connection holders' checking echoes.
+# Phase 5 (--interrupt): SIGTERM to ringlab-bench while its clients run; it must exit 143 with
+# its "interrupted" line, every remote process stopped within 5 s (not at its remote timeout,
+# a minute away), no remote directory left.
 # Everything (namespaces, bridge, sshd processes, temp dir) is removed on exit, failure
 # included. Needs root, iproute2, openssh-server and jq (both installed with apt-get if missing).
 # Names: RINGLAB_FLEET_PREFIX (default rlfleet); addresses 10.78.0.0/24.
@@ -28,6 +31,7 @@ set -euo pipefail
 prefix="${RINGLAB_FLEET_PREFIX:-rlfleet}"
 kill_phase=0
 fail_phase=0
+int_phase=0
 scenarios=()
 bin_dir=""
 extra=()
@@ -35,10 +39,11 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --kill-client-sshd) kill_phase=1; shift ;;
     --server-fails) fail_phase=1; shift ;;
+    --interrupt) int_phase=1; shift ;;
     --scenario) scenarios+=("${2:?--scenario needs a scenario and its arguments}"); shift 2 ;;
     --bin-dir) bin_dir="${2:?--bin-dir needs a directory}"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "fleet-demo.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -269,5 +274,30 @@ if [ $kill_phase = 1 ]; then
   for _ in $(seq 600); do [ -z "$(ringlab_left)" ] && break; sleep 0.1; done
   [ -z "$(ringlab_left)" ] || die "phase 2: ringlab processes left: $(ringlab_left)"
   echo "fleet-demo: phase 2 ok: one line naming the lost host, no ringlab process left in any namespace"
+fi
+if [ $int_phase = 1 ]; then
+  echo "fleet-demo: phase 5: SIGTERM to ringlab-bench mid-run"
+  ip netns exec "$ctl" "$bench" compare --quick --backends epoll --reps 1 --duration 30 "${common[@]}" \
+    --out "$tmp/report5" > "$tmp/bench5.out" 2> "$tmp/bench5.err" &
+  bench_pid=$!
+  seen=0
+  for _ in $(seq 300); do
+    if [ -n "$(ns_procs "$prefix-c1" ringlab-client)" ]; then seen=1; break; fi
+    kill -0 "$bench_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ $seen = 1 ] || { cat "$tmp/bench5.err" >&2; die "phase 5: no ringlab-client appeared on ${addrs[1]}"; }
+  [ "$(cat /proc/"$bench_pid"/comm 2>/dev/null)" = ringlab-bench ] || die "phase 5: pid $bench_pid is not ringlab-bench"
+  sleep 1
+  kill -TERM "$bench_pid"
+  set +e; wait "$bench_pid"; brc=$?; set -e
+  bench_pid=""
+  [ $brc = 143 ] || { cat "$tmp/bench5.err" >&2; die "phase 5: bench exit $brc, not 143 (SIGTERM)"; }
+  grep -q '^ringlab-bench: interrupted by SIGTERM' "$tmp/bench5.err" || { cat "$tmp/bench5.err" >&2; die "phase 5: no 'interrupted by SIGTERM' line"; }
+  gone=""
+  for i in $(seq 50); do [ -z "$(ringlab_left)" ] && { gone=$i; break; }; sleep 0.1; done
+  [ -n "$gone" ] || die "phase 5: ringlab processes left 5 s after the bench ended: $(ringlab_left)"
+  [ -z "$(ls -A "$tmp/remote")" ] || die "phase 5: remote directories left: $(ls "$tmp/remote")"
+  echo "fleet-demo: phase 5 ok: exit 143, every remote process gone within $((gone / 10)).$((gone % 10)) s of the bench's exit, no remote directory left"
 fi
 echo "fleet-demo: ok"

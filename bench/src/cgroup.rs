@@ -3,7 +3,6 @@
 //! dropped, and on SIGINT or SIGTERM (the bench then exits): it never outlives the bench.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
@@ -65,10 +64,9 @@ pub struct CpuCap {
     pub share: f64,
     /// What it is, in words (for the report).
     pub what: String,
+    /// Removes the group if a signal ends the bench while it exists.
+    _on_signal: Option<crate::on_signal::Registered>,
 }
-
-/// Groups to remove if a signal ends the bench.
-static LIVE: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
 
 impl CpuCap {
     /// A new group capped at `share` of one CPU (5 ms periods), or why there can be none.
@@ -103,13 +101,22 @@ impl CpuCap {
         let dir = root.join(name);
         std::fs::create_dir(&dir)
             .with_context(|| format!("cannot create cgroup {}", dir.display()))?;
+        let parent_procs = root.join("cgroup.procs");
+        let on_signal = {
+            let (dir, parent) = (dir.clone(), parent_procs.clone());
+            crate::on_signal::register(move || {
+                // Its members are this bench's servers: stop them with it.
+                stop_members(&dir);
+                let _ = remove(&dir, &parent);
+            })
+        };
         let mut cap = CpuCap {
-            parent_procs: root.join("cgroup.procs"),
+            parent_procs,
             dir,
             share,
             what: String::new(),
+            _on_signal: Some(on_signal),
         };
-        register(&cap);
         // Short periods throttle in small slices: on a 2-vCPU VM the capacity of a server at half
         // a CPU varied less between runs with 5 ms periods than with 20 or 100 ms (below 5 ms the
         // server no longer got its whole quota). A smaller share gets a longer period, so that
@@ -172,36 +179,7 @@ impl Drop for CpuCap {
         if let Err(e) = remove(&self.dir, &self.parent_procs) {
             eprintln!("ringlab-bench: {e:#}");
         }
-        if let Ok(mut l) = LIVE.lock() {
-            l.retain(|(d, _)| d != &self.dir);
-        }
     }
-}
-
-/// Remember `cap` for the signal handler (started on the first group).
-fn register(cap: &CpuCap) {
-    let Ok(mut live) = LIVE.lock() else {
-        return;
-    };
-    static HANDLER: std::sync::Once = std::sync::Once::new();
-    HANDLER.call_once(|| {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-            std::thread::spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    if let Ok(l) = LIVE.lock() {
-                        for (dir, parent) in l.iter() {
-                            // Its members are this bench's servers: stop them with it.
-                            stop_members(dir);
-                            let _ = remove(dir, parent);
-                        }
-                    }
-                    std::process::exit(128 + sig);
-                }
-            });
-        }
-    });
-    live.push((cap.dir.clone(), cap.parent_procs.clone()));
 }
 
 #[cfg(test)]

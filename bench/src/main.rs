@@ -8,6 +8,7 @@ mod fleet;
 mod hold;
 mod merge;
 mod netns;
+mod on_signal;
 mod opts;
 mod peers;
 mod plot;

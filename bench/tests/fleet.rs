@@ -53,6 +53,7 @@ fn fleet_demo_over_ssh_in_namespaces() {
         .arg(&script)
         .arg("--kill-client-sshd")
         .arg("--server-fails")
+        .arg("--interrupt")
         .args(["--scenario", "multiplex --quick --backends epoll"])
         .args(["--scenario", "http --quick --backends epoll"])
         .args(["--scenario", "c10k --quick --conns 2000 --backends epoll"])

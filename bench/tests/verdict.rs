@@ -239,3 +239,68 @@ fn a_killed_bench_leaves_no_server_running() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A bench interrupted (SIGINT, as Ctrl-C sends) while its servers run in CPU-cap groups
+/// removes the groups, stops those servers, says so in one line and exits 130.
+#[test]
+fn an_interrupted_bench_removes_its_cgroups_and_stops_its_servers() {
+    let dir = out_dir("interrupted");
+    let child = Command::new(BIN)
+        .args(["compare", "--quick", "--duration", "3"])
+        .arg("--out")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let needle = dir.join("tmp").display().to_string();
+    // The server-bound part comes after the equal-load rows: wait for its groups.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    let mut groups = Vec::new();
+    while groups.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        groups = leftover_cgroups(pid);
+    }
+    if groups.is_empty() {
+        let out = child.wait_with_output().unwrap();
+        let report = std::fs::read_to_string(dir.join("report.md")).unwrap_or_default();
+        assert!(
+            report.contains("Server-bound capacity skipped: no cgroup could be written"),
+            "no CPU-cap group appeared, and the report does not say why:\n{}\n{report}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("skipped: this machine's cgroups cannot be written");
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let st = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("ringlab-bench: interrupted by SIGINT"),
+        "{stderr}"
+    );
+    assert!(
+        leftover_cgroups(pid).is_empty(),
+        "cgroups left after SIGINT: {:?}",
+        leftover_cgroups(pid)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut left = processes_mentioning(&needle);
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = processes_mentioning(&needle);
+    }
+    assert!(left.is_empty(), "left running after SIGINT: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -476,6 +476,21 @@ pub struct Fleet {
     torn_down: Mutex<bool>,
     /// The host failure that ended the fleet's use (see [`Fleet::guard`]).
     failed: Mutex<Option<String>>,
+    /// Stops every remote process and removes the hosts' directories if a signal ends the
+    /// bench (Drop handlers do not run then).
+    _on_signal: Option<crate::on_signal::Registered>,
+}
+
+/// The remote process groups alive now, as (host index, PID): what a signal must stop.
+static REMOTE_PIDS: Mutex<Vec<(usize, u32)>> = Mutex::new(Vec::new());
+
+/// Stop the process groups `pids` on `ssh`'s host (TERM, then KILL a second later).
+fn stop_groups(ssh: &Ssh, name: &str, pids: &[u32]) {
+    if let Err(e) = call(ssh, &ssh::kill_script(pids)) {
+        eprintln!(
+            "fleet: {name}: could not stop pids {pids:?}: {e:#} (each is bounded by its remote timeout)"
+        );
+    }
 }
 
 impl Drop for Fleet {
@@ -516,6 +531,8 @@ impl Kind {
 struct Remote {
     host: usize,
     kind: Kind,
+    /// Its process group's PID on the host, once the spawn script said it (see
+    /// [`Remote::set_pid`]).
     pid: Option<u32>,
     lines: mpsc::Receiver<Option<String>>,
     child: Child,
@@ -564,6 +581,22 @@ impl Remote {
         })
     }
 
+    /// Its process group on the host is `pid` (or none any more: ended, or stopped): kept in
+    /// [`REMOTE_PIDS`] for a signal to stop.
+    fn set_pid(&mut self, pid: Option<u32>) {
+        if let Ok(mut l) = REMOTE_PIDS.lock() {
+            if let Some(old) = self.pid {
+                if let Some(i) = l.iter().position(|&e| e == (self.host, old)) {
+                    l.swap_remove(i);
+                }
+            }
+            if let Some(p) = pid {
+                l.push((self.host, p));
+            }
+        }
+        self.pid = pid;
+    }
+
     /// The next line within `limit`: `Ok(None)` at the end of the session.
     fn line(&mut self, limit: Duration) -> Result<Option<String>> {
         if let Some(l) = self.pending.take() {
@@ -602,6 +635,7 @@ impl Remote {
 
 impl Drop for Remote {
     fn drop(&mut self) {
+        self.set_pid(None);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -700,7 +734,9 @@ impl Fleet {
             runs: Mutex::new(Vec::new()),
             torn_down: Mutex::new(false),
             failed: Mutex::new(None),
+            _on_signal: None,
         };
+        f._on_signal = Some(f.on_signal());
         // On failure `f` is dropped, which removes what was made on the hosts.
         match f.prepare(bins) {
             Ok(()) => Ok(f),
@@ -764,6 +800,40 @@ impl Fleet {
         Ok(())
     }
 
+    /// What a signal does to the fleet: stop every remote process group alive (host by host,
+    /// at once), then remove the hosts' directories (unless --keep; a directory not made yet is
+    /// not there to remove).
+    fn on_signal(&self) -> crate::on_signal::Registered {
+        let hosts: Vec<(Ssh, String, String)> = self
+            .hosts()
+            .map(|h| (h.ssh.clone(), h.name(), h.dir.clone()))
+            .collect();
+        let keep = self.o.keep;
+        crate::on_signal::register(move || {
+            let pids = REMOTE_PIDS.lock().map(|l| l.clone()).unwrap_or_default();
+            let handles: Vec<_> = hosts
+                .iter()
+                .enumerate()
+                .map(|(i, (ssh, name, dir))| {
+                    let mine: Vec<u32> = pids.iter().filter(|e| e.0 == i).map(|e| e.1).collect();
+                    let (ssh, name, dir) = (ssh.clone(), name.clone(), dir.clone());
+                    std::thread::spawn(move || {
+                        if !mine.is_empty() {
+                            eprintln!("fleet: {name}: stopping process groups {mine:?}");
+                            stop_groups(&ssh, &name, &mine);
+                        }
+                        if !keep {
+                            let _ = call(&ssh, &format!("rm -rf {}", ssh::quote(&dir)));
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                let _ = h.join();
+            }
+        })
+    }
+
     /// Remove every host's directory (unless --keep). Idempotent.
     pub fn teardown(&self) {
         let Ok(mut done) = self.torn_down.lock() else {
@@ -805,13 +875,7 @@ impl Fleet {
             .map(|(h, pids)| {
                 let ssh = self.host(h).ssh.clone();
                 let name = self.host(h).name();
-                std::thread::spawn(move || {
-                    if let Err(e) = call(&ssh, &ssh::kill_script(&pids)) {
-                        eprintln!(
-                            "fleet: {name}: could not stop pids {pids:?}: {e:#} (each is bounded by its remote timeout)"
-                        );
-                    }
-                })
+                std::thread::spawn(move || stop_groups(&ssh, &name, &pids))
             })
             .collect();
         for h in handles {

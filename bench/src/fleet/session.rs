@@ -147,7 +147,7 @@ impl<'a> Session<'a> {
             .map_err(|e| anyhow!("{sname}: {e:#}"))?
         {
             if let Some(p) = l.strip_prefix("pid=") {
-                r.pid = p.trim().parse().ok();
+                r.set_pid(p.trim().parse().ok());
             } else if l.starts_with("ready ") {
                 ready = Some(l);
                 break;
@@ -232,7 +232,7 @@ impl<'a> Session<'a> {
                 .map_err(|e| anyhow!("{hname}: {what}: {e:#}"))?
             {
                 if let Some(p) = l.strip_prefix("pid=") {
-                    r.pid = p.trim().parse().ok();
+                    r.set_pid(p.trim().parse().ok());
                 } else if l.starts_with(ready) {
                     got = Some(l);
                     break;
@@ -292,7 +292,7 @@ impl<'a> Session<'a> {
                 _ => String::new(),
             };
             let res = read_end(r, Duration::from_secs(20));
-            r.pid = None;
+            r.set_pid(None);
             let e = match res {
                 Ok(e) if e.code == Some(0) => continue,
                 Ok(e) => anyhow!(
@@ -369,7 +369,7 @@ impl<'a> Session<'a> {
             let mut r = Remote::start(&h.ssh, i + 1, Kind::Client, &script)
                 .map_err(|e| anyhow!("{}: {e:#}", h.name()))?;
             match r.line(Duration::from_secs(15)) {
-                Ok(Some(l)) if l.starts_with("pid=") => r.pid = l[4..].trim().parse().ok(),
+                Ok(Some(l)) if l.starts_with("pid=") => r.set_pid(l[4..].trim().parse().ok()),
                 _ => {
                     let why = r.lost();
                     self.live.push(r);
@@ -390,7 +390,7 @@ impl<'a> Session<'a> {
             let hname = f.host(r.host).name();
             let e = read_end(r, Duration::from_secs(self.limit))
                 .map_err(|e| anyhow!("{hname}: ringlab-client did not finish: {e:#}"))?;
-            r.pid = None;
+            r.set_pid(None);
             said.push(format!(
                 "{hname}: exit {}{}",
                 e.code.unwrap_or(-1),
@@ -523,7 +523,7 @@ impl<'a> Session<'a> {
         for &i in &idx {
             let r = &mut self.live[i];
             match r.line(Duration::from_secs(15)) {
-                Ok(Some(l)) if l.starts_with("pid=") => r.pid = l[4..].trim().parse().ok(),
+                Ok(Some(l)) if l.starts_with("pid=") => r.set_pid(l[4..].trim().parse().ok()),
                 _ => {
                     let why = r.lost();
                     bail!("{}: could not start {what}: {why}", f.host(r.host).name());
@@ -537,7 +537,7 @@ impl<'a> Session<'a> {
             let hname = f.host(r.host).name();
             let e = read_end(r, Duration::from_secs(self.limit))
                 .map_err(|e| anyhow!("{hname}: {what} did not finish: {e:#}"))?;
-            r.pid = None;
+            r.set_pid(None);
             out.push(ToolEnd {
                 code: e.code.unwrap_or(-1),
                 stdout: e.file,
@@ -585,7 +585,7 @@ impl<'a> Session<'a> {
             .context("no server session")?;
         let end = read_end(&mut self.live[i], Duration::from_secs(25))
             .map_err(|e| anyhow!("{sname}: {e:#}"))?;
-        self.live[i].pid = None;
+        self.live[i].set_pid(None);
         if end.code != Some(0) {
             bail!(
                 "{sname}: ringlab-server exited with {:?}: {}",
@@ -659,7 +659,7 @@ impl<'a> Session<'a> {
                         // read_end reads the `exit=` line again, then the stderr lines.
                         r.pending = Some(l);
                         let end = read_end(r, Duration::from_secs(3)).unwrap_or_default();
-                        r.pid = None;
+                        r.set_pid(None);
                         bail!(
                             "{who}: {prog} died mid-run (exit {code}): {}",
                             end.err.join(" / ")
@@ -718,7 +718,7 @@ fn ended_why(r: &mut Remote) -> String {
         Ok(e) => format!("it exited with {:?} and said nothing on stderr", e.code),
         Err(e) => format!("{e:#}"),
     };
-    r.pid = None;
+    r.set_pid(None);
     why
 }
 
