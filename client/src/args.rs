@@ -201,6 +201,10 @@ pub struct Args {
     /// uring: size of each provided buffer in bytes.
     #[arg(long, default_value_t = 16 * 1024, help_heading = "io_uring")]
     pub buf_size: u32,
+    /// uring: COOP_TASKRUN instead of SINGLE_ISSUER + DEFER_TASKRUN (completions then run in
+    /// any syscall the loop makes, not only in its waits).
+    #[arg(long, help_heading = "io_uring")]
+    pub no_defer_taskrun: bool,
 
     /// Coalesce wake-ups: a loop turn that woke for fewer than --coalesce-batch completions
     /// or events waits up to this long for more before it runs (e.g. 50us; 0: off): uring in
@@ -348,6 +352,8 @@ pub struct RunConfig {
     pub cq_entries: u32,
     pub buf_count: u16,
     pub buf_size: u32,
+    /// `--no-defer-taskrun`.
+    pub defer_taskrun: bool,
     pub read_buf: usize,
     pub max_events: usize,
     /// `--coalesce` / `--coalesce-batch` (none when off).
@@ -632,6 +638,7 @@ impl Args {
             cq_entries: self.cq_entries,
             buf_count: self.buf_count,
             buf_size: self.buf_size,
+            defer_taskrun: !self.no_defer_taskrun,
             read_buf: self.read_buf.max(512),
             max_events: self.max_events.max(1),
             coalesce: ringlab_runtime::poller::Coalesce::of(

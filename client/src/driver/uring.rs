@@ -83,7 +83,7 @@ pub fn run(ctx: ThreadCtx) -> io::Result<Option<ThreadResult>> {
     let rcfg = RingConfig {
         sq_entries: cfg.sq_entries,
         cq_entries: cfg.cq_entries,
-        defer_taskrun: true,
+        defer_taskrun: cfg.defer_taskrun,
         register_ring_fd: true,
         sqpoll: None,
     };
