@@ -222,7 +222,7 @@ for scenario in "${scenarios[@]}"; do
   bad="$(jq -r '.[] | select(.exact and .server_requests != .client_responses + .beside_requests) | "run \(.seq) \(.label) x=\(.x): server \(.server_requests), clients \(.client_responses) + holders \(.beside_requests)"' "$r/fleet.json")"
   [ "$exact" -gt 0 ] || die "phase 4: ${sc[0]}: no run with exact counts recorded"
   [ -z "$bad" ] || die "phase 4: ${sc[0]}: counts differ: $bad"
-  jq -r '.[] | "run \(.seq) \(.label) x=\(.x): server \(.server_requests) " + (if .exact then "= clients \(.client_responses) + holders \(.beside_requests)" else "(wrk counted \(.client_responses): not compared)" end) + "; " + ([.hosts[] | "\(.host): \(.requests) req, p99 \(.p99_us) µs"] | join("; "))' "$r/fleet.json"
+  jq -r '.[] | "run \(.seq) \(.label) x=\(.x): server \(.server_requests) " + (if .not_compared then "(not compared: \(.not_compared); clients \(.client_responses))" elif .exact then "= clients \(.client_responses) + holders \(.beside_requests)" else "(wrk counted \(.client_responses): not compared)" end) + "; " + ([.hosts[] | "\(.host): \(.requests) req, p99 \(.p99_us) µs"] | join("; "))' "$r/fleet.json"
   grep -hE 'skipped|not in fleet mode|not installed' "$tmp/bench4-$k.out" "$tmp/bench4-$k.err" | sort -u | sed 's/^ *- */  note: /' || true
   [ -z "$(ringlab_left)" ] || die "phase 4: ringlab processes left: $(ringlab_left)"
   [ -z "$(ls -A "$tmp/remote")" ] || die "phase 4: remote directories left: $(ls "$tmp/remote")"

@@ -375,12 +375,12 @@ impl NginxSite {
     }
 }
 
-/// The whole nginx.conf: one worker pinned to `cpu`, listening on 127.0.0.1:`port`, its pid
-/// and error log in `dir`, serving `site`.
-pub fn nginx_conf(dir: &Path, cpu: usize, port: u16, site: &NginxSite) -> String {
+/// The whole nginx.conf: one worker pinned to `cpu`, listening on `listen` (e.g.
+/// `127.0.0.1:8080`), its pid and error log in `dir`, serving `site`.
+pub fn nginx_conf(dir: &Path, cpu: usize, listen: &str, site: &NginxSite) -> String {
     let mask = format!("1{}", "0".repeat(cpu));
     format!(
-        "worker_processes 1;\nworker_cpu_affinity {mask};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n{main}\nevents {{ worker_connections 8192; use epoll; multi_accept on; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  {http}\n  server {{\n    listen 127.0.0.1:{port};\n    {server}\n  }}\n}}\n",
+        "worker_processes 1;\nworker_cpu_affinity {mask};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n{main}\nevents {{ worker_connections 8192; use epoll; multi_accept on; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  {http}\n  server {{\n    listen {listen};\n    {server}\n  }}\n}}\n",
         d = dir.display(),
         main = site.main,
         http = site.http,
@@ -392,7 +392,7 @@ pub fn nginx_conf(dir: &Path, cpu: usize, port: u16, site: &NginxSite) -> String
 /// on a free loopback port: the running nginx, its address, its worker's PID.
 pub fn start_nginx(dir: &Path, cpu: usize, site: &NginxSite) -> Result<(Nginx, String, u32)> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let conf = nginx_conf(dir, cpu, port, site);
+    let conf = nginx_conf(dir, cpu, &format!("127.0.0.1:{port}"), site);
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
     let bin = if have("nginx") {
@@ -447,6 +447,72 @@ pub fn start_nginx(dir: &Path, cpu: usize, site: &NginxSite) -> Result<(Nginx, S
     Ok((ng, addr, worker))
 }
 
+/// The nginx reference rows in fleet mode: nginx on the server host (one worker pinned to
+/// `cpu` there, listening on all its addresses), driven by ringlab-client on the client hosts,
+/// its worker's CPU read on its host. A server host without nginx skips the rows (one line).
+fn fleet_nginx_rows(
+    ctx: &Ctx,
+    f: &crate::fleet::Fleet,
+    cpu: usize,
+    conns: &[u32],
+    dur: f64,
+    reps: usize,
+) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
+    let found = f.guard(|| f.on_server("command -v nginx || ls /usr/sbin/nginx; true"))?;
+    if !found.lines().any(|l| l.trim_end().ends_with("/nginx")) {
+        bail!(
+            "nginx is not installed on the server host {} (Debian: `apt-get install nginx-light` there)",
+            f.server.ssh.dest
+        );
+    }
+    let template = nginx_conf(
+        Path::new("__DIR__"),
+        cpu,
+        "0.0.0.0:__PORT__",
+        &NginxSite::hello(),
+    );
+    let mut groups: Vec<Vec<RunResult>> = vec![Vec::new(); conns.len()];
+    for _ in 0..reps {
+        for (i, &c) in conns.iter().enumerate() {
+            let spec = RunSpec {
+                label: "nginx".into(),
+                x: c as f64,
+                server_args: vec![],
+                client_args: vec![
+                    "--io".into(),
+                    ctx.o.client_io.clone(),
+                    "--proto".into(),
+                    "http".into(),
+                    "--conns".into(),
+                    c.to_string(),
+                ],
+                client_cores: ctx.o.client_cores.clone(),
+                duration_s: dur,
+                warmup_s: 0.5,
+                ..RunSpec::default()
+            };
+            let r = f.guard(|| {
+                let mut s = f.session(&ctx.run.tmp, (dur + spec.warmup_s) as u64 + 60)?;
+                s.nginx(&template)?;
+                let mut r = s.clients(&spec)?;
+                s.finish_uncounted()?;
+                r.server_cmd = format!(
+                    "nginx on {} (1 worker, pinned to CPU {cpu}, return 200 \"Hello, World!\")",
+                    f.server.ssh.dest
+                );
+                Ok(r)
+            })?;
+            groups[i].push(r);
+        }
+    }
+    let medians = groups
+        .iter()
+        .filter(|g| !g.is_empty())
+        .map(|g| combine(g))
+        .collect();
+    Ok((medians, groups.into_iter().flatten().collect()))
+}
+
 /// Whether nginx can be run (on PATH, or Debian's /usr/sbin/nginx).
 pub fn nginx_installed() -> bool {
     have("nginx") || Path::new("/usr/sbin/nginx").is_file()
@@ -461,17 +527,17 @@ pub fn nginx_rows(
 ) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
     let (bins, opts) = (&ctx.bins, &ctx.run);
     let (server_cores, client_cores) = (&ctx.o.server_cores, &ctx.o.client_cores);
-    if opts.fleet.is_some() {
-        bail!("not in fleet mode: the reference row runs nginx on this machine, and fleet mode starts only ringlab-server on the server host");
-    }
-    if !nginx_installed() {
-        bail!("nginx is not installed (Debian: `apt-get install nginx-light`)");
-    }
     let cpu: usize = server_cores
         .split([',', '-'])
         .next()
         .and_then(|c| c.parse().ok())
         .context("--server-cores must start with a CPU number for the nginx row")?;
+    if let Some(f) = &opts.fleet {
+        return fleet_nginx_rows(ctx, f, cpu, conns, dur, reps);
+    }
+    if !nginx_installed() {
+        bail!("nginx is not installed (Debian: `apt-get install nginx-light`)");
+    }
     if opts.netns.is_some() {
         bail!("not run under --netns (nginx runs on the host)");
     }

@@ -454,6 +454,10 @@ pub struct FleetRun {
     /// Whether the clients count every response (ringlab-client); wrk does not count the
     /// responses to the requests it has in flight when it stops, so its counts fall short.
     pub exact: bool,
+    /// Why the counts are not compared when it is not wrk's counting (a server that keeps no
+    /// count: nginx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_compared: Option<String>,
     /// Client runs against this one server (a warm-up run counts).
     pub client_runs: u64,
     pub requests: u64,
@@ -1122,7 +1126,7 @@ impl FleetRun {
     /// Whether the server's count is the clients' (and the processes' beside them): `None`
     /// where the clients do not count every response (wrk).
     pub fn counts_equal(&self) -> Option<bool> {
-        self.exact
+        (self.exact && self.not_compared.is_none())
             .then(|| self.server_requests == self.client_responses + self.beside_requests)
     }
 }
@@ -1149,10 +1153,16 @@ pub fn run_table(r: &FleetRun) -> String {
             r.client_responses,
             if eq { "equal" } else { "DIFFERENT" }
         ),
-        None => format!(
-            "server answered {}, the clients counted {} (not compared: wrk does not count the responses to requests in flight when it stops)",
-            r.server_requests, r.client_responses
-        ),
+        None => match &r.not_compared {
+            Some(why) => format!(
+                "the clients counted {} (not compared: {why})",
+                r.client_responses
+            ),
+            None => format!(
+                "server answered {}, the clients counted {} (not compared: wrk does not count the responses to requests in flight when it stops)",
+                r.server_requests, r.client_responses
+            ),
+        },
     };
     let mut t = format!(
         "run {} {} x={}: {} requests, {:.0} req/s, p99 {:.0} µs; {counts}\n\n| host | clock offset ms | start-at (its clock) | processes | conns | requests | req/s | p50 µs | p99 µs | max µs | errors | exit |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -1458,6 +1468,7 @@ mod tests {
             client_responses: 1024,
             beside_requests: 0,
             exact: true,
+            not_compared: None,
             client_runs: 1,
             requests: 1010,
             rps: 1010.0,

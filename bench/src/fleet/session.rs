@@ -32,6 +32,8 @@ struct Up {
     /// The server's own processes (from its ready line), measured over the window.
     spids: Vec<u32>,
     cmd: String,
+    /// Which program it is (ringlab-server, nginx).
+    what: String,
 }
 
 /// A server's life on the fleet (see the module's comment).
@@ -52,6 +54,8 @@ pub struct Session<'a> {
     exact: bool,
     /// The last client run's table, its server fields filled in by [`Session::finish`].
     last: Option<FleetRun>,
+    /// Why the server's count cannot be set against the clients' (a server that keeps none).
+    uncounted: Option<String>,
 }
 
 impl Drop for Session<'_> {
@@ -90,6 +94,7 @@ impl<'a> Session<'a> {
             beside_requests: 0,
             exact: true,
             last: None,
+            uncounted: None,
         })
     }
 
@@ -118,9 +123,7 @@ impl<'a> Session<'a> {
     pub fn server(&mut self, args: &[String]) -> Result<()> {
         let f = self.f;
         let srv = &f.server;
-        let sname = srv.name();
-        let seq = self.seq;
-        let stats = format!("{}/server-{seq}.json", srv.dir);
+        let stats = format!("{}/server-{}.json", srv.dir, self.seq);
         let mut argv = vec![srv.bin.clone()];
         argv.extend(args.iter().cloned());
         argv.extend([
@@ -129,13 +132,46 @@ impl<'a> Session<'a> {
             "--stats-json".into(),
             stats.clone(),
         ]);
+        self.start_server(&ssh::raised(&argv), Some(stats), "ringlab-server")
+    }
+
+    /// Start nginx on the server host with the configuration `template` (its listening port
+    /// written `__PORT__`: --server-port, or a free one found by trying), and wait until it
+    /// listens. Its count of requests is not known: the session's runs are not compared with
+    /// it. nginx missing there is an error naming the host.
+    pub fn nginx(&mut self, template: &str) -> Result<()> {
+        let srv = &self.f.server;
+        let argv: Vec<String> = vec![
+            "sh".into(),
+            "-c".into(),
+            ssh::NGINX_SCRIPT.into(),
+            "sh".into(),
+            format!("{}/nginx-{}", srv.dir, self.seq),
+            template.into(),
+            self.f
+                .o
+                .server_port
+                .map_or(String::new(), |p| p.to_string()),
+        ];
+        self.exact = false;
+        self.uncounted = Some("nginx keeps no count of the requests it answered".into());
+        self.start_server(&argv, None, "nginx")
+    }
+
+    /// Start `argv` on the server host as this session's server and wait for its line
+    /// `ready listen=ADDR:PORT pid(s)=...`; `stats`: the file it writes its statistics to.
+    fn start_server(&mut self, argv: &[String], stats: Option<String>, what: &str) -> Result<()> {
+        let f = self.f;
+        let srv = &f.server;
+        let sname = srv.name();
+        let seq = self.seq;
         let script = ssh::spawn_script(
             &srv.dir,
             self.limit,
-            &ssh::raised(&argv),
+            argv,
             &format!("server-{seq}"),
             Some(("ready ", 15)),
-            Some(&stats),
+            stats.as_deref(),
         );
         let r = Remote::start(&srv.ssh, 0, Kind::Server, &script)
             .map_err(|e| anyhow!("{sname}: {e:#}"))?;
@@ -158,7 +194,7 @@ impl<'a> Session<'a> {
         }
         let Some(ready) = ready else {
             let why = ended_why(r);
-            bail!("{sname}: ringlab-server failed to start: {why}");
+            bail!("{sname}: {what} failed to start: {why}");
         };
         let field = |k: &str| {
             ready
@@ -187,7 +223,8 @@ impl<'a> Session<'a> {
             target,
             pid: r.pid.context("the server's spawn script printed no pid")?,
             spids,
-            cmd: format!("{}: {}", srv.ssh.dest, ssh::join(&argv)),
+            cmd: format!("{}: {}", srv.ssh.dest, ssh::join(argv)),
+            what: what.to_string(),
         });
         Ok(())
     }
@@ -559,6 +596,7 @@ impl<'a> Session<'a> {
             client_responses: 0,
             beside_requests: 0,
             exact: true,
+            not_compared: None,
             client_runs,
             requests: res.requests as u64,
             rps: res.rps,
@@ -571,7 +609,17 @@ impl<'a> Session<'a> {
     /// Stop what runs beside the clients, then the server (SIGTERM to its `timeout`, which
     /// passes it on): its statistics, its end checked, and the run's per-host table recorded
     /// with the server's count beside the clients'.
-    pub fn finish(mut self) -> Result<ServerStats> {
+    pub fn finish(self) -> Result<ServerStats> {
+        self.end()?
+            .context("the server wrote no statistics (not ringlab-server)")
+    }
+
+    /// [`Session::finish`] for a server that keeps no statistics (nginx).
+    pub fn finish_uncounted(self) -> Result<()> {
+        self.end().map(|_| ())
+    }
+
+    fn end(mut self) -> Result<Option<ServerStats>> {
         let f = self.f;
         let sname = f.server.name();
         self.stop_beside()?;
@@ -588,18 +636,25 @@ impl<'a> Session<'a> {
         self.live[i].set_pid(None);
         if end.code != Some(0) {
             bail!(
-                "{sname}: ringlab-server exited with {:?}: {}",
+                "{sname}: {} exited with {:?}: {}",
+                up.what,
                 end.code,
                 end.err.join(" / ")
             );
         }
-        let stats: ServerStats = serde_json::from_str(&end.file)
-            .with_context(|| format!("{sname}: parsing the server's statistics"))?;
+        let stats: Option<ServerStats> = match self.uncounted {
+            Some(_) => None,
+            None => Some(
+                serde_json::from_str(&end.file)
+                    .with_context(|| format!("{sname}: parsing the server's statistics"))?,
+            ),
+        };
         if let Some(mut run) = self.last.take() {
-            run.server_requests = stats.total.requests;
+            run.server_requests = stats.as_ref().map_or(0, |s| s.total.requests);
             run.client_responses = self.responses;
             run.beside_requests = self.beside_requests;
             run.exact = self.exact;
+            run.not_compared = self.uncounted.clone();
             eprintln!("{}", run_table(&run));
             if let Ok(mut v) = f.runs.lock() {
                 v.push(run);

@@ -180,6 +180,47 @@ pub fn kill_script(pids: &[u32]) -> String {
 }
 
 /// Print the host's descriptor and port limits for [`super::HostLimits::parse`].
+/// Runs nginx in the foreground on a server host, for [`super::session::Session::nginx`]:
+/// `sh -c NGINX_SCRIPT sh DIR TEMPLATE [PORT]`. TEMPLATE is nginx.conf with `__DIR__` for DIR
+/// and `__PORT__` for the port: PORT, or a random one from 20000-59999, tried again (up to 10
+/// times) while nginx says the address is in use. Once nginx wrote its pid file (it has bound
+/// its listener) and has a worker, prints `ready listen=0.0.0.0:PORT pid=WORKER`; SIGTERM
+/// stops nginx (the `timeout` in front passes it on) and the script exits with nginx's code.
+pub const NGINX_SCRIPT: &str = r#"d=$1; tmpl=$2; fixed=$3
+ng=$(command -v nginx 2>/dev/null) || ng=/usr/sbin/nginx
+[ -x "$ng" ] || { echo "nginx is not installed on this host (Debian: apt-get install nginx-light)" >&2; exit 127; }
+mkdir -p "$d/logs" || exit 1
+tries=0
+while :; do
+  tries=$((tries + 1))
+  if [ -n "$fixed" ]; then port=$fixed; else port=$((20000 + $(od -An -N2 -tu2 /dev/urandom | tr -d ' ') % 40000)); fi
+  printf '%s\n' "$tmpl" | sed -e "s|__DIR__|$d|g" -e "s|__PORT__|$port|g" > "$d/nginx.conf"
+  rm -f "$d/nginx.pid"
+  "$ng" -p "$d" -c "$d/nginx.conf" 2> "$d/start.err" &
+  m=$!
+  n=0
+  while [ ! -s "$d/nginx.pid" ] && kill -0 $m 2>/dev/null && [ $n -lt 200 ]; do n=$((n + 1)); sleep 0.05; done
+  if [ -s "$d/nginx.pid" ] && kill -0 $m 2>/dev/null; then break; fi
+  kill $m 2>/dev/null; wait $m 2>/dev/null
+  if [ -n "$fixed" ] || [ $tries -ge 10 ] || ! cat "$d/start.err" "$d/nginx-error.log" 2>/dev/null | grep -q 'in use'; then
+    cat "$d/start.err" "$d/nginx-error.log" 2>/dev/null | grep -v '^\s*$' | tail -n 3 >&2
+    exit 1
+  fi
+done
+w=""
+n=0
+while [ -z "$w" ] && [ $n -lt 100 ]; do
+  w=$(cat /proc/$m/task/$m/children 2>/dev/null | awk '{print $1}')
+  [ -n "$w" ] || { n=$((n + 1)); sleep 0.05; }
+done
+[ -n "$w" ] || { echo "nginx started no worker" >&2; kill $m; exit 1; }
+trap 'kill -TERM $m 2>/dev/null' TERM
+echo "ready listen=0.0.0.0:$port pid=$w"
+wait $m; rc=$?
+if [ $rc -gt 128 ]; then wait $m; rc=$?; fi
+exit $rc
+"#;
+
 pub const LIMITS_SCRIPT: &str = "echo \"nofile_hard=$(ulimit -Hn)\"\necho \"nr_open=$(cat /proc/sys/fs/nr_open 2>/dev/null)\"\necho \"ports=$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)\"\n";
 
 /// Send SIGTERM to the process groups `pids`. Prints nothing; exits 0.
@@ -202,6 +243,7 @@ pub fn proc_script(pids: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
 
     /// What `sh` makes of a command line: its words.
     fn words(line: &str) -> Vec<String> {
@@ -240,6 +282,95 @@ mod tests {
             "''",
         ];
         assert_eq!(words(&join(&nasty)), nasty);
+    }
+
+    /// NGINX_SCRIPT as a host runs it (here, locally): `sh -c SCRIPT sh DIR TEMPLATE [PORT]`.
+    fn nginx_script(dir: &std::path::Path, port: &str) -> std::process::Child {
+        let template = crate::peers::nginx_conf(
+            std::path::Path::new("__DIR__"),
+            0,
+            "0.0.0.0:__PORT__",
+            &crate::peers::NginxSite::hello(),
+        );
+        std::process::Command::new("sh")
+            .args(["-c", NGINX_SCRIPT, "sh"])
+            .arg(dir)
+            .args([template.as_str(), port])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Whether nginx is here (else skipped, or a failure under RINGLAB_REQUIRE_PEERS).
+    fn have_nginx() -> bool {
+        let ok = crate::peers::nginx_installed();
+        if !ok {
+            assert!(
+                std::env::var_os("RINGLAB_REQUIRE_PEERS").is_none(),
+                "RINGLAB_REQUIRE_PEERS=1 but nginx is not installed"
+            );
+            eprintln!("nginx is not installed: skipped");
+        }
+        ok
+    }
+
+    #[test]
+    fn the_nginx_script_says_ready_serves_and_stops_on_sigterm() {
+        if !have_nginx() {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("ringlab-nginx-sh-{}", std::process::id()));
+        let mut child = nginx_script(&dir, "");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let port = line
+            .strip_prefix("ready listen=0.0.0.0:")
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("not a ready line: {line:?}"))
+            .to_string();
+        let worker: u32 = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no worker pid: {line:?}"));
+        assert!(std::path::Path::new(&format!("/proc/{worker}")).exists());
+        let mut c = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.1 200") && resp.ends_with("Hello, World!"),
+            "{resp}"
+        );
+        // A second one on the same port says why it cannot, in its last lines, and fails.
+        let mut taken = nginx_script(&dir.join("second"), &port);
+        let st = taken.wait().unwrap();
+        let mut err = String::new();
+        taken
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(st.code(), Some(1), "{err}");
+        assert!(err.contains("in use"), "{err}");
+        // SIGTERM (as the `timeout` in front passes it on) stops nginx, worker included.
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = child.wait().unwrap();
+        assert_eq!(st.code(), Some(0));
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            !std::path::Path::new(&format!("/proc/{worker}")).exists()
+        });
+        assert!(gone, "nginx's worker {worker} outlived the script");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -45,6 +45,7 @@ impl Scenario for Http {
                 m.extend(nm);
                 raw.extend(nraw);
             }
+            Err(e) if crate::fleet::is_host_failure(&e) => return Err(e),
             Err(e) => notes += &format!("\n- nginx reference row skipped: {e:#}\n"),
         }
         let table = report::table(&m, &raw, "conns", "epoll");

@@ -874,7 +874,7 @@ mod tests {
                 site.http
             );
         }
-        let conf = peers::nginx_conf(Path::new("/t"), 0, 8080, &a);
+        let conf = peers::nginx_conf(Path::new("/t"), 0, "127.0.0.1:8080", &a);
         assert!(conf.contains("listen 127.0.0.1:8080;"), "{conf}");
         assert!(conf.contains("worker_cpu_affinity 1;"), "{conf}");
     }
