@@ -22,7 +22,8 @@
 # idle-connection holders' checking echoes.
 # Phase 5 (--interrupt): SIGTERM to ringlab-bench while its clients run; it must exit 143 with
 # its "interrupted" line, every remote process stopped within 5 s (not at its remote timeout,
-# a minute away), no remote directory left.
+# a minute away), no remote directory left. Phases run in the order 1, 4, 3, 5, 2 (phase 2
+# leaves a client host without its sshd).
 # Everything (namespaces, bridge, sshd processes, temp dir) is removed on exit, failure
 # included. Needs root, iproute2, openssh-server and jq (both installed with apt-get if missing).
 # Names: RINGLAB_FLEET_PREFIX (default rlfleet); addresses 10.78.0.0/24.
@@ -98,6 +99,17 @@ ringlab_left() {
     ns_procs "$prefix-$n" wrk
     ns_procs "$prefix-$n" timeout
   done
+}
+
+# Wait (up to $2 tenths of a second, while the bench runs) for a ringlab-client in namespace $1.
+client_appears() {
+  local i
+  for i in $(seq "$2"); do
+    [ -n "$(ns_procs "$1" ringlab-client)" ] && return 0
+    kill -0 "$bench_pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
 }
 
 cleanup() {
@@ -248,19 +260,32 @@ if [ $fail_phase = 1 ]; then
   echo "fleet-demo: phase 3 ok: one line naming the server host and the cause, exit $brc, nothing left running"
 fi
 
+if [ $int_phase = 1 ]; then
+  echo "fleet-demo: phase 5: SIGTERM to ringlab-bench mid-run"
+  ip netns exec "$ctl" "$bench" compare --quick --backends epoll --reps 1 --duration 30 "${common[@]}" \
+    --out "$tmp/report5" > "$tmp/bench5.out" 2> "$tmp/bench5.err" &
+  bench_pid=$!
+  client_appears "$prefix-c1" 300 || { cat "$tmp/bench5.err" >&2; die "phase 5: no ringlab-client appeared on ${addrs[1]}"; }
+  [ "$(cat /proc/"$bench_pid"/comm 2>/dev/null)" = ringlab-bench ] || die "phase 5: pid $bench_pid is not ringlab-bench"
+  sleep 1
+  kill -TERM "$bench_pid"
+  set +e; wait "$bench_pid"; brc=$?; set -e
+  bench_pid=""
+  [ $brc = 143 ] || { cat "$tmp/bench5.err" >&2; die "phase 5: bench exit $brc, not 143 (SIGTERM)"; }
+  grep -q '^ringlab-bench: interrupted by SIGTERM' "$tmp/bench5.err" || { cat "$tmp/bench5.err" >&2; die "phase 5: no 'interrupted by SIGTERM' line"; }
+  gone=""
+  for i in $(seq 50); do [ -z "$(ringlab_left)" ] && { gone=$i; break; }; sleep 0.1; done
+  [ -n "$gone" ] || die "phase 5: ringlab processes left 5 s after the bench ended: $(ringlab_left)"
+  [ -z "$(ls -A "$tmp/remote")" ] || die "phase 5: remote directories left: $(ls "$tmp/remote")"
+  echo "fleet-demo: phase 5 ok: exit 143, every remote process gone within $((gone / 10)).$((gone % 10)) s of the bench's exit, no remote directory left"
+fi
 if [ $kill_phase = 1 ]; then
   victim="$prefix-c2"
   echo "fleet-demo: phase 2: killing sshd on root@${addrs[2]} mid-run"
   ip netns exec "$ctl" "$bench" compare --quick --backends epoll --reps 1 --duration 4 "${common[@]}" \
     --out "$tmp/report2" > "$tmp/bench2.out" 2> "$tmp/bench2.err" &
   bench_pid=$!
-  seen=0
-  for _ in $(seq 200); do
-    if [ -n "$(ns_procs "$victim" ringlab-client)" ]; then seen=1; break; fi
-    kill -0 "$bench_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  [ $seen = 1 ] || { cat "$tmp/bench2.err" >&2; die "phase 2: no ringlab-client appeared on ${addrs[2]}"; }
+  client_appears "$victim" 200 || { cat "$tmp/bench2.err" >&2; die "phase 2: no ringlab-client appeared on ${addrs[2]}"; }
   sleep 2
   for p in $(ns_procs "$victim" sshd); do kill -KILL "$p" 2>/dev/null || true; done
   set +e; wait "$bench_pid"; brc=$?; set -e
@@ -274,30 +299,5 @@ if [ $kill_phase = 1 ]; then
   for _ in $(seq 600); do [ -z "$(ringlab_left)" ] && break; sleep 0.1; done
   [ -z "$(ringlab_left)" ] || die "phase 2: ringlab processes left: $(ringlab_left)"
   echo "fleet-demo: phase 2 ok: one line naming the lost host, no ringlab process left in any namespace"
-fi
-if [ $int_phase = 1 ]; then
-  echo "fleet-demo: phase 5: SIGTERM to ringlab-bench mid-run"
-  ip netns exec "$ctl" "$bench" compare --quick --backends epoll --reps 1 --duration 30 "${common[@]}" \
-    --out "$tmp/report5" > "$tmp/bench5.out" 2> "$tmp/bench5.err" &
-  bench_pid=$!
-  seen=0
-  for _ in $(seq 300); do
-    if [ -n "$(ns_procs "$prefix-c1" ringlab-client)" ]; then seen=1; break; fi
-    kill -0 "$bench_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  [ $seen = 1 ] || { cat "$tmp/bench5.err" >&2; die "phase 5: no ringlab-client appeared on ${addrs[1]}"; }
-  [ "$(cat /proc/"$bench_pid"/comm 2>/dev/null)" = ringlab-bench ] || die "phase 5: pid $bench_pid is not ringlab-bench"
-  sleep 1
-  kill -TERM "$bench_pid"
-  set +e; wait "$bench_pid"; brc=$?; set -e
-  bench_pid=""
-  [ $brc = 143 ] || { cat "$tmp/bench5.err" >&2; die "phase 5: bench exit $brc, not 143 (SIGTERM)"; }
-  grep -q '^ringlab-bench: interrupted by SIGTERM' "$tmp/bench5.err" || { cat "$tmp/bench5.err" >&2; die "phase 5: no 'interrupted by SIGTERM' line"; }
-  gone=""
-  for i in $(seq 50); do [ -z "$(ringlab_left)" ] && { gone=$i; break; }; sleep 0.1; done
-  [ -n "$gone" ] || die "phase 5: ringlab processes left 5 s after the bench ended: $(ringlab_left)"
-  [ -z "$(ls -A "$tmp/remote")" ] || die "phase 5: remote directories left: $(ls "$tmp/remote")"
-  echo "fleet-demo: phase 5 ok: exit 143, every remote process gone within $((gone / 10)).$((gone % 10)) s of the bench's exit, no remote directory left"
 fi
 echo "fleet-demo: ok"

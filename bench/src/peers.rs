@@ -471,6 +471,72 @@ fn fleet_nginx_rows(
         "0.0.0.0:__PORT__",
         &NginxSite::hello(),
     );
+    nginx_runs(ctx, conns, dur, reps, |spec| {
+        f.guard(|| {
+            let mut s = f.session(&ctx.run.tmp, (dur + spec.warmup_s) as u64 + 60)?;
+            s.nginx(&template)?;
+            let mut r = s.clients(spec)?;
+            s.finish_uncounted()?;
+            r.server_cmd = format!(
+                "nginx on {} (1 worker, pinned to CPU {cpu}, return 200 \"Hello, World!\")",
+                f.server.ssh.dest
+            );
+            Ok(r)
+        })
+    })
+}
+
+/// Whether nginx can be run (on PATH, or Debian's /usr/sbin/nginx).
+pub fn nginx_installed() -> bool {
+    have("nginx") || Path::new("/usr/sbin/nginx").is_file()
+}
+
+/// nginx (one worker pinned to the server CPU) driven by ringlab-client.
+pub fn nginx_rows(
+    ctx: &Ctx,
+    conns: &[u32],
+    dur: f64,
+    reps: usize,
+) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
+    let (bins, opts) = (&ctx.bins, &ctx.run);
+    let server_cores = &ctx.o.server_cores;
+    let cpu: usize = server_cores
+        .split([',', '-'])
+        .next()
+        .and_then(|c| c.parse().ok())
+        .context("--server-cores must start with a CPU number for the nginx row")?;
+    if let Some(f) = &opts.fleet {
+        return fleet_nginx_rows(ctx, f, cpu, conns, dur, reps);
+    }
+    if !nginx_installed() {
+        bail!("nginx is not installed (Debian: `apt-get install nginx-light`)");
+    }
+    if opts.netns.is_some() {
+        bail!("not run under --netns (nginx runs on the host)");
+    }
+    let dir = opts.tmp.join("nginx");
+    std::fs::create_dir_all(dir.join("logs"))?;
+    // nginx resolves relative paths in its config against its prefix: use absolute ones.
+    let dir = std::fs::canonicalize(&dir).with_context(|| format!("{}", dir.display()))?;
+    let (ng, addr, worker) = start_nginx(&dir, cpu, &NginxSite::hello())?;
+    let r = nginx_runs(ctx, conns, dur, reps, |spec| {
+        let mut r = drive(bins, &addr, &[worker], spec, opts)?;
+        r.server_cmd = "nginx (1 worker, pinned, return 200 \"Hello, World!\")".into();
+        Ok(r)
+    });
+    drop(ng);
+    r
+}
+
+/// The nginx rows' runs: `reps` rounds over `conns`, ringlab-client speaking HTTP for `dur`
+/// seconds, each run by `run`; the medians per connection count, and every run.
+fn nginx_runs(
+    ctx: &Ctx,
+    conns: &[u32],
+    dur: f64,
+    reps: usize,
+    mut run: impl FnMut(&RunSpec) -> Result<RunResult>,
+) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
     let mut groups: Vec<Vec<RunResult>> = vec![Vec::new(); conns.len()];
     for _ in 0..reps {
         for (i, &c) in conns.iter().enumerate() {
@@ -491,87 +557,9 @@ fn fleet_nginx_rows(
                 warmup_s: 0.5,
                 ..RunSpec::default()
             };
-            let r = f.guard(|| {
-                let mut s = f.session(&ctx.run.tmp, (dur + spec.warmup_s) as u64 + 60)?;
-                s.nginx(&template)?;
-                let mut r = s.clients(&spec)?;
-                s.finish_uncounted()?;
-                r.server_cmd = format!(
-                    "nginx on {} (1 worker, pinned to CPU {cpu}, return 200 \"Hello, World!\")",
-                    f.server.ssh.dest
-                );
-                Ok(r)
-            })?;
-            groups[i].push(r);
+            groups[i].push(run(&spec)?);
         }
     }
-    let medians = groups
-        .iter()
-        .filter(|g| !g.is_empty())
-        .map(|g| combine(g))
-        .collect();
-    Ok((medians, groups.into_iter().flatten().collect()))
-}
-
-/// Whether nginx can be run (on PATH, or Debian's /usr/sbin/nginx).
-pub fn nginx_installed() -> bool {
-    have("nginx") || Path::new("/usr/sbin/nginx").is_file()
-}
-
-/// nginx (one worker pinned to the server CPU) driven by ringlab-client.
-pub fn nginx_rows(
-    ctx: &Ctx,
-    conns: &[u32],
-    dur: f64,
-    reps: usize,
-) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
-    let (bins, opts) = (&ctx.bins, &ctx.run);
-    let (server_cores, client_cores) = (&ctx.o.server_cores, &ctx.o.client_cores);
-    let cpu: usize = server_cores
-        .split([',', '-'])
-        .next()
-        .and_then(|c| c.parse().ok())
-        .context("--server-cores must start with a CPU number for the nginx row")?;
-    if let Some(f) = &opts.fleet {
-        return fleet_nginx_rows(ctx, f, cpu, conns, dur, reps);
-    }
-    if !nginx_installed() {
-        bail!("nginx is not installed (Debian: `apt-get install nginx-light`)");
-    }
-    if opts.netns.is_some() {
-        bail!("not run under --netns (nginx runs on the host)");
-    }
-    let dir = opts.tmp.join("nginx");
-    std::fs::create_dir_all(dir.join("logs"))?;
-    // nginx resolves relative paths in its config against its prefix: use absolute ones.
-    let dir = std::fs::canonicalize(&dir).with_context(|| format!("{}", dir.display()))?;
-    let (ng, addr, worker) = start_nginx(&dir, cpu, &NginxSite::hello())?;
-    let mut groups: Vec<Vec<RunResult>> = vec![Vec::new(); conns.len()];
-    for _ in 0..reps {
-        for (i, &c) in conns.iter().enumerate() {
-            let spec = RunSpec {
-                label: "nginx".into(),
-                x: c as f64,
-                server_args: vec![],
-                client_args: vec![
-                    "--io".into(),
-                    ctx.o.client_io.clone(),
-                    "--proto".into(),
-                    "http".into(),
-                    "--conns".into(),
-                    c.to_string(),
-                ],
-                client_cores: client_cores.into(),
-                duration_s: dur,
-                warmup_s: 0.5,
-                ..RunSpec::default()
-            };
-            let mut r = drive(bins, &addr, &[worker], &spec, opts)?;
-            r.server_cmd = "nginx (1 worker, pinned, return 200 \"Hello, World!\")".into();
-            groups[i].push(r);
-        }
-    }
-    drop(ng);
     let medians = groups
         .iter()
         .filter(|g| !g.is_empty())

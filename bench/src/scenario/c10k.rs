@@ -1061,12 +1061,7 @@ fn c10k_row(
     if let Some(f) = &ctx.run.fleet {
         return f.guard(|| fleet_row(ctx, f, label, io, n, dur));
     }
-    let (args, procs) = server_plan(
-        label,
-        n + ACTIVE as u64 + 16,
-        lim.per_process(),
-        &ctx.o.server_cores,
-    )?;
+    let (args, procs) = row_plan(ctx, label, n, lim)?;
     let server = Server::start(&ctx.bins, &args, &ctx.run.tmp, ctx.run.netns.as_ref())
         .with_context(|| format!("starting the server ({})", args.join(" ")))?;
     let pids = server.pids.clone();
@@ -1229,6 +1224,16 @@ impl Point<'_> {
     }
 }
 
+/// [`server_plan`] for a row of `n` idle connections (and the active ones, and a margin).
+fn row_plan(ctx: &Ctx, label: &str, n: u64, lim: &Limits) -> Result<(Vec<String>, u64)> {
+    server_plan(
+        label,
+        n + ACTIVE as u64 + 16,
+        lim.per_process(),
+        &ctx.o.server_cores,
+    )
+}
+
 /// The server of a c10k row for `conns` connections (idle, active and a margin) at `per`
 /// connections per process (the descriptor ceiling) or per fixed-file table: its arguments and
 /// process count.
@@ -1295,12 +1300,7 @@ fn fleet_row(
         nr_open: sl.nr_open,
         ports: sl.ports,
     };
-    let (args, procs) = server_plan(
-        label,
-        n + ACTIVE as u64 + 16,
-        lim.per_process(),
-        &ctx.o.server_cores,
-    )?;
+    let (args, procs) = row_plan(ctx, label, n, &lim)?;
     let spec = ctx.spec(
         label,
         n as f64,
