@@ -187,10 +187,33 @@ fn call(ssh: &Ssh, script: &str) -> Result<String> {
 }
 
 fn wait_output(mut child: Child, limit: Duration) -> Result<std::process::Output> {
+    // Read both pipes while waiting: a child whose output outgrows a pipe's buffer (64 KiB: a
+    // fetched interval log, a profile's samples) blocks writing until someone reads.
+    let drain = |p: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait()?.is_some() {
-            return Ok(child.wait_with_output()?);
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -198,7 +221,12 @@ fn wait_output(mut child: Child, limit: Duration) -> Result<std::process::Output
             bail!("ssh did not finish within {} s", limit.as_secs());
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// The local binary's `--version` line and SHA-256.
@@ -1262,6 +1290,26 @@ impl ProcRead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_command_with_more_output_than_a_pipe_holds_finishes() {
+        // 1 MB on stdout and 100 kB on stderr: the child blocks unless both are read while
+        // it runs.
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                "head -c 100000 /dev/zero >&2; head -c 1000000 /dev/zero; exit 3",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_output(child, Duration::from_secs(20)).unwrap();
+        assert_eq!(out.stdout.len(), 1_000_000);
+        assert_eq!(out.stderr.len(), 100_000);
+        assert_eq!(out.status.code(), Some(3));
+    }
     use clap::Parser;
     use ringlab_client::report::{build_from, Partial};
 

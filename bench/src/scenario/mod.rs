@@ -110,6 +110,12 @@ fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> 
             if netns.is_some() || !peers.is_empty() {
                 bail!("--server-host does not go with --netns or --peer");
             }
+            if o.profile {
+                bail!(
+                    "--profile records perf on this machine's CPUs, and in fleet mode the server runs on {}: not with --server-host",
+                    f.server
+                );
+            }
             machine.link = format!(
                 "fleet: server on {}, clients on {} (over SSH)",
                 f.server,
