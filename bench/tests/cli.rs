@@ -476,43 +476,27 @@ fn direct_descriptor_holders_verify_every_connection_of_a_real_server_without_de
 /// Fleet mode without root or sshd: what refuses or fails before any load, in one line.
 #[test]
 fn fleet_mode_refuses_files_and_names_an_unreachable_host_in_one_line() {
-    // files refuses before it reaches any host.
-    let out = Command::new(BIN)
-        .args([
-            "files",
-            "--server-host",
-            "nobody@192.0.2.1",
-            "--client-hosts",
-            "nobody@192.0.2.2",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with("ringlab-bench: files does not run in fleet mode: it makes and verifies its data set on this machine"),
-        "{err}"
-    );
-    // --profile would record this machine's CPUs, not the server host's: refused.
-    let out = Command::new(BIN)
-        .args([
-            "compare",
-            "--profile",
-            "--server-host",
-            "nobody@192.0.2.1",
-            "--client-hosts",
-            "nobody@192.0.2.2",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with("ringlab-bench: --profile records perf on this machine's CPUs"),
-        "{err}"
-    );
+    // Refused before any host is reached, in one line, exit 1: files (its data set, page
+    // cache and disk counters are this machine's), and --profile (perf on this machine's CPUs).
+    for (args, says) in [
+        (&["files"][..], "ringlab-bench: files does not run in fleet mode: it makes and verifies its data set on this machine"),
+        (&["compare", "--profile"][..], "ringlab-bench: --profile records perf on this machine's CPUs"),
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .args([
+                "--server-host",
+                "nobody@192.0.2.1",
+                "--client-hosts",
+                "nobody@192.0.2.2",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with(says), "{args:?}: {err}");
+    }
     // A server host nobody answers on (port 1 of loopback): the bench ends with one line
     // naming it, exit 1, and no report of runs.
     let dir = out_dir("fleet-unreachable");
