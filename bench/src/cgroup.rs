@@ -65,7 +65,7 @@ pub struct CpuCap {
     /// What it is, in words (for the report).
     pub what: String,
     /// Removes the group if a signal ends the bench while it exists.
-    _on_signal: Option<crate::on_signal::Registered>,
+    _on_signal: crate::on_signal::Registered,
 }
 
 impl CpuCap {
@@ -115,7 +115,7 @@ impl CpuCap {
             dir,
             share,
             what: String::new(),
-            _on_signal: Some(on_signal),
+            _on_signal: on_signal,
         };
         // Short periods throttle in small slices: on a 2-vCPU VM the capacity of a server at half
         // a CPU varied less between runs with 5 ms periods than with 20 or 100 ms (below 5 ms the

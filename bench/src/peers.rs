@@ -160,8 +160,7 @@ pub fn wrk_rows(
             }
         }
     }
-    let medians = groups.iter().map(|g| combine(g)).collect();
-    Ok((medians, groups.into_iter().flatten().collect()))
+    Ok(medians_and_runs(groups))
 }
 
 /// `wrk -t1` from every client host at once against each backend on the server host, its
@@ -301,8 +300,7 @@ fn fleet_wrk_rows(
             }
         }
     }
-    let medians = groups.iter().map(|g| combine(g)).collect();
-    Ok((medians, groups.into_iter().flatten().collect()))
+    Ok(medians_and_runs(groups))
 }
 
 /// A running nginx (stopped gracefully when dropped).
@@ -560,12 +558,18 @@ fn nginx_runs(
             groups[i].push(run(&spec)?);
         }
     }
+    Ok(medians_and_runs(groups))
+}
+
+/// Runs grouped by row (one group per row, its repetitions): each non-empty group's medians
+/// ([`combine`]), and every run.
+fn medians_and_runs(groups: Vec<Vec<RunResult>>) -> (Vec<RunResult>, Vec<RunResult>) {
     let medians = groups
         .iter()
         .filter(|g| !g.is_empty())
         .map(|g| combine(g))
         .collect();
-    Ok((medians, groups.into_iter().flatten().collect()))
+    (medians, groups.into_iter().flatten().collect())
 }
 
 /// A server of the user's measured beside the backends (`--peer NAME=COMMAND`): started fresh

@@ -236,6 +236,18 @@ struct Extra<'r> {
     flagged: bool,
 }
 
+/// Ring `k` of a loop: its first, or `extra[k - 1]` (`--fixed-rings`).
+fn ring_mut<'a, 'r>(
+    first: &'a mut Ring<'r>,
+    extra: &'a mut [Extra<'r>],
+    k: u16,
+) -> &'a mut Ring<'r> {
+    match k {
+        0 => first,
+        k => &mut extra[usize::from(k) - 1].ring,
+    }
+}
+
 /// `--fixed-rings`: the fixed-file tables of all the loop's rings, as free indexes per ring.
 struct Tables {
     /// Free indexes of each ring's table (ring 0 first), popped from the end.
@@ -600,10 +612,7 @@ impl Driver for UringIo<'_> {
         // takes its own reference to the socket, so the descriptor is closed at once); with
         // every table full, or if the kernel refuses, it is served as a descriptor.
         if let Some((ring, i)) = self.tables.as_mut().and_then(Tables::take) {
-            let submitter = match ring {
-                0 => self.ring.submitter(),
-                k => self.extra[usize::from(k) - 1].ring.submitter(),
-            };
+            let submitter = ring_mut(&mut self.ring, &mut self.extra, ring).submitter();
             core.stats.syscalls.io_uring_register += 1;
             match submitter.register_files_update(i, &[fd.as_raw_fd()]) {
                 Ok(1) => {
@@ -727,8 +736,11 @@ impl UringIo<'_> {
     }
 
     /// The ring the socket operations of connection `slot` go to, closing or not (the first
-    /// ring for a free slot, where the ledger queues nothing anyway).
+    /// ring for a free slot, where the ledger queues nothing anyway, and with one ring).
     fn ring_of(&mut self, slot: u32) -> u16 {
+        if self.extra.is_empty() {
+            return 0;
+        }
         match self.conns.get_slot(slot) {
             Some((_, c)) => c.ring,
             None => 0,
@@ -742,10 +754,7 @@ impl UringIo<'_> {
             OP_FILE_OPEN | OP_FILE_STAT | OP_FILE_READ | OP_FILE_CLOSE => 0,
             _ => self.ring_of(slot),
         };
-        let ring = match k {
-            0 => &mut self.ring,
-            k => &mut self.extra[usize::from(k) - 1].ring,
-        };
+        let ring = ring_mut(&mut self.ring, &mut self.extra, k);
         // SAFETY: every entry built in this file for a connection refers only to its socket,
         // to buffers its `Conn` owns (the single-shot recv buffer, a file operation's `FileIo`,
         // whose registered buffer's mapping its `FixedBuf` keeps alive, and whose registration
@@ -1146,12 +1155,15 @@ impl UringIo<'_> {
             // (a reference-counted buffer whose bytes never move) under this send's own
             // identity until its last completion, the notification; the socket is the
             // connection's, open until its close, which waits for this send.
-            let ring = match c_ring {
-                0 => &mut self.ring,
-                k => &mut self.extra[usize::from(k) - 1].ring,
+            unsafe {
+                self.conns.push_lent(
+                    ring_mut(&mut self.ring, &mut self.extra, c_ring),
+                    slot,
+                    buf,
+                    e,
+                    sc,
+                )
             };
-            // SAFETY: as just said.
-            unsafe { self.conns.push_lent(ring, slot, buf, e, sc) };
         } else {
             let e = on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
                 .flags(libc_flags::MSG_NOSIGNAL)
@@ -1489,10 +1501,8 @@ impl UringIo<'_> {
                 self.end_files(core, slot);
                 // Cancel what is in flight on the socket, then (once it all completed, file
                 // operations included) close it; the slot is freed when the close completes.
-                let ring = match self.ring_of(slot) {
-                    0 => &mut self.ring,
-                    k => &mut self.extra[usize::from(k) - 1].ring,
-                };
+                let k = self.ring_of(slot);
+                let ring = ring_mut(&mut self.ring, &mut self.extra, k);
                 self.conns.close(ring, slot, &mut core.stats.syscalls);
                 return;
             }
