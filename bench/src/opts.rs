@@ -95,7 +95,8 @@ pub struct Opts {
     pub profile: bool,
     /// Fleet mode: run the server on this host over SSH (a destination as `ssh` takes it,
     /// e.g. root@10.0.0.1); needs --client-hosts. Every scenario but files runs this way (c10k's and
-    /// multiplex's holders and http's wrk on the client hosts; see kernel-notes/scale.md).
+    /// multiplex's holders and http's wrk on the client hosts, its nginx row on the server host;
+    /// not with --profile, which records this machine's CPUs; see kernel-notes/scale.md).
     #[arg(
         long,
         global = true,
