@@ -41,6 +41,27 @@ pub struct Ctx {
 }
 
 /// A backend row: label, the server arguments that make it.
+/// `specs` with an A/A control after every row whose label `is_baseline` picks: a second
+/// instance of it ([`crate::verdict::aa_of`] its label) in the same interleaving, whose ratio to
+/// it is the noise floor and against which every candidate is tested too
+/// ([`crate::stats::call`]). None with one repetition: there is no pair to compare.
+pub fn with_aa(
+    specs: Vec<RunSpec>,
+    reps: usize,
+    is_baseline: impl Fn(&str) -> bool,
+) -> Vec<RunSpec> {
+    let mut out = Vec::with_capacity(specs.len() * 2);
+    for s in specs {
+        let twin = (reps > 1 && is_baseline(&s.label)).then(|| RunSpec {
+            label: crate::verdict::aa_of(&s.label),
+            ..s.clone()
+        });
+        out.push(s);
+        out.extend(twin);
+    }
+    out
+}
+
 pub fn backend_args(label: &str) -> Result<Vec<String>> {
     let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     Ok(match label {
@@ -196,5 +217,48 @@ impl Ctx {
             .as_ref()
             .and_then(|c| c.first().copied())
             .unwrap_or(default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(label: &str, x: f64) -> RunSpec {
+        RunSpec {
+            label: label.into(),
+            x,
+            server_args: vec!["--io".into(), "epoll".into()],
+            ..RunSpec::default()
+        }
+    }
+
+    #[test]
+    fn every_baseline_row_gets_its_twin_right_after_it() {
+        let specs = vec![
+            spec("uring", 1.0),
+            spec("epoll", 1.0),
+            spec("uring", 2.0),
+            spec("epoll", 2.0),
+        ];
+        let out = with_aa(specs.clone(), 6, |l| l == "epoll");
+        let labels: Vec<(&str, f64)> = out.iter().map(|s| (s.label.as_str(), s.x)).collect();
+        assert_eq!(
+            labels,
+            [
+                ("uring", 1.0),
+                ("epoll", 1.0),
+                ("epoll A/A", 1.0),
+                ("uring", 2.0),
+                ("epoll", 2.0),
+                ("epoll A/A", 2.0)
+            ]
+        );
+        assert_eq!(
+            out[2].server_args, out[1].server_args,
+            "a second instance of the same server"
+        );
+        // One repetition: no pair to compare, no twin.
+        assert_eq!(with_aa(specs, 1, |l| l == "epoll").len(), 4);
     }
 }

@@ -50,9 +50,10 @@ enum Cmd {
     /// control, side by side (their servers run at the same time, each with its own client,
     /// measured over one window, so the host's noise cancels in their ratios; --sequential: one
     /// after another), at equal offered load (25/50/75% of the slowest backend's capacity:
-    /// server CPU per request, latency) and server-bound (CPU capped by a cgroup: requests per
-    /// CPU-second); repetitions until every ratio's 95% interval is within ±3% or --budget runs
-    /// out. --profile: where the server's CPU goes.
+    /// server CPU per request, latency) and server-bound (each server's CPU capped by a cgroup:
+    /// req/s); repetitions until every ratio's 95% interval is within ±3% on 10 pairs or more,
+    /// or --budget runs out. Significant: uring differs from epoll and from epoll's second
+    /// instance, each at 95%. --profile: where the server's CPU goes.
     Compare,
     /// The seed notes' tables: every request held 100 ms; clients 1 → 20,000; uring and epoll
     /// with one persistent connection per client and with a new connection per request,

@@ -53,8 +53,9 @@ pub struct Opts {
     #[arg(long, global = true)]
     pub netns: bool,
     /// compare: how long the repetitions may run (e.g. 90s, 5m). Repetitions continue until
-    /// every headline interval is narrower than ±3% or this runs out. Default: about two
-    /// minutes (30 s with --quick).
+    /// every headline interval is narrower than ±3% on at least 10 pairs, or this runs out.
+    /// Default: about two minutes (30 s with --quick); a longer budget buys narrower intervals
+    /// and steadier calls.
     #[arg(long, global = true, value_parser = ringlab_runtime::duration::parse_duration)]
     pub budget: Option<std::time::Duration>,
     /// compare: offered loads, in percent of the slowest backend's measured capacity.

@@ -95,7 +95,19 @@ pub fn table(rows: &[RunResult], raw: &[RunResult], x_name: &str, baseline: &str
             let ratio = |m: Metric, b: Option<f64>| match b {
                 _ if r.label == own_baseline => "".into(),
                 Some(b) if b > 0.0 => match verdict::interval(raw, &r.label, &own_baseline, x, m) {
-                    Some(iv) => verdict::cell(Some(&iv), None),
+                    Some(iv) => {
+                        let aa = verdict::aa_of(&own_baseline);
+                        let ctl = verdict::control(
+                            raw,
+                            &aa,
+                            &own_baseline,
+                            &r.label,
+                            &own_baseline,
+                            x,
+                            m,
+                        );
+                        verdict::cell(Some(&iv), ctl.as_ref())
+                    }
                     None => format!("{:.2}×", (m.get)(r) / b),
                 },
                 _ => "".into(),
@@ -528,5 +540,82 @@ mod tests {
         let knees = seeds_knees(&rows);
         assert_eq!(knees.len(), 2);
         assert_eq!(knees[0].0, "uring keep-alive");
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    fn run(label: &str, rep: usize, cpu: f64) -> RunResult {
+        RunResult {
+            label: label.into(),
+            x: 64.0,
+            rep,
+            cpu_per_req_us: cpu,
+            rps: 1000.0,
+            ..RunResult::default()
+        }
+    }
+
+    /// The cell of `row`'s server CPU ratio in `table`.
+    fn cpu_cell(t: &str, row: &str) -> String {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with(&format!("| 64 | {row} |")))
+            .unwrap_or_else(|| panic!("no {row}:\n{t}"));
+        line.split('|').nth(9).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn a_row_is_starred_only_when_it_differs_from_the_baseline_and_its_twin() {
+        let mut raw = Vec::new();
+        for rep in 0..8 {
+            // The machine drifts by up to 20% between repetitions, alike for the three runs
+            // of one; epoll's second instance runs 2% dear in every other repetition.
+            let m = 1.0 + 0.2 * ((rep * 7) % 5) as f64 / 4.0;
+            raw.push(run("epoll", rep, 10.0 * m));
+            raw.push(run(
+                "epoll A/A",
+                rep,
+                10.0 * m * (1.0 + 0.02 * (rep % 2) as f64),
+            ));
+            raw.push(run(
+                "uring",
+                rep,
+                10.6 * m * (1.0 + 0.002 * (rep % 3) as f64),
+            ));
+            raw.push(run(
+                "tokio",
+                rep,
+                10.1 * m * (1.0 + 0.001 * (rep % 3) as f64),
+            ));
+        }
+        let m: Vec<RunResult> = ["epoll", "epoll A/A", "uring", "tokio"]
+            .iter()
+            .map(|l| raw.iter().find(|r| r.label == *l).unwrap().clone())
+            .collect();
+        let t = table(&m, &raw, "conns", "epoll");
+        assert_eq!(cpu_cell(&t, "epoll"), "");
+        // The A/A row: its own interval, the noise floor, never starred.
+        assert!(
+            cpu_cell(&t, "epoll A/A").starts_with("1.01 (1.00–1.02)"),
+            "{t}"
+        );
+        // 6% dearer than both instances: significant.
+        assert!(cpu_cell(&t, "uring").ends_with(" *"), "{t}");
+        // 1% dearer than epoll, every time, but no different from its second instance.
+        let tokio = cpu_cell(&t, "tokio");
+        assert!(
+            tokio.starts_with("1.01 (1.01–1.01)") && !tokio.ends_with('*'),
+            "{t}"
+        );
+        // Without the twin in the runs, the same 1% is starred: the interval excludes 1.
+        let alone: Vec<RunResult> = raw
+            .iter()
+            .filter(|r| r.label != "epoll A/A")
+            .cloned()
+            .collect();
+        assert!(cpu_cell(&table(&m, &alone, "conns", "epoll"), "tokio").ends_with(" *"));
     }
 }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::run::RunResult;
-use crate::stats::{self, Call, Interval};
+use crate::stats::{self, Call, Control, Interval};
 
 /// A figure of a run (`R`: a [`RunResult`], or a scenario's own run type) that a verdict
 /// compares.
@@ -56,8 +56,13 @@ pub struct Verdict {
     pub ci95: [f64; 2],
     /// The A/A control's interval, where the scenario has one.
     pub noise_floor: Option<[f64; 2]>,
+    /// The candidate against the A/A control (the baseline's second instance), paired over the
+    /// same repetitions, where the control is a twin of this comparison's baseline.
+    pub vs_control: Option<[f64; 2]>,
     pub significant: bool,
-    /// `significant`, `within noise`, or `too few repetitions for a 95% interval`.
+    /// `significant` (the candidate differs from the baseline and from its second instance,
+    /// each at 95%: [`stats::call`]), `within noise`, or `too few repetitions for a 95%
+    /// interval`.
     pub call: String,
     /// Pairs the interval rests on.
     pub reps: usize,
@@ -94,17 +99,57 @@ pub fn interval(raw: &[RunResult], cand: &str, base: &str, x: f64, m: Metric) ->
     stats::paired(&pairs(raw, cand, base, x, m))
 }
 
-/// The verdict on `cand` against `base` at `at` (`floor`: the A/A interval there).
+/// The label of `row`'s A/A control: a second instance of it, measured in the same runs.
+pub fn aa_of(row: &str) -> String {
+    format!("{row} A/A")
+}
+
+/// Whether `label` is an A/A control's row ([`aa_of`]).
+pub fn is_aa(label: &str) -> bool {
+    label.ends_with(" A/A")
+}
+
+/// The A/A control of pair `p` in a scenario that runs a twin of each baseline row
+/// ([`aa_of`] its label); none where that baseline has no twin.
+pub fn twin_control(raw: &[RunResult], p: &Pair, m: Metric) -> Option<Control> {
+    let aa = aa_of(&p.baseline);
+    control(raw, &aa, &p.baseline, &p.candidate, &p.baseline, p.x, m)
+}
+
+/// The A/A control of `cand ÷ base` at `x`: `aa ÷ aa_base` as the floor, and `cand ÷ aa` where
+/// `aa` is a second instance of `base` (`aa_base == base`); none for the control itself, and
+/// none before the control has a pair.
+pub fn control(
+    raw: &[RunResult],
+    aa: &str,
+    aa_base: &str,
+    cand: &str,
+    base: &str,
+    x: f64,
+    m: Metric,
+) -> Option<Control> {
+    if cand == aa {
+        return None;
+    }
+    Some(Control {
+        floor: interval(raw, aa, aa_base, x, m)?,
+        vs: (aa_base == base)
+            .then(|| interval(raw, cand, aa, x, m))
+            .flatten(),
+    })
+}
+
+/// The verdict on `cand` against `base` at `at` (`control`: the A/A control there).
 pub fn judge(
     raw: &[RunResult],
     at: &At,
     cand: &str,
     base: &str,
-    floor: Option<&Interval>,
+    control: Option<&Control>,
     m: Metric,
 ) -> Option<Verdict> {
     let iv = interval(raw, cand, base, at.x, m)?;
-    Some(of_interval(&iv, at, cand, base, floor, m.key, m.name))
+    Some(of_interval(&iv, at, cand, base, control, m.key, m.name))
 }
 
 /// The verdict on `cand` against `base` at `at` from their interval `iv` (for figures that are
@@ -115,11 +160,11 @@ pub fn of_interval(
     at: &At,
     cand: &str,
     base: &str,
-    floor: Option<&Interval>,
+    control: Option<&Control>,
     key: &'static str,
     name: &'static str,
 ) -> Verdict {
-    let c = stats::call(iv, floor);
+    let c = stats::call(iv, control);
     Verdict {
         scenario: at.scenario.clone(),
         candidate: cand.into(),
@@ -129,7 +174,8 @@ pub fn of_interval(
         metric: key.into(),
         ratio: iv.ratio,
         ci95: [iv.lo, iv.hi],
-        noise_floor: floor.map(|f| [f.lo, f.hi]),
+        noise_floor: control.map(|c| [c.floor.lo, c.floor.hi]),
+        vs_control: control.and_then(|c| c.vs).map(|v| [v.lo, v.hi]),
         significant: c == Call::Significant,
         call: c.text().into(),
         reps: iv.n,
@@ -178,14 +224,14 @@ pub fn same_row_of(label: &str, baseline: &str) -> String {
     }
 }
 
-/// The verdicts on every pair for each metric; `at(x)` says where x is (conns, load), `floor`
-/// gives a pair's A/A interval where the scenario has one.
+/// The verdicts on every pair for each metric; `at(x)` says where x is (conns, load), `control`
+/// gives a pair's A/A control ([`control`]) where the scenario has one.
 pub fn judge_all(
     raw: &[RunResult],
     scenario: &str,
     pairs: &[Pair],
     at: impl Fn(f64) -> (u32, String),
-    floor: impl Fn(&Pair, Metric) -> Option<Interval>,
+    control: impl Fn(&Pair, Metric) -> Option<Control>,
     metrics: &[Metric],
 ) -> Vec<Verdict> {
     let mut out = Vec::new();
@@ -198,7 +244,7 @@ pub fn judge_all(
                 load,
                 x: p.x,
             };
-            let f = floor(p, *m);
+            let f = control(p, *m);
             out.extend(judge(raw, &a, &p.candidate, &p.baseline, f.as_ref(), *m));
         }
     }
@@ -221,12 +267,15 @@ pub fn interval_text(ratio: f64, lo: f64, hi: f64, n: usize, confidence: f64) ->
 
 impl Verdict {
     /// `uring vs epoll, 512 conns, 50% load (30k req/s): server CPU/request 0.96× (95% CI
-    /// 0.93–0.99), significant (A/A floor 0.98–1.02)`.
+    /// 0.93–0.99), significant (A/A floor 0.98–1.02; vs the A/A 0.94–0.98)`.
     pub fn line(&self) -> String {
+        let vs = self.vs_control.map_or(String::new(), |v| {
+            format!("; vs the A/A {:.2}–{:.2}", v[0], v[1])
+        });
         let floor = self
             .noise_floor
-            .map_or(" (no A/A control in this scenario)".to_string(), |f| {
-                format!(" (A/A floor {:.2}–{:.2})", f[0], f[1])
+            .map_or(" (no A/A control for this row)".to_string(), |f| {
+                format!(" (A/A floor {:.2}–{:.2}{vs})", f[0], f[1])
             });
         let load = if self.load.is_empty() {
             String::new()
@@ -253,11 +302,11 @@ impl Verdict {
 
 /// The ratio cell of a table row: `0.96 (0.93–0.99)`, `*` when significant; the range in
 /// brackets when fewer than 6 pairs.
-pub fn cell(iv: Option<&Interval>, floor: Option<&Interval>) -> String {
+pub fn cell(iv: Option<&Interval>, control: Option<&Control>) -> String {
     match iv {
         None => "–".into(),
         Some(iv) => {
-            let star = if stats::call(iv, floor) == Call::Significant {
+            let star = if stats::call(iv, control) == Call::Significant {
                 " *"
             } else {
                 ""
@@ -306,16 +355,51 @@ mod tests {
             load: "50% load (30k req/s)".into(),
             x: 1.0,
         };
-        let floor = interval(&raw, "epoll A/A", "epoll", 1.0, CPU_PER_REQ).unwrap();
-        let v = judge(&raw, &at, "uring", "epoll", Some(&floor), CPU_PER_REQ).unwrap();
+        let ctl = control(
+            &raw,
+            "epoll A/A",
+            "epoll",
+            "uring",
+            "epoll",
+            1.0,
+            CPU_PER_REQ,
+        )
+        .unwrap();
+        assert_eq!(
+            ctl.vs.unwrap().n,
+            8,
+            "the candidate against the A/A: every rep"
+        );
+        let v = judge(&raw, &at, "uring", "epoll", Some(&ctl), CPU_PER_REQ).unwrap();
         assert!(v.significant, "{v:?}");
         assert!(v.ratio > 0.9 && v.ratio < 0.91, "{v:?}");
         assert_eq!(v.noise_floor, Some([1.0, 1.0]));
         let line = v.line();
         assert!(
-            line.starts_with("uring vs epoll, 512 conns, 50% load (30k req/s): server CPU/request 0.90× (95% CI 0.90–0.91, 7 pairs), significant (A/A floor 1.00–1.00)"),
+            line.starts_with("uring vs epoll, 512 conns, 50% load (30k req/s): server CPU/request 0.90× (95% CI 0.90–0.91, 7 pairs), significant (A/A floor 1.00–1.00; vs the A/A 0.90–0.91)"),
             "{line}"
         );
+        // A control that is not the baseline's twin gives its floor and no paired interval.
+        let other = control(
+            &raw,
+            "epoll A/A",
+            "epoll",
+            "uring",
+            "tokio",
+            1.0,
+            CPU_PER_REQ,
+        );
+        assert!(other.unwrap().vs.is_none());
+        assert!(control(
+            &raw,
+            "nosuch A/A",
+            "epoll",
+            "uring",
+            "epoll",
+            1.0,
+            CPU_PER_REQ
+        )
+        .is_none());
         let json = serde_json::to_value(&v).unwrap();
         for k in [
             "scenario",
@@ -327,6 +411,7 @@ mod tests {
             "ratio",
             "ci95",
             "noise_floor",
+            "vs_control",
             "significant",
         ] {
             assert!(json.get(k).is_some(), "{k} missing: {json}");

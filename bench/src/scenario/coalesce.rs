@@ -124,7 +124,17 @@ impl Scenario for Coalesce {
                 }
             }
         }
-        let floor = |p: &Pair, mt| verdict::interval(&raw, AA, &label("epoll", 0), p.x, mt);
+        let floor = |p: &Pair, mt| {
+            verdict::control(
+                &raw,
+                AA,
+                &label("epoll", 0),
+                &p.candidate,
+                &p.baseline,
+                p.x,
+                mt,
+            )
+        };
         let load_of = |x: f64| {
             let i = rates.iter().position(|r| *r == x).unwrap_or(0);
             format!("{}% load ({})", loads[i], rate_text(x))
@@ -159,7 +169,15 @@ impl Scenario for Coalesce {
                         if d == 0 {
                             "1".to_string()
                         } else {
-                            let floor = verdict::interval(&raw, AA, &label("epoll", 0), rate, mt);
+                            let floor = verdict::control(
+                                &raw,
+                                AA,
+                                &label("epoll", 0),
+                                &l,
+                                &label(b, 0),
+                                rate,
+                                mt,
+                            );
                             verdict::cell(
                                 verdict::interval(&raw, &l, &label(b, 0), rate, mt).as_ref(),
                                 floor.as_ref(),
@@ -250,7 +268,15 @@ impl Scenario for Coalesce {
             let base = best.iter().find(|(b, _)| b == "epoll");
             for (b, d) in best.iter().filter(|(b, _)| b != "epoll") {
                 if let Some((_, de)) = base {
-                    let floor = verdict::interval(&raw, AA, &label("epoll", 0), rate, CPU_PER_REQ);
+                    let floor = verdict::control(
+                        &raw,
+                        AA,
+                        &label("epoll", 0),
+                        &label(b, *d),
+                        &label("epoll", *de),
+                        rate,
+                        CPU_PER_REQ,
+                    );
                     best_vs.extend(verdict::judge(
                         &raw,
                         &at,

@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use crate::ctx::{Ctx, Scenario};
 use crate::report::Report;
 use crate::run::RunResult;
-use crate::stats::Interval;
 use crate::verdict::{self, Metric};
 
 /// `ringlab-bench features`.
@@ -52,21 +51,21 @@ impl Scenario for Features {
         let table = feature_table(&m, &raw);
         let pairs = verdict::pairs_of(&raw, |l| {
             let backend = l.split_whitespace().next().unwrap_or("");
-            (!l.ends_with(" A/A")).then(|| backend.to_string())
+            (!verdict::is_aa(l)).then(|| backend.to_string())
         });
         let vs = verdict::judge_all(
             &raw,
             "features",
             &pairs,
             |x| (conns, format!("{x} B closed loop")),
-            |p, m| floor(&raw, &p.baseline, p.x, m),
+            |p, m| verdict::twin_control(&raw, p, m),
             &[verdict::CPU_PER_REQ, verdict::RPS],
         );
         rep.add_verdicts("features", &vs, "");
         println!("\nfeatures: echo, {conns} connections, each row against its backend's default in the same run\n\n{table}");
         rep.section(
                 "features",
-                &format!("Ablation: each row changes one thing against its backend's default (`uring`, `epoll`), measured interleaved in the same run; ratios are row ÷ default paired over the repetitions, with their 95% interval (bracketed: the range, fewer than 6 repetitions), `*` where the interval excludes 1 and lies outside the noise floor: the `A/A` row, a second instance of the default in the same interleaving (for req/s higher is better, for the others lower is better). Echo, {conns} connections, payloads 64 B and 32 KiB. Where the client saturates, req/s is the client's limit and the server's CPU and syscalls per request are the figures that tell.\n\n{table}"),
+                &format!("Ablation: each row changes one thing against its backend's default (`uring`, `epoll`), measured interleaved in the same run; ratios are row ÷ default paired over the repetitions, with their 95% interval (bracketed: the range, fewer than 6 repetitions), `*` where the row differs at 95%, in the same direction, both from the default and from the `A/A` row, a second instance of the default in the same interleaving (the A/A row's own interval is the noise floor) (for req/s higher is better, for the others lower is better). Echo, {conns} connections, payloads 64 B and 32 KiB. Where the client saturates, req/s is the client's limit and the server's CPU and syscalls per request are the figures that tell.\n\n{table}"),
                 &m,
                 &raw,
             );
@@ -117,11 +116,6 @@ const FEATURE_ROWS: &[(&str, &str, &[&str])] = &[
     ("epoll", "small-read-buf", &["--read-buf", "4096"]),
 ];
 
-/// The A/A interval of `backend`'s default at `x`: the noise floor of its rows.
-fn floor(raw: &[RunResult], backend: &str, x: f64, m: Metric) -> Option<Interval> {
-    verdict::interval(raw, &format!("{backend} A/A"), backend, x, m)
-}
-
 /// One line per (payload, row): its figures and its ratios to its backend's default, paired
 /// over the repetitions in `raw` with their interval.
 fn feature_table(rows: &[RunResult], raw: &[RunResult]) -> String {
@@ -143,9 +137,8 @@ fn feature_table(rows: &[RunResult], raw: &[RunResult]) -> String {
             if r.label == backend {
                 return "1.00".to_string();
             }
-            let fl = (!r.label.ends_with(" A/A"))
-                .then(|| floor(raw, backend, r.x, m))
-                .flatten();
+            let aa = verdict::aa_of(backend);
+            let fl = verdict::control(raw, &aa, backend, &r.label, backend, r.x, m);
             verdict::cell(
                 verdict::interval(raw, &r.label, backend, r.x, m).as_ref(),
                 fl.as_ref(),
@@ -221,7 +214,7 @@ mod tests {
         assert_eq!(cols("epoll")[4], "1.00");
         assert_eq!(cols("epoll A/A")[4], "1.00 (1.00–1.01)");
         assert_eq!(cols("epoll busy-poll")[4], "1.21 (1.20–1.21) *");
-        // 0.3% more on every rep, but inside the A/A floor: no star.
+        // 0.3% more on every rep, but no different from the A/A row (a second epoll): no star.
         assert_eq!(cols("epoll level-triggered")[4], "1.00 (1.00–1.00)");
         assert!(!t.contains("±6%"));
     }

@@ -30,9 +30,12 @@ impl Scenario for Http {
                 specs.push(ctx.proto_spec(b, c as f64, "http", &client, dur)?);
             }
         }
-        let (mut m, mut raw) = ctx.go(&specs, ctx.reps(3))?;
+        // Six pairs: the fewest that give a 95% interval.
+        let reps = ctx.reps(6);
+        let specs = crate::ctx::with_aa(specs, reps, |l| l == "epoll");
+        let (mut m, mut raw) = ctx.go(&specs, reps)?;
         let mut notes = String::new();
-        match peers::wrk_rows(ctx, &backends, &conns, dur, ctx.reps(3)) {
+        match peers::wrk_rows(ctx, &backends, &conns, dur, reps) {
             Ok((wm, wraw)) => {
                 m.extend(wm);
                 raw.extend(wraw);
@@ -40,7 +43,7 @@ impl Scenario for Http {
             Err(e) if crate::fleet::is_host_failure(&e) => return Err(e),
             Err(e) => notes += &format!("\n- wrk rows skipped: {e:#}\n"),
         }
-        match peers::nginx_rows(ctx, &conns, dur, ctx.reps(3)) {
+        match peers::nginx_rows(ctx, &conns, dur, reps) {
             Ok((nm, nraw)) => {
                 m.extend(nm);
                 raw.extend(nraw);
@@ -50,21 +53,21 @@ impl Scenario for Http {
         }
         let table = report::table(&m, &raw, "conns", "epoll");
         let pairs = verdict::pairs_of(&raw, |l| {
-            (l != "nginx").then(|| verdict::same_row_of(l, "epoll"))
+            (l != "nginx" && !verdict::is_aa(l)).then(|| verdict::same_row_of(l, "epoll"))
         });
         let vs = verdict::judge_all(
             &raw,
             "http",
             &pairs,
             |x| (x as u32, "closed loop".into()),
-            |_, _| None,
+            |p, m| verdict::twin_control(&raw, p, m),
             &[verdict::CPU_PER_REQ, verdict::RPS],
         );
         rep.add_verdicts("http", &vs, "");
         println!("\nhttp: GET / (Hello, World!), keep-alive\n\n{table}{notes}");
         rep.section(
                 "http",
-                &format!("HTTP/1.1 `GET /` → `Hello, World!`, keep-alive, one request in flight per connection. Rows `X (wrk)` are wrk -t1 against backend X (its CPU per request measured the same way); `nginx` is nginx with one pinned worker serving the same response, driven by ringlab-client.\n\n{table}{notes}"),
+                &format!("HTTP/1.1 `GET /` → `Hello, World!`, keep-alive, one request in flight per connection, {reps} interleaved repetitions; `epoll A/A` is a second epoll server in the same runs (the noise floor; the wrk rows have none). Rows `X (wrk)` are wrk -t1 against backend X (its CPU per request measured the same way); `nginx` is nginx with one pinned worker serving the same response, driven by ringlab-client.\n\n{table}{notes}"),
                 &m,
                 &raw,
             );

@@ -76,15 +76,23 @@ impl Scenario for Pinning {
                 specs.push(sp);
             }
         }
-        let (m, raw) = ctx.go(&specs, ctx.reps(3))?;
+        // Six pairs: the fewest that give a 95% interval.
+        let reps = ctx.reps(6);
+        let specs = crate::ctx::with_aa(specs, reps, |l| l.starts_with("epoll "));
+        let (m, raw) = ctx.go(&specs, reps)?;
         let ci = |r: &RunResult, m: verdict::Metric| {
-            let base = verdict::same_row_of(&r.label, "epoll");
+            let base = match r.label.strip_suffix(" A/A") {
+                Some(b) => b.to_string(),
+                None => verdict::same_row_of(&r.label, "epoll"),
+            };
             if base == r.label {
                 String::new()
             } else {
+                let aa = verdict::aa_of(&base);
+                let ctl = verdict::control(&raw, &aa, &base, &r.label, &base, r.x, m);
                 verdict::cell(
                     verdict::interval(&raw, &r.label, &base, r.x, m).as_ref(),
-                    None,
+                    ctl.as_ref(),
                 )
             }
         };
@@ -106,21 +114,23 @@ impl Scenario for Pinning {
                 }
             );
         }
-        let pairs = verdict::pairs_of(&raw, |l| Some(verdict::same_row_of(l, "epoll")));
+        let pairs = verdict::pairs_of(&raw, |l| {
+            (!verdict::is_aa(l)).then(|| verdict::same_row_of(l, "epoll"))
+        });
         let names: Vec<&str> = variants.iter().map(|v| v.0).collect();
         let vs = verdict::judge_all(
             &raw,
             "pinning",
             &pairs,
             |x| (conns, names.get(x as usize).unwrap_or(&"").to_string()),
-            |_, _| None,
+            |p, m| verdict::twin_control(&raw, p, m),
             &[verdict::CPU_PER_REQ, verdict::RPS],
         );
         rep.add_verdicts("pinning", &vs, "");
         println!("\npinning: echo 64 B, {conns} connections\n\n{t}");
         rep.section(
                 "pinning",
-                &format!("Echo 64 B, {conns} connections. `pinned`: server on CPU {s}, client on CPU {c}; `unpinned`: the same threads, no affinity; `same-cpu`: client and server share CPU {s}; `reuseport-2` / `shared-accept-2`: two server loops (CPUs {all}) with a listener each or one shared listener, the client still on CPU {c}.\n\n{t}"),
+                &format!("Echo 64 B, {conns} connections. `pinned`: server on CPU {s}, client on CPU {c}; `unpinned`: the same threads, no affinity; `same-cpu`: client and server share CPU {s}; `reuseport-2` / `shared-accept-2`: two server loops (CPUs {all}) with a listener each or one shared listener, the client still on CPU {c}. Closed loop, {reps} interleaved repetitions; each `epoll X A/A` row is a second epoll server of variant X in the same runs (the noise floor of that variant).\n\n{t}"),
                 &m,
                 &raw,
             );

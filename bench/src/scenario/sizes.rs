@@ -35,15 +35,20 @@ impl Scenario for Sizes {
                 specs.push(ctx.proto_spec(b, s as f64, "echo", &client, dur)?);
             }
         }
-        let (m, raw) = ctx.go(&specs, ctx.reps(3))?;
+        // Six pairs: the fewest that give a 95% interval.
+        let reps = ctx.reps(6);
+        let specs = crate::ctx::with_aa(specs, reps, |l| l == "epoll");
+        let (m, raw) = ctx.go(&specs, reps)?;
         let table = report::table(&m, &raw, "bytes", "epoll");
-        let pairs = verdict::pairs_of(&raw, |l| Some(verdict::same_row_of(l, "epoll")));
+        let pairs = verdict::pairs_of(&raw, |l| {
+            (!verdict::is_aa(l)).then(|| verdict::same_row_of(l, "epoll"))
+        });
         let vs = verdict::judge_all(
             &raw,
             "sizes",
             &pairs,
             |x| (conns, format!("{x} B closed loop")),
-            |_, _| None,
+            |p, m| verdict::twin_control(&raw, p, m),
             &[verdict::CPU_PER_REQ, verdict::RPS],
         );
         rep.add_verdicts("sizes", &vs, "");
@@ -66,7 +71,7 @@ impl Scenario for Sizes {
         )?;
         rep.section(
                 "sizes",
-                &format!("Echo with payloads from 64 B to 64 KiB, {conns} connections.\n\n{table}\n![throughput](sizes-throughput.svg)\n![bandwidth](sizes-bandwidth.svg)\n"),
+                &format!("Echo with payloads from 64 B to 64 KiB, {conns} connections, closed loop; {reps} interleaved repetitions, `epoll A/A` a second epoll server in the same runs (the noise floor).\n\n{table}\n![throughput](sizes-throughput.svg)\n![bandwidth](sizes-bandwidth.svg)\n"),
                 &m,
                 &raw,
             );

@@ -468,7 +468,9 @@ impl Plan {
             self.runs,
             self.baseline,
             match &self.aa {
-                Some(aa) => format!(" (outside the A/A control `{aa}`'s interval)"),
+                Some(aa) => format!(
+                    " (differing, each at 95%, from the baseline and from the A/A control `{aa}`, a second instance of it)"
+                ),
                 None => " (no A/A control: --no-aa)".into(),
             },
         );

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::disk::DiskDelta;
 use crate::run::median;
-use crate::stats::{self, Interval};
+use crate::stats::{self, Control, Interval};
 use crate::verdict::{self, At, Verdict};
 
 /// One run of one row: the hot and the cold load together against a fresh server.
@@ -131,9 +131,14 @@ pub struct Judge<'a> {
 }
 
 impl Judge<'_> {
-    fn floor(&self, m: FilesMetric) -> Option<Interval> {
-        self.aa
-            .and_then(|aa| interval(self.raw, aa, self.baseline, m))
+    /// The A/A control of `row`: the baseline's second instance against it, and `row`
+    /// against that instance.
+    fn control(&self, row: &str, m: FilesMetric) -> Option<Control> {
+        let aa = self.aa.filter(|&aa| aa != row)?;
+        Some(Control {
+            floor: interval(self.raw, aa, self.baseline, m)?,
+            vs: interval(self.raw, row, aa, m),
+        })
     }
 
     /// The table cell of `row`'s ratio of `m`: `0.85 (0.80–0.90) *`, `–` for the baseline.
@@ -141,14 +146,9 @@ impl Judge<'_> {
         if row == self.baseline {
             return String::new();
         }
-        let floor = if Some(row) == self.aa {
-            None
-        } else {
-            self.floor(m)
-        };
         verdict::cell(
             interval(self.raw, row, self.baseline, m).as_ref(),
-            floor.as_ref(),
+            self.control(row, m).as_ref(),
         )
     }
 
@@ -157,7 +157,6 @@ impl Judge<'_> {
     pub fn verdicts(&self, rows: &[String], at: &At) -> Vec<Verdict> {
         let mut out = Vec::new();
         for m in METRICS {
-            let floor = self.floor(m);
             for row in rows {
                 if row == self.baseline || Some(row.as_str()) == self.aa {
                     continue;
@@ -168,7 +167,7 @@ impl Judge<'_> {
                         at,
                         row,
                         self.baseline,
-                        floor.as_ref(),
+                        self.control(row, m).as_ref(),
                         m.key,
                         m.name,
                     ));
