@@ -36,6 +36,12 @@ const MIN_REPS: usize = 6;
 /// pairs at ±3% and their calls flipped between runs); from 10 on, the interval rests on more
 /// than two values.
 const MIN_STOP: usize = 10;
+/// Host steal (% of the measured CPUs' time taken by the hypervisor for others) at which a
+/// repetition of a point is left out of the statistics: side by side the host's noise mostly
+/// cancels, but not when it takes this much. In the eighth session's ten runs a pair's ratio
+/// strayed from its point's median by 1.3% on average (A/A: 1.0%) with steal under 1%, and by
+/// 3.0% (A/A: 3.7%) with steal of 8% or more (11 of 250 pairs).
+const STEAL_LIMIT: f64 = 8.0;
 const SIZE: &str = "64";
 
 impl Scenario for Compare {
@@ -85,6 +91,8 @@ impl Scenario for Compare {
             budget.as_secs_f64()
         );
         let mut reps = 0;
+        // Point-repetitions left out for host steal (see STEAL_LIMIT).
+        let mut stolen = 0;
         // Points whose every headline interval is already within ±3% (a real 95% interval)
         // run no more: the rest of the budget goes to the points still short of it.
         let mut done: Vec<f64> = Vec::new();
@@ -128,6 +136,11 @@ impl Scenario for Compare {
                 }
             }
             reps += 1;
+            if !fixed && !ctx.o.quick {
+                for runs in [&mut load_runs, &mut cap_runs] {
+                    stolen += leave_out_stolen(runs, reps - 1);
+                }
+            }
             if reps == 1 {
                 // A load the rows could not keep is lowered once, to what they kept, and its
                 // point starts over: a verdict at unequal loads would compare nothing.
@@ -195,6 +208,11 @@ impl Scenario for Compare {
             println!("{l}");
         }
         println!("\n{ending}\n{cap_note}");
+        let ending = if stolen > 0 {
+            format!("{ending} {stolen} point-repetition(s) left out: the host's steal reached {STEAL_LIMIT:.0}% of the measured CPUs during them.")
+        } else {
+            ending
+        };
         let mut notes = format!("{ending}\n\n{cap_note}\n");
         for b in &behind {
             println!("{b}");
@@ -868,6 +886,24 @@ fn window(budget: Duration, runs: usize, warmup: f64) -> f64 {
     ((per_run - warmup - 0.15) * 10.0).floor().clamp(8.0, 30.0) / 10.0
 }
 
+/// Leave out repetition `rep` of every point (x) where some row's run had host steal of
+/// [`STEAL_LIMIT`] or more: every row's run of that point and repetition, so that the pairs
+/// stay pairs. `runs`: each spec's runs. How many points were left out.
+fn leave_out_stolen(runs: &mut [Vec<RunResult>], rep: usize) -> usize {
+    let mut xs: Vec<f64> = runs
+        .iter()
+        .flatten()
+        .filter(|r| r.rep == rep && r.steal_pct >= STEAL_LIMIT)
+        .map(|r| r.x)
+        .collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    for r in runs.iter_mut() {
+        r.retain(|r| !(r.rep == rep && xs.contains(&r.x)));
+    }
+    xs.len()
+}
+
 /// The run order of repetition `rep` over `n` specs in groups of `k` rows: each group starts
 /// one row later than in the repetition before (A B A' · B A' A · A' A B ...), so that no row
 /// always runs first, or always right after the same other row.
@@ -1209,6 +1245,45 @@ mod tests {
         // Eight pairs give a 95% interval within ±3%, but too few to stop on.
         let eight: Vec<RunResult> = raw.iter().filter(|r| r.rep < 8).cloned().collect();
         assert!(plan.converged(&eight, &load_at, &cap_at).is_empty());
+    }
+
+    #[test]
+    fn a_repetition_the_host_stole_from_is_left_out_for_every_row_of_its_point() {
+        let r = |label: &str, x: f64, rep: usize, steal_pct: f64| RunResult {
+            label: label.into(),
+            x,
+            rep,
+            steal_pct,
+            ..RunResult::default()
+        };
+        let mut runs = vec![
+            vec![
+                r("uring", 1.0, 0, 0.5),
+                r("uring", 1.0, 1, 9.0),
+                r("uring", 2.0, 1, 1.0),
+            ],
+            vec![
+                r("epoll", 1.0, 0, 0.5),
+                r("epoll", 1.0, 1, 2.0),
+                r("epoll", 2.0, 1, 7.9),
+            ],
+        ];
+        assert_eq!(leave_out_stolen(&mut runs, 1), 1);
+        let left: Vec<(&str, f64, usize)> = runs
+            .iter()
+            .flatten()
+            .map(|r| (r.label.as_str(), r.x, r.rep))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("uring", 1.0, 0),
+                ("uring", 2.0, 1),
+                ("epoll", 1.0, 0),
+                ("epoll", 2.0, 1)
+            ]
+        );
+        assert_eq!(leave_out_stolen(&mut runs, 0), 0);
     }
 
     #[test]
