@@ -201,6 +201,11 @@ impl Scenario for Compare {
         for b in &behind {
             eprintln!("compare: {b}");
         }
+        let ending = if stolen > 0 {
+            format!("{ending} {stolen} point-repetition(s) left out: the host's steal reached {STEAL_LIMIT:.0}% of the measured CPUs during them.")
+        } else {
+            ending
+        };
         let verdicts = plan.verdicts(&load_raw, &load_at, &cap_raw, &cap_at);
         let lines: Vec<String> = verdicts.iter().map(Verdict::line).collect();
         println!("\ncompare: the verdict\n");
@@ -208,11 +213,6 @@ impl Scenario for Compare {
             println!("{l}");
         }
         println!("\n{ending}\n{cap_note}");
-        let ending = if stolen > 0 {
-            format!("{ending} {stolen} point-repetition(s) left out: the host's steal reached {STEAL_LIMIT:.0}% of the measured CPUs during them.")
-        } else {
-            ending
-        };
         let mut notes = format!("{ending}\n\n{cap_note}\n");
         for b in &behind {
             println!("{b}");
