@@ -96,16 +96,7 @@ pub fn table(rows: &[RunResult], raw: &[RunResult], x_name: &str, baseline: &str
                 _ if r.label == own_baseline => "".into(),
                 Some(b) if b > 0.0 => match verdict::interval(raw, &r.label, &own_baseline, x, m) {
                     Some(iv) => {
-                        let aa = verdict::aa_of(&own_baseline);
-                        let ctl = verdict::control(
-                            raw,
-                            &aa,
-                            &own_baseline,
-                            &r.label,
-                            &own_baseline,
-                            x,
-                            m,
-                        );
+                        let ctl = verdict::twin_control(raw, &r.label, &own_baseline, x, m);
                         verdict::cell(Some(&iv), ctl.as_ref())
                     }
                     None => format!("{:.2}×", (m.get)(r) / b),

@@ -109,11 +109,16 @@ pub fn is_aa(label: &str) -> bool {
     label.ends_with(" A/A")
 }
 
-/// The A/A control of pair `p` in a scenario that runs a twin of each baseline row
-/// ([`aa_of`] its label); none where that baseline has no twin.
-pub fn twin_control(raw: &[RunResult], p: &Pair, m: Metric) -> Option<Control> {
-    let aa = aa_of(&p.baseline);
-    control(raw, &aa, &p.baseline, &p.candidate, &p.baseline, p.x, m)
+/// The A/A control of `cand ÷ base` at `x` where the scenario runs a twin of `base` ([`aa_of`]
+/// its label); none where `base` has no twin, and none for the twin itself.
+pub fn twin_control(
+    raw: &[RunResult],
+    cand: &str,
+    base: &str,
+    x: f64,
+    m: Metric,
+) -> Option<Control> {
+    control(raw, &aa_of(base), base, cand, base, x, m)
 }
 
 /// The A/A control of `cand ÷ base` at `x`: `aa ÷ aa_base` as the floor, and `cand ÷ aa` where

@@ -1290,6 +1290,8 @@ impl ProcRead {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use ringlab_client::report::{build_from, Partial};
 
     #[test]
     fn a_remote_command_with_more_output_than_a_pipe_holds_finishes() {
@@ -1310,8 +1312,6 @@ mod tests {
         assert_eq!(out.stderr.len(), 100_000);
         assert_eq!(out.status.code(), Some(3));
     }
-    use clap::Parser;
-    use ringlab_client::report::{build_from, Partial};
 
     #[test]
     fn offset_from_the_shortest_round_trip() {

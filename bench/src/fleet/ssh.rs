@@ -179,7 +179,6 @@ pub fn kill_script(pids: &[u32]) -> String {
     )
 }
 
-/// Print the host's descriptor and port limits for [`super::HostLimits::parse`].
 /// Runs nginx in the foreground on a server host, for [`super::session::Session::nginx`]:
 /// `sh -c NGINX_SCRIPT sh DIR TEMPLATE [PORT]`. TEMPLATE is nginx.conf with `__DIR__` for DIR
 /// and `__PORT__` for the port: PORT, or a random one from 20000-59999, tried again (up to 10
@@ -221,6 +220,7 @@ if [ $rc -gt 128 ]; then wait $m; rc=$?; fi
 exit $rc
 "#;
 
+/// Print the host's descriptor and port limits for [`super::HostLimits::parse`].
 pub const LIMITS_SCRIPT: &str = "echo \"nofile_hard=$(ulimit -Hn)\"\necho \"nr_open=$(cat /proc/sys/fs/nr_open 2>/dev/null)\"\necho \"ports=$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)\"\n";
 
 /// Send SIGTERM to the process groups `pids`. Prints nothing; exits 0.

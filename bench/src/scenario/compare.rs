@@ -396,7 +396,7 @@ impl Plan {
             .cloned()
             .chain(ctx.peers.iter().map(Peer::label))
             .collect();
-        let aa = format!("{baseline} A/A");
+        let aa = verdict::aa_of(&baseline);
         let mut rows = candidates.clone();
         rows.extend([baseline.clone(), aa.clone()]);
         let loads = ctx.o.loads.clone().unwrap_or(if ctx.o.quick {
@@ -606,8 +606,7 @@ impl Plan {
         for (raw, ats, m) in [(load_raw, load_at, CPU_PER_REQ), (cap_raw, cap_at, RPS)] {
             for a in ats {
                 for c in &self.candidates {
-                    let ctl =
-                        verdict::control(raw, &self.aa, &self.baseline, c, &self.baseline, a.x, m);
+                    let ctl = verdict::twin_control(raw, c, &self.baseline, a.x, m);
                     out.extend(verdict::judge(raw, a, c, &self.baseline, ctl.as_ref(), m));
                 }
             }
@@ -695,9 +694,7 @@ impl Plan {
         if row == self.baseline {
             return "1".into();
         }
-        let floor = (row != self.aa)
-            .then(|| verdict::control(raw, &self.aa, &self.baseline, row, &self.baseline, x, m))
-            .flatten();
+        let floor = verdict::twin_control(raw, row, &self.baseline, x, m);
         verdict::cell(
             verdict::interval(raw, row, &self.baseline, x, m).as_ref(),
             floor.as_ref(),

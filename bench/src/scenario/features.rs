@@ -58,7 +58,7 @@ impl Scenario for Features {
             "features",
             &pairs,
             |x| (conns, format!("{x} B closed loop")),
-            |p, m| verdict::twin_control(&raw, p, m),
+            |p, m| verdict::twin_control(&raw, &p.candidate, &p.baseline, p.x, m),
             &[verdict::CPU_PER_REQ, verdict::RPS],
         );
         rep.add_verdicts("features", &vs, "");
@@ -137,8 +137,7 @@ fn feature_table(rows: &[RunResult], raw: &[RunResult]) -> String {
             if r.label == backend {
                 return "1.00".to_string();
             }
-            let aa = verdict::aa_of(backend);
-            let fl = verdict::control(raw, &aa, backend, &r.label, backend, r.x, m);
+            let fl = verdict::twin_control(raw, &r.label, backend, r.x, m);
             verdict::cell(
                 verdict::interval(raw, &r.label, backend, r.x, m).as_ref(),
                 fl.as_ref(),

@@ -60,7 +60,7 @@ impl Scenario for Http {
             "http",
             &pairs,
             |x| (x as u32, "closed loop".into()),
-            |p, m| verdict::twin_control(&raw, p, m),
+            |p, m| verdict::twin_control(&raw, &p.candidate, &p.baseline, p.x, m),
             &[verdict::CPU_PER_REQ, verdict::RPS],
         );
         rep.add_verdicts("http", &vs, "");

@@ -108,7 +108,7 @@ impl Scenario for Multiplex {
         if idle_m.is_empty() {
             bail!("every multiplex run failed (see the messages above)");
         }
-        let floor = |p: &Pair, m| verdict::control(&idle_raw, AA, BASE, &p.candidate, BASE, p.x, m);
+        let floor = |p: &Pair, m| verdict::twin_control(&idle_raw, &p.candidate, BASE, p.x, m);
         let pairs = verdict::pairs_of(&idle_raw, against_epoll);
         let mut vs = verdict::judge_all(
             &idle_raw,
@@ -133,7 +133,7 @@ impl Scenario for Multiplex {
             }
         }
         let (few_m, few_raw) = ctx.go(&specs, reps)?;
-        let floor = |p: &Pair, m| verdict::control(&few_raw, AA, BASE, &p.candidate, BASE, p.x, m);
+        let floor = |p: &Pair, m| verdict::twin_control(&few_raw, &p.candidate, BASE, p.x, m);
         let pairs = verdict::pairs_of(&few_raw, against_epoll);
         vs.extend(verdict::judge_all(
             &few_raw,

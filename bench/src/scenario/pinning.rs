@@ -88,8 +88,7 @@ impl Scenario for Pinning {
             if base == r.label {
                 String::new()
             } else {
-                let aa = verdict::aa_of(&base);
-                let ctl = verdict::control(&raw, &aa, &base, &r.label, &base, r.x, m);
+                let ctl = verdict::twin_control(&raw, &r.label, &base, r.x, m);
                 verdict::cell(
                     verdict::interval(&raw, &r.label, &base, r.x, m).as_ref(),
                     ctl.as_ref(),
@@ -123,7 +122,7 @@ impl Scenario for Pinning {
             "pinning",
             &pairs,
             |x| (conns, names.get(x as usize).unwrap_or(&"").to_string()),
-            |p, m| verdict::twin_control(&raw, p, m),
+            |p, m| verdict::twin_control(&raw, &p.candidate, &p.baseline, p.x, m),
             &[verdict::CPU_PER_REQ, verdict::RPS],
         );
         rep.add_verdicts("pinning", &vs, "");

@@ -48,7 +48,7 @@ impl Scenario for Sizes {
             "sizes",
             &pairs,
             |x| (conns, format!("{x} B closed loop")),
-            |p, m| verdict::twin_control(&raw, p, m),
+            |p, m| verdict::twin_control(&raw, &p.candidate, &p.baseline, p.x, m),
             &[verdict::CPU_PER_REQ, verdict::RPS],
         );
         rep.add_verdicts("sizes", &vs, "");
