@@ -469,7 +469,8 @@ pub fn run(ctx: LoopCtx) -> io::Result<LoopStats> {
         bufs,
         extra,
         cur: 0,
-        conns: Ledger::default(),
+        // File operations act on the file, not the socket: a close waits for them.
+        conns: Ledger::default().off_socket(&[OP_FILE_OPEN, OP_FILE_STAT, OP_FILE_READ]),
         listener: ctx.listener.clone(),
         waker: ctx.waker.clone(),
         args: a.clone(),
