@@ -68,6 +68,12 @@ enum Cmd {
     Pinning,
     /// HTTP: ringlab-client and (when installed) wrk against each backend, nginx as reference.
     Http,
+    /// What a request costs the client: ringlab-client (uring, epoll) and wrk against one
+    /// epoll server capped at --server-share of a CPU (so every client drives it at the same
+    /// rate), HTTP GET /, 64 connections; busy time of the client CPU per request and load per
+    /// client core, against wrk with an A/A floor (a second wrk run). Goal: 1.5× wrk's load per
+    /// core.
+    Clients,
     /// Ablation: every io_uring technique (and the epoll twin's options) switched off or on
     /// alone, as a ratio against its backend's default, at 64 B and 32 KiB echo.
     Features,
@@ -255,6 +261,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Sizes => "sizes",
         Cmd::Pinning => "pinning",
         Cmd::Http => "http",
+        Cmd::Clients => "clients",
         Cmd::Features => "features",
         Cmd::Multiplex => "multiplex",
         Cmd::Coalesce => "coalesce",

@@ -74,9 +74,8 @@ pub fn wrk_rows(
     dur: f64,
     reps: usize,
 ) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
-    let (bins, opts) = (&ctx.bins, &ctx.run);
-    let (server_cores, client_cores) = (&ctx.o.server_cores, &ctx.o.client_cores);
-    if let Some(f) = &opts.fleet {
+    let server_cores = &ctx.o.server_cores;
+    if let Some(f) = &ctx.run.fleet {
         return fleet_wrk_rows(ctx, f, backends, conns, dur, reps);
     }
     if !have("wrk") {
@@ -93,65 +92,8 @@ pub fn wrk_rows(
                 let mut args = vec!["--cores".to_string(), server_cores.to_string()];
                 args.extend(backend_args(b)?);
                 args.extend(["--proto".to_string(), "http".to_string()]);
-                if opts.netns.is_some() {
-                    bail!("not run under --netns (wrk runs on the host)");
-                }
-                let server = Server::start(bins, &args, &opts.tmp, None)?;
-                let before = ProcSample::read(server.pid)?;
-                let cmd = format!(
-                    "taskset -c {client_cores} wrk -t1 -c{c} -d{}s --latency http://{}/",
-                    dur.ceil() as u64,
-                    server.addr
-                );
-                let out = Command::new("taskset")
-                    .args(["-c", client_cores, "wrk", "-t1"])
-                    .arg(format!("-c{c}"))
-                    .arg(format!("-d{}s", dur.ceil() as u64))
-                    .arg("--latency")
-                    .arg(format!("http://{}/", server.addr))
-                    .output()
-                    .context("running wrk")?;
-                let after = ProcSample::read(server.pid)?;
-                let _ = server.stop();
-                let text = String::from_utf8_lossy(&out.stdout);
-                let Some(WrkOut {
-                    rps,
-                    requests: reqs,
-                    percentiles: pct,
-                    errors,
-                }) = parse_wrk(&text)
-                else {
-                    bail!("could not read wrk's output: {}", text.trim());
-                };
-                let d = after.since(&before);
-                let get = |p: f64| pct.iter().find(|x| x.0 == p).map_or(0.0, |x| x.1);
-                let r = RunResult {
-                    label: format!("{b} (wrk)"),
-                    x: c as f64,
-                    requests: reqs,
-                    rps,
-                    p50_us: get(50.0),
-                    p90_us: get(90.0),
-                    p99_us: get(99.0),
-                    errors,
-                    server_cpu_s: d.cpu_s(),
-                    server_user_s: d.user_s,
-                    server_sys_s: d.sys_s,
-                    cpu_per_req_us: if reqs > 0.0 {
-                        d.cpu_s() * 1e6 / reqs
-                    } else {
-                        0.0
-                    },
-                    ctx_switches_per_req: if reqs > 0.0 {
-                        d.ctx_switches as f64 / reqs
-                    } else {
-                        0.0
-                    },
-                    percentiles: pct,
-                    server_cmd: format!("{} {}", bins.server.display(), args.join(" ")),
-                    client_cmd: cmd,
-                    ..RunResult::default()
-                };
+                let mut r = wrk_run(ctx, &args, c, dur, None)?;
+                r.label = format!("{b} (wrk)");
                 if groups.len() <= i {
                     groups.push(Vec::new());
                 }
@@ -161,6 +103,85 @@ pub fn wrk_rows(
         }
     }
     Ok(medians_and_runs(groups))
+}
+
+/// One `wrk -t1 -cC` run of `dur` seconds (pinned to the client CPUs) against a fresh
+/// ringlab-server started with `server_args` (put in the cgroup `cap` first, when given). The
+/// server's CPU is sampled around wrk's run, and so is the busy time of the client CPUs, which
+/// wrk has to itself: its cost per request, measured as [`crate::run::measure`] measures
+/// ringlab-client's (wrk has no warm-up: its window is its whole run, connects included).
+pub fn wrk_run(
+    ctx: &Ctx,
+    server_args: &[String],
+    c: u32,
+    dur: f64,
+    cap: Option<&Path>,
+) -> Result<RunResult> {
+    let (bins, opts) = (&ctx.bins, &ctx.run);
+    let client_cores = &ctx.o.client_cores;
+    if opts.netns.is_some() {
+        bail!("not run under --netns (wrk runs on the host)");
+    }
+    let server = Server::start(bins, server_args, &opts.tmp, None)?;
+    if let Some(dir) = cap {
+        crate::cgroup::enter(dir, &server.pids)?;
+    }
+    let secs = dur.ceil() as u64;
+    let cmd = format!(
+        "taskset -c {client_cores} wrk -t1 -c{c} -d{secs}s --latency http://{}/",
+        server.addr
+    );
+    let client_cpus = crate::run::cpus_of(client_cores);
+    let before = ProcSample::read(server.pid)?;
+    let busy0 = crate::procs::busy_ticks(&client_cpus);
+    let out = Command::new("taskset")
+        .args(["-c", client_cores, "wrk", "-t1"])
+        .arg(format!("-c{c}"))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency")
+        .arg(format!("http://{}/", server.addr))
+        .output()
+        .context("running wrk")?;
+    let busy1 = crate::procs::busy_ticks(&client_cpus);
+    let after = ProcSample::read(server.pid)?;
+    let _ = server.stop();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(WrkOut {
+        rps,
+        requests: reqs,
+        percentiles: pct,
+        errors,
+    }) = parse_wrk(&text)
+    else {
+        bail!("could not read wrk's output: {}", text.trim());
+    };
+    let d = after.since(&before);
+    let get = |p: f64| pct.iter().find(|x| x.0 == p).map_or(0.0, |x| x.1);
+    let per_req = |v: f64| if reqs > 0.0 { v / reqs } else { 0.0 };
+    let client_busy_s = match (busy0, busy1) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / crate::run::ticks_per_s(),
+        _ => 0.0,
+    };
+    Ok(RunResult {
+        label: "wrk".into(),
+        x: c as f64,
+        requests: reqs,
+        rps,
+        p50_us: get(50.0),
+        p90_us: get(90.0),
+        p99_us: get(99.0),
+        errors,
+        server_cpu_s: d.cpu_s(),
+        server_user_s: d.user_s,
+        server_sys_s: d.sys_s,
+        cpu_per_req_us: per_req(d.cpu_s() * 1e6),
+        ctx_switches_per_req: per_req(d.ctx_switches as f64),
+        client_cpu_per_req_us: per_req(client_busy_s * 1e6),
+        percentiles: pct,
+        server_cmd: format!("{} {}", bins.server.display(), server_args.join(" ")),
+        client_cmd: cmd,
+        ..RunResult::default()
+    })
 }
 
 /// `wrk -t1` from every client host at once against each backend on the server host, its
@@ -563,7 +584,13 @@ fn nginx_runs(
 
 /// Runs grouped by row (one group per row, its repetitions): each non-empty group's medians
 /// ([`combine`]), and every run.
-fn medians_and_runs(groups: Vec<Vec<RunResult>>) -> (Vec<RunResult>, Vec<RunResult>) {
+fn medians_and_runs(mut groups: Vec<Vec<RunResult>>) -> (Vec<RunResult>, Vec<RunResult>) {
+    // The i-th run of every row is repetition i: the statistics pair runs by it.
+    for g in &mut groups {
+        for (rep, r) in g.iter_mut().enumerate() {
+            r.rep = rep;
+        }
+    }
     let medians = groups
         .iter()
         .filter(|g| !g.is_empty())
@@ -975,6 +1002,38 @@ pub fn build(a: &BuildArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_runs_are_numbered_by_repetition_so_the_statistics_pair_them() {
+        let run = |label: &str, rps: f64| RunResult {
+            label: label.into(),
+            x: 64.0,
+            rps,
+            ..RunResult::default()
+        };
+        // Two rows, three repetitions each, as the peers' loops group them.
+        let groups = vec![
+            vec![
+                run("uring (wrk)", 10.0),
+                run("uring (wrk)", 20.0),
+                run("uring (wrk)", 30.0),
+            ],
+            vec![
+                run("epoll (wrk)", 1.0),
+                run("epoll (wrk)", 2.0),
+                run("epoll (wrk)", 3.0),
+            ],
+        ];
+        let (_, raw) = medians_and_runs(groups);
+        let pairs = crate::verdict::pairs(
+            &raw,
+            "uring (wrk)",
+            "epoll (wrk)",
+            64.0,
+            crate::verdict::RPS,
+        );
+        assert_eq!(pairs, vec![(10.0, 1.0), (20.0, 2.0), (30.0, 3.0)]);
+    }
 
     #[test]
     fn peers_parse_and_fill_in() {

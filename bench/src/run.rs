@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::netns::Netns;
 use crate::peers::{Dropped, Peer, PeerProc};
-use crate::procs::{perf_syscalls, rss_kib, steal_ticks, Bins, ProcSample, Server};
+use crate::procs::{busy_ticks, perf_syscalls, rss_kib, steal_ticks, Bins, ProcSample, Server};
 
 /// What to run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -81,6 +81,11 @@ pub struct RunResult {
     pub ctx_switches_per_req: f64,
     /// Client CPU use (1.0 = one core busy) as the client reports it.
     pub client_cpu: f64,
+    /// Busy time of the client's CPUs over the window per request, µs (`/proc/stat`:
+    /// everything they ran, the client and the kernel work done there). Measured the same way
+    /// for ringlab-client and wrk, where a run has its client CPUs to itself (one target
+    /// alone); 0 where not measured.
+    pub client_cpu_per_req_us: f64,
     /// The client, not the server, was the bottleneck (or fell behind its schedule).
     pub client_saturated: bool,
     /// (percentile, microseconds), for percentile curves.
@@ -361,6 +366,9 @@ pub fn measure(
     cpus.sort_unstable();
     cpus.dedup();
     let steal0 = steal_ticks(&cpus);
+    // Alone, a run has the client CPUs to itself: what they do is the client's cost.
+    let client_cpus = (targets.len() == 1).then(|| cpus_of(&first.client_cores));
+    let busy0 = client_cpus.as_ref().and_then(|c| busy_ticks(c));
     let window_start = std::time::Instant::now();
     let window_start_ms = unix_ms(std::time::SystemTime::now());
     let before: Vec<Result<ProcSample>> =
@@ -388,6 +396,10 @@ pub fn measure(
     std::thread::sleep(window_end.saturating_duration_since(std::time::Instant::now()));
     let after: Vec<Result<ProcSample>> =
         targets.iter().map(|t| ProcSample::read_all(t.2)).collect();
+    let client_busy_s = match (busy0, client_cpus.as_ref().and_then(|c| busy_ticks(c))) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / ticks_per_s()),
+        _ => None,
+    };
     let steal_pct = match (steal0, steal_ticks(&cpus)) {
         (Some(a), Some(b)) if !cpus.is_empty() => {
             let tick = rustix::param::clock_ticks_per_second() as f64;
@@ -426,6 +438,9 @@ pub fn measure(
             r.server_rss_kib = rss[i] as f64;
             r.steal_pct = steal_pct;
             r.window_start_ms = window_start_ms;
+            if let Some(b) = client_busy_s.filter(|_| r.requests > 0.0) {
+                r.client_cpu_per_req_us = b * 1e6 / r.requests;
+            }
             if r.requests == 0.0 && r.data_errors > 0.0 {
                 bail!(
                     "it answered wrongly: none of its responses was what was sent ({} wrong; ringlab-client verifies every echoed byte)",
@@ -493,6 +508,7 @@ fn measured(
             .map(|c| c as f64 / (requests * 0.9)),
         ctx_switches_per_req: per_req(d.ctx_switches as f64),
         client_cpu: cj.cpu.iter().map(|t| t.busy).sum(),
+        client_cpu_per_req_us: 0.0,
         client_saturated: cj.saturation.saturated,
         percentiles: lat
             .spectrum
@@ -566,6 +582,7 @@ pub fn combine(runs: &[RunResult]) -> RunResult {
         perf_syscalls_per_req: mo(|r| r.perf_syscalls_per_req),
         ctx_switches_per_req: m(|r| r.ctx_switches_per_req),
         client_cpu: m(|r| r.client_cpu),
+        client_cpu_per_req_us: m(|r| r.client_cpu_per_req_us),
         client_saturated: runs.iter().filter(|r| r.client_saturated).count() * 2 > runs.len(),
         percentiles: curve,
         server_cmd: first.server_cmd.clone(),
@@ -710,6 +727,19 @@ pub fn medians_and_raw(all: Vec<Vec<RunResult>>) -> (Vec<RunResult>, Vec<RunResu
 
 /// The CPUs a run measures on: the server's and the client's (parsed from their lists; a list
 /// that does not parse counts none).
+/// The CPUs of a CPU list (`1`, `0-3`, `all`); none if it does not parse.
+pub fn cpus_of(list: &str) -> Vec<usize> {
+    list.parse::<ringlab_runtime::cpus::CpuSpec>()
+        .and_then(|c| c.resolve())
+        .map(|l| l.ids().to_vec())
+        .unwrap_or_default()
+}
+
+/// `/proc/stat`'s clock ticks per second.
+pub fn ticks_per_s() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
+}
+
 fn measured_cpus(spec: &RunSpec) -> Vec<usize> {
     let mut v = Vec::new();
     for list in [server_cpus(spec), spec.client_cores.clone()] {

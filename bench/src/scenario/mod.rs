@@ -5,6 +5,7 @@ pub(crate) use compare::STEAL_NOTE;
 pub use files::FilesArgs;
 
 mod c10k;
+mod clients;
 mod coalesce;
 mod compare;
 mod features;
@@ -29,13 +30,14 @@ use crate::report::{Machine, Report};
 use crate::run::{self, RunOpts};
 
 /// Every scenario, in the order `all` runs them (c10k last: `all` leaves it out).
-const SCENARIOS: [&dyn Scenario; 10] = [
+const SCENARIOS: [&dyn Scenario; 11] = [
     &compare::Compare,
     &seeds::Seeds,
     &latency::Latency,
     &sizes::Sizes,
     &pinning::Pinning,
     &http::Http,
+    &clients::Clients,
     &features::Features,
     &multiplex::Multiplex,
     &coalesce::Coalesce,
