@@ -146,7 +146,7 @@ impl Scenario for Clients {
             |p, m| verdict::twin_control(&raw, &p.candidate, &p.baseline, p.x, m),
             &[CLIENT_CPU_PER_REQ, verdict::RPS],
         );
-        let load_lines = load_per_core(&vs);
+        let load_lines = load_per_core(&vs, &m);
         rep.add_verdicts("clients", &vs, &load_lines);
         let table = table(&m);
         let cap_text = match &group {
@@ -171,8 +171,11 @@ fn set_client_io(args: &mut Vec<String>, io: &str) {
     }
 }
 
-/// The client CPU verdicts as load per core against wrk's, with the goal.
-fn load_per_core(vs: &[verdict::Verdict]) -> String {
+/// The client CPU verdicts as load per core against wrk's, with the goal, and the rates the
+/// rows ran at (medians `m`): the cap makes them close, not equal, and a client at a higher
+/// rate batches more.
+fn load_per_core(vs: &[verdict::Verdict], m: &[RunResult]) -> String {
+    let rate = |l: &str| m.iter().find(|r| r.label == l).map_or(0.0, |r| r.rps);
     let mut out = String::new();
     for v in vs.iter().filter(|v| v.metric == CLIENT_CPU_PER_REQ.key) {
         if v.ratio <= 0.0 || v.ci95[0] <= 0.0 {
@@ -188,8 +191,11 @@ fn load_per_core(vs: &[verdict::Verdict]) -> String {
             "the goal inside the interval"
         };
         out += &format!(
-            "- {} carries {r:.2}× wrk's load per client core (95% CI {lo:.2}–{hi:.2}, {} pairs): {goal} (≥ {GOAL}×).\n",
-            v.candidate, v.reps
+            "- {} carries {r:.2}× wrk's load per client core (95% CI {lo:.2}–{hi:.2}, {} pairs): {goal} (≥ {GOAL}×); at {:.0} req/s against wrk's {:.0}.\n",
+            v.candidate,
+            v.reps,
+            rate(&v.candidate),
+            rate(&v.baseline)
         );
     }
     out
@@ -265,8 +271,16 @@ mod tests {
         );
         assert_eq!(vs.len(), 1);
         assert!(vs[0].significant, "{}", vs[0].line());
-        let text = load_per_core(&vs);
+        let m: Vec<RunResult> = ["ringlab-client uring", "wrk"]
+            .iter()
+            .map(|l| run(l, 0, 1.0))
+            .collect();
+        let text = load_per_core(&vs, &m);
         assert!(text.contains("ringlab-client uring carries 1.9"), "{text}");
+        assert!(
+            text.contains("at 40000 req/s against wrk's 40000"),
+            "{text}"
+        );
         assert!(text.contains("goal met"), "{text}");
         assert!(vs[0].ci95[1] < 1.0 / GOAL, "{}", vs[0].line());
     }
@@ -291,7 +305,7 @@ mod tests {
             |_, _| None,
             &[CLIENT_CPU_PER_REQ],
         );
-        let text = load_per_core(&vs);
+        let text = load_per_core(&vs, &[]);
         assert!(text.contains("goal not met"), "{text}");
     }
 }
