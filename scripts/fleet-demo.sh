@@ -236,6 +236,8 @@ for scenario in "${scenarios[@]}"; do
   [ -z "$bad" ] || die "phase 4: ${sc[0]}: counts differ: $bad"
   jq -r '.[] | "run \(.seq) \(.label) x=\(.x): server \(.server_requests) " + (if .not_compared then "(not compared: \(.not_compared); clients \(.client_responses))" elif .exact then "= clients \(.client_responses) + holders \(.beside_requests)" else "(wrk counted \(.client_responses): not compared)" end) + "; " + ([.hosts[] | "\(.host): \(.requests) req, p99 \(.p99_us) µs"] | join("; "))' "$r/fleet.json"
   grep -hE 'skipped|not in fleet mode|not installed' "$tmp/bench4-$k.out" "$tmp/bench4-$k.err" | sort -u | sed 's/^ *- */  note: /' || true
+  # --profile: perf ran on the server host; say how many of its samples were the server's.
+  jq -r '(.compare.profiles // [])[] | "profile \(.[0]): " + (if .[1].note then "none: \(.[1].note)" else "\(.[1].samples) server samples, \(.[1].not_server) others on its CPUs" end)' "$r/results.json" 2>/dev/null || true
   [ -z "$(ringlab_left)" ] || die "phase 4: ringlab processes left: $(ringlab_left)"
   [ -z "$(ls -A "$tmp/remote")" ] || die "phase 4: remote directories left: $(ls "$tmp/remote")"
   echo "fleet-demo: phase 4 ok: ${sc[0]}: $runs runs ($exact with exact counts, equal in every one), nothing left running"

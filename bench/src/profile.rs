@@ -330,6 +330,22 @@ pub fn tally(script: &str, pids: &[u32]) -> Breakdown {
     b
 }
 
+/// The breakdown of `perf script` output from another host ([`crate::fleet`]'s profile script):
+/// the samples of `pids`, or the one line saying why there are none.
+pub fn from_remote(out: &str, pids: &[u32]) -> Breakdown {
+    match out
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("perf-failed: "))
+    {
+        Some(why) => Breakdown {
+            note: Some(why.trim().to_string()),
+            ..Breakdown::default()
+        },
+        None => tally(out, pids),
+    }
+}
+
 /// A `perf record` in progress.
 pub struct Recording {
     child: Result<Child, String>,
@@ -511,6 +527,20 @@ garbage line
         assert_eq!(n(Area::User), 1);
         assert_eq!(n(Area::Other), 1, "nothing specific above it");
         assert_eq!(b.top[0], ("__schedule".into(), 2));
+    }
+
+    #[test]
+    fn a_remote_profile_is_tallied_or_says_why_there_is_none() {
+        let b = from_remote("perf-failed: perf is not installed on this host\n", &[7]);
+        assert_eq!(
+            b.note.as_deref(),
+            Some("perf is not installed on this host")
+        );
+        assert_eq!(b.samples, 0);
+        let script = "7 ffffffff81000000 tcp_sendmsg ([kernel.kallsyms])\n0 ffffffff81000001 pv_native_safe_halt ([kernel.kallsyms])\n";
+        let b = from_remote(script, &[7]);
+        assert_eq!((b.samples, b.not_server, b.idle), (1, 1, 1));
+        assert!(b.note.is_none());
     }
 
     #[test]

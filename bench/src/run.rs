@@ -756,7 +756,7 @@ fn measured_cpus(spec: &RunSpec) -> Vec<usize> {
 }
 
 /// The server's CPU list of `spec` (its `--cores`).
-fn server_cpus(spec: &RunSpec) -> String {
+pub(crate) fn server_cpus(spec: &RunSpec) -> String {
     let mut cpus = "0".to_string();
     let mut it = spec.server_args.iter();
     while let Some(a) = it.next() {

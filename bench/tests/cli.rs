@@ -477,10 +477,11 @@ fn direct_descriptor_holders_verify_every_connection_of_a_real_server_without_de
 #[test]
 fn fleet_mode_refuses_files_and_names_an_unreachable_host_in_one_line() {
     // Refused before any host is reached, in one line, exit 1: files (its data set, page
-    // cache and disk counters are this machine's), and --profile (perf on this machine's CPUs).
+    // cache and disk counters are this machine's), clients (the client CPU it reads is this
+    // machine's).
     for (args, says) in [
         (&["files"][..], "ringlab-bench: files does not run in fleet mode: it makes and verifies its data set on this machine"),
-        (&["compare", "--profile"][..], "ringlab-bench: --profile records perf on this machine's CPUs"),
+        (&["clients"][..], "ringlab-bench: clients does not run in fleet mode: it reads the client CPU"),
     ] {
         let out = Command::new(BIN)
             .args(args)

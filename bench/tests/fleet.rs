@@ -57,6 +57,10 @@ fn fleet_demo_over_ssh_in_namespaces() {
         .args(["--scenario", "multiplex --quick --backends epoll"])
         .args(["--scenario", "http --quick --backends epoll"])
         .args(["--scenario", "c10k --quick --conns 2000 --backends epoll"])
+        .args([
+            "--scenario",
+            "compare --quick --backends epoll --reps 1 --profile",
+        ])
         .arg("--bin-dir")
         .arg(&dir)
         .env(
@@ -76,13 +80,30 @@ fn fleet_demo_over_ssh_in_namespaces() {
         out.status
     );
     assert!(text.contains("phase 1 ok"), "{text}");
-    for s in ["multiplex", "http", "c10k"] {
+    for s in ["multiplex", "http", "c10k", "compare"] {
         assert!(text.contains(&format!("phase 4 ok: {s}: ")), "{s}: {text}");
     }
     // multiplex held 1000 idle connections from the client hosts: their echoes are counted.
     assert!(text.contains("+ holders 1000;"), "{text}");
     // http: wrk from the client hosts, its counts not compared.
     assert!(text.contains("epoll (wrk) x=64: server"), "{text}");
+    // --profile: perf recorded the server host's CPUs; the server's own samples were found
+    // (by the PIDs of its ready line), or, where perf is missing, the profile says so.
+    let profile = text
+        .lines()
+        .find(|l| l.starts_with("profile epoll"))
+        .unwrap_or_else(|| panic!("no profile line: {text}"));
+    if have_perf() {
+        let n: u64 = profile
+            .split(": ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{profile}"));
+        assert!(n > 0, "no sample of the server: {profile}");
+    } else {
+        assert!(profile.contains("perf is not installed"), "{profile}");
+    }
     assert!(text.contains("phase 3 ok"), "{text}");
     assert!(
         text.contains("last line: ringlab-bench: server host root@10.78.0.1: ringlab-server failed to start: "),
@@ -93,4 +114,12 @@ fn fleet_demo_over_ssh_in_namespaces() {
         text.contains("last line: ringlab-bench: client host root@10.78.0.3:"),
         "{text}"
     );
+}
+
+/// Whether perf is on this machine (the demo's hosts share its file system).
+fn have_perf() -> bool {
+    Command::new("sh")
+        .args(["-c", "command -v perf"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

@@ -165,6 +165,11 @@ fn last_line(s: &str) -> String {
 
 /// Run `script` on `ssh`, bounded: its stdout, or an error with its stderr's last line.
 fn call(ssh: &Ssh, script: &str) -> Result<String> {
+    call_within(ssh, script, Duration::from_secs(30))
+}
+
+/// [`call`] with its own bound.
+fn call_within(ssh: &Ssh, script: &str, limit: Duration) -> Result<String> {
     let child = ssh
         .command(script)
         .stdin(Stdio::null())
@@ -172,7 +177,7 @@ fn call(ssh: &Ssh, script: &str) -> Result<String> {
         .stderr(Stdio::piped())
         .spawn()
         .context("running ssh")?;
-    let out = wait_output(child, Duration::from_secs(30))?;
+    let out = wait_output(child, limit)?;
     if !out.status.success() {
         let e = last_line(&String::from_utf8_lossy(&out.stderr));
         bail!(

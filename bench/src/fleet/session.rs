@@ -17,8 +17,8 @@ use ringlab_client::Report as ClientReport;
 use ringlab_server::ServerStats;
 
 use super::{
-    call, host_args, host_rows, merge_hosts, read_end, run_table, ssh, Fleet, FleetRun, HostRow,
-    Kind, ProcRead, Remote, START_MARGIN,
+    call, call_within, host_args, host_rows, merge_hosts, read_end, run_table, ssh, Fleet,
+    FleetRun, HostRow, Kind, ProcRead, Remote, START_MARGIN,
 };
 use crate::procs::ProcSample;
 use crate::run::{RunResult, RunSpec};
@@ -416,8 +416,23 @@ impl<'a> Session<'a> {
             self.live.push(r);
         }
 
-        // The server's CPU over the measured window, read on its host.
+        // The server's CPU over the measured window, read on its host; with a profile, perf
+        // records the server's CPUs there over 90% of the window (as on one machine).
         let win0 = start_at + Duration::from_secs_f64(spec.warmup_s);
+        let profiling = spec.profile.as_ref().map(|_| {
+            let ssh = f.server.ssh.clone();
+            let from = on_host_clock(unix_ms(win0), f.server.offset.offset_ms);
+            let to = from + (spec.duration_s * 1e3) as u64;
+            let script = ssh::profile_script(
+                &f.server.dir,
+                &format!("perf-{run}"),
+                &crate::run::server_cpus(spec),
+                from,
+                to,
+            );
+            let limit = Duration::from_secs_f64(spec.warmup_s + spec.duration_s + 90.0);
+            std::thread::spawn(move || call_within(&ssh, &script, limit))
+        });
         let cpu = self.window(&spids, win0, spec.duration_s)?;
 
         // Every client's end.
@@ -476,6 +491,20 @@ impl<'a> Session<'a> {
         let merged = Merged::read(&logs).context("merging the clients' interval logs")?;
         let mut res = merge_hosts(spec, &reports, &merged.corrected_total(), &ends);
         cpu.apply(&mut res);
+        if let Some(h) = profiling {
+            let sname = f.server.name();
+            res.profile = Some(match h.join() {
+                Ok(Ok(out)) => crate::profile::from_remote(&out, &spids),
+                Ok(Err(e)) => crate::profile::Breakdown {
+                    note: Some(format!("{sname}: perf: {e:#}")),
+                    ..Default::default()
+                },
+                Err(_) => crate::profile::Breakdown {
+                    note: Some(format!("{sname}: the profile's thread failed")),
+                    ..Default::default()
+                },
+            });
+        }
         res.server_cmd = server_cmd;
         res.client_cmd = cmds.join("\n");
         let mut hosts = host_rows(&reports, &ends);

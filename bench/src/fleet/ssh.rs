@@ -231,6 +231,24 @@ pub fn term_script(pids: &[u32]) -> String {
     )
 }
 
+/// Record `cpu-clock` samples (with call graphs, on the realtime clock) on `cpus` from now
+/// until `to_ms` (Unix ms on the host's clock) into `DIR/NAME.data` and print those from
+/// `from_ms` to `to_ms` as `perf script -F pid,ip,sym,dso` ([`crate::profile::tally`] reads
+/// them); when perf is missing or fails, one line `perf-failed: WHY` instead. Started ahead
+/// of the window, so that the SSH connection's setup is not taken from it.
+pub fn profile_script(dir: &str, name: &str, cpus: &str, from_ms: u64, to_ms: u64) -> String {
+    let data = quote(&format!("{name}.data"));
+    let err = quote(&format!("{name}.perr"));
+    let secs = |ms: u64| format!("{}.{:03}", ms / 1000, ms % 1000);
+    format!(
+        "command -v perf >/dev/null 2>&1 || {{ echo \"perf-failed: perf is not installed on this host (Debian: apt-get install linux-perf)\"; exit 0; }}\ncd {} || exit 97\nms=$(( {to_ms} + 100 - $(date +%s%3N) ))\n[ $ms -gt 0 ] || ms=1\nif ! perf record -q -g -k realtime -e cpu-clock -C {} -o {data} -- sleep $((ms / 1000)).$(printf %03d $((ms % 1000))) >/dev/null 2>{err}; then\n  echo \"perf-failed: perf record: $(head -n 1 {err}) (kernel.perf_event_paranoid, or run as root)\"\n  rm -f {data} {err}\n  exit 0\nfi\nperf script -F pid,ip,sym,dso --time {},{} -i {data} 2>/dev/null\nrm -f {data} {err}\n",
+        quote(dir),
+        quote(cpus),
+        secs(from_ms),
+        secs(to_ms)
+    )
+}
+
 /// Print what [`super::ProcRead::parse`] reads of processes `pids`: `/proc/PID/stat`, each
 /// thread's run time and context switches, RSS, the clock tick and the host's time.
 pub fn proc_script(pids: &[u32]) -> String {
