@@ -128,27 +128,16 @@ impl Scenario for Clients {
                 (!runs.is_empty()).then(|| run::combine(&runs))
             })
             .collect();
-        let x = conns as f64;
-        let at = |_: f64| (conns, format!("server capped at {share} CPU"));
-        let pairs: Vec<verdict::Pair> = if wrk {
-            ["uring", "epoll"]
-                .iter()
-                .map(|io| verdict::Pair {
-                    candidate: client_row(io),
-                    baseline: BASE.into(),
-                    x,
-                })
-                .collect()
+        let cands: Vec<String> = if wrk {
+            ["uring", "epoll"].iter().map(|io| client_row(io)).collect()
         } else {
             Vec::new()
         };
-        let vs = verdict::judge_all(
+        let vs = judge(
             &raw,
-            "clients",
-            &pairs,
-            at,
-            |p, m| verdict::twin_control(&raw, &p.candidate, &p.baseline, p.x, m),
-            &[CLIENT_CPU_PER_REQ, verdict::RPS],
+            &cands,
+            conns,
+            &format!("server capped at {share} CPU"),
         );
         let load_lines = load_per_core(&vs, &m);
         rep.add_verdicts("clients", &vs, &load_lines);
@@ -165,6 +154,27 @@ impl Scenario for Clients {
         rep.section("clients", &text, &m, &raw);
         Ok(())
     }
+}
+
+/// The verdicts of every row in `cands` against wrk at `conns` (`load`: how the rate was set),
+/// client CPU per request and req/s, each with wrk's twin as its A/A control where it ran.
+fn judge(raw: &[RunResult], cands: &[String], conns: u32, load: &str) -> Vec<verdict::Verdict> {
+    let pairs: Vec<verdict::Pair> = cands
+        .iter()
+        .map(|c| verdict::Pair {
+            candidate: c.clone(),
+            baseline: BASE.into(),
+            x: conns as f64,
+        })
+        .collect();
+    verdict::judge_all(
+        raw,
+        "clients",
+        &pairs,
+        |_| (conns, load.to_string()),
+        |p, m| verdict::twin_control(raw, &p.candidate, &p.baseline, p.x, m),
+        &[CLIENT_CPU_PER_REQ, verdict::RPS],
+    )
 }
 
 /// Replace the `--io` value in client arguments (the context puts the bench's own first).
@@ -260,19 +270,10 @@ mod tests {
             raw.push(run("wrk", r, 8.0));
             raw.push(run("wrk A/A", r, 8.0 * (1.0 + 0.005 * (r % 2) as f64)));
         }
-        let p = verdict::Pair {
-            candidate: "ringlab-client uring".into(),
-            baseline: "wrk".into(),
-            x: 64.0,
-        };
-        let vs = verdict::judge_all(
-            &raw,
-            "clients",
-            &[p],
-            |_| (64, "capped".into()),
-            |p, m| verdict::twin_control(&raw, &p.candidate, &p.baseline, p.x, m),
-            &[CLIENT_CPU_PER_REQ],
-        );
+        let vs: Vec<verdict::Verdict> = judge(&raw, &["ringlab-client uring".into()], 64, "capped")
+            .into_iter()
+            .filter(|v| v.metric == CLIENT_CPU_PER_REQ.key)
+            .collect();
         assert_eq!(vs.len(), 1);
         assert!(vs[0].significant, "{}", vs[0].line());
         let m: Vec<RunResult> = ["ringlab-client uring", "wrk"]
@@ -296,19 +297,7 @@ mod tests {
             raw.push(run("ringlab-client epoll", r, 7.0 + 0.05 * (r % 3) as f64));
             raw.push(run("wrk", r, 8.0));
         }
-        let p = verdict::Pair {
-            candidate: "ringlab-client epoll".into(),
-            baseline: "wrk".into(),
-            x: 64.0,
-        };
-        let vs = verdict::judge_all(
-            &raw,
-            "clients",
-            &[p],
-            |_| (64, "capped".into()),
-            |_, _| None,
-            &[CLIENT_CPU_PER_REQ],
-        );
+        let vs = judge(&raw, &["ringlab-client epoll".into()], 64, "capped");
         let text = load_per_core(&vs, &[]);
         assert!(text.contains("goal not met"), "{text}");
     }
