@@ -417,7 +417,8 @@ impl<'a> Session<'a> {
         }
 
         // The server's CPU over the measured window, read on its host; with a profile, perf
-        // records the server's CPUs there over 90% of the window (as on one machine).
+        // records the server's CPUs there over the window (started now, ahead of it: see
+        // `ssh::profile_script`).
         let win0 = start_at + Duration::from_secs_f64(spec.warmup_s);
         let profiling = spec.profile.as_ref().map(|_| {
             let ssh = f.server.ssh.clone();
