@@ -5,7 +5,11 @@
 # the bridge) and drives them over SSH. Nothing leaves the namespaces made here.
 #
 #   scripts/fleet-demo.sh [--kill-client-sshd] [--server-fails] [--interrupt]
-#                         [--scenario 'NAME ARGS...'] [--bin-dir DIR] [-- EXTRA BENCH ARGS]
+#                         [--scenario 'NAME ARGS...'] [--bin-dir DIR] [--reports DIR]
+#                         [-- EXTRA BENCH ARGS]
+#
+# --reports DIR: the reports of phases 1 and 4 (report.md, results.json, fleet.json) are copied
+# to DIR/phase1, DIR/phase4-K before the demo's temp dir goes.
 #
 # Phase 1: `ringlab-bench compare --quick` across the hosts (--client-processes 2); checks that
 # for every run the merged client response count equals the server's request count
@@ -17,9 +21,10 @@
 # that host's sshd, taken); the bench must end non-zero with one line naming the server host
 # and the cause, nothing left running, no remote directory left.
 # Phase 4 (--scenario 'NAME ARGS', repeatable): another scenario across the hosts (e.g.
-# 'multiplex --quick', 'http --quick', 'c10k --quick --conns 2000'); every run whose clients
-# count each response (not wrk's) must have the server's count equal to the clients' plus the
-# idle-connection holders' checking echoes.
+# 'multiplex --quick', 'http --quick', 'c10k --quick --conns 2000', 'files --quick'); every
+# run whose clients count each response (not wrk's) must have the server's count equal to the
+# clients' plus the idle-connection holders' checking echoes. files keeps its data set on the
+# server host (REMOTE_DIR/ringlab-files-data*) for the next run: the only thing left there.
 # Phase 5 (--interrupt): SIGTERM to ringlab-bench while its clients run; it must exit 143 with
 # its "interrupted" line, every remote process stopped within 5 s (not at its remote timeout,
 # a minute away), no remote directory left. Phases run in the order 1, 4, 3, 5, 2 (phase 2
@@ -35,6 +40,7 @@ fail_phase=0
 int_phase=0
 scenarios=()
 bin_dir=""
+reports=""
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,8 +49,9 @@ while [ $# -gt 0 ]; do
     --interrupt) int_phase=1; shift ;;
     --scenario) scenarios+=("${2:?--scenario needs a scenario and its arguments}"); shift 2 ;;
     --bin-dir) bin_dir="${2:?--bin-dir needs a directory}"; shift 2 ;;
+    --reports) reports="${2:?--reports needs a directory}"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "fleet-demo.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -90,6 +97,11 @@ ns_procs() {
   done
   return 0
 }
+# The cgroups a capped server was put in on the server host (the clients scenario).
+cgroups_left() {
+  find /sys/fs/cgroup -maxdepth 3 -type d -name 'ringlab-fleet-*-cap-*' 2>/dev/null || true
+}
+
 ringlab_left() {
   local n
   for n in "${names[@]}"; do
@@ -181,7 +193,10 @@ MaxSessions 100
 Subsystem sftp /usr/lib/openssh/sftp-server
 LogLevel ERROR
 EOF
-  ip netns exec "$prefix-${names[$i]}" /usr/sbin/sshd -D -e -f "$cfg" 2>>"$tmp/sshd-${names[$i]}.log" &
+  # nsenter --net, not `ip netns exec`: the latter also gives the process a mount namespace
+  # with /sys mounted anew, without the cgroup file systems, and the clients scenario caps the
+  # server in a cgroup on its host.
+  nsenter --net="/run/netns/$prefix-${names[$i]}" /usr/sbin/sshd -D -e -f "$cfg" 2>>"$tmp/sshd-${names[$i]}.log" &
   sshd_pids+=($!)
 done
 
@@ -219,6 +234,7 @@ jq -r '.[-1].hosts[] | "  \(.host)  clock offset \(.offset_ms*100|round/100) ms 
 [ -z "$(ringlab_left)" ] || die "phase 1: ringlab processes left: $(ringlab_left)"
 [ -z "$(ls -A "$tmp/remote")" ] || die "phase 1: remote directories left: $(ls "$tmp/remote")"
 echo "fleet-demo: phase 1 ok: $runs runs, merged client count = server count in every one, nothing left running"
+if [ -n "$reports" ]; then mkdir -p "$reports" && cp -r "$tmp/report1" "$reports/phase1"; fi
 
 # Phase 4: other scenarios.
 k=0
@@ -235,13 +251,24 @@ for scenario in "${scenarios[@]}"; do
   [ "$exact" -gt 0 ] || die "phase 4: ${sc[0]}: no run with exact counts recorded"
   [ -z "$bad" ] || die "phase 4: ${sc[0]}: counts differ: $bad"
   jq -r '.[] | "run \(.seq) \(.label) x=\(.x): server \(.server_requests) " + (if .not_compared then "(not compared: \(.not_compared); clients \(.client_responses))" elif .exact then "= clients \(.client_responses) + holders \(.beside_requests)" else "(wrk counted \(.client_responses): not compared)" end) + "; " + ([.hosts[] | "\(.host): \(.requests) req, p99 \(.p99_us) µs"] | join("; "))' "$r/fleet.json"
-  grep -hE 'skipped|not in fleet mode|not installed' "$tmp/bench4-$k.out" "$tmp/bench4-$k.err" | sort -u | sed 's/^ *- */  note: /' || true
+  grep -hE 'skipped|not in fleet mode|not installed|could not be capped|wrk.s load per client core' "$tmp/bench4-$k.out" "$tmp/bench4-$k.err" | sort -u | sed 's/^ *- */  note: /' || true
   # --profile: perf ran on the server host; say how many of its samples were the server's.
   jq -r '(.compare.profiles // [])[] | "profile \(.[0]): " + (if .[1].note then "none: \(.[1].note)" else "\(.[1].samples) server samples, \(.[1].not_server) others on its CPUs" end)' "$r/results.json" 2>/dev/null || true
   [ -z "$(ringlab_left)" ] || die "phase 4: ringlab processes left: $(ringlab_left)"
-  [ -z "$(ls -A "$tmp/remote")" ] || die "phase 4: remote directories left: $(ls "$tmp/remote")"
+  [ -z "$(cgroups_left)" ] || die "phase 4: cgroups left: $(cgroups_left)"
+  # The files scenario keeps its data set on the server host for the next run to reuse
+  # (remote-dir/ringlab-files-data*, as it keeps target/ringlab/files-data on one machine).
+  left="$(ls -A "$tmp/remote" | grep -v '^ringlab-files-data' || true)"
+  [ -z "$left" ] || die "phase 4: remote directories left: $left"
+  for d in "$tmp"/remote/ringlab-files-data*; do
+    [ -e "$d" ] && echo "  kept for reuse on the server host: $(basename "$d") ($(du -sh "$d" | cut -f1))"
+  done
   echo "fleet-demo: phase 4 ok: ${sc[0]}: $runs runs ($exact with exact counts, equal in every one), nothing left running"
+  if [ -n "$reports" ]; then mkdir -p "$reports" && cp -r "$r" "$reports/phase4-$k"; fi
 done
+
+# What files kept for reuse goes now: the later phases check that nothing is left.
+rm -rf "$tmp"/remote/ringlab-files-data*
 
 # Phase 3: a server that cannot start (its port taken by the host's sshd).
 if [ $fail_phase = 1 ]; then

@@ -55,6 +55,16 @@ pub fn quota_files(h: &Hierarchy, share: f64, period_us: u64) -> Vec<(&'static s
     }
 }
 
+/// The period (µs) of a group capped at `share` of one CPU, and its quota (µs). Short periods
+/// throttle in small slices: on a 2-vCPU VM the capacity of a server at half a CPU varied less
+/// between runs with 5 ms periods than with 20 or 100 ms (below 5 ms the server no longer got
+/// its whole quota). A smaller share gets a longer period, so that its quota stays at least the
+/// kernel's 1 ms minimum.
+pub fn period_and_quota(share: f64) -> (u64, u64) {
+    let period = 5_000u64.max((1_000.0 / share).ceil() as u64);
+    (period, ((share * period as f64).round() as u64).max(1000))
+}
+
 /// A cgroup capping its members' CPU; removed on drop.
 #[derive(Debug)]
 pub struct CpuCap {
@@ -117,11 +127,7 @@ impl CpuCap {
             what: String::new(),
             _on_signal: on_signal,
         };
-        // Short periods throttle in small slices: on a 2-vCPU VM the capacity of a server at half
-        // a CPU varied less between runs with 5 ms periods than with 20 or 100 ms (below 5 ms the
-        // server no longer got its whole quota). A smaller share gets a longer period, so that
-        // its quota stays at least the kernel's 1 ms minimum.
-        let period = 5_000u64.max((1_000.0 / share).ceil() as u64);
+        let (period, _) = period_and_quota(share);
         let mut what = Vec::new();
         for (file, v) in quota_files(&h, share, period) {
             std::fs::write(cap.dir.join(file), &v)

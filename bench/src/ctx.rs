@@ -25,9 +25,10 @@ pub trait Scenario {
     fn fleet_needs_bench(&self) -> bool {
         false
     }
-    /// Fleet mode: why it cannot run that way (one line), if it cannot.
-    fn fleet_refusal(&self) -> Option<&'static str> {
-        None
+    /// Fleet mode: whether it runs ringlab-bench on the server host (the files scenario's
+    /// data set), which is then copied there too.
+    fn fleet_needs_bench_on_server(&self) -> bool {
+        false
     }
 }
 

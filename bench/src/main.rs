@@ -129,6 +129,10 @@ enum Cmd {
         #[arg(long)]
         no_stdin: bool,
     },
+    /// Internal (files in fleet mode, run on the server host): make, check, prepare or verify
+    /// the files scenario's data set there and print one JSON document.
+    #[command(hide = true)]
+    FilesData(scenario::files::remote::HelperArgs),
     /// What this machine allows (kernel, io_uring, limits, CPUs) and what will hold a
     /// benchmark back.
     Doctor,
@@ -198,6 +202,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Man => Some("man"),
         Cmd::Merge { .. } => Some("merge"),
         Cmd::Hold { .. } => Some("hold"),
+        Cmd::FilesData(_) => Some("files-data"),
         Cmd::Peers { .. } => Some("peers build"),
         Cmd::Doctor => Some("doctor"),
         _ => None,
@@ -251,6 +256,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }))
         }
         Cmd::Files(args) => return done(scenario::run_files(&args, &cli.opts)),
+        Cmd::FilesData(a) => return done(scenario::files::remote::helper(&a)),
         Cmd::Doctor => {
             print!("{}", doctor::doctor());
             return Ok(ExitCode::SUCCESS);

@@ -199,17 +199,8 @@ fn fleet_wrk_rows(
     dur: f64,
     reps: usize,
 ) -> Result<(Vec<RunResult>, Vec<RunResult>)> {
-    // Where wrk (and taskset) are, on each client host.
-    let found = f.guard(|| f.on_clients("command -v wrk; command -v taskset; true"))?;
-    let mut taskset = Vec::new();
-    for (dest, out) in &found {
-        if !out.lines().any(|l| l.trim_end().ends_with("/wrk")) {
-            bail!("wrk is not installed on client host {dest} (Debian: `apt-get install wrk`)");
-        }
-        taskset.push(out.lines().any(|l| l.trim_end().ends_with("/taskset")));
-    }
+    let taskset = fleet_wrk_hosts(f)?;
     let secs = dur.ceil().max(1.0) as u64;
-    let n = f.clients.len();
     let mut groups: Vec<Vec<RunResult>> = Vec::new();
     for _ in 0..reps {
         let mut i = 0;
@@ -218,96 +209,11 @@ fn fleet_wrk_rows(
                 let mut args = vec!["--cores".to_string(), ctx.o.server_cores.clone()];
                 args.extend(backend_args(b)?);
                 args.extend(["--proto".to_string(), "http".to_string()]);
-                let spec = RunSpec {
-                    label: format!("{b} (wrk)"),
-                    x: c as f64,
-                    duration_s: secs as f64,
-                    ..RunSpec::default()
-                };
                 let r = f.guard(|| {
                     let mut s = f.session(&ctx.run.tmp, secs + 40)?;
                     s.server(&args)?;
-                    let url = format!("http://{}/", s.target()?);
-                    let shares = ringlab_runtime::cpus::even_shares(c as usize, n.max(1));
-                    let mut argvs = Vec::new();
-                    let mut cmds = Vec::new();
-                    for (k, &share) in shares.iter().enumerate() {
-                        if share == 0 {
-                            continue;
-                        }
-                        let mut argv: Vec<String> = Vec::new();
-                        if taskset[k] {
-                            argv.extend([
-                                "taskset".into(),
-                                "-c".into(),
-                                ctx.o.client_cores.clone(),
-                            ]);
-                        }
-                        argv.extend([
-                            "wrk".into(),
-                            "-t1".into(),
-                            format!("-c{share}"),
-                            format!("-d{secs}s"),
-                            "--latency".into(),
-                            url.clone(),
-                        ]);
-                        cmds.push(format!("{}: {}", f.clients[k].ssh.dest, argv.join(" ")));
-                        argvs.push((k, argv));
-                    }
-                    let (outs, cpu) = s.tool("wrk", &argvs, secs as f64)?;
-                    let mut hosts = Vec::new();
-                    let mut res = RunResult {
-                        label: spec.label.clone(),
-                        x: spec.x,
-                        client_cmd: cmds.join("\n"),
-                        ..RunResult::default()
-                    };
-                    let mut pct: Vec<(f64, f64)> = Vec::new();
-                    for ((k, _), end) in argvs.iter().zip(&outs) {
-                        let h = &f.clients[*k];
-                        let Some(w) = parse_wrk(&end.stdout) else {
-                            bail!(
-                                "client host {}: could not read wrk's output (exit {}): {}",
-                                h.ssh.dest,
-                                end.code,
-                                end.stdout.trim()
-                            );
-                        };
-                        let get =
-                            |p: f64| w.percentiles.iter().find(|x| x.0 == p).map_or(0.0, |x| x.1);
-                        res.requests += w.requests;
-                        res.rps += w.rps;
-                        res.errors += w.errors;
-                        for &(p, v) in &w.percentiles {
-                            match pct.iter_mut().find(|x| x.0 == p) {
-                                Some(x) => x.1 = x.1.max(v),
-                                None => pct.push((p, v)),
-                            }
-                        }
-                        hosts.push(crate::fleet::HostRow {
-                            host: h.ssh.dest.clone(),
-                            processes: 1,
-                            conns: shares[*k],
-                            requests: w.requests as u64,
-                            rps: w.rps,
-                            p50_us: get(50.0) as u64,
-                            p99_us: get(99.0) as u64,
-                            max_us: 0,
-                            errors: w.errors as u64,
-                            responses_total: w.requests as u64,
-                            exit_code: end.code,
-                            offset_ms: h.offset.offset_ms,
-                            start_at_ms: end.start_at_ms,
-                        });
-                    }
-                    let get = |p: f64| pct.iter().find(|x| x.0 == p).map_or(0.0, |x| x.1);
-                    res.p50_us = get(50.0);
-                    res.p90_us = get(90.0);
-                    res.p99_us = get(99.0);
-                    res.percentiles = pct.clone();
-                    cpu.apply(&mut res);
-                    s.add_client_responses(res.requests as u64);
-                    s.record(&spec, &res, hosts);
+                    let mut res =
+                        fleet_wrk_in(ctx, &mut s, &format!("{b} (wrk)"), c, secs, &taskset)?;
                     s.finish()?;
                     res.server_cmd =
                         format!("{}: {} {}", f.server.ssh.dest, f.server.bin, args.join(" "));
@@ -322,6 +228,118 @@ fn fleet_wrk_rows(
         }
     }
     Ok(medians_and_runs(groups))
+}
+
+/// Whether each client host of `f` has taskset; an error naming the first without wrk.
+pub fn fleet_wrk_hosts(f: &crate::fleet::Fleet) -> Result<Vec<bool>> {
+    let found = f.guard(|| f.on_clients("command -v wrk; command -v taskset; true"))?;
+    let mut taskset = Vec::new();
+    for (dest, out) in &found {
+        if !out.lines().any(|l| l.trim_end().ends_with("/wrk")) {
+            bail!("wrk is not installed on client host {dest} (Debian: `apt-get install wrk`)");
+        }
+        taskset.push(out.lines().any(|l| l.trim_end().ends_with("/taskset")));
+    }
+    Ok(taskset)
+}
+
+/// One `wrk -t1` run of `secs` seconds from every client host at once (row `label`, `c`
+/// connections shared out among the hosts, pinned with taskset where `taskset` says the host
+/// has it) against the server of session `s`: the hosts' sums, the worst host's percentiles,
+/// the server's CPU over the run; its per-host table recorded in the session.
+pub fn fleet_wrk_in(
+    ctx: &Ctx,
+    s: &mut crate::fleet::session::Session,
+    label: &str,
+    c: u32,
+    secs: u64,
+    taskset: &[bool],
+) -> Result<RunResult> {
+    let f = s.fleet();
+    let n = f.clients.len();
+    let spec = RunSpec {
+        label: label.to_string(),
+        x: c as f64,
+        duration_s: secs as f64,
+        ..RunSpec::default()
+    };
+    let url = format!("http://{}/", s.target()?);
+    let shares = ringlab_runtime::cpus::even_shares(c as usize, n.max(1));
+    let mut argvs = Vec::new();
+    let mut cmds = Vec::new();
+    for (k, &share) in shares.iter().enumerate() {
+        if share == 0 {
+            continue;
+        }
+        let mut argv: Vec<String> = Vec::new();
+        if taskset.get(k).copied().unwrap_or(false) {
+            argv.extend(["taskset".into(), "-c".into(), ctx.o.client_cores.clone()]);
+        }
+        argv.extend([
+            "wrk".into(),
+            "-t1".into(),
+            format!("-c{share}"),
+            format!("-d{secs}s"),
+            "--latency".into(),
+            url.clone(),
+        ]);
+        cmds.push(format!("{}: {}", f.clients[k].ssh.dest, argv.join(" ")));
+        argvs.push((k, argv));
+    }
+    let (outs, cpu) = s.tool("wrk", &argvs, secs as f64)?;
+    let mut hosts = Vec::new();
+    let mut res = RunResult {
+        label: spec.label.clone(),
+        x: spec.x,
+        client_cmd: cmds.join("\n"),
+        ..RunResult::default()
+    };
+    let mut pct: Vec<(f64, f64)> = Vec::new();
+    for ((k, _), end) in argvs.iter().zip(&outs) {
+        let h = &f.clients[*k];
+        let Some(w) = parse_wrk(&end.stdout) else {
+            bail!(
+                "client host {}: could not read wrk's output (exit {}): {}",
+                h.ssh.dest,
+                end.code,
+                end.stdout.trim()
+            );
+        };
+        let get = |p: f64| w.percentiles.iter().find(|x| x.0 == p).map_or(0.0, |x| x.1);
+        res.requests += w.requests;
+        res.rps += w.rps;
+        res.errors += w.errors;
+        for &(p, v) in &w.percentiles {
+            match pct.iter_mut().find(|x| x.0 == p) {
+                Some(x) => x.1 = x.1.max(v),
+                None => pct.push((p, v)),
+            }
+        }
+        hosts.push(crate::fleet::HostRow {
+            host: h.ssh.dest.clone(),
+            processes: 1,
+            conns: shares[*k],
+            requests: w.requests as u64,
+            rps: w.rps,
+            p50_us: get(50.0) as u64,
+            p99_us: get(99.0) as u64,
+            max_us: 0,
+            errors: w.errors as u64,
+            responses_total: w.requests as u64,
+            exit_code: end.code,
+            offset_ms: h.offset.offset_ms,
+            start_at_ms: end.start_at_ms,
+        });
+    }
+    let get = |p: f64| pct.iter().find(|x| x.0 == p).map_or(0.0, |x| x.1);
+    res.p50_us = get(50.0);
+    res.p90_us = get(90.0);
+    res.p99_us = get(99.0);
+    res.percentiles = pct.clone();
+    cpu.apply(&mut res);
+    s.add_client_responses(res.requests as u64);
+    s.record(&spec, &res, hosts);
+    Ok(res)
 }
 
 /// A running nginx (stopped gracefully when dropped).

@@ -182,7 +182,8 @@ pub fn busy_ticks(cpus: &[usize]) -> Option<u64> {
     busy_of(&stat, cpus)
 }
 
-fn busy_of(stat: &str, cpus: &[usize]) -> Option<u64> {
+/// The busy ticks of `cpus` in the text of `/proc/stat` (user, nice, system, irq, softirq).
+pub fn busy_of(stat: &str, cpus: &[usize]) -> Option<u64> {
     ticks_of(stat, cpus, &[1, 2, 3, 6, 7])
 }
 

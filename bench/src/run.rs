@@ -29,6 +29,9 @@ pub struct RunSpec {
     /// Put the server in this cgroup (its directory) before the client starts: its CPU cap.
     #[serde(skip)]
     pub cgroup: Option<std::path::PathBuf>,
+    /// Fleet mode: cap the server at this share of a CPU in a cgroup on its host.
+    #[serde(skip)]
+    pub server_share: Option<f64>,
     /// Record a CPU profile of the server's CPUs over the measured window into this file.
     #[serde(skip)]
     pub profile: Option<std::path::PathBuf>,

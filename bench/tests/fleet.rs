@@ -49,7 +49,7 @@ fn fleet_demo_over_ssh_in_namespaces() {
     let dir = bin_dir();
     // Bounded: the script tears everything down on SIGTERM (its trap).
     let out = Command::new("timeout")
-        .args(["-s", "TERM", "-k", "20", "420"])
+        .args(["-s", "TERM", "-k", "20", "540"])
         .arg(&script)
         .arg("--kill-client-sshd")
         .arg("--server-fails")
@@ -61,6 +61,11 @@ fn fleet_demo_over_ssh_in_namespaces() {
             "--scenario",
             "compare --quick --backends epoll --reps 1 --profile",
         ])
+        .args([
+            "--scenario",
+            "files --quick --backends uring,epoll-sendfile --no-aa",
+        ])
+        .args(["--scenario", "clients --quick"])
         .arg("--bin-dir")
         .arg(&dir)
         .env(
@@ -80,7 +85,7 @@ fn fleet_demo_over_ssh_in_namespaces() {
         out.status
     );
     assert!(text.contains("phase 1 ok"), "{text}");
-    for s in ["multiplex", "http", "c10k", "compare"] {
+    for s in ["multiplex", "http", "c10k", "compare", "files", "clients"] {
         assert!(text.contains(&format!("phase 4 ok: {s}: ")), "{s}: {text}");
     }
     // multiplex held 1000 idle connections from the client hosts: their echoes are counted.
@@ -104,6 +109,34 @@ fn fleet_demo_over_ssh_in_namespaces() {
     } else {
         assert!(profile.contains("perf is not installed"), "{profile}");
     }
+    // files: its data set made on the server host, every row served it byte for byte there
+    // and was measured from the client hosts (hot and cold clients on each), counts equal.
+    for row in ["uring", "epoll sendfile"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!(" {row} x=0: server "))
+                    && l.contains("(hot): ")
+                    && l.contains("(cold): ")),
+            "files {row}: {text}"
+        );
+    }
+    assert!(
+        text.contains("kept for reuse on the server host: ringlab-files-data-quick"),
+        "{text}"
+    );
+    // clients: the server capped in a cgroup on its host (removed after: the demo checks),
+    // ringlab-client's and wrk's client CPU read on the client hosts.
+    assert!(!text.contains("could not be capped"), "{text}");
+    for row in ["ringlab-client uring", "ringlab-client epoll", "wrk"] {
+        assert!(
+            text.contains(&format!(" {row} x=64: server ")),
+            "clients {row}: {text}"
+        );
+    }
+    assert!(
+        text.contains("ringlab-client epoll carries "),
+        "clients: no load-per-core line: {text}"
+    );
     assert!(text.contains("phase 3 ok"), "{text}");
     assert!(
         text.contains("last line: ringlab-bench: server host root@10.78.0.1: ringlab-server failed to start: "),

@@ -49,7 +49,8 @@ pub struct Host {
     pub dir: String,
     /// The binary to run there (ours copied, or one found that matches).
     pub bin: String,
-    /// ringlab-bench there, where the scenario runs it (idle-connection holders).
+    /// ringlab-bench there, where the scenario runs it (idle-connection holders, the files
+    /// scenario's data set).
     pub bench: String,
     /// What the host allows a process.
     pub limits: HostLimits,
@@ -401,6 +402,8 @@ pub struct FleetOpts {
     pub max_offset: Duration,
     /// ringlab-bench is needed on the client hosts (the scenario runs holders there).
     pub bench_on_clients: bool,
+    /// ringlab-bench is needed on the server host (the scenario makes its data set there).
+    pub bench_on_server: bool,
 }
 
 impl FleetOpts {
@@ -428,8 +431,15 @@ impl FleetOpts {
             keep: o.keep,
             max_offset: o.max_clock_offset,
             bench_on_clients: false,
+            bench_on_server: false,
         }))
     }
+}
+
+/// The prefix of the cgroups of a fleet whose server host's directory is `dir`: its last part
+/// (unique to the run) and `-cap`.
+fn cap_prefix_of(dir: &str) -> String {
+    format!("{}-cap", dir.rsplit('/').next().unwrap_or(dir))
 }
 
 /// The host part of an ssh destination (`user@host`, `ssh://user@host:port`, `[v6]`).
@@ -511,6 +521,8 @@ pub struct Fleet {
     seq: Mutex<u64>,
     pub runs: Mutex<Vec<FleetRun>>,
     torn_down: Mutex<bool>,
+    /// Whether a server was capped in a cgroup on its host (teardown removes what is left).
+    capped: std::sync::atomic::AtomicBool,
     /// The host failure that ended the fleet's use (see [`Fleet::guard`]).
     failed: Mutex<Option<String>>,
     /// Stops every remote process and removes the hosts' directories if a signal ends the
@@ -770,6 +782,7 @@ impl Fleet {
             seq: Mutex::new(0),
             runs: Mutex::new(Vec::new()),
             torn_down: Mutex::new(false),
+            capped: std::sync::atomic::AtomicBool::new(false),
             failed: Mutex::new(None),
             _on_signal: None,
         };
@@ -804,7 +817,8 @@ impl Fleet {
         };
         let server_bin = ident("ringlab-server", &bins.server)?;
         let client_bin = ident("ringlab-client", &bins.client)?;
-        let bench_bin = if self.o.bench_on_clients {
+        let (on_clients, on_server) = (self.o.bench_on_clients, self.o.bench_on_server);
+        let bench_bin = if on_clients || on_server {
             Some(ident("ringlab-bench", &bench)?)
         } else {
             None
@@ -828,7 +842,8 @@ impl Fleet {
             let server = h.role == "server";
             let main = if server { &server_bin } else { &client_bin };
             h.bin = place(h, main, install)?;
-            if let (false, Some(b)) = (server, &bench_bin) {
+            let bench_here = if server { on_server } else { on_clients };
+            if let (true, Some(b)) = (bench_here, &bench_bin) {
                 h.bench = place(h, b, install)?;
             }
             let lim = call(&h.ssh, ssh::LIMITS_SCRIPT).map_err(|e| anyhow!("{name}: {e:#}"))?;
@@ -859,6 +874,10 @@ impl Fleet {
                             eprintln!("fleet: {name}: stopping process groups {mine:?}");
                             stop_groups(&ssh, &name, &mine);
                         }
+                        if i == 0 {
+                            // The server's cgroups (a capped server's), now empty.
+                            let _ = call(&ssh, &ssh::uncap_script(&cap_prefix_of(&dir)));
+                        }
                         if !keep {
                             let _ = call(&ssh, &format!("rm -rf {}", ssh::quote(&dir)));
                         }
@@ -880,6 +899,10 @@ impl Fleet {
             return;
         }
         *done = true;
+        if self.capped.load(std::sync::atomic::Ordering::Relaxed) {
+            // Sessions remove their groups; one a failure left is removed here.
+            let _ = call(&self.server.ssh, &ssh::uncap_script(&self.cap_prefix()));
+        }
         for h in self.hosts().filter(|h| h.made) {
             if self.o.keep {
                 eprintln!("fleet: {}: kept {}", h.name(), h.dir);
@@ -889,6 +912,40 @@ impl Fleet {
                 eprintln!("fleet: {}: could not remove {}: {e:#}", h.name(), h.dir);
             }
         }
+    }
+
+    /// Whether a server can be capped at `share` of a CPU on the server host: a group made
+    /// with that quota and removed at once; its cgroup files, or (inner error) why not.
+    pub fn probe_cap(&self, share: f64) -> Result<std::result::Result<String, String>> {
+        let (period, quota) = crate::cgroup::period_and_quota(share);
+        let prefix = self.cap_prefix();
+        let out = self.on_server(&ssh::cap_script(
+            &format!("{prefix}-probe"),
+            period,
+            quota,
+            &[],
+        ))?;
+        self.on_server(&ssh::uncap_script(&prefix))?;
+        Ok(match out.lines().find_map(|l| l.strip_prefix("cgroup=")) {
+            Some(l) => Ok(l
+                .split_once(" (")
+                .map_or(l, |(_, w)| w.trim_end_matches(')'))
+                .to_string()),
+            None => Err(format!(
+                "{}: {}",
+                self.server.name(),
+                out.lines()
+                    .find_map(|l| l.strip_prefix("cap-failed: "))
+                    .unwrap_or("the cap script said nothing")
+            )),
+        })
+    }
+
+    /// The name every cgroup of this fleet's servers starts with (on the server host).
+    pub fn cap_prefix(&self) -> String {
+        self.capped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        cap_prefix_of(&self.server.dir)
     }
 
     fn host(&self, i: usize) -> &Host {
@@ -924,6 +981,40 @@ impl Fleet {
     /// Run `script` on the server host (bounded): its stdout.
     pub fn on_server(&self, script: &str) -> Result<String> {
         call(&self.server.ssh, script).map_err(|e| anyhow!("{}: {e:#}", self.server.name()))
+    }
+
+    /// [`Fleet::on_server`] with its own bound (a long job: the files scenario's data set).
+    pub fn on_server_within(&self, script: &str, limit: Duration) -> Result<String> {
+        call_within(&self.server.ssh, script, limit)
+            .map_err(|e| anyhow!("{}: {e:#}", self.server.name()))
+    }
+
+    /// Copy `local` to every client host's directory as `name` (which a client run there can
+    /// then name relative to its directory, where it starts).
+    pub fn put_on_clients(&self, local: &Path, name: &str) -> Result<()> {
+        if !ssh::plain_path(&format!("/{name}")) || name.contains('/') {
+            bail!("{name:?}: a plain file name");
+        }
+        for h in &self.clients {
+            let hname = h.name();
+            let st = h
+                .ssh
+                .scp(local, &format!("{}/{name}", h.dir))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("running scp")
+                .and_then(|c| wait_output(c, Duration::from_secs(60)))
+                .map_err(|e| anyhow!("{hname}: copying {name}: {e:#}"))?;
+            if !st.status.success() {
+                bail!(
+                    "{hname}: scp of {name} failed: {}",
+                    last_line(&String::from_utf8_lossy(&st.stderr))
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Run `script` on every client host (bounded): each host's destination and stdout.
@@ -993,6 +1084,9 @@ impl Fleet {
             let limit = (START_MARGIN.as_secs_f64() + window + 30.0).ceil() as u64;
             let mut s = self.session(tmp, limit)?;
             s.server(&spec.server_args)?;
+            if let Some(share) = spec.server_share {
+                s.cap_server(share)?.map_err(anyhow::Error::msg)?;
+            }
             let mut r = s.clients(spec)?;
             let stats = s.finish()?;
             let served = stats.total.requests;
@@ -1223,11 +1317,13 @@ pub fn run_table(r: &FleetRun) -> String {
 }
 
 /// What [`ssh::proc_script`] printed, read.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ProcRead {
     pub sample: ProcSample,
     pub rss_kib: u64,
     pub now_ns: i128,
+    /// The `/proc/diskstats` line asked for, if it was.
+    pub disk: Option<String>,
 }
 
 impl ProcRead {
@@ -1237,8 +1333,11 @@ impl ProcRead {
         let mut run_ns = Some(0u64);
         let mut now = 0;
         let mut procs = 0;
+        let mut disk = None;
         for l in text.lines() {
-            if let Some(s) = l.strip_prefix("stat ") {
+            if let Some(s) = l.strip_prefix("disk ") {
+                disk = Some(s.to_string());
+            } else if let Some(s) = l.strip_prefix("stat ") {
                 let rest = s
                     .rsplit_once(')')
                     .map(|(_, r)| r)
@@ -1288,6 +1387,7 @@ impl ProcRead {
             },
             rss_kib: rss,
             now_ns: now,
+            disk,
         })
     }
 }
@@ -1564,7 +1664,7 @@ mod tests {
         // And what the script prints for this very process.
         let out = Command::new("sh")
             .arg("-c")
-            .arg(ssh::proc_script(&[std::process::id()]))
+            .arg(ssh::proc_script(&[std::process::id()], None))
             .output()
             .unwrap();
         let me = ProcRead::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
@@ -1573,5 +1673,25 @@ mod tests {
             "{me:?}"
         );
         assert!(ProcRead::parse("tck 100\n").is_err());
+        assert_eq!(me.disk, None);
+        // With a device: its /proc/diskstats line, as the files scenario reads it.
+        let stats = std::fs::read_to_string("/proc/diskstats").unwrap();
+        let Some(first) = stats.lines().next() else {
+            return; // no block device at all
+        };
+        let f: Vec<u32> = first
+            .split_whitespace()
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(ssh::proc_script(&[std::process::id()], Some((f[0], f[1]))))
+            .output()
+            .unwrap();
+        let me = ProcRead::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        let line = me.disk.expect("the device's line");
+        let (name, _) = crate::scenario::files::disk::parse(&line, f[0], f[1]).unwrap();
+        assert_eq!(Some(name.as_str()), first.split_whitespace().nth(2));
     }
 }

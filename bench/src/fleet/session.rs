@@ -56,11 +56,18 @@ pub struct Session<'a> {
     last: Option<FleetRun>,
     /// Why the server's count cannot be set against the clients' (a server that keeps none).
     uncounted: Option<String>,
+    /// A block device (major, minor) read with the server's CPU over every window.
+    disk: Option<(u32, u32)>,
+    /// The client hosts' CPUs whose busy time is read over every window.
+    client_cpus: Option<Vec<usize>>,
+    /// The server was put in a cgroup of this name on its host ([`Session::cap_server`]).
+    cap: Option<String>,
 }
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
         self.f.stop_all(&mut self.live);
+        self.uncap();
     }
 }
 
@@ -95,6 +102,9 @@ impl<'a> Session<'a> {
             exact: true,
             last: None,
             uncounted: None,
+            disk: None,
+            client_cpus: None,
+            cap: None,
         })
     }
 
@@ -116,6 +126,54 @@ impl<'a> Session<'a> {
     /// Run `script` on the server host (bounded): its stdout.
     pub fn on_server(&self, script: &str) -> Result<String> {
         self.f.on_server(script)
+    }
+
+    /// Cap the server's processes at `share` of one CPU in a cgroup on its host (v1
+    /// `cpu.cfs_quota_us` or v2 `cpu.max`, as on one machine; removed when the server stops,
+    /// and by the fleet's teardown or a signal): what was written, or (inner error) why there
+    /// can be none there, for the run to go on uncapped.
+    pub fn cap_server(&mut self, share: f64) -> Result<std::result::Result<String, String>> {
+        let up = self.server.as_ref().context("no server started")?;
+        let (period, quota) = crate::cgroup::period_and_quota(share);
+        let name = format!("{}-{}", self.f.cap_prefix(), self.seq);
+        let out = self
+            .f
+            .on_server(&ssh::cap_script(&name, period, quota, &up.spids))?;
+        self.cap = Some(name);
+        if let Some(l) = out.lines().find_map(|l| l.strip_prefix("cgroup=")) {
+            return Ok(Ok(l.to_string()));
+        }
+        let why = out
+            .lines()
+            .find_map(|l| l.strip_prefix("cap-failed: "))
+            .unwrap_or("the cap script said nothing");
+        Ok(Err(format!("{}: {why}", self.f.server.name())))
+    }
+
+    /// Remove the server's cgroup, if [`Session::cap_server`] made one (best effort: what is
+    /// left is removed by the fleet's teardown).
+    fn uncap(&mut self) {
+        if let Some(name) = self.cap.take() {
+            match self.f.on_server(&ssh::uncap_script(&name)) {
+                Ok(out) if out.contains("uncap-failed") => {
+                    eprintln!("fleet: {}", out.trim())
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("fleet: removing cgroup {name}: {e:#}"),
+            }
+        }
+    }
+
+    /// Read the busy time of CPUs `cpus` (a list such as `1` or `2-3`) on every client host over
+    /// every window ([`WindowCpu::client_busy_s`]): the clients' cost.
+    pub fn watch_client_cpus(&mut self, cpus: &str) {
+        self.client_cpus = Some(crate::run::cpus_of(cpus));
+    }
+
+    /// Read the server host's block device `major:minor` (`/proc/diskstats`) with the
+    /// server's CPU at the start and end of every window ([`WindowCpu::disk`]).
+    pub fn watch_disk(&mut self, major: u32, minor: u32) {
+        self.disk = Some((major, minor));
     }
 
     /// Start ringlab-server with `args` on the server host, listening on all its addresses, and
@@ -351,92 +409,117 @@ impl<'a> Session<'a> {
     /// offset), the server's CPU read on its host over the measured window, the clients' JSON
     /// and interval logs fetched and merged exactly.
     pub fn clients(&mut self, spec: &RunSpec) -> Result<RunResult> {
+        let (mut groups, _) = self.client_groups(&[("", spec)])?;
+        Ok(groups.pop().context("no client group")?.res)
+    }
+
+    /// [`Session::clients`] for several groups of clients at once, each `(name, spec)` on every
+    /// client host with its share of that spec's load, all from one start instant (the files
+    /// scenario: hot fetches on a schedule beside cold ones as fast as they come). The specs
+    /// share the first one's duration and warm-up; the server's CPU over the window is every
+    /// group's. Each group's merged result with its hosts' reports, and the window.
+    pub fn client_groups(
+        &mut self,
+        groups: &[(&str, &RunSpec)],
+    ) -> Result<(Vec<Group>, WindowCpu)> {
         let f = self.f;
         let seq = self.seq;
+        let spec0 = groups.first().context("no client group")?.1;
         let up = self.server.as_ref().context("no server started")?;
         let (target, spids, server_cmd) = (up.target.clone(), up.spids.clone(), up.cmd.clone());
-        let run = {
+        let run0 = {
             let n = self.last.as_ref().map_or(0, |r| r.client_runs) + 1;
             format!("{seq}-{n}")
+        };
+        let run_of = |name: &str| {
+            if name.is_empty() {
+                run0.clone()
+            } else {
+                format!("{run0}-{name}")
+            }
         };
         // One start instant for all, on each host's own clock.
         let start_at = SystemTime::now() + START_MARGIN;
         let start_ms = unix_ms(start_at);
-        let dur = format!("{}ms", (spec.duration_s * 1e3) as u64);
-        let warm = format!("{}ms", (spec.warmup_s * 1e3) as u64);
+        let dur = format!("{}ms", (spec0.duration_s * 1e3) as u64);
+        let warm = format!("{}ms", (spec0.warmup_s * 1e3) as u64);
         let n = f.clients.len();
         let mut cmds = Vec::new();
-        let mut starts = Vec::new();
-        // The hosts with a share of the connections (all, unless there are fewer than hosts).
-        let mut part = Vec::new();
-        for (i, h) in f.clients.iter().enumerate() {
-            let Some(args) = host_args(&spec.client_args, i, n) else {
-                continue;
-            };
-            part.push(i);
-            let at = on_host_clock(start_ms, h.offset.offset_ms);
-            starts.push(at);
-            let mut argv = vec![
-                h.bin.clone(),
-                target.clone(),
-                "--cores".into(),
-                spec.client_cores.clone(),
-                "--duration".into(),
-                dur.clone(),
-                "--warmup".into(),
-                warm.clone(),
-                "--start-at".into(),
-                at.to_string(),
-                "--no-progress".into(),
-                "--json".into(),
-                format!("{}/client-{run}.json", h.dir),
-                "--hist-log".into(),
-                format!("{}/client-{run}.hlog", h.dir),
-            ];
-            argv.extend(args);
-            cmds.push(format!("{}: {}", h.ssh.dest, ssh::join(&argv)));
-            let script = ssh::spawn_script(
-                &h.dir,
-                self.limit,
-                &argv,
-                &format!("client-{run}"),
-                None,
-                None,
-            );
-            let mut r = Remote::start(&h.ssh, i + 1, Kind::Client, &script)
-                .map_err(|e| anyhow!("{}: {e:#}", h.name()))?;
-            match r.line(Duration::from_secs(15)) {
-                Ok(Some(l)) if l.starts_with("pid=") => r.set_pid(l[4..].trim().parse().ok()),
-                _ => {
-                    let why = r.lost();
-                    self.live.push(r);
-                    bail!("{}: could not start ringlab-client: {why}", h.name());
+        // Per group: the hosts with a share of its connections (all, unless there are fewer
+        // than hosts) and the instant each was given.
+        let mut parts: Vec<Vec<(usize, u64)>> = Vec::new();
+        for (name, spec) in groups {
+            let run = run_of(name);
+            let mut part = Vec::new();
+            for (i, h) in f.clients.iter().enumerate() {
+                let Some(args) = host_args(&spec.client_args, i, n) else {
+                    continue;
+                };
+                let at = on_host_clock(start_ms, h.offset.offset_ms);
+                part.push((i, at));
+                let mut argv = vec![
+                    h.bin.clone(),
+                    target.clone(),
+                    "--cores".into(),
+                    spec.client_cores.clone(),
+                    "--duration".into(),
+                    dur.clone(),
+                    "--warmup".into(),
+                    warm.clone(),
+                    "--start-at".into(),
+                    at.to_string(),
+                    "--no-progress".into(),
+                    "--json".into(),
+                    format!("{}/client-{run}.json", h.dir),
+                    "--hist-log".into(),
+                    format!("{}/client-{run}.hlog", h.dir),
+                ];
+                argv.extend(args);
+                cmds.push(format!("{}: {}", h.ssh.dest, ssh::join(&argv)));
+                let script = ssh::spawn_script(
+                    &h.dir,
+                    self.limit,
+                    &argv,
+                    &format!("client-{run}"),
+                    None,
+                    None,
+                );
+                let mut r = Remote::start(&h.ssh, i + 1, Kind::Client, &script)
+                    .map_err(|e| anyhow!("{}: {e:#}", h.name()))?;
+                match r.line(Duration::from_secs(15)) {
+                    Ok(Some(l)) if l.starts_with("pid=") => r.set_pid(l[4..].trim().parse().ok()),
+                    _ => {
+                        let why = r.lost();
+                        self.live.push(r);
+                        bail!("{}: could not start ringlab-client: {why}", h.name());
+                    }
                 }
+                self.live.push(r);
             }
-            self.live.push(r);
+            parts.push(part);
         }
 
         // The server's CPU over the measured window, read on its host; with a profile, perf
         // records the server's CPUs there over the window (started now, ahead of it: see
         // `ssh::profile_script`).
-        let win0 = start_at + Duration::from_secs_f64(spec.warmup_s);
-        let profiling = spec.profile.as_ref().map(|_| {
+        let win0 = start_at + Duration::from_secs_f64(spec0.warmup_s);
+        let profiling = spec0.profile.as_ref().map(|_| {
             let ssh = f.server.ssh.clone();
             let from = on_host_clock(unix_ms(win0), f.server.offset.offset_ms);
-            let to = from + (spec.duration_s * 1e3) as u64;
+            let to = from + (spec0.duration_s * 1e3) as u64;
             let script = ssh::profile_script(
                 &f.server.dir,
-                &format!("perf-{run}"),
-                &crate::run::server_cpus(spec),
+                &format!("perf-{run0}"),
+                &crate::run::server_cpus(spec0),
                 from,
                 to,
             );
-            let limit = Duration::from_secs_f64(spec.warmup_s + spec.duration_s + 90.0);
+            let limit = Duration::from_secs_f64(spec0.warmup_s + spec0.duration_s + 90.0);
             std::thread::spawn(move || call_within(&ssh, &script, limit))
         });
-        let cpu = self.window(&spids, win0, spec.duration_s)?;
+        let cpu = self.window(&spids, win0, spec0.duration_s)?;
 
-        // Every client's end.
+        // Every client's end (in the order started: group by group, host by host).
         let mut ends = Vec::new();
         let mut said = Vec::new();
         for r in self.live.iter_mut().filter(|r| r.kind == Kind::Client) {
@@ -464,75 +547,105 @@ impl<'a> Session<'a> {
         }
         self.live.retain(|r| r.kind != Kind::Client);
 
-        // Fetch and merge the clients' results.
-        let local = self.tmp.join(format!("fleet-{run}"));
-        std::fs::create_dir_all(&local)?;
-        let mut reports = Vec::new();
-        let mut logs = Vec::new();
-        for &i in &part {
-            let h = &f.clients[i];
-            let name = h.name();
-            let fetch = |file: String, what: &str| {
-                call(
-                    &h.ssh,
-                    &format!("cat {}", ssh::quote(&format!("{}/{file}", h.dir))),
-                )
-                .map_err(|e| anyhow!("{name}: fetching {what}: {e:#}"))
-            };
-            let json = fetch(format!("client-{run}.json"), "results")?;
-            let rep: ClientReport = serde_json::from_str(&json)
-                .with_context(|| format!("{name}: parsing ringlab-client's JSON"))?;
-            let hlog = fetch(format!("client-{run}.hlog"), "the interval log")?;
-            let lp = local.join(format!("client-{i}.hlog"));
-            std::fs::write(&lp, hlog)?;
-            std::fs::write(local.join(format!("client-{i}.json")), json)?;
-            logs.push(lp);
-            reports.push((h.ssh.dest.clone(), rep));
-        }
-        let merged = Merged::read(&logs).context("merging the clients' interval logs")?;
-        let mut res = merge_hosts(spec, &reports, &merged.corrected_total(), &ends);
-        cpu.apply(&mut res);
-        if let Some(h) = profiling {
-            let sname = f.server.name();
-            res.profile = Some(match h.join() {
-                Ok(Ok(out)) => crate::profile::from_remote(&out, &spids),
-                Ok(Err(e)) => crate::profile::Breakdown {
-                    note: Some(format!("{sname}: perf: {e:#}")),
-                    ..Default::default()
-                },
-                Err(_) => crate::profile::Breakdown {
-                    note: Some(format!("{sname}: the profile's thread failed")),
-                    ..Default::default()
-                },
-            });
-        }
-        res.server_cmd = server_cmd;
-        res.client_cmd = cmds.join("\n");
-        let mut hosts = host_rows(&reports, &ends);
-        for (row, (&i, at)) in hosts.iter_mut().zip(part.iter().zip(&starts)) {
-            row.offset_ms = f.clients[i].offset.offset_ms;
-            row.start_at_ms = *at;
-        }
-        self.responses += hosts.iter().map(|h| h.responses_total).sum::<u64>();
-        self.record(spec, &res, hosts);
-        if res.requests == 0.0 {
-            // The run's own failure (as on one machine), not a host's: reported, left out.
-            let errors: Vec<String> = reports
-                .iter()
-                .map(|(h, r)| {
-                    format!(
-                        "{h}: {} responses, {} errors",
-                        r.counters.responses, r.errors_total
+        // Fetch and merge each group's results.
+        let mut out = Vec::new();
+        let mut all_hosts = Vec::new();
+        let mut ends = ends.into_iter();
+        let mut profiling = profiling;
+        let mut failed = None;
+        for ((name, spec), part) in groups.iter().zip(&parts) {
+            let run = run_of(name);
+            let local = self.tmp.join(format!("fleet-{run}"));
+            std::fs::create_dir_all(&local)?;
+            let mut reports = Vec::new();
+            let mut logs = Vec::new();
+            let group_ends: Vec<i32> = ends.by_ref().take(part.len()).collect();
+            for &(i, _) in part {
+                let h = &f.clients[i];
+                let hname = h.name();
+                let fetch = |file: String, what: &str| {
+                    call(
+                        &h.ssh,
+                        &format!("cat {}", ssh::quote(&format!("{}/{file}", h.dir))),
                     )
-                })
-                .collect();
-            return Err(anyhow::Error::new(super::RunFailed(format!(
-                "no request completed in the window on any client host ({}; {})",
-                errors.join(", "),
-                said.join("; ")
-            ))));
+                    .map_err(|e| anyhow!("{hname}: fetching {what}: {e:#}"))
+                };
+                let json = fetch(format!("client-{run}.json"), "results")?;
+                let rep: ClientReport = serde_json::from_str(&json)
+                    .with_context(|| format!("{hname}: parsing ringlab-client's JSON"))?;
+                let hlog = fetch(format!("client-{run}.hlog"), "the interval log")?;
+                let lp = local.join(format!("client-{i}.hlog"));
+                std::fs::write(&lp, hlog)?;
+                std::fs::write(local.join(format!("client-{i}.json")), json)?;
+                logs.push(lp);
+                reports.push((h.ssh.dest.clone(), rep));
+            }
+            let merged = Merged::read(&logs).context("merging the clients' interval logs")?;
+            let mut res = merge_hosts(spec, &reports, &merged.corrected_total(), &group_ends);
+            cpu.apply(&mut res);
+            if let Some(h) = profiling.take() {
+                let sname = f.server.name();
+                res.profile = Some(match h.join() {
+                    Ok(Ok(out)) => crate::profile::from_remote(&out, &spids),
+                    Ok(Err(e)) => crate::profile::Breakdown {
+                        note: Some(format!("{sname}: perf: {e:#}")),
+                        ..Default::default()
+                    },
+                    Err(_) => crate::profile::Breakdown {
+                        note: Some(format!("{sname}: the profile's thread failed")),
+                        ..Default::default()
+                    },
+                });
+            }
+            res.server_cmd = server_cmd.clone();
+            res.client_cmd = cmds.join("\n");
+            let mut hosts = host_rows(&reports, &group_ends);
+            for (row, &(i, at)) in hosts.iter_mut().zip(part) {
+                row.offset_ms = f.clients[i].offset.offset_ms;
+                row.start_at_ms = at;
+                if !name.is_empty() {
+                    row.host = format!("{} ({name})", row.host);
+                }
+            }
+            self.responses += hosts.iter().map(|h| h.responses_total).sum::<u64>();
+            all_hosts.extend(hosts);
+            if res.requests == 0.0 {
+                // The run's own failure (as on one machine), not a host's: reported, left out.
+                let errors: Vec<String> = reports
+                    .iter()
+                    .map(|(h, r)| {
+                        format!(
+                            "{h}: {} responses, {} errors",
+                            r.counters.responses, r.errors_total
+                        )
+                    })
+                    .collect();
+                let group = if name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({name} clients)")
+                };
+                failed.get_or_insert(anyhow::Error::new(super::RunFailed(format!(
+                    "no request completed in the window on any client host{group} ({}; {})",
+                    errors.join(", "),
+                    said.join("; ")
+                ))));
+            }
+            out.push(Group { res, reports });
         }
-        Ok(res)
+        // The run's table (printed when the server stops), failed or not.
+        let total = RunResult {
+            requests: out.iter().map(|g| g.res.requests).sum(),
+            rps: out.iter().map(|g| g.res.rps).sum(),
+            p99_us: out.first().map_or(0.0, |g| g.res.p99_us),
+            server_cpu_s: cpu.d.cpu_s(),
+            ..RunResult::default()
+        };
+        self.record(spec0, &total, all_hosts);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok((out, cpu)),
+        }
     }
 
     /// Run `argvs` (each `(client host index, argv)`) on the client hosts, each from one start
@@ -664,6 +777,7 @@ impl<'a> Session<'a> {
         let end = read_end(&mut self.live[i], Duration::from_secs(25))
             .map_err(|e| anyhow!("{sname}: {e:#}"))?;
         self.live[i].set_pid(None);
+        self.uncap();
         if end.code != Some(0) {
             bail!(
                 "{sname}: {} exited with {:?}: {}",
@@ -694,21 +808,74 @@ impl<'a> Session<'a> {
     }
 
     /// The server processes `spids` measured on their host from `win0` for `dur_s` seconds,
-    /// every remote process watched meanwhile.
+    /// every remote process watched meanwhile. The reads are made at the window's two ends on
+    /// each host's clock by one SSH call started now, ahead of the window
+    /// ([`ssh::at_instants`]): an SSH connection takes up to most of a second to set up on
+    /// these VMs, and reads made by calls started at the two instants came that much late,
+    /// so a short window was read after its run had ended.
     fn window(&mut self, spids: &[u32], win0: SystemTime, dur_s: f64) -> Result<WindowCpu> {
-        let srv = &self.f.server;
+        let f = self.f;
+        let srv = &f.server;
         let sname = srv.name();
-        self.watch_until(win0)?;
-        let s0 = call(&srv.ssh, &ssh::proc_script(spids))
-            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
-        self.watch_until(win0 + Duration::from_secs_f64(dur_s))?;
-        let s1 = call(&srv.ssh, &ssh::proc_script(spids))
-            .map_err(|e| anyhow!("{sname}: reading /proc: {e:#}"));
-        let (p0, p1) = (ProcRead::parse(&s0?)?, ProcRead::parse(&s1?)?);
+        let win1 = win0 + Duration::from_secs_f64(dur_s);
+        let limit =
+            win1.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_secs(30);
+        let read = |h: &super::Host, body: &str| {
+            let (a, b) = (
+                on_host_clock(unix_ms(win0), h.offset.offset_ms),
+                on_host_clock(unix_ms(win1), h.offset.offset_ms),
+            );
+            let (s, script, name) = (h.ssh.clone(), ssh::at_instants(body, a, b), h.name());
+            std::thread::spawn(move || {
+                call_within(&s, &script, limit).map_err(|e| anyhow!("{name}: reading /proc: {e:#}"))
+            })
+        };
+        let server_read = read(srv, &ssh::proc_script(spids, self.disk));
+        let client_reads: Vec<_> = match &self.client_cpus {
+            Some(_) => f
+                .clients
+                .iter()
+                .map(|h| read(h, ssh::STAT_SCRIPT))
+                .collect(),
+            None => Vec::new(),
+        };
+        self.watch_until(win1)?;
+        let joined = |h: std::thread::JoinHandle<Result<String>>| -> Result<(String, String)> {
+            let out = h
+                .join()
+                .map_err(|_| anyhow!("reading /proc: the thread failed"))??;
+            let (a, b) = out
+                .split_once(ssh::AT_INSTANTS_MARK)
+                .context("reading /proc: the second read is missing")?;
+            Ok((a.to_string(), b.to_string()))
+        };
+        let (s0, s1) = joined(server_read).map_err(|e| anyhow!("{sname}: {e:#}"))?;
+        let (p0, p1) = (ProcRead::parse(&s0)?, ProcRead::parse(&s1)?);
         let d = p1.sample.since(&p0.sample);
         // Scale the CPU read between the two samples to the window.
         let span = (p1.now_ns - p0.now_ns) as f64 / 1e9;
         let k = if span > 0.0 { dur_s / span } else { 1.0 };
+        let client_busy_s = match &self.client_cpus {
+            None => None,
+            Some(cpus) => {
+                let mut sum = 0.0;
+                for (h, r) in f.clients.iter().zip(client_reads) {
+                    let (a, b) = joined(r)?;
+                    let busy = |t: &str| {
+                        crate::procs::busy_of(t, cpus).with_context(|| {
+                            format!("{}: /proc/stat has no line for CPUs {cpus:?}", h.name())
+                        })
+                    };
+                    let tck: f64 = a
+                        .lines()
+                        .find_map(|l| l.strip_prefix("tck "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(100.0);
+                    sum += busy(&b)?.saturating_sub(busy(&a)?) as f64 / tck;
+                }
+                Some(sum)
+            }
+        };
         Ok(WindowCpu {
             d: ProcSample {
                 user_s: d.user_s * k,
@@ -717,6 +884,9 @@ impl<'a> Session<'a> {
                 run_ns: d.run_ns.map(|n| (n as f64 * k) as u64),
             },
             rss_kib: p1.rss_kib,
+            disk: p0.disk.zip(p1.disk),
+            span_ms: span * 1e3,
+            client_busy_s,
         })
     }
 
@@ -766,6 +936,13 @@ impl<'a> Session<'a> {
     }
 }
 
+/// One group of [`Session::client_groups`]: its hosts merged, and each host's report.
+pub struct Group {
+    pub res: RunResult,
+    /// `(host, report)`, host by host.
+    pub reports: Vec<(String, ClientReport)>,
+}
+
 /// How a tool run by [`Session::tool`] ended on its host.
 pub struct ToolEnd {
     pub code: i32,
@@ -779,6 +956,14 @@ pub struct ToolEnd {
 pub struct WindowCpu {
     pub d: ProcSample,
     pub rss_kib: u64,
+    /// The `/proc/diskstats` lines of the device watched ([`Session::watch_disk`]) at the
+    /// window's start and end, read with the CPU.
+    pub disk: Option<(String, String)>,
+    /// Milliseconds between the two reads (on the server host's clock).
+    pub span_ms: f64,
+    /// Seconds the watched client CPUs were busy over the window, all client hosts together
+    /// ([`Session::watch_client_cpus`]).
+    pub client_busy_s: Option<f64>,
 }
 
 impl WindowCpu {
@@ -790,6 +975,9 @@ impl WindowCpu {
         if res.requests > 0.0 {
             res.cpu_per_req_us = res.server_cpu_s * 1e6 / res.requests;
             res.ctx_switches_per_req = self.d.ctx_switches as f64 / res.requests;
+            if let Some(b) = self.client_busy_s {
+                res.client_cpu_per_req_us = b * 1e6 / res.requests;
+            }
         }
         res.server_rss_kib = self.rss_kib as f64;
     }

@@ -249,12 +249,68 @@ pub fn profile_script(dir: &str, name: &str, cpus: &str, from_ms: u64, to_ms: u6
     )
 }
 
-/// Print what [`super::ProcRead::parse`] reads of processes `pids`: `/proc/PID/stat`, each
-/// thread's run time and context switches, RSS, the clock tick and the host's time.
-pub fn proc_script(pids: &[u32]) -> String {
-    let list = pid_list(pids);
+/// Shell lines that set `v` (v1 or v2) and `root` to the cgroup hierarchy holding the `cpu`
+/// controller, as [`crate::cgroup::find`] picks it (a v1 mount with `cpu` first), or print
+/// `cap-failed: WHY` and exit 0.
+const CGROUP_ROOT: &str = r#"m=$(awk '$3 == "cgroup" && $4 ~ /(^|,)cpu(,|$)/ { print "v1 " $2; exit }' /proc/self/mounts)
+if [ -z "$m" ]; then
+  for d in $(awk '$3 == "cgroup2" { print $2 }' /proc/self/mounts); do
+    if grep -qw cpu "$d/cgroup.controllers" 2>/dev/null; then m="v2 $d"; break; fi
+  done
+fi
+[ -n "$m" ] || { echo "cap-failed: no cgroup cpu controller is mounted"; exit 0; }
+v=${m%% *}; root=${m#* }
+"#;
+
+/// Cap processes `pids` at `share` of one CPU in a new cgroup `name` (v1: `cpu.cfs_period_us`
+/// = `period_us` and `cpu.cfs_quota_us` = `quota_us`; v2: `cpu.max`): prints `cgroup=DIR
+/// (FILES)`, or `cap-failed: WHY` (exit 0 either way; a group made before a failure is left
+/// for [`uncap_script`]).
+pub fn cap_script(name: &str, period_us: u64, quota_us: u64, pids: &[u32]) -> String {
+    let name = quote(name);
     format!(
-        "for p in {list}; do\n  [ -r /proc/$p/stat ] || continue\n  echo \"stat $(cat /proc/$p/stat)\"\n  for t in /proc/$p/task/*; do\n    echo \"sched $(cut -d' ' -f1 $t/schedstat 2>/dev/null)\"\n    grep -h ctxt_switches $t/status\n  done\n  grep -h VmRSS /proc/$p/status\ndone\necho \"tck $(getconf CLK_TCK)\"\necho \"now $(date +%s%N)\"\n"
+        "{CGROUP_ROOT}g=\"$root\"/{name}\n[ \"$v\" = v2 ] && echo +cpu > \"$root/cgroup.subtree_control\" 2>/dev/null\nmkdir \"$g\" 2>/dev/null || {{ echo \"cap-failed: cannot create cgroup $g (root and a writable cgroup file system are needed)\"; exit 0; }}\nif [ \"$v\" = v1 ]; then\n  echo {period_us} > \"$g/cpu.cfs_period_us\" && echo {quota_us} > \"$g/cpu.cfs_quota_us\" && what=\"cpu.cfs_period_us = {period_us}, cpu.cfs_quota_us = {quota_us}\"\nelse\n  echo \"{quota_us} {period_us}\" > \"$g/cpu.max\" && what=\"cpu.max = {quota_us} {period_us}\"\nfi\n[ -n \"$what\" ] || {{ echo \"cap-failed: cannot write the quota in $g\"; exit 0; }}\nfor p in {}; do\n  echo $p > \"$g/cgroup.procs\" 2>/dev/null || {{ echo \"cap-failed: cannot move process $p into $g\"; exit 0; }}\ndone\necho \"cgroup=$g ($what)\"\n",
+        pid_list(pids)
+    )
+}
+
+/// Remove every cgroup whose name starts with `prefix` in the `cpu` hierarchy (what is left
+/// in one goes back to the root group first). Prints `uncap-failed: DIR` for one that stays;
+/// exits 0.
+pub fn uncap_script(prefix: &str) -> String {
+    format!(
+        "{}for g in \"$root\"/{}*; do\n  [ -d \"$g\" ] || continue\n  for p in $(cat \"$g/cgroup.procs\" 2>/dev/null); do echo $p > \"$root/cgroup.procs\" 2>/dev/null; done\n  rmdir \"$g\" 2>/dev/null || {{ sleep 0.2; rmdir \"$g\" 2>/dev/null; }} || echo \"uncap-failed: $g\"\ndone\nexit 0\n",
+        CGROUP_ROOT.replace("echo \"cap-failed: no cgroup cpu controller is mounted\"; ", ""),
+        quote(prefix)
+    )
+}
+
+/// The line [`at_instants`] prints between its two reads.
+pub const AT_INSTANTS_MARK: &str = "--- at the second instant\n";
+
+/// `body` run at `from_ms` and again at `to_ms` (Unix ms on the host's clock), its two outputs
+/// parted by [`AT_INSTANTS_MARK`]: one SSH call started ahead of both instants, so that the
+/// connection's setup is not taken from the window between them.
+pub fn at_instants(body: &str, from_ms: u64, to_ms: u64) -> String {
+    format!(
+        "w() {{ d=$(( $1 * 1000000 - $(date +%s%N) )); if [ $d -gt 0 ]; then sleep \"$(( d / 1000000000 )).$(printf %09d $(( d % 1000000000 )))\"; fi; }}\nw {from_ms}\n{body}\nprintf '%s' {}\nw {to_ms}\n{body}\n",
+        quote(AT_INSTANTS_MARK)
+    )
+}
+
+/// Print the `cpuN` lines of `/proc/stat` and the clock tick, for the busy time of CPUs.
+pub const STAT_SCRIPT: &str = "grep '^cpu[0-9]' /proc/stat\necho \"tck $(getconf CLK_TCK)\"\n";
+
+/// Print what [`super::ProcRead::parse`] reads of processes `pids`: `/proc/PID/stat`, each
+/// thread's run time and context switches, RSS, the clock tick and the host's time; with
+/// `disk` = (major, minor), also that device's `/proc/diskstats` line as `disk LINE`.
+pub fn proc_script(pids: &[u32], disk: Option<(u32, u32)>) -> String {
+    let list = pid_list(pids);
+    let disk = disk.map_or(String::new(), |(a, b)| {
+        format!("awk '$1 == {a} && $2 == {b} {{ print \"disk \" $0 }}' /proc/diskstats\n")
+    });
+    format!(
+        "for p in {list}; do\n  [ -r /proc/$p/stat ] || continue\n  echo \"stat $(cat /proc/$p/stat)\"\n  for t in /proc/$p/task/*; do\n    echo \"sched $(cut -d' ' -f1 $t/schedstat 2>/dev/null)\"\n    grep -h ctxt_switches $t/status\n  done\n  grep -h VmRSS /proc/$p/status\ndone\necho \"tck $(getconf CLK_TCK)\"\necho \"now $(date +%s%N)\"\n{disk}"
     )
 }
 
@@ -321,6 +377,98 @@ mod tests {
     }
 
     /// Whether nginx is here (else skipped, or a failure under RINGLAB_REQUIRE_PEERS).
+    fn sh(script: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    #[test]
+    fn reads_come_at_their_two_instants_from_one_call() {
+        // Started well before both: each read is made at its instant, not when called.
+        let t0 = now_ms();
+        let (from, to) = (t0 + 300, t0 + 700);
+        let out = sh(&at_instants("echo \"at $(date +%s%3N)\"", from, to));
+        let (a, b) = out.split_once(AT_INSTANTS_MARK).expect("two reads");
+        let at = |t: &str| -> u64 { t.trim().strip_prefix("at ").unwrap().parse().unwrap() };
+        let (a, b) = (at(a), at(b));
+        assert!(
+            a >= from && a < from + 150,
+            "first read at {a}, asked {from}"
+        );
+        assert!(b >= to && b < to + 150, "second read at {b}, asked {to}");
+        // An instant already past: read at once.
+        let out = sh(&at_instants("echo x", 1, 2));
+        assert_eq!(out, format!("x\n{AT_INSTANTS_MARK}x\n"));
+    }
+
+    #[test]
+    fn a_server_is_capped_in_a_cgroup_and_the_group_removed() {
+        let can =
+            rustix::process::geteuid().is_root() && crate::cgroup::CpuCap::create(0.5).is_ok();
+        if !can {
+            assert!(
+                std::env::var("RINGLAB_REQUIRE_NETADMIN").as_deref() != Ok("1"),
+                "RINGLAB_REQUIRE_NETADMIN=1 but no cgroup cpu controller can be written"
+            );
+            eprintln!("skipped: not root, or no writable cgroup cpu controller");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let prefix = format!("ringlab-test-{}-cap", std::process::id());
+        let (period, quota) = crate::cgroup::period_and_quota(0.25);
+        let out = sh(&cap_script(
+            &format!("{prefix}-1"),
+            period,
+            quota,
+            &[child.id()],
+        ));
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("cgroup="))
+            .unwrap_or_else(|| panic!("{out}"));
+        let dir = line.split_whitespace().next().unwrap().to_string();
+        assert!(line.contains(&quota.to_string()), "{line}");
+        let procs = std::fs::read_to_string(format!("{dir}/cgroup.procs")).unwrap();
+        assert!(
+            procs
+                .split_whitespace()
+                .any(|p| p == child.id().to_string()),
+            "{procs}"
+        );
+        // Removed, with its member back in the root group (still running).
+        let out = sh(&uncap_script(&prefix));
+        assert!(!out.contains("uncap-failed"), "{out}");
+        assert!(!std::path::Path::new(&dir).exists(), "{dir} is still there");
+        assert!(child.try_wait().unwrap().is_none());
+        let _ = child.kill();
+        let _ = child.wait();
+        // A process that is not there: one line saying why, and the group goes too.
+        let out = sh(&cap_script(
+            &format!("{prefix}-2"),
+            period,
+            quota,
+            &[u32::MAX - 1],
+        ));
+        assert!(out.starts_with("cap-failed: cannot move process"), "{out}");
+        sh(&uncap_script(&prefix));
+        assert!(!std::path::Path::new(&dir.replace("-cap-1", "-cap-2")).exists());
+    }
+
     fn have_nginx() -> bool {
         let ok = crate::peers::nginx_installed();
         if !ok {

@@ -43,10 +43,6 @@ impl Scenario for Clients {
         "clients"
     }
 
-    fn fleet_refusal(&self) -> Option<&'static str> {
-        Some("it reads the client CPU's busy time on this machine and caps the server in a cgroup here")
-    }
-
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
         if ctx.run.netns.is_some() {
             bail!("clients measures the client CPU of this machine: not run under --netns");
@@ -56,8 +52,9 @@ impl Scenario for Clients {
         let reps = ctx.reps(6);
         let share = ctx.o.server_share;
         let mut notes = String::new();
-        let cap = match CpuCap::create(share) {
-            Ok(c) => Some(c),
+        let fleet = ctx.run.fleet.as_deref();
+        let cap = match fleet.map_or_else(|| CpuCap::create(share).map(Some), |_| Ok(None)) {
+            Ok(c) => c,
             Err(e) => {
                 let line = format!(
                     "the server's CPU could not be capped ({e:#}): every client drives it as fast as it can, so the rows are not at one rate and their costs per request are not at equal load"
@@ -84,15 +81,52 @@ impl Scenario for Clients {
             specs.push(s);
         }
         let server_args = specs[0].server_args.clone();
-        let wrk = have("wrk");
-        if !wrk {
-            let line = "wrk is not installed (Debian: `apt-get install wrk`): the ringlab-client rows are measured without the baseline";
+        // Fleet mode: wrk on every client host (and whether each has taskset).
+        let (wrk, taskset) = match fleet {
+            None => (
+                have("wrk").then_some(()).ok_or_else(|| {
+                    "wrk is not installed (Debian: `apt-get install wrk`)".to_string()
+                }),
+                Vec::new(),
+            ),
+            Some(f) => match peers::fleet_wrk_hosts(f) {
+                Ok(t) => (Ok(()), t),
+                Err(e) if crate::fleet::is_host_failure(&e) => return Err(e),
+                Err(e) => (Err(format!("{e:#}")), Vec::new()),
+            },
+        };
+        if let Err(why) = &wrk {
+            let line = format!("{why}: the ringlab-client rows are measured without the baseline");
             eprintln!("clients: {line}");
             notes += &format!("\n- {line}\n");
         }
+        let wrk = wrk.is_ok();
+        // Fleet mode: how the first capping went on the server host.
+        let mut capped: Option<std::result::Result<String, String>> = None;
         let mut raw: Vec<RunResult> = Vec::new();
         for r in 0..reps {
             eprintln!("  clients: repetition {}/{reps}", r + 1);
+            if let Some(f) = fleet {
+                for (spec, what) in specs.iter().map(|s| (s, None)).chain(
+                    [BASE.to_string(), verdict::aa_of(BASE)]
+                        .into_iter()
+                        .filter(|_| wrk)
+                        .map(|l| (&specs[0], Some(l))),
+                ) {
+                    let label = what.clone().unwrap_or_else(|| spec.label.clone());
+                    let wrk_as = what.as_deref().map(|l| (l, &taskset[..], conns));
+                    match fleet_one(ctx, f, spec, share, wrk_as, &mut capped) {
+                        Ok(mut x) => {
+                            x.label = label;
+                            x.rep = r;
+                            raw.push(x);
+                        }
+                        Err(e) if crate::fleet::is_host_failure(&e) => return Err(e),
+                        Err(e) => eprintln!("  clients: {label} failed: {e:#}"),
+                    }
+                }
+                continue;
+            }
             let (_, runs) = ctx.go(&specs, 1)?;
             raw.extend(runs.into_iter().map(|mut x| {
                 x.rep = r;
@@ -112,6 +146,17 @@ impl Scenario for Clients {
             }
         }
         drop(cap);
+        if let Some(Err(why)) = &capped {
+            let line = format!(
+                "the server's CPU could not be capped ({why}): every client drives it as fast as it can, so the rows are not at one rate and their costs per request are not at equal load"
+            );
+            eprintln!("clients: {line}");
+            notes += &format!("\n- {line}\n");
+        }
+        let capped = match fleet {
+            None => group.is_some(),
+            Some(_) => matches!(capped, Some(Ok(_))),
+        };
         let labels: Vec<String> = ["uring", "epoll"]
             .iter()
             .map(|io| client_row(io))
@@ -142,18 +187,64 @@ impl Scenario for Clients {
         let load_lines = load_per_core(&vs, &m);
         rep.add_verdicts("clients", &vs, &load_lines);
         let table = table(&m);
-        let cap_text = match &group {
-            Some(_) => format!("the server (ringlab-server --io epoll --proto http) capped at {share} of a CPU by a cgroup, so that it is the limit and every client drives it at the same rate"),
-            None => "the server uncapped (see the note below)".to_string(),
+        let on = fleet.map_or(String::new(), |f| {
+            format!(" on the server host {}", f.server.ssh.dest)
+        });
+        let cap_text = if capped {
+            format!("the server (ringlab-server --io epoll --proto http{on}) capped at {share} of a CPU by a cgroup, so that it is the limit and every client drives it at the same rate")
+        } else {
+            "the server uncapped (see the note below)".to_string()
+        };
+        let cpu_where = match fleet {
+            None => format!("the client CPU ({})", ctx.o.client_cores),
+            Some(f) => format!(
+                "the client CPUs ({}) of every client host ({}), summed",
+                ctx.o.client_cores,
+                f.clients
+                    .iter()
+                    .map(|h| h.ssh.dest.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         let text = format!(
-            "What a request costs the client: ringlab-client (`--io uring`, `--io epoll`) and wrk (`wrk -t1`; `wrk A/A` is a second wrk run in the same repetition, the noise floor) against the same server, HTTP/1.1 `GET /`, {conns} keep-alive connections, closed loop, {cap_text}. Client CPU is the busy time of the client CPU ({cores}) in /proc/stat over the measured window (user, system, irq, softirq: the client and the TCP work done on its CPU), per request; load per core is 10⁶ ÷ that. {reps} interleaved repetitions of {dur:.1} s (wrk: its whole run, no warm-up); medians, ratios paired with their 95% interval. The goal: ringlab-client carries at least {GOAL}× wrk's load per core.\n\n{table}\n{load_lines}{notes}",
-            cores = ctx.o.client_cores
+            "What a request costs the client: ringlab-client (`--io uring`, `--io epoll`) and wrk (`wrk -t1`; `wrk A/A` is a second wrk run in the same repetition, the noise floor) against the same server, HTTP/1.1 `GET /`, {conns} keep-alive connections, closed loop, {cap_text}. Client CPU is the busy time of {cpu_where} in /proc/stat over the measured window (user, system, irq, softirq: the client and the TCP work done on its CPU), per request; load per core is 10⁶ ÷ that. {reps} interleaved repetitions of {dur:.1} s (wrk: its whole run, no warm-up); medians, ratios paired with their 95% interval. The goal: ringlab-client carries at least {GOAL}× wrk's load per core.\n\n{table}\n{load_lines}{notes}",
         );
         println!("\nclients: what a request costs the client\n\n{table}\n{load_lines}{notes}");
         rep.section("clients", &text, &m, &raw);
         Ok(())
     }
+}
+
+/// One run on the fleet: a fresh server on the server host, capped at `share` there (how the
+/// first capping went is kept in `capped`), the busy time of the client CPUs read on every
+/// client host over the window; ringlab-client as `spec` says, or, with `wrk` = (label,
+/// taskset per host, connections), `wrk -t1` from every client host.
+fn fleet_one(
+    ctx: &Ctx,
+    f: &crate::fleet::Fleet,
+    spec: &RunSpec,
+    share: f64,
+    wrk: Option<(&str, &[bool], u32)>,
+    capped: &mut Option<std::result::Result<String, String>>,
+) -> Result<RunResult> {
+    f.guard(|| {
+        let limit = (spec.warmup_s + spec.duration_s + 60.0).ceil() as u64;
+        let mut s = f.session(&ctx.run.tmp, limit)?;
+        s.server(&spec.server_args)?;
+        let c = s.cap_server(share)?;
+        capped.get_or_insert(c);
+        s.watch_client_cpus(&ctx.o.client_cores);
+        let r = match wrk {
+            None => s.clients(spec)?,
+            Some((label, taskset, conns)) => {
+                let secs = spec.duration_s.ceil().max(1.0) as u64;
+                peers::fleet_wrk_in(ctx, &mut s, label, conns, secs, taskset)?
+            }
+        };
+        s.finish()?;
+        Ok(r)
+    })
 }
 
 /// The verdicts of every row in `cands` against wrk at `conns` (`load`: how the rate was set),

@@ -44,6 +44,15 @@ const MIN_STOP: usize = 10;
 const STEAL_LIMIT: f64 = 8.0;
 const SIZE: &str = "64";
 
+/// The server-bound runs' CPU caps.
+enum Caps {
+    /// cgroups on this machine (side by side: one per place in the start order).
+    Local(Vec<CpuCap>),
+    /// Fleet mode: each run's server capped on the server host at `share` of a CPU by the run
+    /// (`RunSpec::server_share`); `what` the probe's cgroup files.
+    Remote { share: f64, what: String },
+}
+
 impl Scenario for Compare {
     fn name(&self) -> &'static str {
         "compare"
@@ -65,13 +74,23 @@ impl Scenario for Compare {
         let (mut load_specs, mut load_at) = plan.load_specs(ctx, &caps)?;
         let cap = if ctx.run.netns.is_some() {
             Err("not under --netns (the server runs in another namespace's cgroup view)".into())
-        } else if ctx.run.fleet.is_some() {
-            Err("not in fleet mode (the server runs on another host)".into())
+        } else if let Some(f) = ctx.run.fleet.as_deref() {
+            // A group of its own for each run's server on the server host (the rows run one
+            // after another there), made and removed by the run; tried once first.
+            match f.guard(|| f.probe_cap(ctx.o.server_share))? {
+                Ok(what) => Ok(Caps::Remote {
+                    share: ctx.o.server_share,
+                    what,
+                }),
+                Err(why) => Err(why),
+            }
         } else {
             // Side by side, a group of its own for each row's server, each capped at an equal
             // part of the share: the same CPU budget for every row.
             let n = if plan.together { plan.rows.len() } else { 1 };
-            CpuCap::create_many(ctx.o.server_share / n as f64, n).map_err(|e| format!("{e:#}"))
+            CpuCap::create_many(ctx.o.server_share / n as f64, n)
+                .map(Caps::Local)
+                .map_err(|e| format!("{e:#}"))
         };
         let (cap_specs, cap_at) = match &cap {
             Ok(c) => plan.capacity_specs(ctx, c)?,
@@ -111,7 +130,7 @@ impl Scenario for Compare {
             // Side by side, each server-bound row goes into the group of its place in the start
             // order, which rotates with it.
             let groups: Vec<std::path::PathBuf> = match &cap {
-                Ok(c) if plan.together => c.iter().map(|g| g.dir.clone()).collect(),
+                Ok(Caps::Local(c)) if plan.together => c.iter().map(|g| g.dir.clone()).collect(),
                 _ => Vec::new(),
             };
             for (specs, order, runs, groups) in [
@@ -175,12 +194,16 @@ impl Scenario for Compare {
                 break e;
             }
         };
-        let cap_note = match cap.as_deref() {
-            Ok([c]) => format!(
+        let cap_note = match &cap {
+            Ok(Caps::Local(cs)) if cs.len() == 1 => format!(
                 "Server-bound capacity: the server in cgroup {}, capped at {} of a CPU.",
-                c.what, c.share
+                cs[0].what, cs[0].share
             ),
-            Ok(cs) => format!(
+            Ok(Caps::Remote { share, what }) => format!(
+                "Server-bound capacity: each run's server in a cgroup of its own on the server host {}, capped at {share} of a CPU ({what}).",
+                ctx.run.fleet.as_ref().map_or("", |f| f.server.ssh.dest.as_str())
+            ),
+            Ok(Caps::Local(cs)) => format!(
                 "Server-bound capacity: each server in a cgroup of its own, capped at {:.3} of a CPU ({} in all): {}.",
                 cs.first().map_or(0.0, |c| c.share),
                 ctx.o.server_share,
@@ -503,8 +526,12 @@ impl Plan {
     }
 
     /// Server-bound specs: per conns, every row closed loop with the server in `cap`.
-    fn capacity_specs(&self, ctx: &Ctx, caps: &[CpuCap]) -> Result<(Vec<RunSpec>, Vec<At>)> {
-        let share = caps.iter().map(|c| c.share).sum::<f64>();
+    fn capacity_specs(&self, ctx: &Ctx, cap: &Caps) -> Result<(Vec<RunSpec>, Vec<At>)> {
+        let (caps, remote): (&[CpuCap], Option<f64>) = match cap {
+            Caps::Local(c) => (c, None),
+            Caps::Remote { share, .. } => (&[], Some(*share)),
+        };
+        let share = remote.unwrap_or_else(|| caps.iter().map(|c| c.share).sum::<f64>());
         let mut specs = Vec::new();
         let mut at = Vec::new();
         for &c in &self.conns {
@@ -533,6 +560,7 @@ impl Plan {
                 if !self.together {
                     s.cgroup = caps.first().map(|c| c.dir.clone());
                 }
+                s.server_share = remote;
                 specs.push(s);
             }
         }

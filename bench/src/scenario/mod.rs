@@ -9,7 +9,7 @@ mod clients;
 mod coalesce;
 mod compare;
 mod features;
-mod files;
+pub mod files;
 mod http;
 mod latency;
 mod multiplex;
@@ -68,7 +68,7 @@ pub fn run_files(args: &FilesArgs, o: &Opts) -> Result<()> {
 }
 
 /// Run `scenarios` (called `name` in the report directory's name) with the flags `o`.
-fn run_these(name: &str, mut scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> {
+fn run_these(name: &str, scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<()> {
     // A scenario that measures no peer refuses --peer before it runs anything (`all` takes
     // them for the scenarios that do, and says which do not).
     if !o.peer.is_empty() && !scenarios.iter().any(|s| s.takes_peers()) {
@@ -101,27 +101,8 @@ fn run_these(name: &str, mut scenarios: Vec<&dyn Scenario>, o: &Opts) -> Result<
     let fleet = match crate::fleet::FleetOpts::of(o)? {
         None => None,
         Some(mut f) => {
-            if let Some(s) = scenarios.iter().find(|s| s.fleet_refusal().is_some()) {
-                if scenarios.len() == 1 {
-                    bail!(
-                        "{} does not run in fleet mode: {}",
-                        s.name(),
-                        s.fleet_refusal().unwrap_or_default()
-                    );
-                }
-            }
-            // `all`: the scenarios that cannot run on a fleet are left out, each with its line.
-            scenarios.retain(|s| match s.fleet_refusal() {
-                Some(why) => {
-                    eprintln!(
-                        "ringlab-bench: {} left out: it does not run in fleet mode: {why}",
-                        s.name()
-                    );
-                    false
-                }
-                None => true,
-            });
             f.bench_on_clients = scenarios.iter().any(|s| s.fleet_needs_bench());
+            f.bench_on_server = scenarios.iter().any(|s| s.fleet_needs_bench_on_server());
             if netns.is_some() || !peers.is_empty() {
                 bail!("--server-host does not go with --netns or --peer");
             }

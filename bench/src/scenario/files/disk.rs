@@ -73,11 +73,11 @@ pub fn parse(text: &str, major: u32, minor: u32) -> Option<(String, DiskSample)>
 }
 
 /// The block device holding `path`, as it appears in `/proc/diskstats`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Disk {
     pub name: String,
-    major: u32,
-    minor: u32,
+    pub major: u32,
+    pub minor: u32,
 }
 
 impl Disk {
@@ -100,7 +100,12 @@ impl Disk {
     /// Its counters now.
     pub fn sample(&self) -> Option<DiskSample> {
         let text = std::fs::read_to_string("/proc/diskstats").ok()?;
-        parse(&text, self.major, self.minor).map(|(_, s)| s)
+        self.read(&text)
+    }
+
+    /// Its counters in `text` (`/proc/diskstats`, or its line read on another host).
+    pub fn read(&self, text: &str) -> Option<DiskSample> {
+        parse(text, self.major, self.minor).map(|(_, s)| s)
     }
 }
 

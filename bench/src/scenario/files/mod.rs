@@ -11,6 +11,7 @@
 
 pub mod data;
 pub mod disk;
+pub mod remote;
 mod table;
 pub mod verify;
 
@@ -36,7 +37,10 @@ use table::{FilesRun, Judge};
 pub struct FilesArgs {
     /// Where the data set lives: made there when missing or when its manifest does not match
     /// these flags, reused otherwise. An existing directory must be empty or a data set of
-    /// this bench. [default: target/ringlab/files-data, files-data-quick with --quick]
+    /// this bench. In fleet mode (--server-host) a directory on the server host, where the
+    /// set is made, checked, served and kept for the next run (ringlab-bench is copied there
+    /// to do it). [default: target/ringlab/files-data, files-data-quick with --quick; fleet
+    /// mode: REMOTE_DIR/ringlab-files-data(-quick)]
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Total size of the data set (K, M, G, T: powers of 1024). The default keeps a run within
@@ -177,15 +181,21 @@ struct Plan {
     disk: Result<Disk, String>,
     /// The first server CPU (nginx's worker is pinned to it).
     cpu: usize,
+    /// Fleet mode: the data set is on the server host (`data.dir` a path there).
+    remote: Option<remote::Remote>,
 }
+
+/// The path lists' names in each client host's directory (fleet mode).
+const HOT_PATHS: &str = "hot-paths.txt";
+const COLD_PATHS: &str = "cold-paths.txt";
 
 impl Scenario for Files {
     fn name(&self) -> &'static str {
         "files"
     }
 
-    fn fleet_refusal(&self) -> Option<&'static str> {
-        Some("it makes and verifies its data set on this machine, drops this machine's page cache before every run and reads this machine's disk counters; on a fleet all three would have to happen on the server host, which is not built yet")
+    fn fleet_needs_bench_on_server(&self) -> bool {
+        true
     }
 
     fn run(&self, ctx: &Ctx, rep: &mut Report) -> Result<()> {
@@ -241,7 +251,15 @@ impl Scenario for Files {
             });
         }
         let mut notes = Vec::new();
-        if peers::nginx_installed() {
+        let fleet = ctx.run.fleet.as_deref();
+        let nginx_there = match fleet {
+            None => peers::nginx_installed(),
+            Some(f) => f
+                .guard(|| f.on_server("command -v nginx || ls /usr/sbin/nginx; true"))?
+                .lines()
+                .any(|l| l.trim_end().ends_with("/nginx")),
+        };
+        if nginx_there {
             for aio in [false, true] {
                 rows.push(Row {
                     label: if aio {
@@ -254,29 +272,59 @@ impl Scenario for Files {
                 });
             }
         } else {
-            let l = "nginx is not installed: its anchor rows (`sendfile on`, `aio threads`) are left out (Debian: `apt-get install nginx-light`, or `apt-get install nginx`)".to_string();
+            let on = fleet.map_or(String::new(), |f| {
+                format!(" on the server host {}", f.server.ssh.dest)
+            });
+            let l = format!("nginx is not installed{on}: its anchor rows (`sendfile on`, `aio threads`) are left out (Debian: `apt-get install nginx-light`, or `apt-get install nginx`)");
             println!("files: {l}");
             notes.push(l);
         }
-        let data_dir = a.data.clone().unwrap_or_else(|| {
-            super::default_target_dir().join(if q { "files-data-quick" } else { "files-data" })
-        });
-        let data = data::ensure(&data_dir, &spec, &mut |l| println!("files: {l}"))?;
+        let sample_n = pick(a.verify_cold, 8, 3);
+        let quick_name = if q { "files-data-quick" } else { "files-data" };
+        let (data, disk, remote) = match fleet {
+            None => {
+                let data_dir = a
+                    .data
+                    .clone()
+                    .unwrap_or_else(|| super::default_target_dir().join(quick_name));
+                let data = data::ensure(&data_dir, &spec, &mut |l| println!("files: {l}"))?;
+                let sample: Vec<&data::Entry> = verify::cold_sample(&data, sample_n);
+                data.check(&sample)?;
+                let disk = Disk::of(&data_dir);
+                (data, disk, None)
+            }
+            Some(f) => {
+                // On the server host, outside the run's own directory (removed at the end),
+                // so that the next run reuses it.
+                let dir = match &a.data {
+                    Some(d) => d.to_str().context("--data is not UTF-8")?.to_string(),
+                    None => format!(
+                        "{}/ringlab-{quick_name}",
+                        ctx.o.remote_dir.trim_end_matches('/')
+                    ),
+                };
+                let (r, data, disk) = f.guard(|| remote::Remote::make(f, &dir, &spec, sample_n))?;
+                (data, disk, Some(r))
+            }
+        };
         if data.reused {
             println!(
                 "files: reusing the data set in {} ({}, its manifest matches)",
-                data_dir.display(),
+                data.dir.display(),
                 human(spec.size)
             );
         }
-        let sample_n = pick(a.verify_cold, 8, 3);
         let sample: Vec<data::Entry> = verify::cold_sample(&data, sample_n)
             .into_iter()
             .cloned()
             .collect();
-        data.check(&sample.iter().collect::<Vec<_>>())?;
         let (hot_paths, cold_paths) = data.write_paths(&ctx.run.tmp)?;
-        let disk = Disk::of(&data_dir);
+        if let Some(f) = fleet {
+            f.guard(|| {
+                f.put_on_clients(&hot_paths, HOT_PATHS)?;
+                f.put_on_clients(&cold_paths, COLD_PATHS)
+            })?;
+        }
         if let Err(e) = &disk {
             let l = format!("disk columns left empty: {e}");
             println!("files: {l}");
@@ -304,6 +352,7 @@ impl Scenario for Files {
             warmup: ctx.warmup(),
             disk,
             cpu,
+            remote,
         };
         plan.go(ctx, rep, &sample, notes)
     }
@@ -333,13 +382,7 @@ impl Plan {
                 continue; // the same server as its baseline
             }
             println!("files: verifying {} byte for byte", row.label);
-            let r = self.start(ctx, row).and_then(|t| {
-                let v = verify::verify(&t.addr, &self.data, &sample);
-                let stopped = t.stop();
-                let v = v?;
-                stopped?;
-                Ok(v)
-            });
+            let r = self.verify_row(ctx, row, &sample)?;
             match r {
                 Ok(v) => checks.push(Check {
                     label: row.label.clone(),
@@ -529,14 +572,72 @@ impl Plan {
         Ok(())
     }
 
+    /// The byte-exact pass against `row`'s server: the outer error is the fleet's (it ends
+    /// the bench), the inner one the row's (it is left out).
+    fn verify_row(
+        &self,
+        ctx: &Ctx,
+        row: &Row,
+        sample: &[&data::Entry],
+    ) -> Result<Result<verify::Verified>> {
+        let (Some(r), Some(f)) = (&self.remote, ctx.run.fleet.as_deref()) else {
+            return Ok(self.start(ctx, row).and_then(|t| {
+                let v = verify::verify(&t.addr, &self.data, sample);
+                let stopped = t.stop();
+                let v = v?;
+                stopped?;
+                Ok(v)
+            }));
+        };
+        f.guard(|| {
+            let mut s = f.session(&ctx.run.tmp, 600)?;
+            self.start_on(&mut s, ctx, row, r)?;
+            let port = s
+                .target()?
+                .rsplit_once(':')
+                .map(|(_, p)| p.to_string())
+                .context("the server's address has no port")?;
+            let v = r.verify(f, &port);
+            let stopped = finish(s, row);
+            let v = v?;
+            stopped?;
+            Ok(v.map_err(anyhow::Error::msg))
+        })
+    }
+
+    /// Start `row`'s server on the fleet's server host, in session `s`.
+    fn start_on(
+        &self,
+        s: &mut crate::fleet::session::Session,
+        ctx: &Ctx,
+        row: &Row,
+        r: &remote::Remote,
+    ) -> Result<()> {
+        match &row.serve {
+            Serve::Ringlab(args) => s.server(&self.ringlab_args(ctx, args)),
+            Serve::Nginx { aio } => {
+                let site = nginx_site(&self.data.dir, *aio, r.root);
+                let template =
+                    peers::nginx_conf(Path::new("__DIR__"), self.cpu, "0.0.0.0:__PORT__", &site);
+                s.nginx(&template)
+            }
+        }
+    }
+
+    /// ringlab-server's arguments for a row with backend arguments `args`.
+    fn ringlab_args(&self, ctx: &Ctx, args: &[String]) -> Vec<String> {
+        let mut a = vec!["--cores".to_string(), ctx.o.server_cores.clone()];
+        a.extend(args.iter().cloned());
+        a.extend(["--proto".into(), "http".into(), "--root".into()]);
+        a.push(self.data.dir.display().to_string());
+        a
+    }
+
     /// Start `row`'s server.
     fn start(&self, ctx: &Ctx, row: &Row) -> Result<Target> {
         match &row.serve {
             Serve::Ringlab(args) => {
-                let mut a = vec!["--cores".to_string(), ctx.o.server_cores.clone()];
-                a.extend(args.iter().cloned());
-                a.extend(["--proto".into(), "http".into(), "--root".into()]);
-                a.push(self.data.dir.display().to_string());
+                let a = self.ringlab_args(ctx, args);
                 let s = Server::start(&ctx.bins, &a, &ctx.run.tmp, None)?;
                 Ok(Target {
                     addr: s.addr.clone(),
@@ -553,7 +654,7 @@ impl Plan {
                 std::fs::create_dir_all(dir.join("logs"))?;
                 let dir = std::fs::canonicalize(&dir)?;
                 let data = std::fs::canonicalize(&self.data.dir)?;
-                let site = nginx_site(&data, *aio);
+                let site = nginx_site(&data, *aio, rustix::process::geteuid().is_root());
                 let (ng, addr, worker) = peers::start_nginx(&dir, self.cpu, &site)?;
                 Ok(Target {
                     addr,
@@ -573,6 +674,9 @@ impl Plan {
 
     /// One measured run of `row` (repetition `rep`).
     fn measure(&self, ctx: &Ctx, row: &Row, rep: usize) -> Result<FilesRun> {
+        if let (Some(r), Some(f)) = (&self.remote, ctx.run.fleet.as_deref()) {
+            return f.guard(|| self.measure_on(ctx, f, r, row, rep));
+        }
         self.data.prepare_cache()?;
         let t = self.start(ctx, row)?;
         let r = self.drive(ctx, &t, row, rep);
@@ -663,6 +767,110 @@ impl Plan {
         })
     }
 
+    /// One measured run of `row` (repetition `rep`) on the fleet: the server host's page cache
+    /// prepared, its server started there, the hot and the cold clients on every client host
+    /// from one start instant, the server's CPU and the disk read on its host.
+    fn measure_on(
+        &self,
+        ctx: &Ctx,
+        f: &crate::fleet::Fleet,
+        r: &remote::Remote,
+        row: &Row,
+        rep: usize,
+    ) -> Result<FilesRun> {
+        r.prepare(f)?;
+        let limit = (self.warmup + self.dur + 90.0).ceil() as u64;
+        let mut s = f.session(&ctx.run.tmp, limit)?;
+        if let Ok(d) = &self.disk {
+            s.watch_disk(d.major, d.minor);
+        }
+        self.start_on(&mut s, ctx, row, r)?;
+        let spec = |args: &[&str]| {
+            let mut a: Vec<String> = ["--io", &ctx.o.client_io, "--proto", "http"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            a.extend(args.iter().map(|s| s.to_string()));
+            crate::run::RunSpec {
+                label: row.label.clone(),
+                client_args: a,
+                client_cores: ctx.o.client_cores.clone(),
+                duration_s: self.dur,
+                warmup_s: self.warmup,
+                ..Default::default()
+            }
+        };
+        let (rate, hc, cc) = (
+            self.hot_rate.to_string(),
+            self.hot_conns.to_string(),
+            self.cold_conns.to_string(),
+        );
+        let hot = spec(&[
+            "--paths",
+            HOT_PATHS,
+            "--conns",
+            &hc,
+            "--rate",
+            &rate,
+            "--timeout",
+            "5s",
+        ]);
+        let cold = spec(&["--paths", COLD_PATHS, "--conns", &cc, "--timeout", "30s"]);
+        let got = s.client_groups(&[("hot", &hot), ("cold", &cold)]);
+        let stopped = finish(s, row);
+        let (groups, w) = got?;
+        stopped?;
+        let [hot, cold] = &groups[..] else {
+            bail!("expected the hot and the cold clients' results");
+        };
+        let sum = |g: &crate::fleet::session::Group, v: fn(&ClientReport) -> f64| {
+            g.reports.iter().map(|(_, r)| v(r)).sum::<f64>()
+        };
+        let requests = hot.res.requests + cold.res.requests;
+        let cpu_s = w.d.cpu_s();
+        let disk = match (&self.disk, &w.disk) {
+            (Ok(d), Some((a, b))) => d
+                .read(a)
+                .zip(d.read(b))
+                .map(|(x, y)| y.since(&x, w.span_ms)),
+            _ => None,
+        };
+        Ok(FilesRun {
+            label: row.label.clone(),
+            rep,
+            hot_offered_rps: self.hot_rate,
+            hot_rps: hot.res.rps,
+            hot_p50_us: hot.res.p50_us,
+            hot_p99_us: hot.res.p99_us,
+            hot_p999_us: hot.res.p999_us,
+            hot_errors: hot.res.errors,
+            hot_behind: hot
+                .reports
+                .iter()
+                .any(|(_, r)| r.saturation.behind_schedule),
+            cold_rps: cold.res.rps,
+            cold_mb_s: sum(cold, |r| r.bytes_per_sec) / 1e6,
+            cold_errors: cold.res.errors,
+            non_2xx: hot.res.non_2xx + cold.res.non_2xx,
+            data_errors: hot.res.data_errors + cold.res.data_errors,
+            disk,
+            server_cpu_s: cpu_s,
+            server_user_s: w.d.user_s,
+            server_sys_s: w.d.sys_s,
+            cpu_per_req_us: if requests > 0.0 {
+                cpu_s * 1e6 / requests
+            } else {
+                0.0
+            },
+            client_saturated: groups
+                .iter()
+                .flat_map(|g| &g.reports)
+                .any(|(_, r)| r.saturation.cpu_saturated),
+            server_cmd: hot.res.server_cmd.clone(),
+            client_cmds: hot.res.client_cmd.lines().map(str::to_string).collect(),
+        })
+    }
+
     /// Start one ringlab-client against `addr` with `args` (after the common ones).
     fn client(&self, ctx: &Ctx, addr: &str, args: &[&str], json: &Path) -> Result<ClientProc> {
         let dur = format!("{}ms", (self.dur * 1e3) as u64);
@@ -706,14 +914,10 @@ impl Plan {
 /// `--file-cache-valid 1s`): `open_file_cache max=256 inactive=10s` (per worker, as ringlab's
 /// is per loop) and `open_file_cache_valid 1s`, so no row pays an open and a stat per request
 /// that another is spared.
-fn nginx_site(data: &Path, aio: bool) -> NginxSite {
+fn nginx_site(data: &Path, aio: bool, root: bool) -> NginxSite {
     // Started as root, nginx's workers would switch to `nobody`, who may not read the data's
-    // directories; stay root then (loopback only, a bench).
-    let user = if rustix::process::geteuid().is_root() {
-        "user root;\n"
-    } else {
-        ""
-    };
+    // directories; stay root then (a bench).
+    let user = if root { "user root;\n" } else { "" };
     let (main, mut http) = if aio {
         (
             format!("{user}thread_pool files threads=4 max_queue=65536;"),
@@ -730,6 +934,14 @@ fn nginx_site(data: &Path, aio: bool) -> NginxSite {
             "location /files/ {{ alias {}/; default_type application/octet-stream; }}",
             data.display()
         ),
+    }
+}
+
+/// Stop a fleet session's server: ringlab-server's statistics read, nginx's not kept.
+fn finish(s: crate::fleet::session::Session, row: &Row) -> Result<()> {
+    match row.serve {
+        Serve::Ringlab(_) => s.finish().map(|_| ()),
+        Serve::Nginx { .. } => s.finish_uncounted(),
     }
 }
 
@@ -862,10 +1074,12 @@ mod tests {
 
     #[test]
     fn nginx_serves_the_data_directory_beneath_files() {
-        let s = nginx_site(Path::new("/d/data"), false);
+        let s = nginx_site(Path::new("/d/data"), false, true);
         assert!(s.http.contains("sendfile on;"));
         assert!(s.server.contains("location /files/ { alias /d/data/;"));
-        let a = nginx_site(Path::new("/d/data"), true);
+        assert!(s.main.contains("user root;"));
+        let a = nginx_site(Path::new("/d/data"), true, false);
+        assert!(!a.main.contains("user root;"));
         assert!(a.main.contains("thread_pool files threads=4"));
         assert!(a.http.contains("aio threads=files;") && a.http.contains("sendfile off;"));
         for site in [&s, &a] {

@@ -19,7 +19,7 @@ use super::data::{read_range, DataSet, Entry};
 const PER_RESPONSE: Duration = Duration::from_secs(20);
 
 /// What a pass checked.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Verified {
     pub files: usize,
     pub ranges: usize,
