@@ -322,22 +322,7 @@ fn place(h: &mut Host, b: &Binary, install: bool) -> Result<String> {
         (None, _) => "not installed".to_string(),
         (Some(p), _) => format!("{p} is another build"),
     };
-    let st = h
-        .ssh
-        .scp(&b.local, &dest)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running scp")
-        .and_then(|c| wait_output(c, Duration::from_secs(120)))
-        .map_err(|e| anyhow!("{name}: copying {bin_name}: {e:#}"))?;
-    if !st.status.success() {
-        bail!(
-            "{name}: scp of {bin_name} failed: {}",
-            last_line(&String::from_utf8_lossy(&st.stderr))
-        );
-    }
+    copy_to(h, &b.local, &dest, bin_name, Duration::from_secs(120))?;
     let v = call(&h.ssh, &format!("{} --version", ssh::quote(&dest)))
         .map_err(|e| anyhow!("{name}: the copied {bin_name} does not run: {e:#}"))?;
     if v.trim() != b.version {
@@ -349,6 +334,29 @@ fn place(h: &mut Host, b: &Binary, install: bool) -> Result<String> {
     }
     eprintln!("fleet: {name}: copied {bin_name} to {dest} ({why})");
     Ok(dest)
+}
+
+/// Copy `local` to `remote` on host `h` with scp (bounded by `limit`); an error naming the
+/// host and `what` if it fails.
+fn copy_to(h: &Host, local: &Path, remote: &str, what: &str, limit: Duration) -> Result<()> {
+    let name = h.name();
+    let st = h
+        .ssh
+        .scp(local, remote)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running scp")
+        .and_then(|c| wait_output(c, limit))
+        .map_err(|e| anyhow!("{name}: copying {what}: {e:#}"))?;
+    if !st.status.success() {
+        bail!(
+            "{name}: scp of {what} failed: {}",
+            last_line(&String::from_utf8_lossy(&st.stderr))
+        );
+    }
+    Ok(())
 }
 
 /// What a host allows a process (read over SSH at setup, from [`ssh::LIMITS_SCRIPT`]).
@@ -996,23 +1004,13 @@ impl Fleet {
             bail!("{name:?}: a plain file name");
         }
         for h in &self.clients {
-            let hname = h.name();
-            let st = h
-                .ssh
-                .scp(local, &format!("{}/{name}", h.dir))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("running scp")
-                .and_then(|c| wait_output(c, Duration::from_secs(60)))
-                .map_err(|e| anyhow!("{hname}: copying {name}: {e:#}"))?;
-            if !st.status.success() {
-                bail!(
-                    "{hname}: scp of {name} failed: {}",
-                    last_line(&String::from_utf8_lossy(&st.stderr))
-                );
-            }
+            copy_to(
+                h,
+                local,
+                &format!("{}/{name}", h.dir),
+                name,
+                Duration::from_secs(60),
+            )?;
         }
         Ok(())
     }
