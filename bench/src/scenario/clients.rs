@@ -182,7 +182,11 @@ impl Scenario for Clients {
             &raw,
             &cands,
             conns,
-            &format!("server capped at {share} CPU"),
+            &if capped {
+                format!("server capped at {share} CPU")
+            } else {
+                "server uncapped".to_string()
+            },
         );
         let load_lines = load_per_core(&vs, &m);
         rep.add_verdicts("clients", &vs, &load_lines);
