@@ -493,8 +493,22 @@ impl Plan {
             Ok(d) => format!("`{}`", d.name),
             Err(_) => "–".into(),
         };
+        let (on_server, on_clients) = match ctx.run.fleet.as_deref() {
+            None => (String::new(), String::new()),
+            Some(f) => (
+                format!(" of the server host {} (where each row's server runs)", f.server.ssh.dest),
+                format!(
+                    " of every client host ({}), each with its share of the connections and of the hot rate",
+                    f.clients
+                        .iter()
+                        .map(|h| h.ssh.dest.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        };
         let text = format!(
-            "Static files over HTTP (`--root`, `GET /files/…`). Data set: {} in {} hot files (4–64 KiB, read into the page cache before every run) and {} cold files (1–16 MiB, dropped from it before every run with `posix_fadvise(POSIX_FADV_DONTNEED)`), seed {}, in `{}` on disk {disk_name}. One run per row and repetition, on a fresh server pinned to CPU {}: **hot**: {} connections asking for hot files in turn at {} req/s in all, open loop (latency from the intended send time, corrected for coordinated omission); **cold**: {} connections fetching cold files in turn, closed loop; both ringlab-client processes on CPU {}, {:.1} s measured after {:.1} s of warm-up. Before measuring, each row must serve every hot file and {} cold files (whole and by two ranges each) byte for byte as the manifest's BLAKE3 hashes say; a row that does not is left out and named below. Disk: `/proc/diskstats` of the data's device over the measured window (queue depth: weighted ms in the queue ÷ elapsed ms; reads and MB read: requests completed and sectors × 512; the disk is the machine's, so other work on it shows too). Server CPU: user + system over the window (scheduler time where the kernel keeps it), per request of either kind. Rows ran interleaved, {} repetition(s); figures are medians; ratios are against `{}`, paired by repetition with their 95% interval (bracketed: the range, fewer than 6 pairs), `*` when significant{}.\n\n{t}\n{notes_md}",
+            "Static files over HTTP (`--root`, `GET /files/…`). Data set: {} in {} hot files (4–64 KiB, read into the page cache before every run) and {} cold files (1–16 MiB, dropped from it before every run with `posix_fadvise(POSIX_FADV_DONTNEED)`), seed {}, in `{}` on disk {disk_name}{on_server}. One run per row and repetition, on a fresh server pinned to CPU {}: **hot**: {} connections asking for hot files in turn at {} req/s in all, open loop (latency from the intended send time, corrected for coordinated omission); **cold**: {} connections fetching cold files in turn, closed loop; both ringlab-client processes on CPU {}{on_clients}, {:.1} s measured after {:.1} s of warm-up. Before measuring, each row must serve every hot file and {} cold files (whole and by two ranges each) byte for byte as the manifest's BLAKE3 hashes say; a row that does not is left out and named below. Disk: `/proc/diskstats` of the data's device over the measured window (queue depth: weighted ms in the queue ÷ elapsed ms; reads and MB read: requests completed and sectors × 512; the disk is the machine's, so other work on it shows too). Server CPU: user + system over the window (scheduler time where the kernel keeps it), per request of either kind. Rows ran interleaved, {} repetition(s); figures are medians; ratios are against `{}`, paired by repetition with their 95% interval (bracketed: the range, fewer than 6 pairs), `*` when significant{}.\n\n{t}\n{notes_md}",
             human(m.data_size),
             m.hot().count(),
             m.cold().count(),
