@@ -115,10 +115,19 @@ impl Scenario for Compare {
         // Points whose every headline interval is already within ±3% (a real 95% interval)
         // run no more: the rest of the budget goes to the points still short of it.
         let mut done: Vec<f64> = Vec::new();
+        // Once the runs would stop: the equal-load points left with no run (lowered after the
+        // first repetition, or left out for steal) get one repetition more, on their own; an
+        // empty row would be no answer at all.
+        let mut catch_up: Option<(String, Vec<f64>)> = None;
         let ending = loop {
             let t = Instant::now();
             let per = plan.rows.len();
-            let skip: &[f64] = if fixed { &[] } else { &done };
+            let others: Vec<f64> = match &catch_up {
+                Some((_, xs)) => all_but(&load_specs, &cap_specs, xs),
+                None if fixed => Vec::new(),
+                None => done.clone(),
+            };
+            let skip: &[f64] = &others;
             let load_order = running(&load_specs, per, reps, skip);
             let cap_order = running(&cap_specs, per, reps, skip);
             let n = load_order.len() + cap_order.len();
@@ -190,8 +199,21 @@ impl Scenario for Compare {
             let left = running(&load_specs, per, reps, skip).len()
                 + running(&cap_specs, per, reps, skip).len();
             let next = t.elapsed().mul_f64(left as f64 / n.max(1) as f64);
+            if let Some((e, _)) = catch_up {
+                break format!(
+                    "{e} The lowered equal-load point(s) then ran once more, on their own."
+                );
+            }
             if let Some(e) = stop.ending(reps, widest, started.elapsed() + next) {
-                break e;
+                let empty = without_runs(&load_at, &load_runs);
+                if empty.is_empty() {
+                    break e;
+                }
+                eprintln!(
+                    "compare: {} equal-load point(s) have no run yet: one repetition more for them",
+                    empty.len()
+                );
+                catch_up = Some((e, empty));
             }
         };
         let cap_note = match &cap {
@@ -733,6 +755,13 @@ impl Plan {
         let b = &self.baseline;
         let mut t = format!("| conns | load | backend | achieved req/s | server CPU µs/req | ×{b} (95% CI) | p50 µs | p99 µs | ×{b} p99 (95% CI) | p99.9 µs | note |\n|---:|---|---|---:|---:|---|---:|---:|---|---:|---|\n");
         for a in at {
+            if !m.iter().any(|r| r.x == a.x) {
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | – | – | – | – | – | – | – | – | no run completed at this load |",
+                    a.conns, a.load
+                );
+            }
             for r in m.iter().filter(|r| r.x == a.x) {
                 let _ = writeln!(
                     t,
@@ -892,6 +921,23 @@ fn probe(ctx: &Ctx, plan: &Plan) -> Result<Vec<Probe>> {
         }
     }
     Ok(out)
+}
+
+/// The points (x) of `at` that have no run in `runs`.
+fn without_runs(at: &[At], runs: &[Vec<RunResult>]) -> Vec<f64> {
+    at.iter()
+        .map(|a| a.x)
+        .filter(|x| !runs.iter().flatten().any(|r| r.x == *x))
+        .collect()
+}
+
+/// Every point (x) of `a` and `b` but those in `keep`: what a repetition for `keep` alone skips.
+fn all_but(a: &[RunSpec], b: &[RunSpec], keep: &[f64]) -> Vec<f64> {
+    a.iter()
+        .chain(b)
+        .map(|s| s.x)
+        .filter(|x| !keep.contains(x))
+        .collect()
 }
 
 /// The run order of repetition `rep` (see [`rotated`]) without the points (x) in `skip`.
@@ -1179,6 +1225,23 @@ mod tests {
         assert_eq!(
             (ats[0].x, specs[0].x, runs[0].len()),
             (20_000.0, 20_000.0, 1)
+        );
+        // Should the runs stop now (--quick, or the budget), the lowered point has no run:
+        // one repetition more runs it, and it alone (with the capacity points skipped).
+        let empty = without_runs(&ats, &runs);
+        assert_eq!(empty, [34_200.0]);
+        let cap = [spec("uring", 512.0), spec("epoll", 512.0)];
+        let skip = all_but(&specs, &cap, &empty);
+        let mut order = running(&specs, 2, 1, &skip);
+        order.sort_unstable();
+        assert_eq!(order, [2, 3]);
+        assert!(running(&cap, 2, 1, &skip).is_empty());
+        // Had it no run even then, its row says so rather than vanish from the table.
+        let t = p.load_table(&[run("uring", 20_000.0, 19_990.0)], &[], &ats);
+        assert!(
+            t.contains("| 512 | 50% load, lowered to 3 × 34k req/s | – |")
+                && t.contains("no run completed at this load"),
+            "{t}"
         );
     }
 
