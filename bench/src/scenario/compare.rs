@@ -201,7 +201,7 @@ impl Scenario for Compare {
             let next = t.elapsed().mul_f64(left as f64 / n.max(1) as f64);
             if let Some((e, _)) = catch_up {
                 break format!(
-                    "{e} The lowered equal-load point(s) then ran once more, on their own."
+                    "{e} The equal-load point(s) left with no run (lowered after the first repetition, or left out for steal) then ran once more, on their own."
                 );
             }
             if let Some(e) = stop.ending(reps, widest, started.elapsed() + next) {
