@@ -95,9 +95,10 @@ pub struct Opts {
     #[arg(long, global = true)]
     pub profile: bool,
     /// Fleet mode: run the server on this host over SSH (a destination as `ssh` takes it,
-    /// e.g. root@10.0.0.1); needs --client-hosts. Every scenario but files runs this way (c10k's and
-    /// multiplex's holders and http's wrk on the client hosts, its nginx row on the server host;
-    /// not with --profile, which records this machine's CPUs; see kernel-notes/scale.md).
+    /// e.g. root@10.0.0.1); needs --client-hosts. Every scenario runs this way (c10k's and
+    /// multiplex's holders and http's wrk on the client hosts, http's nginx row and files' data
+    /// set on the server host; not with --profile, which records this machine's CPUs; see
+    /// kernel-notes/scale.md).
     #[arg(
         long,
         global = true,
