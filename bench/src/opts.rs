@@ -97,7 +97,7 @@ pub struct Opts {
     /// Fleet mode: run the server on this host over SSH (a destination as `ssh` takes it,
     /// e.g. root@10.0.0.1); needs --client-hosts. Every scenario runs this way (c10k's and
     /// multiplex's holders and http's wrk on the client hosts, http's nginx row and files' data
-    /// set on the server host; not with --profile, which records this machine's CPUs; see
+    /// set on the server host; --profile records with perf on the server host; see
     /// kernel-notes/scale.md).
     #[arg(
         long,
