@@ -387,7 +387,7 @@ impl Report {
         if !self.verdict_md.is_empty() {
             let _ = write!(
                 md,
-                "\n## Verdicts\n\nEach ratio is candidate ÷ baseline over repetitions run interleaved and paired (rep i of one with rep i of the other), with its 95% interval (Hodges–Lehmann); the A/A floor is the baseline against a second instance of itself in the same interleaving. *Significant* means the interval excludes 1 and lies outside the floor.\n{}",
+                "\n## Verdicts\n\nEach ratio is candidate ÷ baseline over repetitions run interleaved and paired (rep i of one with rep i of the other), with its 95% interval (Hodges–Lehmann); the A/A floor is the baseline against a second instance of itself in the same interleaving. *Significant* means the candidate differs at 95% from the baseline and from the baseline's second instance (the `vs the A/A` interval), both on the same side; where a row has no second instance of its own baseline (one A/A row for the scenario), its interval must exclude 1 and lie outside the floor.\n{}",
                 self.verdict_md
             );
         }
