@@ -387,7 +387,7 @@ impl Report {
         if !self.verdict_md.is_empty() {
             let _ = write!(
                 md,
-                "\n## Verdicts\n\nEach ratio is candidate ÷ baseline over repetitions run interleaved and paired (rep i of one with rep i of the other), with its 95% interval (Hodges–Lehmann); the A/A floor is the baseline against a second instance of itself in the same interleaving. *Significant* means the candidate differs at 95% from the baseline and from the baseline's second instance (the `vs the A/A` interval), both on the same side; where a row has no second instance of its own baseline (one A/A row for the scenario), its interval must exclude 1 and lie outside the floor.\n{}",
+                "\n## Verdicts\n\nEach ratio is candidate ÷ baseline over repetitions run interleaved and paired (rep i of one with rep i of the other), with its 95% interval (Hodges–Lehmann); the A/A floor is the baseline against a second instance of itself in the same interleaving. *Significant* means the candidate differs at 95% from the baseline and from the baseline's second instance (the `vs the A/A` interval), both on the same side; where a row has no second instance of its own baseline (one A/A row for the scenario), its interval must exclude 1 and lie outside the floor. *Same call on a rerun* is how firm the call is: taking this run's difference and spread as the truth, the chance that a rerun with as many pairs makes the same call. Near 50% the difference is the size of the run's own resolution and the call can go either way; the pairs named would call the difference significant 9 runs in 10 (a guide, not a guarantee: the estimate is itself noisy).\n{}",
                 self.verdict_md
             );
         }

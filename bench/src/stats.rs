@@ -119,6 +119,88 @@ pub fn call(iv: &Interval, control: Option<&Control>) -> Call {
     }
 }
 
+/// The two-sided 95% normal quantile, and the one-sided 90% one.
+const Z95: f64 = 1.959_963_985;
+const Z90: f64 = 1.281_551_566;
+
+/// The standard normal distribution function.
+fn phi(x: f64) -> f64 {
+    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
+}
+
+/// How firm a call is: the chance that a rerun with as many pairs makes the same call, and
+/// the pairs with which the difference would be called significant 9 runs in 10.
+///
+/// A plug-in power calculation: this run's estimate is taken as the true difference and its
+/// interval's width (in logs, over 2 × 1.96) as the estimate's standard error at this many
+/// pairs; the error shrinks as 1/√pairs. It is a guide, not a guarantee (the estimate is itself
+/// noisy, and a shared machine is not stationary), but it says which calls sit at the run's
+/// own resolution: an effect the size of its interval's half-width is called significant about
+/// half the time, whatever rule makes the call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Repeat {
+    /// The chance that a rerun with as many pairs makes the same call.
+    pub chance: f64,
+    /// The pairs with which the estimated difference would be called significant 9 times in 10
+    /// (none when the estimate is no difference at all).
+    pub pairs_for_90: Option<usize>,
+}
+
+/// How firm `call` is ([`Repeat`]); none below 95% coverage, and none where the call rests on
+/// a floor that is not a twin of the baseline (two intervals apart: no simple power to give).
+pub fn repeat(iv: &Interval, control: Option<&Control>, call: Call) -> Option<Repeat> {
+    if call == Call::TooFewReps || iv.confidence < LEVEL || iv.n < 2 {
+        return None;
+    }
+    let mut tests = vec![iv];
+    match control {
+        Some(Control { vs: Some(v), .. }) => {
+            if v.confidence < LEVEL {
+                return None;
+            }
+            tests.push(v);
+        }
+        Some(Control { vs: None, .. }) => return None,
+        None => {}
+    }
+    let dir = if iv.ratio >= 1.0 { 1.0 } else { -1.0 };
+    // Each test's estimate in standard errors, on the candidate's side of 1.
+    let z: Vec<f64> = tests
+        .iter()
+        .map(|t| {
+            let se = (t.hi.ln() - t.lo.ln()) / (2.0 * Z95);
+            let d = dir * t.ratio.ln();
+            if se > 0.0 {
+                d / se
+            } else if d > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let weakest = z.iter().copied().fold(f64::INFINITY, f64::min);
+    // Significant again needs every test to pass on the same side; the weakest decides.
+    let p_sig = phi(weakest - Z95);
+    let chance = if call == Call::Significant {
+        p_sig
+    } else {
+        1.0 - p_sig
+    };
+    let pairs_for_90 = (weakest > 0.0).then(|| {
+        if weakest.is_infinite() {
+            iv.n
+        } else {
+            let f = (Z95 + Z90) / weakest;
+            (iv.n as f64 * f * f).ceil().min(1e9) as usize
+        }
+    });
+    Some(Repeat {
+        chance,
+        pairs_for_90,
+    })
+}
+
 /// `ln(candidate_i / baseline_i)` for every rep where both were measured and positive.
 pub fn log_ratios(pairs: &[(f64, f64)]) -> Vec<f64> {
     pairs
@@ -301,6 +383,116 @@ mod tests {
             "+120 µs (range +100 – +140 over 2 reps, 50% confidence)"
         );
         assert!(paired_difference(&[]).is_none());
+    }
+
+    /// An interval of `ratio` whose estimate lies `z` standard errors from 1, on `n` pairs.
+    fn at_z(ratio: f64, z: f64, n: usize) -> Interval {
+        let se = ratio.ln().abs() / z;
+        Interval {
+            ratio,
+            lo: (ratio.ln() - Z95 * se).exp(),
+            hi: (ratio.ln() + Z95 * se).exp(),
+            n,
+            confidence: 0.96,
+        }
+    }
+
+    #[test]
+    fn a_difference_at_the_runs_own_resolution_repeats_its_call_half_the_time() {
+        // 1.07× with an interval that just excludes 1 (z = 1.96): a rerun calls it significant
+        // about half the time, and (1.96 + 1.28)² / 1.96² ≈ 2.7 times the pairs make it 9 in 10.
+        let iv = at_z(1.07, Z95, 7);
+        let r = repeat(&iv, None, call(&iv, None)).unwrap();
+        assert!((r.chance - 0.5).abs() < 0.01, "{r:?}");
+        assert_eq!(r.pairs_for_90, Some(20));
+        // Far from 1 (z = 6): the call repeats nearly always, and this run had pairs enough.
+        let firm = at_z(0.90, 6.0, 10);
+        let r = repeat(&firm, None, Call::Significant).unwrap();
+        assert!(r.chance > 0.99 && r.pairs_for_90.unwrap() <= 10, "{r:?}");
+        // No difference at all: "within noise" again 97.5% of the time, and no pair count.
+        let none = Interval {
+            ratio: 1.0,
+            lo: 0.98,
+            hi: 1.02,
+            n: 10,
+            confidence: 0.96,
+        };
+        let r = repeat(&none, None, Call::WithinNoise).unwrap();
+        assert!(
+            (r.chance - 0.975).abs() < 0.001 && r.pairs_for_90.is_none(),
+            "{r:?}"
+        );
+        // A within-noise call on an estimate 1 SE from 1 repeats 1 − Φ(1 − 1.96) ≈ 83%.
+        let small = at_z(1.01, 1.0, 10);
+        let r = repeat(&small, None, Call::WithinNoise).unwrap();
+        assert!((r.chance - 0.831).abs() < 0.005, "{r:?}");
+        assert_eq!(r.pairs_for_90, Some(106));
+    }
+
+    #[test]
+    fn the_weaker_of_the_baseline_and_its_twin_decides_how_firm_a_call_is() {
+        let iv = at_z(1.07, 5.0, 10);
+        let weak_twin = Control {
+            floor: at_z(1.01, 0.5, 10),
+            vs: Some(at_z(1.06, 2.5, 10)),
+        };
+        let alone = repeat(&iv, None, Call::Significant).unwrap();
+        let with = repeat(&iv, Some(&weak_twin), Call::Significant).unwrap();
+        assert!(alone.chance > 0.99, "{alone:?}");
+        assert!((with.chance - phi(2.5 - Z95)).abs() < 1e-9, "{with:?}");
+        assert!(with.pairs_for_90 > alone.pairs_for_90);
+        // A twin on the other side of 1: significant again only by a miracle.
+        let other_side = Control {
+            floor: at_z(1.01, 0.5, 10),
+            vs: Some(at_z(0.98, 1.0, 10)),
+        };
+        let r = repeat(&iv, Some(&other_side), Call::WithinNoise).unwrap();
+        assert!(r.chance > 0.99 && r.pairs_for_90.is_none(), "{r:?}");
+        // A floor that is no twin of the baseline, or too few pairs: no estimate.
+        let floor_only = Control {
+            floor: at_z(1.01, 0.5, 10),
+            vs: None,
+        };
+        assert!(repeat(&iv, Some(&floor_only), Call::Significant).is_none());
+        let few = Interval {
+            confidence: 0.9,
+            ..iv
+        };
+        assert!(repeat(&few, None, Call::TooFewReps).is_none());
+    }
+
+    #[test]
+    fn the_repeat_chance_predicts_how_often_simulated_reruns_agree() {
+        // A 2% difference on a machine that drifts ±10% between repetitions and ±3% between
+        // runs, 10 repetitions: an effect near the resolution. Over 200 simulated runs, the
+        // share called significant (0.41) and the mean predicted chance of "significant" (0.45)
+        // agree within 0.1; neither is near 0 or 1 (the calls do flip).
+        let mut sig = 0usize;
+        let mut predicted = 0.0;
+        let runs = 200;
+        for seed in 0..runs {
+            let (iv, ctl) = control_of(&triples(10, 1.02, 1.0, 0.10, 0.03, 1000 + seed));
+            let c = call(&iv, Some(&ctl));
+            if c == Call::Significant {
+                sig += 1;
+            }
+            let r = repeat(&iv, Some(&ctl), c).unwrap();
+            predicted += if c == Call::Significant {
+                r.chance
+            } else {
+                1.0 - r.chance
+            };
+        }
+        let observed = sig as f64 / runs as f64;
+        let predicted = predicted / runs as f64;
+        assert!(
+            (0.2..0.8).contains(&observed),
+            "observed {observed}, predicted {predicted}"
+        );
+        assert!(
+            (observed - predicted).abs() < 0.1,
+            "observed {observed}, predicted {predicted}"
+        );
     }
 
     #[test]

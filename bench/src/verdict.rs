@@ -68,6 +68,13 @@ pub struct Verdict {
     pub reps: usize,
     /// The interval's real coverage (0.95 or more from 6 pairs; the data's range below).
     pub confidence: f64,
+    /// The chance that a rerun with as many pairs makes the same call ([`stats::repeat`]: this
+    /// run's estimate and spread taken as the truth); none below 95% coverage or where the
+    /// control is not a twin of the baseline.
+    pub repeat_chance: Option<f64>,
+    /// The pairs with which the estimated difference would be called significant 9 runs in 10
+    /// (none for an estimate of no difference at all).
+    pub pairs_for_90: Option<usize>,
     #[serde(skip)]
     metric_name: &'static str,
 }
@@ -170,6 +177,7 @@ pub fn of_interval(
     name: &'static str,
 ) -> Verdict {
     let c = stats::call(iv, control);
+    let firm = stats::repeat(iv, control, c);
     Verdict {
         scenario: at.scenario.clone(),
         candidate: cand.into(),
@@ -185,6 +193,8 @@ pub fn of_interval(
         call: c.text().into(),
         reps: iv.n,
         confidence: iv.confidence,
+        repeat_chance: firm.map(|f| f.chance),
+        pairs_for_90: firm.and_then(|f| f.pairs_for_90),
         metric_name: name,
     }
 }
@@ -288,7 +298,7 @@ impl Verdict {
             format!(", {}", self.load)
         };
         format!(
-            "{} vs {}, {} conns{load}: {} {}, {}{floor}",
+            "{} vs {}, {} conns{load}: {} {}, {}{floor}{}",
             self.candidate,
             self.baseline,
             self.conns,
@@ -301,8 +311,23 @@ impl Verdict {
                 self.confidence
             ),
             self.call,
+            firmness(self.repeat_chance, self.pairs_for_90),
         )
     }
+}
+
+/// `; same call on a rerun ≈ 49%, significant 9 runs in 10 from ≈ 20 pairs`: how firm a call
+/// is ([`stats::repeat`]); empty where there is no estimate.
+pub fn firmness(chance: Option<f64>, pairs_for_90: Option<usize>) -> String {
+    let Some(c) = chance else {
+        return String::new();
+    };
+    let pairs = match pairs_for_90 {
+        Some(p) if p > 100_000 => ", significant 9 runs in 10 only past 100,000 pairs".into(),
+        Some(p) => format!(", significant 9 runs in 10 from ≈ {p} pairs"),
+        None => String::new(),
+    };
+    format!("; same call on a rerun ≈ {:.0}%{pairs}", c * 100.0)
 }
 
 /// The ratio cell of a table row: `0.96 (0.93–0.99)`, `*` when significant; the range in
@@ -384,6 +409,20 @@ mod tests {
             line.starts_with("uring vs epoll, 512 conns, 50% load (30k req/s): server CPU/request 0.90× (95% CI 0.90–0.91, 7 pairs), significant (A/A floor 1.00–1.00; vs the A/A 0.90–0.91)"),
             "{line}"
         );
+        // How firm the call is: far outside both intervals, a rerun repeats it.
+        let chance = v.repeat_chance.unwrap();
+        assert!(chance > 0.99, "{v:?}");
+        assert!(v.pairs_for_90.unwrap() <= 7, "{v:?}");
+        assert!(
+            line.ends_with(&firmness(Some(chance), v.pairs_for_90)),
+            "{line}"
+        );
+        assert_eq!(
+            firmness(Some(0.494), Some(20)),
+            "; same call on a rerun ≈ 49%, significant 9 runs in 10 from ≈ 20 pairs"
+        );
+        assert_eq!(firmness(Some(0.975), None), "; same call on a rerun ≈ 98%");
+        assert_eq!(firmness(None, Some(20)), "");
         // A control that is not the baseline's twin gives its floor and no paired interval.
         let other = control(
             &raw,
@@ -418,6 +457,8 @@ mod tests {
             "noise_floor",
             "vs_control",
             "significant",
+            "repeat_chance",
+            "pairs_for_90",
         ] {
             assert!(json.get(k).is_some(), "{k} missing: {json}");
         }
