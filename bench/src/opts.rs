@@ -53,7 +53,8 @@ pub struct Opts {
     #[arg(long, global = true)]
     pub netns: bool,
     /// compare: how long the repetitions may run (e.g. 90s, 5m). Repetitions continue until
-    /// every headline interval is narrower than ±3% on at least 10 pairs, or this runs out.
+    /// every headline interval is narrower than ±3% on at least 10 pairs and every call would
+    /// repeat 9 runs in 10 (by the run's own estimate: "same call on a rerun"), or this runs out.
     /// Default: about two minutes (30 s with --quick); a longer budget buys narrower intervals
     /// and steadier calls.
     #[arg(long, global = true, value_parser = ringlab_runtime::duration::parse_duration)]

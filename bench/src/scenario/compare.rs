@@ -36,6 +36,13 @@ const MIN_REPS: usize = 6;
 /// pairs at ±3% and their calls flipped between runs); from 10 on, the interval rests on more
 /// than two values.
 const MIN_STOP: usize = 10;
+/// How firm every call of a point must be before it may stop ([`stats::repeat`]: the chance
+/// that a rerun with as many pairs makes the same call). A ±3% interval is not enough on its
+/// own: on 2026-12-04 a 1.02× difference with a ±1–2% interval was called significant in one
+/// 5-minute run and within noise in the next (an effect the size of the run's resolution is
+/// called each way about half the time, whatever the rule); such a point now runs on while
+/// the budget lasts, and its pairs bring the call off the fence.
+const FIRM: f64 = 0.9;
 /// Host steal (% of the measured CPUs' time taken by the hypervisor for others) at which a
 /// repetition of a point is left out of the statistics: side by side the host's noise mostly
 /// cancels, but not when it takes this much. In the eighth session's ten runs a pair's ratio
@@ -188,6 +195,7 @@ impl Scenario for Compare {
                 }
             }
             let widest = plan.widest(&raw, &load_at, &cap_at);
+            let least_firm = plan.least_firm(&raw, &load_at, &cap_at);
             let stop = Stop {
                 fixed,
                 max_reps,
@@ -204,7 +212,7 @@ impl Scenario for Compare {
                     "{e} The equal-load point(s) left with no run (lowered after the first repetition, or left out for steal) then ran once more, on their own."
                 );
             }
-            if let Some(e) = stop.ending(reps, widest, started.elapsed() + next) {
+            if let Some(e) = stop.ending(reps, widest, least_firm, started.elapsed() + next) {
                 let empty = without_runs(&load_at, &load_runs);
                 if empty.is_empty() {
                     break e;
@@ -293,7 +301,7 @@ impl Scenario for Compare {
             .join(", ");
         let method = if plan.together {
             format!(
-                "**Side by side** (the default; `--sequential` runs the rows one after another instead): in every run the {k} rows ({rows}) each have a fresh server of their own, all pinned to the server CPUs at the same time, each driven by its own client (the clients share the client CPUs) and all measured over the same window (the clients wait for one start instant); so whatever the host does during a run (other tenants, frequency, interrupts) happens to every row alike and cancels in their ratios, which rest on the runs' pairs. The servers start in an order that rotates between repetitions. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission), every row at the same rate: {loads} of the slowest backend's capacity (measured alone) shared among the {k} rows, so the server CPUs are that busy in all; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop, each of the {k} servers in a cgroup of its own capped at an equal part of {share} of a CPU (the group goes with the place in the start order), so the servers, not the clients, are the limit; req/s compared. Up to {reps} repetitions of {dur:.1} s measured each (a point stops once all its intervals are within ±3% on at least {MIN_STOP} pairs); figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.",
+                "**Side by side** (the default; `--sequential` runs the rows one after another instead): in every run the {k} rows ({rows}) each have a fresh server of their own, all pinned to the server CPUs at the same time, each driven by its own client (the clients share the client CPUs) and all measured over the same window (the clients wait for one start instant); so whatever the host does during a run (other tenants, frequency, interrupts) happens to every row alike and cancels in their ratios, which rest on the runs' pairs. The servers start in an order that rotates between repetitions. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission), every row at the same rate: {loads} of the slowest backend's capacity (measured alone) shared among the {k} rows, so the server CPUs are that busy in all; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop, each of the {k} servers in a cgroup of its own capped at an equal part of {share} of a CPU (the group goes with the place in the start order), so the servers, not the clients, are the limit; req/s compared. Up to {reps} repetitions of {dur:.1} s measured each (a point stops once all its intervals are within ±3% on at least {MIN_STOP} pairs and its calls would repeat 9 runs in 10); figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.",
                 k = plan.rows.len(),
                 rows = plan.rows.join(", "),
                 share = ctx.o.server_share,
@@ -301,7 +309,7 @@ impl Scenario for Compare {
             )
         } else {
             format!(
-                "**Sequential** (`--sequential`): every run has one server alone on the server CPUs. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {loads} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {share} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({rows}; each repetition starts one row later), up to {reps} repetitions of {dur:.1} s measured each (a point stops once all its intervals are within ±3% on at least {MIN_STOP} pairs); figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.",
+                "**Sequential** (`--sequential`): every run has one server alone on the server CPUs. **Equal offered load**: open loop (`ringlab-client --rate`, latency corrected for coordinated omission) at {loads} of the slowest backend's capacity, the same schedule for every backend; server CPU from /proc (schedstat) over the measured window only. **Server-bound capacity**: closed loop against the server capped at {share} of a CPU, so the server, not the client, is the limit. Rows run interleaved ({rows}; each repetition starts one row later), up to {reps} repetitions of {dur:.1} s measured each (a point stops once all its intervals are within ±3% on at least {MIN_STOP} pairs and its calls would repeat 9 runs in 10); figures are medians, ratios are paired with their 95% interval (bracketed: the range, fewer than 6 pairs) and `*` when significant.",
                 rows = plan.rows.join(", "),
                 share = ctx.o.server_share,
                 dur = plan.dur,
@@ -362,23 +370,35 @@ struct Stop {
 
 impl Stop {
     /// After `reps` repetitions whose widest headline interval is `widest` (and the fewest
-    /// pairs any headline rests on), with the next one expected to end at `next_end`: why they
-    /// end, or none to run another.
+    /// pairs any headline rests on) and whose least firm call would repeat with the chance
+    /// `least_firm` (none where a call has no such estimate yet), with the next one expected
+    /// to end at `next_end`: why they end, or none to run another.
     fn ending(
         &self,
         reps: usize,
         widest: Option<(f64, usize)>,
+        least_firm: Option<f64>,
         next_end: Duration,
     ) -> Option<String> {
-        if !self.fixed && widest.is_some_and(|(w, fewest)| fewest >= MIN_STOP && w <= TARGET) {
+        if !self.fixed
+            && widest.is_some_and(|(w, fewest)| fewest >= MIN_STOP && w <= TARGET)
+            && least_firm.is_some_and(|f| f >= FIRM)
+        {
             return Some(format!(
-                "Stopped after {reps} repetitions: every headline interval is within ±3%."
+                "Stopped after {reps} repetitions: every headline interval is within ±3% and every call would repeat 9 runs in 10 (by the run's own estimate)."
             ));
         }
+        let fence = match least_firm {
+            Some(f) if f < FIRM => format!(
+                "; the least firm call would repeat on a rerun ≈ {:.0}% of the time (a larger --budget brings it off the fence)",
+                f * 100.0
+            ),
+            _ => String::new(),
+        };
         let w = match widest {
             None => "some headline has no pair of runs yet".to_string(),
             Some((w, fewest)) if fewest >= MIN_REPS => {
-                format!("the widest headline interval is ±{:.1}%", w * 100.0)
+                format!("the widest headline interval is ±{:.1}%{fence}", w * 100.0)
             }
             Some((w, _)) => format!(
                 "the widest headline range is ±{:.1}% (fewer than {MIN_REPS} pairs: no 95% interval)",
@@ -614,21 +634,58 @@ impl Plan {
     }
 
     /// The points (their x) whose headline intervals are all within ±3% on at least
-    /// [`MIN_STOP`] pairs.
+    /// [`MIN_STOP`] pairs, with calls that would repeat 9 runs in 10 ([`FIRM`]).
     fn converged(&self, raw: &[RunResult], load_at: &[At], cap_at: &[At]) -> Vec<f64> {
+        let firm = self.firmness(raw, load_at, cap_at);
         self.headline(raw, load_at, cap_at)
             .into_iter()
-            .filter(|(_, ivs)| {
+            .filter(|(x, ivs)| {
                 ivs.as_ref().is_some_and(|v| {
                     v.iter().all(|iv| {
                         iv.confidence >= stats::LEVEL
                             && iv.n >= MIN_STOP
                             && iv.half_width() <= TARGET
                     })
-                })
+                }) && firm
+                    .iter()
+                    .filter(|(fx, _)| fx == x)
+                    .all(|(_, f)| f.is_some_and(|f| f >= FIRM))
             })
             .map(|(x, _)| x)
             .collect()
+    }
+
+    /// How firm each headline call is, per point (its x): the chance that a rerun with as
+    /// many pairs makes the same call ([`stats::repeat`], against the baseline and its twin);
+    /// none where a call has no estimate yet (fewer than 6 pairs).
+    fn firmness(
+        &self,
+        raw: &[RunResult],
+        load_at: &[At],
+        cap_at: &[At],
+    ) -> Vec<(f64, Option<f64>)> {
+        let mut out = Vec::new();
+        for (ats, m) in [(load_at, CPU_PER_REQ), (cap_at, RPS)] {
+            for a in ats {
+                for c in self.candidates.iter().filter(|c| !self.dropped.has(c)) {
+                    let iv = verdict::interval(raw, c, &self.baseline, a.x, m);
+                    let ctl = verdict::twin_control(raw, c, &self.baseline, a.x, m);
+                    let f = iv.and_then(|iv| {
+                        stats::repeat(&iv, ctl.as_ref(), stats::call(&iv, ctl.as_ref()))
+                    });
+                    out.push((a.x, f.map(|f| f.chance)));
+                }
+            }
+        }
+        out
+    }
+
+    /// The least firm headline call's chance of repeating ([`Plan::firmness`]); none while
+    /// some call has no estimate.
+    fn least_firm(&self, raw: &[RunResult], load_at: &[At], cap_at: &[At]) -> Option<f64> {
+        self.firmness(raw, load_at, cap_at)
+            .into_iter()
+            .try_fold(1.0f64, |m, (_, f)| f.map(|f| m.min(f)))
     }
 
     /// The headline intervals' widest half-width, and the fewest pairs any of them rests on
@@ -1110,21 +1167,45 @@ mod tests {
         let adaptive = s(false, usize::MAX);
         // Narrow but fewer than 6 pairs: not a 95% interval yet, go on; narrow on 6 to 9
         // pairs: a 95% interval, but too few to stop on.
-        assert_eq!(adaptive.ending(3, Some((0.01, 3)), early), None);
-        assert_eq!(adaptive.ending(9, Some((0.01, 9)), early), None);
-        assert_eq!(adaptive.ending(10, Some((0.031, 10)), early), None);
-        assert_eq!(adaptive.ending(10, None, early), None);
-        let done = adaptive.ending(10, Some((0.029, 10)), early).unwrap();
+        assert_eq!(adaptive.ending(3, Some((0.01, 3)), Some(1.0), early), None);
+        assert_eq!(adaptive.ending(9, Some((0.01, 9)), Some(1.0), early), None);
+        assert_eq!(
+            adaptive.ending(10, Some((0.031, 10)), Some(1.0), early),
+            None
+        );
+        assert_eq!(adaptive.ending(10, None, Some(1.0), early), None);
+        let done = adaptive
+            .ending(10, Some((0.029, 10)), Some(1.0), early)
+            .unwrap();
+        // Within ±3% on 10 pairs, but a call on the fence (or not yet estimated): go on while
+        // the budget lasts, and say how firm the least firm call was when it runs out.
+        assert_eq!(
+            adaptive.ending(10, Some((0.02, 10)), Some(0.6), early),
+            None
+        );
+        assert_eq!(adaptive.ending(10, Some((0.02, 10)), None, early), None);
+        let fence = adaptive
+            .ending(14, Some((0.02, 14)), Some(0.6), late)
+            .unwrap();
+        assert!(
+            fence.contains("ran out after 14")
+                && fence.contains("least firm call would repeat on a rerun ≈ 60%"),
+            "{fence}"
+        );
         assert!(
             done.starts_with("Stopped after 10 repetitions: every headline"),
             "{done}"
         );
-        let short = adaptive.ending(8, Some((0.02, 8)), late).unwrap();
+        let short = adaptive
+            .ending(8, Some((0.02, 8)), Some(1.0), late)
+            .unwrap();
         assert!(
             short.contains("ran out after 8") && short.contains("interval is ±2.0%"),
             "{short}"
         );
-        let out = adaptive.ending(4, Some((0.08, 4)), late).unwrap();
+        let out = adaptive
+            .ending(4, Some((0.08, 4)), Some(1.0), late)
+            .unwrap();
         assert!(
             out.contains("budget (120 s, --budget) ran out after 4")
                 && out.contains("±8.0%")
@@ -1132,8 +1213,10 @@ mod tests {
             "{out}"
         );
         // --reps N runs exactly N, whatever the intervals and the budget.
-        assert_eq!(s(true, 8).ending(6, Some((0.01, 6)), late), None);
-        let fixed = s(true, 8).ending(8, Some((0.01, 8)), early).unwrap();
+        assert_eq!(s(true, 8).ending(6, Some((0.01, 6)), Some(1.0), late), None);
+        let fixed = s(true, 8)
+            .ending(8, Some((0.01, 8)), Some(1.0), early)
+            .unwrap();
         assert!(
             fixed.starts_with("Stopped after 8 repetitions (--reps"),
             "{fixed}"
@@ -1280,6 +1363,45 @@ mod tests {
         assert_eq!(plan(false).rate(120_000.0, 50.0), 60_000.0);
         assert_eq!(plan(true).rate(120_000.0, 50.0), 20_000.0);
         assert_eq!(plan(true).rate(1.0, 1.0), 1.0);
+    }
+
+    #[test]
+    fn a_point_within_3_percent_whose_call_is_on_the_fence_runs_on() {
+        let plan = plan(false);
+        let at = |x: f64| At {
+            scenario: "compare".into(),
+            conns: 512,
+            load: String::new(),
+            x,
+        };
+        let (load_at, cap_at) = (vec![at(1000.0)], vec![]);
+        // uring about 1% over epoll, its pairs 0.995× and 1.025× in turn: an interval of about
+        // ±1.5% around 1.01 that holds 1, an estimate 1.3 standard errors from it. Within ±3%
+        // on 12 pairs, but "within noise" would repeat only about 3 runs in 4.
+        let mut raw = Vec::new();
+        for rep in 0..12 {
+            let r = if rep % 2 == 0 { 0.995 } else { 1.025 };
+            for (label, cpu) in [("uring", 10.0 * r), ("epoll", 10.0), ("epoll A/A", 10.0)] {
+                raw.push(RunResult {
+                    label: label.into(),
+                    x: 1000.0,
+                    rep,
+                    cpu_per_req_us: cpu,
+                    ..RunResult::default()
+                });
+            }
+        }
+        let (w, fewest) = plan.widest(&raw, &load_at, &cap_at).unwrap();
+        assert!(fewest == 12 && w < TARGET, "{w}");
+        let f = plan.least_firm(&raw, &load_at, &cap_at).unwrap();
+        assert!(f > 0.5 && f < FIRM, "{f}");
+        assert!(plan.converged(&raw, &load_at, &cap_at).is_empty());
+        // The same point with uring 1% over epoll in every pair: a firm call, it stops.
+        for r in raw.iter_mut().filter(|r| r.label == "uring") {
+            r.cpu_per_req_us = 10.1;
+        }
+        assert_eq!(plan.least_firm(&raw, &load_at, &cap_at), Some(1.0));
+        assert_eq!(plan.converged(&raw, &load_at, &cap_at), [1000.0]);
     }
 
     #[test]
