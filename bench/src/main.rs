@@ -52,8 +52,9 @@ enum Cmd {
     /// after another), at equal offered load (25/50/75% of the slowest backend's capacity:
     /// server CPU per request, latency) and server-bound (each server's CPU capped by a cgroup:
     /// req/s); repetitions until every ratio's 95% interval is within ±3% on 10 pairs or more
-    /// and every call is firm (it would repeat 9 runs in 10), or --budget runs out. Significant: uring differs from epoll and from epoll's second
-    /// instance, each at 95%. --profile: where the server's CPU goes.
+    /// and every call is firm (it would repeat 9 runs in 10), or --budget runs out.
+    /// Significant: uring differs from epoll and from epoll's second instance, each at 95%.
+    /// --profile: where the server's CPU goes.
     Compare,
     /// The seed notes' tables: every request held 100 ms; clients 1 → 20,000; uring and epoll
     /// with one persistent connection per client and with a new connection per request,
