@@ -656,8 +656,8 @@ impl Plan {
     }
 
     /// How firm each headline call is, per point (its x): the chance that a rerun with as
-    /// many pairs makes the same call ([`stats::repeat`], against the baseline and its twin);
-    /// none where a call has no estimate yet (fewer than 6 pairs).
+    /// many pairs makes the same call, as its verdict line gives it (`repeat_chance`, against
+    /// the baseline and its twin); none where a call has no estimate yet (fewer than 6 pairs).
     fn firmness(
         &self,
         raw: &[RunResult],
@@ -668,12 +668,9 @@ impl Plan {
         for (ats, m) in [(load_at, CPU_PER_REQ), (cap_at, RPS)] {
             for a in ats {
                 for c in self.candidates.iter().filter(|c| !self.dropped.has(c)) {
-                    let iv = verdict::interval(raw, c, &self.baseline, a.x, m);
                     let ctl = verdict::twin_control(raw, c, &self.baseline, a.x, m);
-                    let f = iv.and_then(|iv| {
-                        stats::repeat(&iv, ctl.as_ref(), stats::call(&iv, ctl.as_ref()))
-                    });
-                    out.push((a.x, f.map(|f| f.chance)));
+                    let v = verdict::judge(raw, a, c, &self.baseline, ctl.as_ref(), m);
+                    out.push((a.x, v.and_then(|v| v.repeat_chance)));
                 }
             }
         }
@@ -1365,15 +1362,19 @@ mod tests {
         assert_eq!(plan(true).rate(1.0, 1.0), 1.0);
     }
 
-    #[test]
-    fn a_point_within_3_percent_whose_call_is_on_the_fence_runs_on() {
-        let plan = plan(false);
-        let at = |x: f64| At {
+    /// A compare point at 512 connections, at `x`.
+    fn at(x: f64) -> At {
+        At {
             scenario: "compare".into(),
             conns: 512,
             load: String::new(),
             x,
-        };
+        }
+    }
+
+    #[test]
+    fn a_point_within_3_percent_whose_call_is_on_the_fence_runs_on() {
+        let plan = plan(false);
         let (load_at, cap_at) = (vec![at(1000.0)], vec![]);
         // uring about 1% over epoll, its pairs 0.995× and 1.025× in turn: an interval of about
         // ±1.5% around 1.01 that holds 1, an estimate 1.3 standard errors from it. Within ±3%
@@ -1407,12 +1408,6 @@ mod tests {
     #[test]
     fn a_point_within_3_percent_stops_running() {
         let plan = plan(false);
-        let at = |x: f64| At {
-            scenario: "compare".into(),
-            conns: 512,
-            load: String::new(),
-            x,
-        };
         let (load_at, cap_at) = (vec![at(1000.0)], vec![at(512.0)]);
         let mut raw = Vec::new();
         for rep in 0..10 {
